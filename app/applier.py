@@ -1,0 +1,157 @@
+"""The applier: one thread per api process that tails the doc log into the serving index."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from app.docstore import START_OFFSET, DocReader, offset_key
+from app.indexing import ServingPair, apply_entries
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Watermark:
+    """The newest applied doc-log offset; coroutines on the event loop wait for it to pass theirs."""
+
+    def __init__(self) -> None:
+        self._offset = offset_key(START_OFFSET)
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[tuple[int, int], asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def advance(self, offset: str) -> None:
+        """Called from the applier thread."""
+        key = offset_key(offset)
+        with self._lock:
+            self._offset = max(self._offset, key)
+            ready = [w for w in self._waiters if w[0] <= self._offset]
+            self._waiters = [w for w in self._waiters if w[0] > self._offset]
+        for _, loop, future in ready:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait_for(self, offset: str, timeout: float) -> bool:
+        """True once `offset` is applied, False if `timeout` passes first."""
+        key = offset_key(offset)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if key <= self._offset:
+                return True
+            self._waiters.append((key, loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            with self._lock:
+                self._waiters = [w for w in self._waiters if w[2] is not future]
+            return False
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Applier:
+    """Reads the log after the serving pair's offset in batches, applies them, and snapshots now and then."""
+
+    def __init__(
+        self,
+        reader: DocReader,
+        get_pair: Callable[[], ServingPair],
+        watermark: Watermark,
+        metrics: Metrics,
+        *,
+        snapshot_dir: Callable[[str], Path],
+        batch: int,
+        snapshot_every_entries: int,
+        snapshot_interval_s: float,
+    ) -> None:
+        self._reader = reader
+        self._get_pair = get_pair
+        self._watermark = watermark
+        self._metrics = metrics
+        self._snapshot_dir = snapshot_dir
+        self._batch = batch
+        self._snapshot_every = snapshot_every_entries
+        self._snapshot_interval = snapshot_interval_s
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def step(self, block_ms: int | None) -> int:
+        """Apply at most one batch; returns the number of log entries applied."""
+        pair = self._get_pair()
+        entries = self._reader.read_log(pair.applied_offset, self._batch, block_ms)
+        if not entries:
+            self._metrics.applier_lag.set(0)
+            return 0
+        apply_entries(entries, self._reader, pair)
+        self._watermark.advance(pair.applied_offset)
+        self._since_snapshot += len(entries)
+        self._metrics.applied_entries.inc(len(entries))
+        self._metrics.index_size.set(len(pair.index))
+        newest_ms = offset_key(entries[-1].offset)[0]
+        self._metrics.applier_lag.set(max(0.0, time.time() - newest_ms / 1000) if len(entries) == self._batch else 0)
+        return len(entries)
+
+    def catch_up(self) -> int:
+        """Apply everything in the log now; used before the service reports ready."""
+        applied = 0
+        while n := self.step(block_ms=None):
+            applied += n
+        return applied
+
+    def snapshot(self) -> None:
+        pair = self._get_pair()
+        pair.index.save(self._snapshot_dir(pair.version), pair.applied_offset)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self._metrics.snapshots.inc()
+        log.info("index snapshot written", extra={"version": pair.version, "offset": pair.applied_offset})
+
+    def _snapshot_due(self) -> bool:
+        if self._since_snapshot == 0:
+            return False
+        overdue = time.monotonic() - self._last_snapshot >= self._snapshot_interval
+        return self._since_snapshot >= self._snapshot_every or overdue
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="applier", daemon=True)
+        self._thread.start()
+
+    def stop(self, final_snapshot: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if final_snapshot and self._since_snapshot:
+            self.snapshot()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self.step(block_ms=250)
+                if self._snapshot_due():
+                    self.snapshot()
+                self.last_error, backoff = None, 0.5
+            except redis.ConnectionError as exc:
+                self._failed(f"redis unreachable: {exc}", backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception as exc:  # keep tailing: one bad batch must not stop every later write
+                log.exception("applier step failed")
+                self._failed(f"{type(exc).__name__}: {exc}", backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _failed(self, message: str, wait_s: float) -> None:
+        self.last_error = message
+        self._stop.wait(wait_s)

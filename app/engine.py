@@ -1,0 +1,219 @@
+"""The engine: everything an api process holds (Redis clients, serving pair, applier, batcher), usable without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import redis.asyncio as aredis
+
+from app.applier import Applier, Watermark
+from app.batcher import MicroBatcher
+from app.docstore import DocReader, DocStore, StoredDoc
+from app.errors import NotFound, NotReady, WriteTimeout
+from app.indexing import ServingPair, build_index
+from app.keys import RedisKeys
+from app.metrics import Metrics
+from app.settings import Settings
+from models.encoder import Encoder
+from models.resolve import ModelSource, resolve_model
+from models.vector_index import IndexMismatchError, Neighbour, Scalar, SnapshotError, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str
+    k: int
+    langs: tuple[str, ...] = ()
+    where: tuple[tuple[str, Scalar], ...] = ()
+
+    @property
+    def filter_key(self) -> tuple[tuple[str, ...], str]:
+        return tuple(sorted(self.langs)), json.dumps(sorted(self.where))
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    score: float
+    rank: int
+    doc: StoredDoc
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    model_version: str
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        if settings.redis_url is None:
+            raise ValueError("Engine needs settings.redis_url (xling serve starts an embedded Redis when unset)")
+        self.settings = settings
+        self.metrics = metrics
+        self.keys = RedisKeys(settings.key_prefix)
+        self.async_redis = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.sync_redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.docs = DocStore(self.async_redis, self.keys)
+        self.reader = DocReader(self.sync_redis, self.keys)
+        self.watermark = Watermark()
+        self.serving: ServingPair | None = None
+        self.model_source: ModelSource | None = None
+        self.load_error: str | None = None
+        self.applier: Applier | None = None
+        self.batcher: MicroBatcher[SearchQuery, tuple[str, list[Neighbour]]] = MicroBatcher(
+            self._search_batch,
+            max_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            max_queue=settings.search_queue_max,
+            on_batch=metrics.search_batch_size.observe,
+            name="search",
+        )
+        self._loader: asyncio.Task[None] | None = None
+
+    # Life cycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Return at once; the model and index load in the background (/readyz tells when)."""
+        self.batcher.start()
+        self._loader = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            await asyncio.to_thread(self._load_blocking)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the model and index failed")
+
+    def _load_blocking(self) -> None:
+        started = time.monotonic()
+        source = resolve_model(self.settings.retrieval_model, self.settings.models_dir)
+        encoder = Encoder(
+            source.path,
+            version=source.version,
+            device=self.settings.device,
+            max_length=self.settings.max_seq_length,
+            batch_size=self.settings.encode_batch_size,
+            name_hint=source.name,
+        )
+        pair, from_snapshot = self._open_index(encoder)
+        self.model_source = source
+        self.serving = pair
+        self.applier = Applier(
+            self.reader,
+            self.require_pair,
+            self.watermark,
+            self.metrics,
+            snapshot_dir=self.snapshot_dir,
+            batch=self.settings.applier_batch,
+            snapshot_every_entries=self.settings.snapshot_every_entries,
+            snapshot_interval_s=self.settings.snapshot_interval_s,
+        )
+        replayed = self.applier.catch_up()
+        if not from_snapshot or replayed:
+            self.applier.snapshot()
+        self.watermark.advance(pair.applied_offset)
+        self.metrics.index_size.set(len(pair.index))
+        self.applier.start()
+        log.info(
+            "ready",
+            extra={
+                "model_version": pair.version,
+                "model_origin": source.origin,
+                "vectors": len(pair.index),
+                "replayed_entries": replayed,
+                "from_snapshot": from_snapshot,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
+
+    def snapshot_dir(self, version: str) -> Path:
+        return self.settings.indexes_dir / version
+
+    def _open_index(self, encoder: Encoder) -> tuple[ServingPair, bool]:
+        """The version's snapshot if there is a valid one, else a full build from the documents."""
+        folder = self.snapshot_dir(encoder.version)
+        try:
+            index, offset = VectorIndex.load(folder, encoder.version, encoder.dim)
+            log.info("snapshot loaded", extra={"path": str(folder), "vectors": len(index), "offset": offset})
+            return ServingPair(encoder, index, offset), True
+        except IndexMismatchError as exc:
+            log.error("snapshot refused, rebuilding from documents: %s", exc)
+        except SnapshotError as exc:
+            log.info("no usable snapshot (%s); encoding all documents", exc)
+        return build_index(self.reader, encoder, chunk=max(self.settings.encode_batch_size * 8, 256)), False
+
+    async def stop(self) -> None:
+        if self._loader is not None and not self._loader.done():
+            await asyncio.wait([self._loader], timeout=60)
+        if self.applier is not None:
+            await asyncio.to_thread(self.applier.stop)
+        await self.batcher.stop()
+        await self.async_redis.aclose()
+        self.sync_redis.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.serving is not None and self.applier is not None
+
+    def require_pair(self) -> ServingPair:
+        if self.serving is None:
+            raise NotReady(self.load_error or "the model and index are still loading")
+        return self.serving
+
+    # Search -------------------------------------------------------------------------------------
+    async def search(self, query: SearchQuery) -> SearchResult:
+        self.require_pair()
+        version, neighbours = await self.batcher.submit(query)
+        docs = await self.docs.get_many([n.ext_id for n in neighbours])
+        # A document deleted after the vector search is dropped rather than shown without text.
+        kept = [(n, doc) for n, doc in zip(neighbours, docs, strict=True) if doc is not None]
+        hits = [SearchHit(n.ext_id, n.score, rank, doc) for rank, (n, doc) in enumerate(kept, start=1)]
+        return SearchResult(hits, version)
+
+    def _search_batch(self, queries: list[SearchQuery]) -> list[tuple[str, list[Neighbour]]]:
+        """One encoder forward for the batch; one FAISS search per distinct filter in it."""
+        pair = self.require_pair()  # read once: a swap mid-batch cannot mix two models
+        vectors = pair.encoder.encode([q.text for q in queries], "query")
+        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        for row, query in enumerate(queries):
+            groups.setdefault(query.filter_key, []).append(row)
+        results: list[list[Neighbour]] = [[] for _ in queries]
+        for rows in groups.values():
+            first = queries[rows[0]]
+            allowed = pair.index.allowed_ids(first.langs, dict(first.where))
+            found = pair.index.search(vectors[rows], max(queries[r].k for r in rows), allowed)
+            for row, neighbours in zip(rows, found, strict=True):
+                results[row] = neighbours[: queries[row].k]
+        return [(pair.version, r) for r in results]
+
+    # Writes -------------------------------------------------------------------------------------
+    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:
+        offset = await self.docs.upsert(docs)
+        await self._await_applied(offset)
+        return offset
+
+    async def delete(self, ids: Sequence[str], *, must_exist: bool = False) -> list[str]:
+        offset, missing = await self.docs.delete(ids)
+        if must_exist and missing:
+            raise NotFound(f"no document with id {missing[0]!r}")
+        if offset is not None:
+            await self._await_applied(offset)
+        return missing
+
+    async def _await_applied(self, offset: str) -> None:
+        """Read-your-writes: return once this process's index holds the write (it is durable already)."""
+        if not await self.watermark.wait_for(offset, self.settings.write_timeout_s):
+            state = "the index is still loading" if not self.ready else "the applier is behind"
+            raise WriteTimeout(
+                f"write stored durably (log offset {offset}) but not yet searchable after "
+                f"{self.settings.write_timeout_s:g}s: {state}"
+            )

@@ -1,0 +1,62 @@
+"""Turning Redis documents into index vectors: a full build, and applying doc-log entries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from app.docstore import DocReader, LogEntry
+from models.encoder import Encoder
+from models.vector_index import VectorIndex
+
+
+@dataclass
+class ServingPair:
+    """An encoder with the index it built, and the doc-log offset that index has applied."""
+
+    encoder: Encoder
+    index: VectorIndex
+    applied_offset: str
+
+    @property
+    def version(self) -> str:
+        return self.encoder.version
+
+
+def apply_entries(entries: Sequence[LogEntry], reader: DocReader, pair: ServingPair) -> None:
+    """Make the index agree with the document hash for every id the entries touch.
+
+    The hash's current state wins over each entry's op, so applying a log twice, or out of a
+    snapshot taken mid-stream, converges to the same index (replicas and replays agree).
+    """
+    if not entries:
+        return
+    ids = list(dict.fromkeys(e.doc_id for e in entries))
+    current = reader.get_many(ids)
+    gone = [doc_id for doc_id in ids if doc_id not in current]
+    pair.index.remove(gone)
+    if current:
+        doc_ids = list(current)
+        vectors = pair.encoder.encode([current[d].text for d in doc_ids], "passage")
+        pair.index.upsert([current[d].entry(d) for d in doc_ids], vectors)
+    pair.applied_offset = entries[-1].offset
+
+
+def build_index(
+    reader: DocReader,
+    encoder: Encoder,
+    chunk: int = 1_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> ServingPair:
+    """Encode every document; the returned pair's offset is where the log must be replayed from."""
+    # Read the offset first: writes that land during the scan are replayed afterwards (idempotently).
+    offset = reader.last_offset()
+    index = VectorIndex(encoder.dim, encoder.version)
+    total, done = reader.count(), 0
+    for docs in reader.iter_all(chunk):
+        vectors = encoder.encode([doc.text for _, doc in docs], "passage")
+        index.upsert([doc.entry(doc_id) for doc_id, doc in docs], vectors)
+        done += len(docs)
+        if progress is not None:
+            progress(done, total)
+    return ServingPair(encoder, index, offset)

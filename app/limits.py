@@ -1,0 +1,63 @@
+"""Size limits from settings, checked before anything is written or encoded (422 with the reason)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from app.docstore import StoredDoc
+from app.engine import SearchQuery
+from app.errors import InvalidInput
+from app.schemas import DocumentIn, MetadataValue
+from app.settings import Settings
+
+
+def search_query(
+    text: str,
+    k: int,
+    langs: Sequence[str] | None,
+    where: dict[str, MetadataValue] | None,
+    settings: Settings,
+) -> SearchQuery:
+    if not text.strip():
+        raise InvalidInput("query is empty")
+    if len(text) > settings.max_query_chars:
+        raise InvalidInput(f"query has {len(text)} characters; the limit is {settings.max_query_chars}")
+    if not 1 <= k <= settings.max_k:
+        raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
+    if langs and len(langs) > settings.max_langs_per_query:
+        raise InvalidInput(f"at most {settings.max_langs_per_query} languages per query")
+    if where:
+        metadata_size(where, settings)
+    return SearchQuery(text, k, tuple(dict.fromkeys(langs or ())), tuple(sorted((where or {}).items())))
+
+
+def metadata_size(metadata: dict[str, MetadataValue], settings: Settings, doc_id: str | None = None) -> None:
+    size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    if size > settings.max_metadata_bytes:
+        owner = f"document {doc_id!r}: " if doc_id else ""
+        raise InvalidInput(f"{owner}metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes}")
+
+
+def documents(docs: Sequence[DocumentIn], settings: Settings) -> list[tuple[str, StoredDoc]]:
+    check_batch([d.id for d in docs], settings)
+    for doc in docs:
+        if not doc.text.strip():
+            raise InvalidInput(f"document {doc.id!r}: text is empty")
+        if len(doc.text) > settings.max_text_chars:
+            raise InvalidInput(
+                f"document {doc.id!r}: text has {len(doc.text)} characters; the limit is {settings.max_text_chars} "
+                "(the encoder reads the first max_seq_length tokens of what is accepted)"
+            )
+        metadata_size(doc.metadata, settings, doc.id)
+    return [(d.id, StoredDoc(d.text, d.lang, d.metadata)) for d in docs]
+
+
+def check_batch(ids: Sequence[str], settings: Settings) -> None:
+    if len(ids) > settings.max_docs_per_request:
+        raise InvalidInput(f"{len(ids)} documents in one request; the limit is {settings.max_docs_per_request}")
+    seen: set[str] = set()
+    for doc_id in ids:
+        if doc_id in seen:
+            raise InvalidInput(f"id {doc_id!r} appears more than once in the request")
+        seen.add(doc_id)

@@ -1,0 +1,47 @@
+"""create_app(): the FastAPI service around an Engine made in lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.engine import Engine
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import BodySizeLimit, RequestMetrics
+from app.routes import documents, ops, search
+from app.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine(settings, metrics)
+        app.state.engine = engine
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(
+        title="xling",
+        summary="Multilingual dense retrieval that fine-tunes, evaluates and hot-swaps its own encoder.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(documents.router)
+    app.include_router(search.router)
+    app.include_router(ops.router)
+    # Outermost last: metrics see every request, including those the size limit refuses.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

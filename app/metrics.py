@@ -1,0 +1,33 @@
+"""Prometheus metrics; one registry per app so several apps can live in one process (tests, replicas)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_latency = Histogram(
+            "xling_request_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.search_batch_size = Histogram(
+            "xling_search_batch_size",
+            "Queries per micro-batch (one encoder forward, one FAISS search)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.index_size = Gauge("xling_index_vectors", "Vectors in the serving index", registry=self.registry)
+        self.applier_lag = Gauge(
+            "xling_applier_lag_seconds",
+            "Age of the newest doc-log entry not yet applied (0 = caught up)",
+            registry=self.registry,
+        )
+        self.applied_entries = Counter(
+            "xling_applied_log_entries", "Doc-log entries applied to the index", registry=self.registry
+        )
+        self.snapshots = Counter("xling_snapshots", "Index snapshots written", registry=self.registry)

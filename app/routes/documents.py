@@ -1,0 +1,67 @@
+"""POST /index, GET/DELETE /index/{id}, POST /index/delete, GET /index/stats."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path
+
+from app import limits
+from app.deps import EngineDep, SettingsDep, require_write_key
+from app.errors import NotFound
+from app.schemas import (
+    DOC_ID_PATTERN,
+    DeleteRequest,
+    DeleteResponse,
+    DocumentOut,
+    IndexRequest,
+    IndexResponse,
+    IndexStats,
+)
+
+router = APIRouter(prefix="/index", tags=["documents"])
+write_guard = [Depends(require_write_key)]
+
+
+@router.post("", response_model=IndexResponse, dependencies=write_guard)
+async def index_documents(body: IndexRequest, engine: EngineDep, settings: SettingsDep) -> IndexResponse:
+    """Upsert documents; returns once they are searchable on this replica (503 past the deadline)."""
+    docs = limits.documents(body.documents, settings)
+    offset = await engine.upsert(docs)
+    return IndexResponse(indexed=len(docs), log_offset=offset)
+
+
+@router.post("/delete", response_model=DeleteResponse, dependencies=write_guard)
+async def delete_documents(body: DeleteRequest, engine: EngineDep, settings: SettingsDep) -> DeleteResponse:
+    """Delete several documents; ids that do not exist are reported, not an error."""
+    limits.check_batch(body.ids, settings)
+    missing = await engine.delete(body.ids)
+    return DeleteResponse(deleted=len(body.ids) - len(missing), missing=missing)
+
+
+@router.get("/stats", response_model=IndexStats)
+async def index_stats(engine: EngineDep) -> IndexStats:
+    pair = engine.require_pair()
+    return IndexStats(
+        documents=await engine.docs.count(),
+        vectors=len(pair.index),
+        languages=pair.index.languages(),
+        model_version=pair.version,
+        applied_offset=pair.applied_offset,
+        log_offset=await engine.docs.last_offset(),
+    )
+
+
+DocIdPath = Path(pattern=DOC_ID_PATTERN)
+
+
+@router.get("/{doc_id}", response_model=DocumentOut)
+async def get_document(engine: EngineDep, doc_id: str = DocIdPath) -> DocumentOut:
+    (doc,) = await engine.docs.get_many([doc_id])
+    if doc is None:
+        raise NotFound(f"no document with id {doc_id!r}")
+    return DocumentOut(id=doc_id, text=doc.text, lang=doc.lang, metadata=doc.metadata)
+
+
+@router.delete("/{doc_id}", response_model=DeleteResponse, dependencies=write_guard)
+async def delete_document(engine: EngineDep, doc_id: str = DocIdPath) -> DeleteResponse:
+    await engine.delete([doc_id], must_exist=True)
+    return DeleteResponse(deleted=1, missing=[])

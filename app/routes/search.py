@@ -1,0 +1,57 @@
+"""POST /search (JSON body) and GET /search?q=&k=&lang= (browsers, curl)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from app import limits
+from app.deps import EngineDep, SettingsDep, require_search_key
+from app.engine import SearchQuery, SearchResult
+from app.errors import InvalidInput
+from app.schemas import LANG_PATTERN, HitOut, SearchRequest, SearchResponse
+
+router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
+_LANG = re.compile(LANG_PATTERN)
+
+
+def _response(result: SearchResult, started: float) -> SearchResponse:
+    hits = [
+        HitOut(id=h.id, score=h.score, rank=h.rank, text=h.doc.text, lang=h.doc.lang, metadata=h.doc.metadata)
+        for h in result.hits
+    ]
+    return SearchResponse(
+        hits=hits, model_version=result.model_version, took_ms=round((time.perf_counter() - started) * 1000, 2)
+    )
+
+
+async def _run(query: SearchQuery, engine: EngineDep, started: float) -> SearchResponse:
+    return _response(await engine.search(query), started)
+
+
+@router.post("/search", response_model=SearchResponse)
+async def search_post(body: SearchRequest, engine: EngineDep, settings: SettingsDep) -> SearchResponse:
+    """Top-k documents for a query in any language; `langs` and `filter` restrict the candidates."""
+    started = time.perf_counter()
+    return await _run(limits.search_query(body.query, body.k, body.langs, body.filter, settings), engine, started)
+
+
+@router.get("/search", response_model=SearchResponse)
+async def search_get(
+    engine: EngineDep,
+    settings: SettingsDep,
+    q: Annotated[str, Query(description="the query text")],
+    k: Annotated[int, Query()] = 10,
+    lang: Annotated[
+        list[str] | None, Query(description="repeat or comma-separate: lang=de&lang=fr, lang=de,fr")
+    ] = None,
+) -> SearchResponse:
+    started = time.perf_counter()
+    langs = [part for value in lang or [] for part in value.split(",") if part]
+    bad = [code for code in langs if not _LANG.match(code)]
+    if bad:
+        raise InvalidInput(f"not a language code: {bad[0]!r} (expected e.g. 'de', 'zh-Hans')")
+    return await _run(limits.search_query(q, k, langs, None, settings), engine, started)

@@ -1,0 +1,90 @@
+"""The one settings class: `XLING_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XLING_", env_file=".env", extra="ignore")
+
+    # Where state lives
+    redis_url: str | None = Field(None, description="Redis to use; unset = `xling serve` starts an embedded one")
+    data_dir: Path = Field(Path("./data"), description="models/, indexes/, datasets/, reports/, redis/")
+    key_prefix: str = Field("xling", description="namespace of every Redis key")
+
+    # Model
+    retrieval_model: str | None = Field(None, description="registry version, folder or hub id; unset = default")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    encode_batch_size: int = Field(64, ge=1, le=4096)
+    max_seq_length: int | None = Field(None, ge=8, le=8192, description="cap on tokens per text")
+
+    # Security
+    api_key: SecretStr | None = Field(None, description="Bearer key for writes, jobs and activation")
+    search_api_key: SecretStr | None = Field(None, description="Bearer key for search (unset = open)")
+
+    # Input limits
+    max_query_chars: int = Field(2_000, ge=1)
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_docs_per_request: int = Field(1_000, ge=1)
+    max_text_chars: int = Field(20_000, ge=1)
+    max_metadata_bytes: int = Field(2_048, ge=2)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_langs_per_query: int = Field(32, ge=1)
+
+    # Search micro-batching
+    batch_max_size: int = Field(64, ge=1, le=4096)
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1_000)
+    search_queue_max: int = Field(1_024, ge=1, description="queued queries beyond this get 429")
+
+    # Write path
+    write_timeout_s: float = Field(30.0, gt=0, description="read-your-writes deadline; 503 past it")
+    applier_batch: int = Field(512, ge=1, description="log entries applied (and encoded) together")
+    snapshot_every_entries: int = Field(10_000, ge=1)
+    snapshot_interval_s: float = Field(300.0, gt=0)
+
+    # Logging
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError("key_prefix must be 1-64 letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _no_empty_keys(self) -> Settings:
+        # An empty key would make "guarded" routes accept `Authorization: Bearer ` from anyone.
+        for name in ("api_key", "search_api_key"):
+            key = getattr(self, name)
+            if key is not None and not key.get_secret_value().strip():
+                raise ValueError(f"XLING_{name.upper()} is set but empty")
+        return self
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def indexes_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @cached_property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @cached_property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"

@@ -1,0 +1,217 @@
+"""Text encoder over a sentence-transformers-layout folder: batched, length-sorted, L2-normalised float32."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from models.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+TextKind = Literal["query", "passage"]
+POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
+# sentence-transformers < 6 wrote one boolean per mode; 6.x writes `pooling_mode`.
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+}
+# Model families whose training used fixed prefixes that their folders do not record.
+_KNOWN_PREFIXES: list[tuple[re.Pattern[str], tuple[str, str]]] = [
+    (re.compile(r"(^|[/_-])e5([-_]|$)", re.IGNORECASE), ("query: ", "passage: ")),
+]
+_FALLBACK_MAX_LENGTH = 512
+
+
+def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce (batch, tokens, dim) token embeddings to (batch, dim); padding is masked out."""
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        summed = (token_embeddings * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        return summed / (counts.sqrt() if mode == "mean_sqrt_len_tokens" else counts)
+    if mode == "cls":
+        return token_embeddings[:, 0]
+    if mode == "max":
+        masked = token_embeddings.masked_fill(mask == 0, torch.finfo(token_embeddings.dtype).min)
+        return masked.max(dim=1).values
+    if mode == "lasttoken":
+        # Right padding: the last real token sits at length - 1.
+        last = attention_mask.sum(dim=1).long().clamp(min=1) - 1
+        return token_embeddings[torch.arange(token_embeddings.shape[0]), last]
+    raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """What a sentence-transformers folder says about how to run its transformer."""
+
+    transformer_dir: Path
+    pooling: str
+    normalize: bool
+    max_length: int | None
+    query_prefix: str
+    passage_prefix: str
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _pooling_from_config(config: dict[str, Any]) -> str:
+    mode = config.get("pooling_mode")
+    if isinstance(mode, list):
+        if len(mode) != 1:
+            raise ValueError(f"concatenated pooling modes {mode} are not supported")
+        mode = mode[0]
+    if mode is None:
+        enabled = [name for key, name in _LEGACY_POOLING_KEYS.items() if config.get(key)]
+        if len(enabled) != 1:
+            raise ValueError(f"pooling config must enable exactly one mode, found {enabled or 'none'}")
+        mode = enabled[0]
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
+    return str(mode)
+
+
+def known_prefixes(name: str) -> tuple[str, str]:
+    for pattern, prefixes in _KNOWN_PREFIXES:
+        if pattern.search(name):
+            return prefixes
+    return ("", "")
+
+
+def read_layout(folder: Path, name_hint: str = "") -> FolderLayout:
+    """Read modules.json, the pooling config, max length and prefixes (manifest first, then ST prompts)."""
+    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
+    transformer_dir, pooling, normalize = folder, None, False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        path = folder / module.get("path", "")
+        if kind.endswith("Transformer"):
+            transformer_dir = path
+        elif kind.endswith("Pooling"):
+            pooling = _pooling_from_config(_read_json(path / "config.json"))
+        elif kind.endswith("Normalize"):
+            normalize = True
+    if pooling is None:
+        log.warning("no pooling module in %s; using mean pooling", folder)
+        pooling = "mean"
+
+    st_config = _read_json(transformer_dir / "sentence_bert_config.json")
+    max_length = st_config.get("max_seq_length")
+    if max_length is None:
+        tokenizer_max = _read_json(transformer_dir / "tokenizer_config.json").get("model_max_length")
+        # Tokenizers without a limit store a huge sentinel (int(1e30)).
+        if isinstance(tokenizer_max, int) and tokenizer_max < 100_000:
+            max_length = tokenizer_max
+
+    query_prefix, passage_prefix = known_prefixes(name_hint or folder.name)
+    prompts = _read_json(folder / "config_sentence_transformers.json").get("prompts") or {}
+    if prompts.get("query") or prompts.get("document") or prompts.get("passage"):
+        query_prefix = prompts.get("query", "")
+        passage_prefix = prompts.get("document", prompts.get("passage", ""))
+
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        pooling, query_prefix, passage_prefix = manifest.pooling, manifest.query_prefix, manifest.passage_prefix
+        max_length = manifest.max_length
+        normalize = manifest.normalize
+    return FolderLayout(transformer_dir, pooling, normalize, max_length, query_prefix, passage_prefix)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class Encoder:
+    """Turns texts into L2-normalised float32 vectors; prefixes are applied here, never by callers."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        version: str,
+        device: str = "auto",
+        max_length: int | None = None,
+        batch_size: int = 64,
+        name_hint: str = "",
+    ) -> None:
+        self.folder = Path(folder)
+        self.version = version
+        self.layout = read_layout(self.folder, name_hint)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.layout.transformer_dir))
+        # safetensors only: a pickled checkpoint is refused instead of executed.
+        self.model = AutoModel.from_pretrained(str(self.layout.transformer_dir), use_safetensors=True)
+        if self.device.type == "cuda":
+            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.model = self.model.to(self.device, dtype=half)
+        self.model.eval()
+        model_limit = getattr(self.model.config, "max_position_embeddings", _FALLBACK_MAX_LENGTH)
+        candidates = [n for n in (max_length, self.layout.max_length, model_limit, _FALLBACK_MAX_LENGTH) if n]
+        self.max_length = int(min(candidates))
+        self.dim = int(self.model.config.hidden_size)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @property
+    def pooling(self) -> str:
+        return self.layout.pooling
+
+    @property
+    def query_prefix(self) -> str:
+        return self.layout.query_prefix
+
+    @property
+    def passage_prefix(self) -> str:
+        return self.layout.passage_prefix
+
+    def encode(self, texts: list[str], kind: TextKind, batch_size: int | None = None) -> np.ndarray:
+        """Encode texts as queries or passages; returns (len(texts), dim) float32 rows of unit norm."""
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        prefix = self.query_prefix if kind == "query" else self.passage_prefix
+        token_ids: list[list[int]] = self.tokenizer(
+            [prefix + text for text in texts], truncation=True, max_length=self.max_length
+        )["input_ids"]
+        # Longest first: similar lengths share a batch (little padding) and memory peaks show up at once.
+        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+        step = batch_size or self.batch_size
+        for start in range(0, len(order), step):
+            rows = order[start : start + step]
+            out[rows] = self._encode_ids([token_ids[i] for i in rows])
+        return out
+
+    def _encode_ids(self, batch: list[list[int]]) -> np.ndarray:
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = pool(hidden.float(), attention_mask, self.pooling)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.cpu().numpy().astype(np.float32, copy=False)

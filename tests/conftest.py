@@ -1,0 +1,119 @@
+"""Shared fixtures: a real Redis server, a tiny real model, and a real HTTP service in a thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from app.embedded_redis import EmbeddedRedis, free_port
+from app.main import create_app
+from app.settings import Settings
+from tests.tiny_model import build_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """A clean database for each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-mean")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, redis_url: str, tiny_model: Path) -> Any:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "data_dir": tmp_path / "data",
+            "retrieval_model": str(tiny_model),
+            "log_json": False,
+            "batch_max_wait_ms": 2.0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+class RunningService:
+    def __init__(self, base_url: str, settings: Settings, server: uvicorn.Server) -> None:
+        self.url = base_url
+        self.settings = settings
+        self.server = server
+        self.client = httpx.Client(base_url=base_url, timeout=30)
+
+    @property
+    def app(self) -> Any:
+        return self.server.config.app
+
+    def search_ids(self, query: str, **params: Any) -> list[str]:
+        response = self.client.post("/search", json={"query": query, **params})
+        assert response.status_code == 200, response.text
+        return [hit["id"] for hit in response.json()["hits"]]
+
+    def index(self, docs: list[dict[str, Any]]) -> httpx.Response:
+        return self.client.post("/index", json={"documents": docs})
+
+
+@contextmanager
+def running_service(settings: Settings, ready_timeout_s: float = 60) -> Iterator[RunningService]:
+    """A real uvicorn server on a free port, ready (model and index loaded) when yielded."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    service = RunningService(f"http://127.0.0.1:{port}", settings, server)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                response = service.client.get("/readyz")
+                if response.status_code == 200:
+                    break
+                if response.json().get("status") == "failed":
+                    raise RuntimeError(f"service failed to load: {response.json()}")
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("service did not become ready")
+            time.sleep(0.05)
+        yield service
+    finally:
+        service.client.close()
+        server.should_exit = True
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "service did not stop"
+
+
+@pytest.fixture
+def service(make_settings: Any) -> Iterator[RunningService]:
+    with running_service(make_settings()) as running:
+        yield running

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from models.encoder import Encoder, pool, read_layout
+from models.manifest import Manifest, write_manifest
+from tests.tiny_model import build_tiny_model, random_sentences
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model: Path) -> Encoder:
+    return Encoder(tiny_model, version="tiny", device="cpu", batch_size=8)
+
+
+def test_vectors_are_unit_float32(encoder: Encoder) -> None:
+    vectors = encoder.encode(["the cat sleeps", "die katze schläft"], "passage")
+    assert vectors.dtype == np.float32 and vectors.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_same_vector_alone_and_inside_a_padded_batch(encoder: Encoder) -> None:
+    short = "the cat"
+    others = random_sentences("en", 20, seed=1, length=30)  # much longer: `short` gets padded
+    alone = encoder.encode([short], "passage")[0]
+    batched = encoder.encode([*others[:10], short, *others[10:]], "passage")
+    np.testing.assert_allclose(batched[10], alone, atol=1e-5)
+    # and the order of the output follows the input despite length sorting
+    np.testing.assert_allclose(batched[0], encoder.encode([others[0]], "passage")[0], atol=1e-5)
+
+
+def test_matches_sentence_transformers(tiny_model: Path, encoder: Encoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = random_sentences("fr", 12, seed=2)
+    expected = SentenceTransformer(str(tiny_model), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(encoder.encode(texts, "passage"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["cls", "max"])
+def test_pooling_mode_is_read_from_the_folder(tmp_path: Path, mode: str) -> None:
+    folder = build_tiny_model(tmp_path / f"tiny-{mode}", pooling=mode)
+    encoder = Encoder(folder, version=mode, device="cpu")
+    assert encoder.pooling == mode
+    text = "the river floods the old town"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    batch = tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state[0]
+    manual = hidden[0] if mode == "cls" else hidden.max(dim=0).values
+    manual = (manual / manual.norm()).numpy()
+    np.testing.assert_allclose(encoder.encode([text], "passage")[0], manual, atol=1e-5)
+    # and it differs from what mean pooling would give
+    mean = hidden.mean(dim=0)
+    assert not np.allclose(manual, (mean / mean.norm()).numpy(), atol=1e-3)
+
+
+def test_legacy_pooling_config_is_understood(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "legacy"
+    shutil.copytree(tiny_model, folder)
+    legacy = {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(legacy))
+    assert read_layout(folder).pooling == "cls"
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "weird"}))
+    with pytest.raises(ValueError, match="unknown pooling mode 'weird'"):
+        read_layout(folder)
+
+
+def test_prefixes_come_from_the_manifest(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "prefixed"
+    shutil.copytree(tiny_model, folder)
+    manifest = Manifest(version="p1", base_model="tiny", query_prefix="query: ", passage_prefix="passage: ")
+    write_manifest(folder, manifest)
+    prefixed = Encoder(folder, version="p1", device="cpu")
+    plain = Encoder(tiny_model, version="tiny", device="cpu")
+    assert (prefixed.query_prefix, prefixed.passage_prefix) == ("query: ", "passage: ")
+    np.testing.assert_allclose(
+        prefixed.encode(["the cat"], "query"), plain.encode(["query: the cat"], "query"), atol=1e-5
+    )
+    assert not np.allclose(prefixed.encode(["the cat"], "query"), prefixed.encode(["the cat"], "passage"))
+
+
+def test_e5_family_gets_its_prefixes_without_a_manifest(tiny_model: Path) -> None:
+    layout = read_layout(tiny_model, name_hint="intfloat/multilingual-e5-small")
+    assert (layout.query_prefix, layout.passage_prefix) == ("query: ", "passage: ")
+    assert read_layout(tiny_model, name_hint="sentence-transformers/LaBSE").query_prefix == ""
+
+
+def test_pool_masks_padding() -> None:
+    tokens = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, -100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool(tokens, mask, "mean").tolist() == [[2.0, 2.0]]
+    assert pool(tokens, mask, "max").tolist() == [[3.0, 3.0]]
+    assert pool(tokens, mask, "lasttoken").tolist() == [[3.0, 3.0]]
+    assert pool(tokens, mask, "cls").tolist() == [[1.0, 1.0]]
+    with pytest.raises(ValueError):
+        pool(tokens, mask, "median")
+
+
+def test_long_text_is_truncated_not_rejected(encoder: Encoder) -> None:
+    long_text = " ".join(["cat"] * 5_000)
+    assert encoder.encode([long_text], "passage").shape == (1, 32)
