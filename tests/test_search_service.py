@@ -89,6 +89,7 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(make_setti
 
         async def ask_all() -> list[list[str]]:
             async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+
                 async def ask(text: str) -> list[str]:
                     response = await client.post("/search", json={"query": text, "k": 1})
                     return [h["id"] for h in response.json()["hits"]]
@@ -108,7 +109,12 @@ def test_write_key_guards_writes_but_not_search(make_settings: Any) -> None:
     with running_service(make_settings(api_key="s3cret")) as service:
         doc = {"id": "a", "text": "the cat sleeps", "lang": "en"}
         assert service.index([doc]).status_code == 401
-        assert service.client.post("/index", json={"documents": [doc]}, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert (
+            service.client.post(
+                "/index", json={"documents": [doc]}, headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
         ok = service.client.post("/index", json={"documents": [doc]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert service.client.delete("/index/a").status_code == 401

@@ -20,8 +20,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def filled() -> tuple[VectorIndex, list[DocEntry], np.ndarray]:
     rng = np.random.default_rng(0)
     docs = [
-        DocEntry(f"d{i}", LANGS[i % 4], {"topic": ["a", "b", "c"][i % 3], "year": 2000 + i % 5})
-        for i in range(300)
+        DocEntry(f"d{i}", LANGS[i % 4], {"topic": ["a", "b", "c"][i % 3], "year": 2000 + i % 5}) for i in range(300)
     ]
     vectors = _unit(rng, len(docs), 16)
     index = VectorIndex(16, "v1")
@@ -83,10 +82,14 @@ def test_snapshot_round_trip(tmp_path: Path, filled: tuple[VectorIndex, list[Doc
     loaded, offset = VectorIndex.load(tmp_path, "v1", 16)
     assert offset == "123-9" and len(loaded) == 299 and "d5" not in loaded
     allowed = loaded.allowed_ids(["de"], {"topic": "a"})
-    assert loaded.search(vectors[:3], 7, allowed) == index.search(vectors[:3], 7, index.allowed_ids(["de"], {"topic": "a"}))
+    assert loaded.search(vectors[:3], 7, allowed) == index.search(
+        vectors[:3], 7, index.allowed_ids(["de"], {"topic": "a"})
+    )
 
 
-def test_snapshot_of_another_model_version_is_refused(tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
+def test_snapshot_of_another_model_version_is_refused(
+    tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]
+) -> None:
     index, _, _ = filled
     index.save(tmp_path, "1-0")
     with pytest.raises(IndexMismatchError, match="built by model version 'v1'.*'v2'"):
@@ -95,7 +98,9 @@ def test_snapshot_of_another_model_version_is_refused(tmp_path: Path, filled: tu
         VectorIndex.load(tmp_path, "v1", 32)
 
 
-def test_missing_or_inconsistent_snapshot(tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
+def test_missing_or_inconsistent_snapshot(
+    tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]
+) -> None:
     with pytest.raises(SnapshotError):
         VectorIndex.load(tmp_path, "v1", 16)
     index, _, _ = filled

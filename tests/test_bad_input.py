@@ -1,0 +1,124 @@
+"""Every bad input gets its 4xx with a reason, and the index is unchanged afterwards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningService, running_service
+
+GOOD = {"id": "keep", "text": "the cat sleeps on the warm windowsill", "lang": "en", "metadata": {"k": "v"}}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, tiny_model: Any) -> Any:
+    from app.settings import Settings
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_server.url,
+        data_dir=tmp_path_factory.mktemp("bad-input"),
+        retrieval_model=str(tiny_model),
+        key_prefix="badinput",
+        log_json=False,
+        max_query_chars=50,
+        max_k=20,
+        max_docs_per_request=3,
+        max_text_chars=100,
+        max_metadata_bytes=40,
+        max_body_bytes=4096,
+    )
+    with running_service(settings) as service:
+        assert service.index([GOOD]).status_code == 200
+        yield service
+
+
+def _state(service: RunningService) -> tuple[int, int, str]:
+    stats = service.client.get("/index/stats").json()
+    return stats["documents"], stats["vectors"], stats["log_offset"]
+
+
+def doc(**fields: Any) -> dict[str, Any]:
+    return {"id": "new", "text": "die katze schläft", **fields}
+
+
+BAD_WRITES = [
+    ("empty text", {"documents": [doc(text="")]}, 422, "text"),
+    ("whitespace text", {"documents": [doc(text="   \n")]}, 422, "text is empty"),
+    ("text over the limit", {"documents": [doc(text="x" * 101)]}, 422, "limit is 100"),
+    ("id with a space", {"documents": [doc(id="a b")]}, 422, "pattern"),
+    ("id with a slash", {"documents": [doc(id="a/b")]}, 422, "pattern"),
+    ("empty id", {"documents": [doc(id="")]}, 422, "pattern"),
+    ("language code", {"documents": [doc(lang="English")]}, 422, "pattern"),
+    ("duplicate ids", {"documents": [doc(), doc()]}, 422, "more than once"),
+    ("too many documents", {"documents": [doc(id=f"n{i}") for i in range(4)]}, 422, "limit is 3"),
+    ("nested metadata", {"documents": [doc(metadata={"a": {"b": 1}})]}, 422, "flat object"),
+    ("list metadata", {"documents": [doc(metadata={"a": [1, 2]})]}, 422, "flat object"),
+    ("metadata not an object", {"documents": [doc(metadata=[1])]}, 422, "dict"),
+    ("metadata too large", {"documents": [doc(metadata={"a": "x" * 50})]}, 422, "limit is 40"),
+    ("no documents", {"documents": []}, 422, "at least 1"),
+    ("unknown field", {"documents": [doc(colour="red")]}, 422, "extra"),
+    ("not JSON", "not json", 422, "JSON"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "reason"), BAD_WRITES, ids=[c[0] for c in BAD_WRITES])
+def test_bad_writes_are_refused_and_change_nothing(
+    limited: RunningService, case: str, body: Any, status: int, reason: str
+) -> None:
+    before = _state(limited)
+    if isinstance(body, str):
+        response = limited.client.post("/index", content=body, headers={"content-type": "application/json"})
+    else:
+        response = limited.client.post("/index", json=body)
+    assert response.status_code == status, response.text
+    assert reason.lower() in response.text.lower()
+    assert _state(limited) == before
+
+
+def test_body_over_the_limit_is_413(limited: RunningService) -> None:
+    before = _state(limited)
+    big = {"documents": [doc(text="y" * 5000)]}
+    assert limited.client.post("/index", json=big).status_code == 413
+    # without Content-Length (chunked upload) too
+
+    def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 1000
+
+    response = limited.client.post("/index", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert _state(limited) == before
+
+
+BAD_SEARCHES = [
+    ("empty query", {"query": ""}, "query is empty"),
+    ("whitespace query", {"query": "  \t"}, "query is empty"),
+    ("query over the limit", {"query": "q" * 51}, "limit is 50"),
+    ("k zero", {"query": "cat", "k": 0}, "between 1 and 20"),
+    ("k over the maximum", {"query": "cat", "k": 21}, "between 1 and 20"),
+    ("bad language", {"query": "cat", "langs": ["EN"]}, "pattern"),
+    ("nested filter", {"query": "cat", "filter": {"a": {"b": 1}}}, "flat object"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "reason"), BAD_SEARCHES, ids=[c[0] for c in BAD_SEARCHES])
+def test_bad_searches_get_422(limited: RunningService, case: str, body: dict[str, Any], reason: str) -> None:
+    response = limited.client.post("/search", json=body)
+    assert response.status_code == 422, response.text
+    assert reason.lower() in response.text.lower()
+
+
+def test_bad_get_search_parameters(limited: RunningService) -> None:
+    for params in ({"q": ""}, {"q": "cat", "k": 0}, {"q": "cat", "k": "many"}, {"q": "cat", "lang": "de,EN!"}, {}):
+        assert limited.client.get("/search", params=params).status_code == 422, params
+
+
+def test_bad_ids_on_delete(limited: RunningService) -> None:
+    before = _state(limited)
+    assert limited.client.post("/index/delete", json={"ids": ["keep", "keep"]}).status_code == 422
+    assert limited.client.post("/index/delete", json={"ids": []}).status_code == 422
+    assert limited.client.delete("/index/bad%20id").status_code == 422
+    assert _state(limited) == before
+    assert limited.search_ids(GOOD["text"], k=1) == ["keep"]

@@ -1,0 +1,104 @@
+"""The `xling` command as a user runs it: serve (embedded Redis), index FILE, search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.embedded_redis import free_port
+from tests.test_search_service import corpus
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+    env.update(XLING_DATA_DIR=str(tmp_path / "data"), XLING_RETRIEVAL_MODEL=str(tiny_model), HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        assert time.monotonic() < deadline, "xling serve did not become ready"
+        time.sleep(0.1)
+    yield url, process, env
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _xling(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_serve_index_search_and_stop(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, process, env = served
+    docs = corpus(10)
+    file = tmp_path / "docs.jsonl"
+    file.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+
+    indexed = _xling(env, "index", str(file), "--url", url, "--batch-size", "7")
+    assert indexed.returncode == 0, indexed.stderr
+    assert "indexed 40 documents" in indexed.stdout
+
+    found = _xling(env, "search", docs[12]["text"], "--url", url, "-k", "3", "--json")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["hits"][0]["id"] == docs[12]["id"]
+    filtered = _xling(env, "search", "the cat", "--url", url, "--lang", "de", "--json")
+    assert {h["lang"] for h in json.loads(filtered.stdout)["hits"]} == {"de"}
+    table = _xling(env, "search", docs[0]["text"], "--url", url)
+    assert docs[0]["id"] in table.stdout
+
+    redis_children = _children(process.pid)
+    assert redis_children, "serve started no embedded redis"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in redis_children):
+        assert time.monotonic() < deadline, "embedded redis outlived xling serve"
+        time.sleep(0.1)
+    assert (tmp_path / "data" / "redis" / "appendonly.aof").exists()
+
+
+def test_cli_reports_bad_input_and_bad_files(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _, env = served
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok"}\nnot json\n')
+    result = _xling(env, "index", str(bad), "--url", url)
+    assert result.returncode == 1 and "bad.jsonl:2" in result.stderr
+    empty_query = _xling(env, "search", "  ", "--url", url)
+    assert empty_query.returncode == 1 and "query is empty" in empty_query.stderr
