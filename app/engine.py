@@ -102,6 +102,7 @@ class Engine:
             device=self.settings.device,
             max_length=self.settings.max_seq_length,
             batch_size=self.settings.encode_batch_size,
+            batch_tokens=self.settings.encode_batch_tokens,
             name_hint=source.name,
         )
         pair, from_snapshot = self._open_index(encoder)
@@ -149,7 +150,7 @@ class Engine:
             log.error("snapshot refused, rebuilding from documents: %s", exc)
         except SnapshotError as exc:
             log.info("no usable snapshot (%s); encoding all documents", exc)
-        return build_index(self.reader, encoder, chunk=max(self.settings.encode_batch_size * 8, 256)), False
+        return build_index(self.reader, encoder, chunk=2_048), False
 
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():

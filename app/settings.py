@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     # Model
     retrieval_model: str | None = Field(None, description="registry version, folder or hub id; unset = default")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    encode_batch_size: int = Field(64, ge=1, le=4096)
+    encode_batch_size: int = Field(256, ge=1, le=4096, description="most texts per encoder forward")
+    encode_batch_tokens: int | None = Field(
+        None, ge=64, description="padded tokens per encoder forward; unset = 1024 on CPU, 32768 on GPU"
+    )
     max_seq_length: int | None = Field(None, ge=8, le=8192, description="cap on tokens per text")
 
     # Security

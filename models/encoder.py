@@ -32,6 +32,7 @@ _KNOWN_PREFIXES: list[tuple[re.Pattern[str], tuple[str, str]]] = [
     (re.compile(r"(^|[/_-])e5([-_]|$)", re.IGNORECASE), ("query: ", "passage: ")),
 ]
 _FALLBACK_MAX_LENGTH = 512
+DEFAULT_BATCH_TOKENS_GPU = 32_768
 
 
 def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -150,7 +151,8 @@ class Encoder:
         version: str,
         device: str = "auto",
         max_length: int | None = None,
-        batch_size: int = 64,
+        batch_size: int = 256,
+        batch_tokens: int | None = None,
         name_hint: str = "",
     ) -> None:
         self.folder = Path(folder)
@@ -158,6 +160,9 @@ class Encoder:
         self.layout = read_layout(self.folder, name_hint)
         self.device = pick_device(device)
         self.batch_size = batch_size
+        # Padded tokens per forward. Small on CPU, where padding costs as much as real tokens
+        # (measured: 1024 beats 8192 by 1.7x on MLQA-R sentences); large on GPU, which wants big batches.
+        self.batch_tokens = batch_tokens or (DEFAULT_BATCH_TOKENS_GPU if self.device.type == "cuda" else 1024)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.layout.transformer_dir))
         # safetensors only: a pickled checkpoint is refused instead of executed.
         self.model = AutoModel.from_pretrained(str(self.layout.transformer_dir), use_safetensors=True)
@@ -183,7 +188,7 @@ class Encoder:
     def passage_prefix(self) -> str:
         return self.layout.passage_prefix
 
-    def encode(self, texts: list[str], kind: TextKind, batch_size: int | None = None) -> np.ndarray:
+    def encode(self, texts: list[str], kind: TextKind) -> np.ndarray:
         """Encode texts as queries or passages; returns (len(texts), dim) float32 rows of unit norm."""
         if kind not in ("query", "passage"):
             raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
@@ -194,12 +199,14 @@ class Encoder:
         token_ids: list[list[int]] = self.tokenizer(
             [prefix + text for text in texts], truncation=True, max_length=self.max_length
         )["input_ids"]
-        # Longest first: similar lengths share a batch (little padding) and memory peaks show up at once.
+        # Longest first, so neighbours have similar lengths (little padding) and memory peaks show up at once.
         order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
-        step = batch_size or self.batch_size
-        for start in range(0, len(order), step):
-            rows = order[start : start + step]
+        start = 0
+        while start < len(order):
+            width = len(token_ids[order[start]])  # the longest in this batch sets the padded width
+            rows = order[start : start + max(1, min(self.batch_size, self.batch_tokens // width))]
             out[rows] = self._encode_ids([token_ids[i] for i in rows])
+            start += len(rows)
         return out
 
     def _encode_ids(self, batch: list[list[int]]) -> np.ndarray:

@@ -15,7 +15,8 @@ from tests.tiny_model import build_tiny_model, random_sentences
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model: Path) -> Encoder:
-    return Encoder(tiny_model, version="tiny", device="cpu", batch_size=8)
+    # One forward holds all the test's texts, so short ones really are padded to the longest.
+    return Encoder(tiny_model, version="tiny", device="cpu", batch_size=64, batch_tokens=8192)
 
 
 def test_vectors_are_unit_float32(encoder: Encoder) -> None:
@@ -32,6 +33,12 @@ def test_same_vector_alone_and_inside_a_padded_batch(encoder: Encoder) -> None:
     np.testing.assert_allclose(batched[10], alone, atol=1e-5)
     # and the order of the output follows the input despite length sorting
     np.testing.assert_allclose(batched[0], encoder.encode([others[0]], "passage")[0], atol=1e-5)
+
+
+def test_token_budget_changes_batches_not_vectors(tiny_model: Path, encoder: Encoder) -> None:
+    texts = random_sentences("de", 40, seed=4, length=30)
+    small = Encoder(tiny_model, version="tiny", device="cpu", batch_tokens=64)
+    np.testing.assert_allclose(small.encode(texts, "passage"), encoder.encode(texts, "passage"), atol=1e-5)
 
 
 def test_matches_sentence_transformers(tiny_model: Path, encoder: Encoder) -> None:
