@@ -66,6 +66,7 @@ def build_tiny_model(
     layers: int = 2,
     max_seq_length: int = 64,
     seed: int = 0,
+    extra_texts: list[str] | None = None,
 ) -> Path:
     """Write a sentence-transformers folder (safetensors weights) and return its path."""
     import torch
@@ -78,7 +79,7 @@ def build_tiny_model(
     tokenizer = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    texts = [sentence for sentences in CORPUS.values() for sentence in sentences]
+    texts = [sentence for sentences in CORPUS.values() for sentence in sentences] + (extra_texts or [])
     tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=SPECIAL_TOKENS))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(

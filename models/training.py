@@ -1,0 +1,311 @@
+"""Hybrid batch fine-tuning on sentence-transformers' trainer, with our samplers and InfoNCE loss.
+
+`finetune()` is the library API the CLI and the worker call: explicit arguments in, a self-describing
+model version folder out, progress and cancellation through two callables.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from models.data import ParallelGroup, all_pairs, check_strategy, fingerprint, load_parallel, split
+from models.encoder import read_layout
+from models.loss import InfoNCELoss
+from models.manifest import Manifest, write_manifest
+from models.resolve import resolve_model, version_from_name
+from models.samplers import STRATEGIES, HybridBatchSampler, make_sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults follow the hybrid-batch paper where it gives them."""
+
+    strategy: str = "hybrid"
+    alpha: float = 0.5
+    batch_size: int = 100
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    max_length: int = 128
+    scale: float = 20.0
+    query_prefix: str = "Query: "
+    passage_prefix: str = "Passage: "
+    with_context: bool = False
+    val_fraction: float = 0.05
+    eval_steps: int | None = None  # None: evaluate once, at the end
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    checkpoint_steps: int = 500
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+        if not 0 <= self.alpha <= 1:
+            problems.append(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.batch_size < 2:
+            problems.append("batch_size must be >= 2 (in-batch negatives need company)")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("max_steps must be >= 1")
+        if self.max_steps is None and self.epochs <= 0:
+            problems.append("epochs must be > 0")
+        if not 8 <= self.max_length <= 8192:
+            problems.append("max_length must be in [8, 8192]")
+        if self.early_stopping_patience is not None and self.val_fraction == 0:
+            problems.append("early stopping needs a validation split (val_fraction > 0)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    loss: float | None
+    samples_per_s: float
+    eta_s: float | None
+
+
+@dataclass
+class TrainResult:
+    path: Path | None  # None when cancelled
+    version: str | None
+    steps: int
+    cancelled: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+class _Reporter(TrainerCallback):
+    """Forwards progress to the caller and polls the cancel check once per step."""
+
+    def __init__(self, batch_size: int, progress: ProgressFn | None, should_cancel: CancelFn | None) -> None:
+        self.batch_size = batch_size
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.cancelled = False
+        self.last_loss: float | None = None
+        self.losses: list[tuple[int, float]] = []
+        self._started = time.monotonic()
+        self._first_step = 0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._started, self._first_step = time.monotonic(), state.global_step
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+            self.losses.append((state.global_step, self.last_loss))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.progress is not None:
+            done = state.global_step - self._first_step
+            elapsed = max(time.monotonic() - self._started, 1e-9)
+            per_step = elapsed / max(done, 1)
+            samples = done * self.batch_size * args.gradient_accumulation_steps
+            eta = per_step * (state.max_steps - state.global_step) if done else None
+            self.progress(Progress(state.global_step, state.max_steps, self.last_loss, samples / elapsed, eta))
+        if self.should_cancel is not None and self.should_cancel():
+            self.cancelled = True
+            control.should_training_stop = True
+            control.should_save = True  # a checkpoint to resume from, should the user retry
+
+
+class _HybridTrainer(SentenceTransformerTrainer):
+    """Uses our batch samplers for the train and validation datasets."""
+
+    def __init__(self, *args: Any, samplers: dict[str, HybridBatchSampler], **kwargs: Any) -> None:
+        self._samplers = samplers
+        super().__init__(*args, **kwargs)
+
+    def get_batch_sampler(self, dataset: Any, *args: Any, **kwargs: Any) -> HybridBatchSampler:
+        if dataset is self.train_dataset:
+            return self._samplers["train"]
+        if dataset is self.eval_dataset:
+            return self._samplers["eval"]
+        raise ValueError("no batch sampler for this dataset")
+
+
+def pair_dataset(groups: list[ParallelGroup], pairs: list[tuple[int, str, str]], config: TrainConfig) -> Dataset:
+    return Dataset.from_dict(
+        {
+            "query": [config.query_prefix + groups[g].queries[q] for g, q, _ in pairs],
+            "passage": [config.passage_prefix + groups[g].passages[p] for g, _, p in pairs],
+        }
+    )
+
+
+def _precision(device: str) -> dict[str, bool]:
+    if not device.startswith("cuda"):
+        return {}
+    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+
+
+def finetune(
+    base: str,
+    data: Path,
+    out: Path,
+    config: TrainConfig | None = None,
+    *,
+    registry_dir: Path | None = None,
+    version: str | None = None,
+    parent_version: str | None = None,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    resume_from: Path | bool | None = None,
+    logging_steps: int = 10,
+) -> TrainResult:
+    """Fine-tune `base` on the parallel QA data at `data`; writes a model version folder at `out`.
+
+    `resume_from`: a checkpoint folder, or True for the newest under `out/checkpoints`.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    groups, summary = load_parallel(data, with_context=config.with_context)
+    check_strategy(groups, config.strategy, config.alpha)
+    train_groups, val_groups = split(groups, config.val_fraction, config.seed)
+    check_strategy(train_groups, config.strategy, config.alpha)
+    source = resolve_model(base, registry_dir or Path("/nonexistent"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    layout = read_layout(source.path, source.name)
+
+    model = SentenceTransformer(str(source.path), device=device)
+    model.max_seq_length = config.max_length
+    train_pairs = all_pairs(train_groups)
+    samplers = {
+        "train": make_sampler(config.strategy, train_groups, train_pairs, config.batch_size, config.alpha, config.seed)
+    }
+    eval_dataset = None
+    if val_groups:
+        val_pairs = all_pairs(val_groups)
+        # A fixed seed: every evaluation sees the same batches, so validation losses compare.
+        samplers["eval"] = make_sampler(config.strategy, val_groups, val_pairs, config.batch_size, config.alpha, 12345)
+        eval_dataset = pair_dataset(val_groups, val_pairs, config)
+
+    steps_per_epoch = math.ceil(len(samplers["train"]) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    warmup_steps = round(config.warmup_ratio * total_steps)
+    checkpoints = out / "checkpoints"
+    eval_steps = config.eval_steps or (config.checkpoint_steps if config.early_stopping_patience else None)
+    save_steps = eval_steps if config.early_stopping_patience else config.checkpoint_steps
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=warmup_steps,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        eval_strategy="steps" if eval_steps and eval_dataset is not None else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=bool(config.early_stopping_patience),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not device.startswith("cuda"),
+        **_precision(device),
+    )
+    reporter = _Reporter(config.batch_size, progress, should_cancel)
+    callbacks: list[TrainerCallback] = [reporter]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = _HybridTrainer(
+        model=model,
+        args=args,
+        train_dataset=pair_dataset(train_groups, train_pairs, config),
+        eval_dataset=eval_dataset,
+        loss=InfoNCELoss(model, scale=config.scale),
+        callbacks=callbacks,
+        samplers=samplers,
+    )
+    resume: str | None = None
+    if resume_from is True:
+        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if resume is None:
+            log.warning("no checkpoint under %s; starting from the beginning", checkpoints)
+    elif resume_from:
+        resume = str(resume_from)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=resume)
+    steps = trainer.state.global_step
+    if reporter.cancelled:
+        log.info("training cancelled", extra={"step": steps})
+        return TrainResult(None, None, steps, cancelled=True)
+
+    metrics: dict[str, float] = {
+        "train_loss": float(output.training_loss),
+        "final_logged_loss": reporter.last_loss if reporter.last_loss is not None else float("nan"),
+        "steps": float(steps),
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    if eval_dataset is not None:
+        metrics["val_loss"] = float(trainer.evaluate()["eval_loss"])
+
+    version = version or version_from_name(out.name)
+    model.prompts = {"query": config.query_prefix, "document": config.passage_prefix}
+    model.save(str(out))
+    manifest = Manifest(
+        version=version,
+        base_model=source.name,
+        pooling=layout.pooling,
+        normalize=True,
+        query_prefix=config.query_prefix,
+        passage_prefix=config.passage_prefix,
+        max_length=config.max_length,
+        training={
+            **asdict(config),
+            "device": device,
+            "train_groups": len(train_groups),
+            "val_groups": len(val_groups),
+            "train_pairs": len(train_pairs),
+            "dataset": summary.to_dict(),
+            "batch_composition_epoch0": samplers["train"].composition(0),
+            "loss_curve": reporter.losses,
+        },
+        data_fingerprint=fingerprint(groups),
+        metrics=metrics,
+        parent_version=parent_version or (source.version if source.origin != "hub" else source.name),
+    )
+    write_manifest(out, manifest)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the version folder holds the final weights
+    return TrainResult(out, version, steps, cancelled=False, metrics=metrics)

@@ -1,0 +1,154 @@
+"""Sampler properties over random datasets (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.data import ParallelGroup, all_pairs
+from models.samplers import HybridBatchSampler, make_sampler
+
+LANGS = ["en", "de", "fr", "es", "zh"]
+
+
+@st.composite
+def datasets(draw: st.DrawFn) -> list[ParallelGroup]:
+    count = draw(st.integers(min_value=2, max_value=60))
+    groups = []
+    for i in range(count):
+        langs = draw(st.lists(st.sampled_from(LANGS), min_size=1, max_size=5, unique=True))
+        extra_passages = draw(st.lists(st.sampled_from(LANGS), max_size=2, unique=True))
+        groups.append(
+            ParallelGroup(
+                f"g{i}",
+                {lang: f"q{i}{lang}" for lang in langs},
+                {lang: f"p{i}{lang}" for lang in {*langs, *extra_passages}},
+            )
+        )
+    return groups
+
+
+def sampler(
+    groups: list[ParallelGroup], strategy: str, batch: int, alpha: float = 0.5, seed: int = 0
+) -> HybridBatchSampler:
+    return make_sampler(strategy, groups, all_pairs(groups), batch, alpha, seed)
+
+
+def decoded(s: HybridBatchSampler, groups: list[ParallelGroup]) -> list[list[tuple[int, str, str]]]:
+    pairs = all_pairs(groups)
+    return [[pairs[row] for row in rows] for rows in s]
+
+
+@settings(max_examples=60, deadline=None)
+@given(datasets(), st.sampled_from(["monolingual", "crosslingual", "hybrid"]), st.integers(1, 12), st.integers(0, 3))
+def test_every_batch_obeys_its_strategy(groups: list[ParallelGroup], strategy: str, batch: int, epoch: int) -> None:
+    s = sampler(groups, strategy, batch)
+    s.set_epoch(epoch)
+    batches = decoded(s, groups)
+    assert len(batches) == len(s)  # an honest __len__
+    for rows, planned in zip(batches, s.plan(epoch), strict=True):
+        group_ids = [g for g, _, _ in rows]
+        assert len(group_ids) == len(set(group_ids)), "a group twice in one batch"
+        assert 1 <= len(rows) <= batch
+        for g, q, p in rows:
+            assert q in groups[g].queries and p in groups[g].passages
+        if planned.kind == "mono":
+            assert len({q for _, q, _ in rows} | {p for _, _, p in rows}) == 1, "mono batch mixes languages"
+        else:
+            assert all(q != p for _, q, p in rows), "cross batch holds a same-language pair"
+    kinds = {b.kind for b in s.plan(epoch)}
+    if strategy == "monolingual":
+        assert kinds <= {"mono"}
+    if strategy == "crosslingual":
+        assert kinds <= {"cross"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(datasets(), st.sampled_from(["monolingual", "crosslingual", "hybrid"]), st.integers(1, 12))
+def test_every_usable_group_once_per_epoch(groups: list[ParallelGroup], strategy: str, batch: int) -> None:
+    s = sampler(groups, strategy, batch)
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        used = sorted(g for rows in decoded(s, groups) for g, _, _ in rows)
+        usable = sorted(
+            i
+            for i, group in enumerate(groups)
+            if (strategy != "crosslingual" and group.mono_langs())
+            or (strategy != "monolingual" and group.cross_pairs())
+        )
+        assert used == usable
+
+
+@settings(max_examples=30, deadline=None)
+@given(datasets(), st.integers(1, 8), st.integers(0, 1000))
+def test_same_seed_same_batches_new_epoch_new_order(groups: list[ParallelGroup], batch: int, seed: int) -> None:
+    first = sampler(groups, "hybrid", batch, seed=seed)
+    second = sampler(groups, "hybrid", batch, seed=seed)
+    assert list(first) == list(second)
+    first.set_epoch(1)
+    second.set_epoch(1)
+    assert list(first) == list(second)
+
+
+def test_a_new_epoch_reorders() -> None:
+    groups = [ParallelGroup(f"g{i}", {"en": "q", "de": "q"}, {"en": "p", "de": "p"}) for i in range(50)]
+    s = sampler(groups, "hybrid", 8, seed=3)
+    epoch0 = list(s)
+    s.set_epoch(1)
+    assert list(s) != epoch0
+    assert sorted(map(sorted, epoch0)) != sorted(map(sorted, list(s)))
+
+
+def test_hybrid_monolingual_fraction_matches_alpha() -> None:
+    groups = [ParallelGroup(f"g{i}", {lang: "q" for lang in LANGS}, {lang: "p" for lang in LANGS}) for i in range(400)]
+    for alpha in (0.2, 0.5, 0.8):
+        s = sampler(groups, "hybrid", 10, alpha=alpha, seed=7)
+        kinds = []
+        for epoch in range(25):
+            kinds += [b.kind for b in s.plan(epoch)]
+        n = len(kinds)
+        mono = sum(k == "mono" for k in kinds) / n
+        # every group has every language, so the coin is never overruled: binomial, 4 sigma
+        assert abs(mono - alpha) <= 4 * math.sqrt(alpha * (1 - alpha) / n), (alpha, mono, n)
+
+
+def test_alpha_zero_and_one_reduce_to_the_pure_samplers() -> None:
+    groups = [
+        ParallelGroup(f"g{i}", {"en": "q", "de": "q", "fr": "q"}, {"en": "p", "de": "p", "fr": "p"}) for i in range(40)
+    ]
+    for alpha, pure, kind in ((1.0, "monolingual", "mono"), (0.0, "crosslingual", "cross")):
+        hybrid = sampler(groups, "hybrid", 6, alpha=alpha, seed=5)
+        assert list(hybrid) == list(sampler(groups, pure, 6, seed=5))
+        assert {b.kind for b in hybrid.plan(0)} == {kind}
+
+
+def test_monolingual_language_is_uniform_across_languages() -> None:
+    groups = [ParallelGroup(f"g{i}", {lang: "q" for lang in LANGS}, {lang: "p" for lang in LANGS}) for i in range(500)]
+    s = sampler(groups, "monolingual", 10, seed=1)
+    counts = dict.fromkeys(LANGS, 0)
+    for epoch in range(10):
+        for planned in s.plan(epoch):
+            g, q, _ = all_pairs(groups)[planned.rows[0]]
+            counts[q] += 1
+    expected = sum(counts.values()) / len(LANGS)
+    assert all(abs(c - expected) < 0.2 * expected for c in counts.values()), counts
+
+
+def test_composition_counts_batches_and_pairs() -> None:
+    groups = [ParallelGroup(f"g{i}", {"en": "q", "de": "q"}, {"en": "p", "de": "p"}) for i in range(20)]
+    s = sampler(groups, "hybrid", 5, seed=2)
+    composition = s.composition(0)
+    assert composition["mono_batches"] + composition["cross_batches"] == len(s) == 4
+    assert sum(composition["language_pairs"].values()) == 20  # type: ignore[attr-defined]
+
+
+def test_bad_arguments() -> None:
+    import pytest
+
+    groups = [ParallelGroup("g", {"en": "q"}, {"en": "p"})]
+    with pytest.raises(ValueError, match="alpha"):
+        HybridBatchSampler(groups, all_pairs(groups), 4, alpha=1.5)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        make_sampler("bilingual", groups, all_pairs(groups), 4)
