@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from app.settings import Settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="xling: multilingual search that tunes itself.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 log = logging.getLogger("xling")
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="XLING_URL", help="the xling service")]
@@ -133,6 +134,218 @@ def search(
         text_preview = hit["text"] if len(hit["text"]) < 200 else hit["text"][:197] + "..."
         table.add_row(str(hit["rank"]), f"{hit['score']:.3f}", hit["lang"] or "", hit["id"], text_preview)
     console.print(table)
+
+
+@cli.command()
+def finetune(
+    data: Annotated[Path, typer.Option(help="LAReQA folder (<lang>.json files) or JSONL groups")],
+    strategy: Annotated[str, typer.Option(help="monolingual (X-X-mono) | crosslingual (X-Y) | hybrid")] = "hybrid",
+    alpha: Annotated[float, typer.Option(help="hybrid: probability that a batch is monolingual")] = 0.5,
+    base: Annotated[
+        str | None, typer.Option(help="registry version, folder or hub id; default: the serving default")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder; default DATA_DIR/models/<strategy>-<time>")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (overrides --epochs)")] = None,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    batch_size: Annotated[int, typer.Option()] = 100,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 3e-5,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
+    max_length: Annotated[int, typer.Option(help="max tokens per text")] = 128,
+    scale: Annotated[float, typer.Option(help="InfoNCE scale (1/temperature)")] = 20.0,
+    query_prefix: Annotated[str, typer.Option()] = "Query: ",
+    passage_prefix: Annotated[str, typer.Option()] = "Passage: ",
+    with_context: Annotated[bool, typer.Option(help="LAReQA: passage = answer sentence + its paragraph")] = False,
+    val_fraction: Annotated[float, typer.Option()] = 0.05,
+    eval_steps: Annotated[int | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option(help="early stopping: evaluations without improvement")] = None,
+    checkpoint_steps: Annotated[int, typer.Option()] = 500,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint under --out")] = False,
+) -> None:
+    """Fine-tune an encoder with hybrid batch training; writes a model version the service can serve."""
+    from datetime import UTC, datetime
+
+    from models.data import DataError, load_parallel
+    from models.training import Progress as TrainProgress
+    from models.training import TrainConfig
+    from models.training import finetune as run_finetune
+
+    settings = Settings()
+    configure_logging("WARNING", as_json=False)
+    config = TrainConfig(
+        strategy=strategy, alpha=alpha, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, max_length=max_length, scale=scale,
+        query_prefix=query_prefix, passage_prefix=passage_prefix, with_context=with_context,
+        val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
+        checkpoint_steps=checkpoint_steps, seed=seed,
+    )  # fmt: skip
+    if out is None:
+        out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    try:
+        config.validate()
+        _, summary = load_parallel(data, with_context=with_context)
+    except (ValueError, DataError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"data: {summary.groups} groups in {len(summary.languages)} languages {summary.languages}, "
+        f"{sum(summary.cross_pairs.values())} cross-lingual pairs"
+        + (f"; skipped {summary.skipped}" if summary.skipped else "")
+    )
+
+    cancel = threading.Event()
+
+    def on_interrupt(*_: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        err_console.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/yellow]")
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    columns = (
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("train", total=None, status="")
+
+        def report(p: TrainProgress) -> None:
+            loss = f"loss {p.loss:.4f}" if p.loss is not None else "loss -"
+            bar.update(task, completed=p.step, total=p.total, status=f"{loss} · {p.samples_per_s:.0f} pairs/s")
+
+        try:
+            result = run_finetune(
+                base or settings.retrieval_model, data, out, config, registry_dir=settings.models_dir,
+                device=None if settings.device == "auto" else settings.device, progress=report,
+                should_cancel=cancel.is_set, resume_from=True if resume else None,
+            )  # fmt: skip
+        except (ValueError, DataError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    if result.cancelled:
+        console.print(f"cancelled at step {result.steps}; resume with the same command plus --resume --out {out}")
+        raise typer.Exit(130)
+    table = Table(title=f"model version {result.version}", show_header=False)
+    table.add_row("folder", str(result.path))
+    table.add_row("strategy", f"{strategy}" + (f" (alpha {alpha})" if strategy == "hybrid" else ""))
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"serve it with: XLING_RETRIEVAL_MODEL={result.path} xling serve")
+
+
+def _summary_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table:
+    table = Table(title=title)
+    columns = [
+        ("mono_map", "Mono mAP"),
+        ("cross_map", "Cross mAP"),
+        ("multi_map", "Multi mAP"),
+        ("rank_distance", "Rank dist."),
+    ]
+    table.add_column("")
+    for _, label in columns:
+        table.add_column(label, justify="right")
+    for name, metrics in rows:
+        cells = [f"{metrics[k]:.1f}" if k == "rank_distance" else f"{metrics[k]:.3f}" for k, _ in columns]
+        table.add_row(name, *cells)
+    return table
+
+
+def _split_langs(langs: str | None) -> list[str] | None:
+    return [code.strip() for code in langs.split(",") if code.strip()] if langs else None
+
+
+@cli.command()
+def evaluate(
+    lareqa: Annotated[
+        list[Path] | None, typer.Option(help="LAReQA folder (repeatable): XQuAD-R, MLQA-R layout")
+    ] = None,
+    bitext: Annotated[
+        Path | None, typer.Option(help="folder of <prefix>.<src>-<tgt>.<lang> line-aligned files")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="registry version, folder or hub id; default: the serving default")
+    ] = None,
+    langs: Annotated[str | None, typer.Option(help="comma-separated languages to keep, e.g. en,de,zh")] = None,
+    out: Annotated[Path, typer.Option(help="report folder: report.json, report.md, heatmaps")] = Path("report"),
+) -> None:
+    """Score a model with the LAReQA protocol (mono / cross / multi mAP, rank distance) and bitext accuracy."""
+    from models.data import DataError
+    from models.encoder import Encoder
+    from models.evaluate import evaluate as run_evaluate
+    from models.reports import write_evaluation_report
+    from models.resolve import ModelNotFoundError, resolve_model
+
+    settings = Settings()
+    configure_logging("WARNING", as_json=False)
+    if not lareqa and bitext is None:
+        err_console.print("[red]error:[/red] give --lareqa and/or --bitext")
+        raise typer.Exit(2)
+    try:
+        source = resolve_model(model or settings.retrieval_model, settings.models_dir)
+        encoder = Encoder(source.path, version=source.version, device=settings.device, name_hint=source.name)
+        with console.status("evaluating") as status:
+            report = run_evaluate(
+                encoder.encode, source.version, lareqa, bitext, _split_langs(langs),
+                progress=lambda step: status.update(f"evaluating: {step}"),
+            )  # fmt: skip
+    except (DataError, ModelNotFoundError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    paths = write_evaluation_report(report, out)
+    rows = [(ev.name, ev.result.metrics) for ev in report.lareqa]
+    if rows:
+        console.print(_summary_table(f"{source.version}: LAReQA", rows))
+        for ev in report.lareqa:
+            share = ev.metric_seconds / max(ev.encode_seconds + ev.metric_seconds, 1e-9)
+            console.print(
+                f"{ev.name}: encoding {ev.encode_seconds:.1f} s, metrics {ev.metric_seconds:.1f} s ({share:.1%})"
+            )
+    if report.bitext:
+        console.print(f"bitext accuracy@1 (macro, both directions): {report.bitext['bitext_acc@1']:.3f}")
+    console.print(f"report: {paths['markdown']}")
+
+
+@cli.command()
+def experiment(
+    train: Annotated[Path, typer.Option(help="parallel QA training data (LAReQA folder or JSONL)")],
+    eval_sets: Annotated[list[Path], typer.Option("--eval", help="LAReQA evaluation folder (repeatable)")],
+    base: Annotated[str | None, typer.Option(help="base model; default: the serving default")] = None,
+    steps: Annotated[int, typer.Option(help="training steps per strategy")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option()] = 100,
+    lr: Annotated[float, typer.Option()] = 3e-5,
+    alpha: Annotated[float, typer.Option(help="hybrid: probability of a monolingual batch")] = 0.5,
+    max_length: Annotated[int, typer.Option()] = 128,
+    langs: Annotated[str | None, typer.Option(help="comma-separated evaluation languages")] = None,
+    out: Annotated[Path, typer.Option(help="report folder; trained models go under OUT/models")] = Path("experiment"),
+) -> None:
+    """Train X-X-mono, X-Y and hybrid on the same budget, evaluate them and the base, report side by side."""
+    from models.data import DataError
+    from models.experiment import ExperimentSpec, run_experiment
+    from models.training import TrainConfig
+
+    settings = Settings()
+    configure_logging("WARNING", as_json=False)
+    config = TrainConfig(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length, val_fraction=0.0)
+    spec = ExperimentSpec(train=train, evals=eval_sets, base=base or settings.retrieval_model, steps=steps, seed=seed,
+                          config=config, langs=_split_langs(langs))  # fmt: skip
+    command = "xling experiment " + " ".join(sys.argv[2:])
+    try:
+        with console.status("experiment") as status:
+            record = run_experiment(
+                spec, out, registry_dir=settings.models_dir,
+                device=None if settings.device == "auto" else settings.device,
+                command=command, progress=lambda step: status.update(f"experiment: {step}"),
+            )  # fmt: skip
+    except (DataError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for set_name in record["rows"][0]["sets"]:
+        rows = [(row["label"], row["sets"][set_name]) for row in record["rows"]]
+        console.print(_summary_table(f"{set_name} ({steps} steps, seed {seed})", rows))
+    console.print(f"report: {out / 'experiment.md'}")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,12 +13,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from models.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
 TextKind = Literal["query", "passage"]
+EncodeFn = Callable[[list[str], TextKind], np.ndarray]  # what evaluators need of an encoder
 POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
 # sentence-transformers < 6 wrote one boolean per mode; 6.x writes `pooling_mode`.
 _LEGACY_POOLING_KEYS = {
@@ -163,6 +166,7 @@ class Encoder:
         # Padded tokens per forward. Small on CPU, where padding costs as much as real tokens
         # (measured: 1024 beats 8192 by 1.7x on MLQA-R sentences); large on GPU, which wants big batches.
         self.batch_tokens = batch_tokens or (DEFAULT_BATCH_TOKENS_GPU if self.device.type == "cuda" else 1024)
+        hf_logging.disable_progress_bar()  # "Loading weights" bars do not belong in service logs
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.layout.transformer_dir))
         # safetensors only: a pickled checkpoint is refused instead of executed.
         self.model = AutoModel.from_pretrained(str(self.layout.transformer_dir), use_safetensors=True)

@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, disable_progress_bars
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    EarlyStoppingCallback,
+    PrinterCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as hf_logging
 
 from models.data import ParallelGroup, all_pairs, check_strategy, fingerprint, load_parallel, split
 from models.encoder import read_layout
@@ -165,14 +173,16 @@ def pair_dataset(groups: list[ParallelGroup], pairs: list[tuple[int, str, str]],
     )
 
 
-def _precision(device: str) -> dict[str, bool]:
+def _half_precision(device: str) -> tuple[bool, bool]:
+    """(bf16, fp16) for the trainer: mixed precision on GPU, bf16 where the GPU has it."""
     if not device.startswith("cuda"):
-        return {}
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+        return False, False
+    bf16 = torch.cuda.is_bf16_supported()
+    return bf16, not bf16
 
 
 def finetune(
-    base: str,
+    base: str | None,
     data: Path,
     out: Path,
     config: TrainConfig | None = None,
@@ -188,10 +198,14 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune `base` on the parallel QA data at `data`; writes a model version folder at `out`.
 
+    `base`: a registry version, folder or hub id; None = the default model (with its offline fallback).
+
     `resume_from`: a checkpoint folder, or True for the newest under `out/checkpoints`.
     """
     config = config or TrainConfig()
     config.validate()
+    hf_logging.disable_progress_bar()  # progress goes through `progress`
+    disable_progress_bars()
     groups, summary = load_parallel(data, with_context=config.with_context)
     check_strategy(groups, config.strategy, config.alpha)
     train_groups, val_groups = split(groups, config.val_fraction, config.seed)
@@ -218,7 +232,8 @@ def finetune(
     warmup_steps = round(config.warmup_ratio * total_steps)
     checkpoints = out / "checkpoints"
     eval_steps = config.eval_steps or (config.checkpoint_steps if config.early_stopping_patience else None)
-    save_steps = eval_steps if config.early_stopping_patience else config.checkpoint_steps
+    save_steps = eval_steps if eval_steps and config.early_stopping_patience else config.checkpoint_steps
+    bf16, fp16 = _half_precision(device)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=config.batch_size,
@@ -243,7 +258,8 @@ def finetune(
         report_to="none",
         disable_tqdm=True,
         use_cpu=not device.startswith("cuda"),
-        **_precision(device),
+        bf16=bf16,
+        fp16=fp16,
     )
     reporter = _Reporter(config.batch_size, progress, should_cancel)
     callbacks: list[TrainerCallback] = [reporter]
@@ -258,6 +274,7 @@ def finetune(
         callbacks=callbacks,
         samplers=samplers,
     )
+    trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
     resume: str | None = None
     if resume_from is True:
         resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -274,10 +291,11 @@ def finetune(
 
     metrics: dict[str, float] = {
         "train_loss": float(output.training_loss),
-        "final_logged_loss": reporter.last_loss if reporter.last_loss is not None else float("nan"),
         "steps": float(steps),
         "train_seconds": round(time.monotonic() - started, 2),
     }
+    if reporter.last_loss is not None:
+        metrics["final_logged_loss"] = reporter.last_loss
     if eval_dataset is not None:
         metrics["val_loss"] = float(trainer.evaluate()["eval_loss"])
 

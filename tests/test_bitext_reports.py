@@ -1,0 +1,98 @@
+"""Bitext accuracy by hand, misaligned files, and report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from models.bitext import accuracy_at_1, bitext_metrics, load_bitext
+from models.data import DataError
+from models.evaluate import evaluate
+from models.reports import heatmap_size, write_evaluation_report
+from tests.synthetic import make_groups, write_lareqa
+from tests.test_lareqa import smooth_fake_encoder
+
+VECTORS = {
+    # afr lines and their eng translations; "een" is closer to "two" than to "one": a miss afr->eng
+    "een": [1.0, 0.0, 0.2],
+    "twee": [0.0, 1.0, 0.0],
+    "drie": [0.0, 0.0, 1.0],
+    "one": [0.6, 0.8, 0.0],
+    "two": [0.0, 1.0, 0.1],
+    "three": [0.1, 0.0, 1.0],
+}
+
+
+def table_encoder(texts: list[str], kind: str) -> np.ndarray:
+    vectors = np.array([VECTORS[t] for t in texts], dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def bitext_dir(tmp_path: Path) -> Path:
+    (tmp_path / "tatoeba.afr-eng.afr").write_text("een\ntwee\ndrie\n")
+    (tmp_path / "tatoeba.afr-eng.eng").write_text("one\ntwo\nthree\n")
+    return tmp_path
+
+
+def test_accuracy_by_hand(bitext_dir: Path) -> None:
+    result = bitext_metrics(load_bitext(bitext_dir), table_encoder, min_lines=100)
+    (row,) = result["pairs"]
+    unit = table_encoder(list(VECTORS), "query")
+    sims = unit[:3] @ unit[3:].T  # afr rows x eng columns
+    assert sims[0, 0] > sims[0, 2] and sims[0, 0] > sims[0, 1]  # een finds one
+    assert sims[1].argmax() == 1 and sims[2].argmax() == 2
+    assert row["afr->eng"] == pytest.approx(1.0)
+    # eng->afr: "one" = (.6, .8, 0) is closer to twee (0, 1, 0) = .8 than to een (.98, 0, .196) = .588: a miss
+    assert row["eng->afr"] == pytest.approx(2 / 3)
+    assert row["mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert row["flagged"] is True and row["lines"] == 3
+    assert result["bitext_acc@1"] == pytest.approx(row["mean"])
+
+
+def test_ties_count_as_misses() -> None:
+    same = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert accuracy_at_1(same, same) == 0.0
+
+
+def test_misaligned_and_incomplete_folders(tmp_path: Path) -> None:
+    (tmp_path / "t.deu-eng.deu").write_text("a\nb\n")
+    (tmp_path / "t.deu-eng.eng").write_text("a\n")
+    with pytest.raises(
+        DataError, match=r"t\.deu-eng is misaligned: t\.deu-eng\.deu has 2 lines, t\.deu-eng\.eng has 1"
+    ):
+        load_bitext(tmp_path)
+    (tmp_path / "t.deu-eng.eng").unlink()
+    with pytest.raises(DataError, match=r"needs both \.deu and \.eng files"):
+        load_bitext(tmp_path)
+    (tmp_path / "t.deu-eng.deu").unlink()
+    with pytest.raises(DataError, match="no <prefix>"):
+        load_bitext(tmp_path)
+
+
+def test_report_files(tmp_path: Path, bitext_dir: Path) -> None:
+    lareqa = write_lareqa(tmp_path / "toyset", make_groups(12, seed=2, langs=["en", "de", "fr"]))
+
+    def encoder(texts: list[str], kind: str) -> np.ndarray:
+        return table_encoder(texts, kind) if texts and texts[0] in VECTORS else smooth_fake_encoder(texts, kind)
+
+    report = evaluate(encoder, "fake-v1", [lareqa], bitext_dir)  # type: ignore[arg-type]
+    paths = write_evaluation_report(report, tmp_path / "report")
+    data = json.loads(paths["json"].read_text())
+    assert data["model_version"] == "fake-v1"
+    (entry,) = data["lareqa"]
+    assert entry["primary_metric"] == "multi_map" and set(entry["pair_map"]) == {"de", "en", "fr"}
+    assert {"mono_map", "cross_map", "multi_map", "rank_distance", "multi_r@10"} <= set(entry["metrics"])
+    assert entry["timing"]["encode_seconds"] >= 0
+    assert data["bitext"]["pairs"][0]["pair"] == "tatoeba.afr-eng"
+    markdown = paths["markdown"].read_text()
+    assert "| toyset |" in markdown and "| de | 12 |" in markdown and "tatoeba.afr-eng ⚑ few lines" in markdown
+    image = imread(paths["heatmap:toyset"])
+    width, height = heatmap_size(3)
+    assert image.shape[:2] == (height, width)
+    assert heatmap_size(11) != heatmap_size(3)
+    assert report.primary() == entry["metrics"]["multi_map"]

@@ -1,0 +1,107 @@
+"""`xling evaluate` and `xling experiment` end to end on a tiny model and synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.data import DataError
+from models.experiment import ExperimentSpec, run_experiment
+from models.training import TrainConfig
+from tests.synthetic import make_groups, vocabulary_texts, write_jsonl, write_lareqa
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("experiment")
+    evaluation = make_groups(25, seed=9)
+    for group in evaluation:
+        group["id"] = f"eval-{group['id']}"  # evaluation questions are never training questions
+    return {
+        "model": build_tiny_model(root / "tiny", extra_texts=vocabulary_texts()),
+        "train": write_jsonl(root / "train.jsonl", make_groups(80, seed=1)),
+        "eval": write_lareqa(root / "evalset", evaluation),
+        "root": root,
+    }
+
+
+def test_experiment_report(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "report"
+    config = TrainConfig(batch_size=8, learning_rate=5e-3, max_length=32, val_fraction=0.0, warmup_ratio=0.0)
+    spec = ExperimentSpec(
+        train=setup["train"], evals=[setup["eval"]], base=str(setup["model"]), steps=4, seed=3, config=config
+    )
+    record = run_experiment(spec, out, command="xling experiment (test)")
+    assert [row["label"] for row in record["rows"]] == ["base", "X-X-mono", "X-Y", "hybrid (α=0.5)"]
+    for row in record["rows"]:
+        assert set(row["sets"]["evalset"]) >= {"mono_map", "cross_map", "multi_map", "rank_distance"}
+    assert {c["strategy"] for c in record["train_configs"].values()} == {"monolingual", "crosslingual", "hybrid"}
+    assert all(c["max_steps"] == 4 and c["seed"] == 3 for c in record["train_configs"].values())
+    assert record["data"]["train"]["fingerprint"].startswith("sha256:")
+    assert "torch" in record["versions"] and record["command"] == "xling experiment (test)"
+    markdown = (out / "experiment.md").read_text()
+    assert markdown.count("\n| ") >= 5 and "**" in markdown  # header + 4 rows, best marked
+    assert (out / "experiment.png").stat().st_size > 0
+    assert json.loads((out / "experiment.json").read_text())["steps"] == 4
+    hybrid_manifest = json.loads((out / "models" / "hybrid" / "model" / "xling.json").read_text())
+    assert hybrid_manifest["training"]["strategy"] == "hybrid"
+
+
+def test_experiment_refuses_to_train_on_evaluation_data(setup: dict[str, Path], tmp_path: Path) -> None:
+    leaking = write_lareqa(tmp_path / "leak", make_groups(10, seed=1))  # same ids as the training groups
+    spec = ExperimentSpec(train=setup["train"], evals=[leaking], base=str(setup["model"]), steps=1)
+    with pytest.raises(DataError, match="question ids of .* are in the training data"):
+        run_experiment(spec, tmp_path / "out")
+    spec = ExperimentSpec(train=setup["eval"], evals=[setup["eval"]], base=str(setup["model"]), steps=1)
+    with pytest.raises(DataError, match="both training and evaluation data"):
+        run_experiment(spec, tmp_path / "out")
+
+
+def _xling(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
+    bitext = tmp_path / "bitext"
+    bitext.mkdir()
+    (bitext / "t.deu-eng.deu").write_text("de01w de02w\nde03w de04w\n")
+    (bitext / "t.deu-eng.eng").write_text("en01w en02w\nen03w en04w\n")
+    result = _xling(
+        "evaluate", "--model", str(setup["model"]), "--lareqa", str(setup["eval"]), "--bitext", str(bitext),
+        "--out", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Mono mAP" in result.stdout and "evalset" in result.stdout and "bitext accuracy@1" in result.stdout
+    assert (tmp_path / "report" / "heatmap_evalset.png").exists()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["lareqa"][0]["metrics"]["multi_map"] > 0
+
+    missing = _xling("evaluate", "--model", str(setup["model"]), "--lareqa", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no <lang>.json files" in missing.stderr
+
+
+def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Path) -> None:
+    result = _xling(
+        "experiment", "--train", str(setup["train"]), "--eval", str(setup["eval"]), "--base", str(setup["model"]),
+        "--steps", "2", "--batch-size", "8", "--max-length", "32", "--out", str(tmp_path / "exp"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "X-X-mono" in result.stdout and "hybrid" in result.stdout
+    assert (tmp_path / "exp" / "experiment.md").exists()
+
+    one_language = write_jsonl(tmp_path / "en.jsonl", make_groups(10, seed=0, langs=["en"]))
+    refused = _xling(
+        "finetune", "--data", str(one_language), "--strategy", "crosslingual", "--base", str(setup["model"]),
+        "--out", str(tmp_path / "never"),
+    )  # fmt: skip
+    assert refused.returncode == 2 and "at least two languages" in refused.stderr
+    assert not (tmp_path / "never").exists()
