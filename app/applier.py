@@ -87,15 +87,20 @@ class Applier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        # Held for a whole step; a hot swap holds it for its final catch-up and the swap itself.
+        self.lock = threading.Lock()
 
     def step(self, block_ms: int | None) -> int:
         """Apply at most one batch; returns the number of log entries applied."""
-        pair = self._get_pair()
-        entries = self._reader.read_log(pair.applied_offset, self._batch, block_ms)
-        if not entries:
-            self._metrics.applier_lag.set(0)
-            return 0
-        apply_entries(entries, self._reader, pair)
+        if block_ms:
+            self._reader.wait_for_log(self._get_pair().applied_offset, block_ms)  # wait outside the lock
+        with self.lock:
+            pair = self._get_pair()
+            entries = self._reader.read_log(pair.applied_offset, self._batch)
+            if not entries:
+                self._metrics.applier_lag.set(0)
+                return 0
+            apply_entries(entries, self._reader, pair)
         self._watermark.advance(pair.applied_offset)
         self._since_snapshot += len(entries)
         self._metrics.applied_entries.inc(len(entries))

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -53,21 +54,29 @@ def serve(
     """Run the api; with no XLING_REDIS_URL, also an embedded Redis (AOF under DATA_DIR/redis)."""
     import uvicorn
 
-    from app.embedded_redis import EmbeddedRedis
+    from app.embedded_redis import EmbeddedRedis, die_with_parent
     from app.main import create_app
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     embedded = None
+    worker: subprocess.Popen[bytes] | None = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.redis_dir)
         settings.redis_url = embedded.start()
         log.info("embedded redis started", extra={"url": settings.redis_url, "dir": str(settings.redis_dir)})
+        if settings.start_worker:
+            env = {**os.environ, "XLING_REDIS_URL": settings.redis_url, "XLING_DATA_DIR": str(settings.data_dir)}
+            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, preexec_fn=die_with_parent)
+            log.info("worker started", extra={"pid": worker.pid})
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets `finally` stop Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
         if embedded is not None:
             embedded.stop()
 
@@ -88,6 +97,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise typer.Exit(1)
             docs.append(doc)
     return docs
+
+
+@cli.command()
+def worker() -> None:
+    """Run the Celery worker: queue `gpu`, one job at a time (solo pool: CUDA does not survive fork)."""
+    from worker.celery_app import make_celery, worker_argv
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if settings.redis_url is None:
+        err_console.print("[red]error:[/red] the worker needs XLING_REDIS_URL (xling serve starts one itself)")
+        raise typer.Exit(2)
+    make_celery(settings).worker_main(worker_argv())
 
 
 @cli.command("index")

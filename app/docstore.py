@@ -114,6 +114,10 @@ class DocReader:
         _, entries = reply[0]
         return [LogEntry(str(offset), fields["op"], fields["id"]) for offset, fields in entries]
 
+    def wait_for_log(self, after: str, block_ms: int) -> None:
+        """Block until an entry after `after` exists or `block_ms` passes (entries are not consumed)."""
+        self.client.xread({self.keys.doclog: after}, count=1, block=block_ms)
+
     def last_offset(self) -> str:
         newest: Any = self.client.xrevrange(self.keys.doclog, count=1)
         return str(newest[0][0]) if newest else START_OFFSET

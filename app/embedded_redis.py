@@ -14,8 +14,8 @@ from pathlib import Path
 import redis
 
 
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM if its parent dies, even by SIGKILL, so no Redis is orphaned."""
+def die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if its parent dies, even by SIGKILL, so nothing is orphaned."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -69,7 +69,7 @@ class EmbeddedRedis:
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -17,9 +19,11 @@ from app.applier import Applier, Watermark
 from app.batcher import MicroBatcher
 from app.docstore import DocReader, DocStore, StoredDoc
 from app.errors import NotFound, NotReady, WriteTimeout
-from app.indexing import ServingPair, build_index
+from app.indexing import ServingPair, build_index, catch_up
+from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.metrics import Metrics
+from app.registry import Registry
 from app.settings import Settings
 from models.encoder import Encoder
 from models.resolve import ModelSource, resolve_model
@@ -79,12 +83,20 @@ class Engine:
             name="search",
         )
         self._loader: asyncio.Task[None] | None = None
+        self.registry = Registry(self.sync_redis, self.keys, settings.models_dir)
+        self.jobs = JobStore(self.sync_redis, self.keys)
+        self.swap_error: str | None = None
+        self._failed_swap: str | None = None
+        self._stopping = threading.Event()
+        self._background: list[threading.Thread] = []
+        self._celery: Any = None
 
     # Life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Return at once; the model and index load in the background (/readyz tells when)."""
         self.batcher.start()
         self._loader = asyncio.create_task(self._load())
+        self._spawn(self._sweep_lost_jobs, "job-sweep")
 
     async def _load(self) -> None:
         try:
@@ -95,17 +107,8 @@ class Engine:
 
     def _load_blocking(self) -> None:
         started = time.monotonic()
-        source = resolve_model(self.settings.retrieval_model, self.settings.models_dir)
-        encoder = Encoder(
-            source.path,
-            version=source.version,
-            device=self.settings.device,
-            max_length=self.settings.max_seq_length,
-            batch_size=self.settings.encode_batch_size,
-            batch_tokens=self.settings.encode_batch_tokens,
-            name_hint=source.name,
-        )
-        pair, from_snapshot = self._open_index(encoder)
+        source = resolve_model(self.registry.active() or self.settings.retrieval_model, self.settings.models_dir)
+        pair, from_snapshot = self._open_index(self._encoder(source))
         self.model_source = source
         self.serving = pair
         self.applier = Applier(
@@ -124,6 +127,7 @@ class Engine:
         self.watermark.advance(pair.applied_offset)
         self.metrics.index_size.set(len(pair.index))
         self.applier.start()
+        self._spawn(self._watch_active_model, "swap-watcher")
         log.info(
             "ready",
             extra={
@@ -135,6 +139,89 @@ class Engine:
                 "seconds": round(time.monotonic() - started, 2),
             },
         )
+
+    def _encoder(self, source: ModelSource) -> Encoder:
+        return Encoder(
+            source.path,
+            version=source.version,
+            device=self.settings.device,
+            max_length=self.settings.max_seq_length,
+            batch_size=self.settings.encode_batch_size,
+            batch_tokens=self.settings.encode_batch_tokens,
+            name_hint=source.name,
+        )
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._background.append(thread)
+
+    # Hot swap, api side (DESIGN §8) -------------------------------------------------------------
+    def _watch_active_model(self) -> None:
+        """Poll which version should serve; swap when it differs from the serving one."""
+        while not self._stopping.wait(self.settings.swap_poll_s):
+            try:
+                wanted = self.registry.active()
+                serving = self.require_pair().version
+                target = wanted or self.settings.retrieval_model
+                if (wanted or self.default_version()) == serving or target == self._failed_swap:
+                    continue
+                self.swap_to(target)
+                self.swap_error = self._failed_swap = None
+            except Exception as exc:  # keep serving the old pair; say why in /healthz
+                self.swap_error = f"swap to {wanted!r} failed: {type(exc).__name__}: {exc}"
+                self._failed_swap = wanted or self.settings.retrieval_model
+                log.exception("hot swap failed; still serving the previous model")
+
+    def default_version(self) -> str:
+        if not hasattr(self, "default_version_cache"):
+            self.default_version_cache = resolve_model(self.settings.retrieval_model, self.settings.models_dir).version
+        return self.default_version_cache
+
+    def swap_to(self, spec: str | None) -> None:
+        """Load the new encoder and its index beside the serving pair, replay the log, swap one reference."""
+        assert self.applier is not None
+        started = time.monotonic()
+        source = resolve_model(spec, self.settings.models_dir)
+        pair, _ = self._open_index(self._encoder(source))
+        catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, while serving goes on
+        with self.applier.lock:  # the applier is between steps: nothing applies to the old pair now
+            catch_up(self.reader, pair, self.settings.applier_batch)
+            old, self.serving, self.model_source = self.serving, pair, source
+            self.watermark.advance(pair.applied_offset)
+        self.metrics.swaps.inc()
+        self.metrics.index_size.set(len(pair.index))
+        log.info(
+            "model swapped",
+            extra={
+                "from": old.version if old else None,
+                "to": pair.version,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
+
+    # Jobs ---------------------------------------------------------------------------------------
+    def submit_job(self, job_type: str, params: dict[str, Any], retry_of: str | None = None) -> Job:
+        from worker.celery_app import QUEUE, make_celery, task_name
+
+        job = self.jobs.create(job_type, params, retry_of=retry_of)
+        if self._celery is None:
+            self._celery = make_celery(self.settings)
+        try:
+            self._celery.send_task(task_name(job_type), args=[job.id], queue=QUEUE)
+        except Exception as exc:
+            self.jobs.transition(job.id, "failed", error=f"could not queue the job: {exc}")
+            raise
+        self.metrics.jobs_submitted.labels(job_type).inc()
+        return self.jobs.get(job.id)
+
+    def _sweep_lost_jobs(self) -> None:
+        while not self._stopping.wait(self.settings.sweep_interval_s):
+            try:
+                for job_id in self.jobs.sweep_lost(self.settings.heartbeat_timeout_s):
+                    log.warning("job failed: worker lost", extra={"job_id": job_id})
+            except Exception:
+                log.exception("lost-job sweep failed")
 
     def snapshot_dir(self, version: str) -> Path:
         return self.settings.indexes_dir / version
@@ -153,8 +240,11 @@ class Engine:
         return build_index(self.reader, encoder, chunk=2_048), False
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._loader is not None and not self._loader.done():
             await asyncio.wait([self._loader], timeout=60)
+        for thread in self._background:
+            await asyncio.to_thread(thread.join, 30)
         if self.applier is not None:
             await asyncio.to_thread(self.applier.stop)
         await self.batcher.stop()

@@ -27,6 +27,10 @@ class NotFound(XlingError):
     status_code, code = 404, "not_found"
 
 
+class Conflict(XlingError):
+    status_code, code = 409, "conflict"
+
+
 class Unauthorized(XlingError):
     status_code, code = 401, "unauthorized"
 

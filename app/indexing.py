@@ -60,3 +60,12 @@ def build_index(
         if progress is not None:
             progress(done, total)
     return ServingPair(encoder, index, offset)
+
+
+def catch_up(reader: DocReader, pair: ServingPair, batch: int) -> int:
+    """Apply every log entry after the pair's offset; returns how many were applied."""
+    applied = 0
+    while entries := reader.read_log(pair.applied_offset, batch):
+        apply_entries(entries, reader, pair)
+        applied += len(entries)
+    return applied

@@ -23,3 +23,26 @@ class RedisKeys:
     def active_model(self) -> str:
         """String: the model version every api should serve."""
         return f"{self.prefix}:model:active"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel: model activations and other service-wide events."""
+        return f"{self.prefix}:events"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set: job id scored by creation time (newest first = highest score)."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def running_jobs(self) -> str:
+        """Set: ids of jobs whose status is running (what the heartbeat sweep checks)."""
+        return f"{self.prefix}:jobs:running"
+
+    def job(self, job_id: str) -> str:
+        """Hash: one job's fields (DESIGN §7)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Stream: a job's progress and state changes, for server-sent events."""
+        return f"{self.prefix}:job:{job_id}:events"

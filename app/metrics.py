@@ -31,3 +31,5 @@ class Metrics:
             "xling_applied_log_entries", "Doc-log entries applied to the index", registry=self.registry
         )
         self.snapshots = Counter("xling_snapshots", "Index snapshots written", registry=self.registry)
+        self.swaps = Counter("xling_model_swaps", "Hot swaps of the serving model", registry=self.registry)
+        self.jobs_submitted = Counter("xling_jobs_submitted", "Jobs queued, by type", ["type"], registry=self.registry)

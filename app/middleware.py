@@ -20,17 +20,19 @@ async def _reply_413(send: Send, limit: int) -> None:
 class BodySizeLimit:
     """413 for bodies over the limit, whether or not the client sent Content-Length."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_bytes = upload_bytes or max_bytes  # dataset uploads (POST /datasets) are larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_bytes if scope.get("path", "").startswith("/datasets") else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _reply_413(send, self.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reply_413(send, limit)
             return
         # Read the body here (the app would buffer it anyway) so an oversized one never reaches a route.
         chunks: list[bytes] = []
@@ -41,8 +43,8 @@ class BodySizeLimit:
                 return
             chunk = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_bytes:
-                await _reply_413(send, self.max_bytes)
+            if received > limit:
+                await _reply_413(send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -100,3 +100,108 @@ class Health(BaseModel):
     model_version: str | None
     model_origin: str | None
     detail: str | None = None
+
+
+# Jobs, datasets, models -------------------------------------------------------------------------
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+StrategyName = Literal["monolingual", "crosslingual", "hybrid"]
+
+
+class FinetuneRequest(_Strict):
+    dataset: Name = Field(description="a dataset under DATA_DIR/datasets (see GET /datasets)")
+    base: str = Field("active", description="'active', a registry version, or a hub id")
+    strategy: StrategyName = "hybrid"
+    alpha: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(100, ge=2, le=4096)
+    learning_rate: float = Field(3e-5, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    epochs: float = Field(1.0, gt=0, le=100)
+    max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    max_length: int = Field(128, ge=8, le=8192)
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    checkpoint_steps: int = Field(500, ge=1)
+    seed: int = 0
+    eval_datasets: list[Name] = Field(default_factory=list, description="LAReQA datasets scored after training")
+    deploy: Literal["never", "if_better", "always"] = "never"
+    version: Name | None = Field(None, description="name of the new version; default ft-<job id>")
+
+
+class EvaluateRequest(_Strict):
+    model: str = Field("active", description="'active', a registry version, or a hub id")
+    datasets: list[Name] = Field(min_length=1)
+
+
+class ExperimentRequest(_Strict):
+    train_dataset: Name
+    eval_datasets: list[Name] = Field(min_length=1)
+    base: str = "active"
+    steps: int = Field(200, ge=1, le=10_000_000)
+    seed: int = 0
+    batch_size: int = Field(100, ge=2, le=4096)
+    learning_rate: float = Field(3e-5, gt=0, lt=1)
+    alpha: float = Field(0.5, ge=0, le=1)
+    max_length: int = Field(128, ge=8, le=8192)
+
+
+class ReindexRequest(_Strict):
+    version: Name = Field(description="a registry version to encode the corpus with and activate")
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+
+
+class JobOut(BaseModel):
+    id: str
+    type: str
+    status: str
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    decision: dict[str, Any]
+    model_version: str | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    heartbeat: float | None
+    cancel_requested: bool
+    retry_of: str | None
+
+
+class JobsPage(BaseModel):
+    data: list[JobOut]
+    count: int
+
+
+class DatasetOut(BaseModel):
+    name: str
+    format: str
+    summary: dict[str, Any]
+    created_at: str
+
+
+class DatasetsPage(BaseModel):
+    data: list[DatasetOut]
+    count: int
+
+
+class ModelsPage(BaseModel):
+    data: list[dict[str, Any]]
+    count: int
+    active: str | None
+
+
+class ActiveModel(BaseModel):
+    version: str = Field(description="the version this replica serves")
+    activated: str | None = Field(description="the version activated in Redis (None = configured default)")
+    origin: str | None
+    swap_error: str | None
+
+
+class Activation(BaseModel):
+    version: str
+    job_id: str | None = Field(None, description="set when the corpus must be re-encoded first (202)")

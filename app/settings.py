@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1)
     max_metadata_bytes: int = Field(2_048, ge=2)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="dataset uploads (POST /datasets)")
     max_langs_per_query: int = Field(32, ge=1)
 
     # Search micro-batching
@@ -51,9 +52,23 @@ class Settings(BaseSettings):
     snapshot_every_entries: int = Field(10_000, ge=1)
     snapshot_interval_s: float = Field(300.0, gt=0)
 
+    # Jobs and hot swap
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a running job beats")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="a running job silent this long is failed: worker lost")
+    sweep_interval_s: float = Field(5.0, gt=0, description="how often the api looks for lost jobs")
+    swap_poll_s: float = Field(1.0, gt=0, description="how often the api checks which model should serve")
+    allow_hub_models: bool = Field(True, description="jobs may name hub ids as base models")
+    start_worker: bool = Field(True, description="xling serve with embedded Redis also runs a worker")
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _heartbeat_fits_timeout(self) -> Settings:
+        if self.heartbeat_timeout_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("heartbeat_timeout_s must exceed twice heartbeat_interval_s, or live jobs look lost")
+        return self
 
     @field_validator("key_prefix")
     @classmethod

@@ -3,11 +3,12 @@
 throughput: pairs/s of `finetune()` with the hybrid sampler and our InfoNCE vs a plain
   sentence-transformers run (MultipleNegativesRankingLoss, default sampler) on the same pair
   table, model, batch size, max length and step count; runs alternate ours/plain to cancel drift.
-strategies: one run per strategy (monolingual, crosslingual, hybrid), same steps and seed; the
-  loss curves go to --results, the model folders to --out (outside the repository).
+strategies: the loss curves of the three strategy runs (monolingual, crosslingual, hybrid; same
+  steps, seed and data) of an `xling experiment` on MLQA-R, written to --results as JSON and PNG.
 
     python bench/train.py throughput --data ../shared/data --steps 30 --batch-size 32
-    python bench/train.py strategies --data ../shared/data --steps 150 --batch-size 32 --out /tmp/xling-runs
+    xling experiment --train ../shared/data/mlqa-r --eval ../shared/data/xquad-r --base <minilm> --out /tmp/exp
+    python bench/train.py strategies --experiment /tmp/exp
 """
 
 from __future__ import annotations
@@ -107,19 +108,20 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def strategies(args: argparse.Namespace) -> dict[str, Any]:
-    data = bench_data_dir(args.data) / "mlqa-r"
+    """Loss curves of the three strategy runs of an `xling experiment` (same steps, seed and data)."""
     runs: dict[str, Any] = {}
-    for strategy in ("monolingual", "crosslingual", "hybrid"):
-        out = args.out / f"minilm-{strategy}"
-        result = finetune(_minilm(), data, out, _config(args, strategy), device="cpu")
-        manifest = json.loads((out / "xling.json").read_text())
+    for strategy, label in (("monolingual", "X-X-mono"), ("crosslingual", "X-Y"), ("hybrid", "hybrid")):
+        manifest = json.loads((args.experiment / "models" / label / "model" / "xling.json").read_text())
+        assert manifest["training"]["strategy"] == strategy
         runs[strategy] = {
-            "model": str(out),
-            "metrics": result.metrics,
+            "model_version": manifest["version"],
+            "metrics": manifest["metrics"],
             "loss_curve": manifest["training"]["loss_curve"],
             "batch_composition_epoch0": manifest["training"]["batch_composition_epoch0"],
+            "config": {
+                k: manifest["training"][k] for k in ("max_steps", "batch_size", "learning_rate", "seed", "alpha")
+            },
         }
-        print(f"{strategy}: {result.metrics}")
     _plot_curves(runs, args.results / "train_loss_curves.png")
     return runs
 
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="throughput: alternating ours/plain rounds")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/xling-runs"), help="strategies: model folders")
+    parser.add_argument("--experiment", type=Path, help="strategies: the output folder of an `xling experiment`")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     result = throughput(args) if args.mode == "throughput" else strategies(args)

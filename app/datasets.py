@@ -1,0 +1,90 @@
+"""Uploaded datasets under DATA_DIR/datasets/<name>/: validated with the training loader on arrival."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from models.data import DataError, load_parallel
+from models.manifest import utc_now_iso, write_json_atomic
+
+INFO_FILE = "dataset.json"
+
+
+class DatasetExists(Exception):
+    pass
+
+
+def _extract_zip(payload: bytes, target: Path) -> None:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+    except zipfile.BadZipFile:
+        raise DataError("the upload is not a zip archive") from None
+    for member in archive.infolist():
+        parts = PurePosixPath(member.filename).parts
+        if member.filename.startswith("/") or ".." in parts:
+            raise DataError(f"unsafe path in the archive: {member.filename!r}")
+        if member.is_dir() or parts[-1].startswith(".") or "__MACOSX" in parts:
+            continue
+        destination = target.joinpath(*parts)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(archive.read(member))
+
+
+def data_root(folder: Path) -> Path:
+    """The folder (or file) a loader should read: skips one wrapping folder, as zips often have."""
+    entries = [p for p in folder.iterdir() if p.name != INFO_FILE]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    jsonl = [p for p in entries if p.suffix == ".jsonl"]
+    return jsonl[0] if len(jsonl) == 1 and len(entries) == 1 else folder
+
+
+def save_dataset(datasets_dir: Path, name: str, filename: str, payload: bytes) -> dict[str, Any]:
+    """Store a zip (LAReQA folder) or a .jsonl upload; refuse it, leaving nothing behind, if it does not load."""
+    final = datasets_dir / name
+    if final.exists():
+        raise DatasetExists(name)
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=datasets_dir))
+    try:
+        if filename.endswith(".jsonl"):
+            (staging / "groups.jsonl").write_bytes(payload)
+            data_format = "jsonl"
+        elif filename.endswith(".zip"):
+            _extract_zip(payload, staging)
+            data_format = "lareqa" if list(data_root(staging).glob("*.json")) else "jsonl"
+        else:
+            raise DataError("upload a .zip (LAReQA folder: <lang>.json files) or a .jsonl file (parallel groups)")
+        _, summary = load_parallel(data_root(staging))
+        info = {"name": name, "format": data_format, "summary": summary.to_dict(), "created_at": utc_now_iso()}
+        write_json_atomic(staging / INFO_FILE, info)
+        staging.rename(final)
+        return info
+    except DataError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # Name files as the uploader knows them, not by the server's staging path.
+        raise DataError(str(exc).replace(f"{staging}/", "").replace(str(staging), "upload")) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def list_datasets(datasets_dir: Path) -> list[dict[str, Any]]:
+    found = []
+    if datasets_dir.is_dir():
+        for folder in sorted(datasets_dir.iterdir()):
+            info = folder / INFO_FILE
+            if folder.is_dir() and not folder.name.startswith(".") and info.is_file():
+                found.append(json.loads(info.read_text()))
+    return sorted(found, key=lambda d: d["created_at"], reverse=True)
+
+
+def dataset_path(datasets_dir: Path, name: str) -> Path | None:
+    folder = datasets_dir / name
+    return data_root(folder) if (folder / INFO_FILE).is_file() else None

@@ -1,0 +1,46 @@
+"""The model registry (DATA_DIR/models/<version>/ with xling.json) and which version is active (Redis)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app.keys import RedisKeys
+from models.manifest import read_manifest
+from models.resolve import is_safe_version
+
+
+class Registry:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, models_dir: Path) -> None:
+        self.client = client
+        self.keys = keys
+        self.models_dir = models_dir
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every registered version's manifest, newest first."""
+        found = []
+        if self.models_dir.is_dir():
+            for folder in self.models_dir.iterdir():
+                manifest = read_manifest(folder) if folder.is_dir() else None
+                if manifest is not None:
+                    found.append(manifest.to_dict())
+        return sorted(found, key=lambda m: m["created_at"], reverse=True)
+
+    def has(self, version: str) -> bool:
+        return is_safe_version(version) and read_manifest(self.models_dir / version) is not None
+
+    def active(self) -> str | None:
+        """The activated version; None = serve the configured default (XLING_RETRIEVAL_MODEL)."""
+        value: Any = self.client.get(self.keys.active_model)
+        return str(value) if value else None
+
+    def activate(self, version: str | None) -> None:
+        """Make every api serve `version` (None: back to the configured default) and tell listeners."""
+        if version is None:
+            self.client.delete(self.keys.active_model)
+        else:
+            self.client.set(self.keys.active_model, version)
+        self.client.publish(self.keys.events, json.dumps({"type": "activate", "version": version}))

@@ -1,0 +1,125 @@
+"""POST /jobs/{finetune,evaluate,experiment,reindex}, GET /jobs, GET/DELETE /jobs/{id}, events, retry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from app import job_requests
+from app.deps import EngineDep, SettingsDep, require_write_key
+from app.errors import Conflict, NotFound
+from app.jobstore import FINAL, Job, JobNotFound
+from app.schemas import (
+    EvaluateRequest,
+    ExperimentRequest,
+    FinetuneRequest,
+    JobAccepted,
+    JobOut,
+    JobsPage,
+    ReindexRequest,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+guard = [Depends(require_write_key)]
+
+
+def _out(job: Job) -> JobOut:
+    return JobOut(**asdict(job))
+
+
+def _get(engine: EngineDep, job_id: str) -> Job:
+    try:
+        return engine.jobs.get(job_id)
+    except JobNotFound:
+        raise NotFound(f"no job {job_id!r}") from None
+
+
+def _accepted(job: Job) -> JobAccepted:
+    return JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.post("/finetune", status_code=202, response_model=JobAccepted, dependencies=guard)
+def finetune(body: FinetuneRequest, engine: EngineDep, settings: SettingsDep) -> JobAccepted:
+    """Fine-tune with hybrid batches; `deploy` decides whether the new model then serves."""
+    return _accepted(engine.submit_job("finetune", job_requests.finetune_params(body, settings, engine.registry)))
+
+
+@router.post("/evaluate", status_code=202, response_model=JobAccepted, dependencies=guard)
+def evaluate(body: EvaluateRequest, engine: EngineDep, settings: SettingsDep) -> JobAccepted:
+    return _accepted(engine.submit_job("evaluate", job_requests.evaluate_params(body, settings, engine.registry)))
+
+
+@router.post("/experiment", status_code=202, response_model=JobAccepted, dependencies=guard)
+def experiment(body: ExperimentRequest, engine: EngineDep, settings: SettingsDep) -> JobAccepted:
+    return _accepted(engine.submit_job("experiment", job_requests.experiment_params(body, settings, engine.registry)))
+
+
+@router.post("/reindex", status_code=202, response_model=JobAccepted, dependencies=guard)
+def reindex(body: ReindexRequest, engine: EngineDep) -> JobAccepted:
+    """Encode the corpus with a registry version on the worker, then activate it (hot swap)."""
+    return _accepted(engine.submit_job("reindex", job_requests.reindex_params(body, engine.registry)))
+
+
+@router.get("", response_model=JobsPage)
+def list_jobs(
+    engine: EngineDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
+) -> JobsPage:
+    """Newest first."""
+    jobs, count = engine.jobs.page(offset, limit, status)
+    return JobsPage(data=[_out(j) for j in jobs], count=count)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, engine: EngineDep) -> JobOut:
+    return _out(_get(engine, job_id))
+
+
+@router.delete("/{job_id}", response_model=JobOut, dependencies=guard)
+def cancel_job(job_id: str, engine: EngineDep) -> JobOut:
+    """Cooperative cancel: a queued job is cancelled at once, a running one stops at its next step."""
+    job = _get(engine, job_id)
+    if job.final:
+        raise Conflict(f"job {job_id} is already {job.status}")
+    return _out(engine.jobs.request_cancel(job_id))
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobAccepted, dependencies=guard)
+def retry_job(job_id: str, engine: EngineDep) -> JobAccepted:
+    """A failed or cancelled finetune runs again from its last checkpoint, as a new job."""
+    job = _get(engine, job_id)
+    if job.type != "finetune" or job.status not in ("failed", "cancelled"):
+        raise Conflict(f"only a failed or cancelled finetune can be retried; this is a {job.status} {job.type}")
+    return _accepted(engine.submit_job("finetune", job.params, retry_of=job.id))
+
+
+@router.get("/{job_id}/events")
+def job_events(job_id: str, engine: EngineDep) -> StreamingResponse:
+    """Server-sent events: `status` and `progress` as they happen, then `end` with the final job."""
+    _get(engine, job_id)
+
+    def stream() -> Iterator[str]:
+        after = "0-0"
+        while True:
+            events = engine.jobs.events(job_id, after, block_ms=1_000)
+            if not events:
+                yield ": keep-alive\n\n"
+            for offset, fields in events:
+                after = offset
+                if fields.get("type") == "progress":
+                    yield f"event: progress\ndata: {fields['data']}\n\n"
+                else:
+                    yield f"event: status\ndata: {json.dumps({'status': fields.get('status')})}\n\n"
+                    if fields.get("status") in FINAL:
+                        final = _out(engine.jobs.get(job_id)).model_dump_json()
+                        yield f"event: end\ndata: {final}\n\n"
+                        return
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

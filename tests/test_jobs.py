@@ -1,0 +1,344 @@
+"""Fine-tuning as a service: a real Celery worker process, the job store, hot swap, rollback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.settings import Settings
+from tests.conftest import RunningService, running_service
+from tests.synthetic import make_groups, vocabulary_texts, write_lareqa
+from tests.tiny_model import build_tiny_model
+
+FAST = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0, "sweep_interval_s": 0.5, "swap_poll_s": 0.2}
+TRAIN = {"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "val_fraction": 0.0, "warmup_ratio": 0.0}
+
+
+class Worker:
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings = settings
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+        env.update({f"XLING_{k.upper()}": str(v) for k, v in FAST.items()})
+        env.update(
+            XLING_REDIS_URL=str(self.settings.redis_url), XLING_DATA_DIR=str(self.settings.data_dir),
+            XLING_RETRIEVAL_MODEL=str(self.settings.retrieval_model), XLING_LOG_JSON="false", XLING_DEVICE="cpu",
+        )  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    root = tmp_path_factory.mktemp("jobs")
+    model = build_tiny_model(root / "tiny-synth", extra_texts=vocabulary_texts())
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_server.url, data_dir=root / "data", retrieval_model=str(model), log_json=False, device="cpu",
+        **FAST,
+    )  # fmt: skip
+    worker = Worker(settings, root / "worker.log")
+    worker.start()
+    with running_service(settings) as service:
+        upload_jsonl(service, "train", make_groups(120, seed=1))
+        upload_jsonl(service, "english", make_groups(20, seed=2, langs=["en"]))
+        evaluation = make_groups(30, seed=5)
+        for group in evaluation:
+            group["id"] = f"eval-{group['id']}"
+        upload_lareqa(service, "evalset", write_lareqa(root / "evalset", evaluation))
+        yield {"service": service, "worker": worker, "settings": settings, "root": root}
+    worker.stop()
+
+
+def upload_jsonl(service: RunningService, name: str, groups: list[dict[str, Any]]) -> httpx.Response:
+    body = "".join(json.dumps(g) + "\n" for g in groups).encode()
+    response = service.client.post("/datasets", data={"name": name}, files={"file": ("g.jsonl", body)})
+    assert response.status_code == 201, response.text
+    return response
+
+
+def upload_lareqa(service: RunningService, name: str, folder: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in folder.glob("*.json"):
+            archive.write(file, f"{name}/{file.name}")
+    response = service.client.post("/datasets", data={"name": name}, files={"file": ("d.zip", buffer.getvalue())})
+    assert response.status_code == 201, response.text
+
+
+def wait_job(service: RunningService, job_id: str, statuses: tuple[str, ...], timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = service.client.get(f"/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, f"job stuck in {job['status']}: {job}"
+        time.sleep(0.1)
+
+
+def submit(service: RunningService, kind: str, **body: Any) -> str:
+    response = service.client.post(f"/jobs/{kind}", json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def test_finetune_job_end_to_end_with_events(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    job_id = submit(
+        service, "finetune", dataset="train", max_steps=30, version="e2e-v1", eval_datasets=["evalset"], **TRAIN
+    )
+    events: list[tuple[str, dict[str, Any]]] = []
+    client = httpx.Client(base_url=service.url, timeout=180)
+    with client, client.stream("GET", f"/jobs/{job_id}/events") as stream:
+        kind = ""
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+                if kind == "end":
+                    break
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "status" and events[0][1]["status"] == "queued"
+    assert ("status", {"status": "running"}) in events
+    progress = [data for k, data in events if k == "progress" and data.get("stage") == "training"]
+    assert progress and progress[-1]["step"] == 30 and progress[-1]["total"] == 30
+    assert kinds.index("progress") < kinds.index("end")
+    final = events[-1][1]
+    assert final["status"] == "succeeded" and final["model_version"] == "e2e-v1"
+    assert final["metrics"]["steps"] == 30 and "eval_multi_map" in final["metrics"]
+    assert final["decision"] == {"mode": "never", "deployed": False}
+
+    models = service.client.get("/models").json()
+    listed = {m["version"]: m for m in models["data"]}
+    assert "e2e-v1" in listed and listed["e2e-v1"]["metrics"]["evaluation"][0]["name"] == "evalset"
+    jobs = service.client.get("/jobs", params={"status": "succeeded"}).json()
+    assert job_id in [j["id"] for j in jobs["data"]]
+    assert service.client.delete(f"/jobs/{job_id}").status_code == 409
+
+
+def test_deploy_always_swaps_without_failures_or_lost_writes(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    texts = [g["passage"]["en"] for g in make_groups(60, seed=7)]
+    base_docs = [{"id": f"base-{i}", "text": t, "lang": "en"} for i, t in enumerate(texts)]
+    assert service.index(base_docs).status_code == 200
+    before = service.client.post("/search", json={"query": base_docs[3]["text"], "k": 5}).json()
+    old_version = before["model_version"]
+
+    stop = threading.Event()
+    failures: list[str] = []
+    versions_seen: set[str] = set()
+    written: list[dict[str, Any]] = []
+
+    def searcher() -> None:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post("/search", json={"query": "en01w en02w", "k": 5})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    versions_seen.add(response.json()["model_version"])
+
+    def writer() -> None:
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            i = 0
+            while not stop.is_set():
+                text = f"fr{i % 60:02d}w de{(i * 7) % 60:02d}w"
+                doc = {"id": f"during-{i}", "text": text, "lang": "fr", "metadata": {"seq": i}}
+                response = client.post("/index", json={"documents": [doc]})
+                if response.status_code == 200:
+                    written.append(doc)
+                else:
+                    failures.append(response.text)
+                i += 1
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=searcher), threading.Thread(target=searcher), threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    job_id = submit(service, "finetune", dataset="train", max_steps=15, version="swap-v1", deploy="always", **TRAIN)
+    job = wait_job(service, job_id, ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job
+    deadline = time.monotonic() + 30
+    while service.client.get("/models/active").json()["version"] != "swap-v1":
+        assert time.monotonic() < deadline, "the api never swapped to swap-v1"
+        time.sleep(0.1)
+    time.sleep(0.5)  # searches and writes go on after the swap too
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    assert failures == [], failures[:3]
+    assert versions_seen >= {old_version, "swap-v1"}
+    assert job["decision"]["deployed"] is True and job["metrics"]["reindexed"] >= len(base_docs)
+    stats = service.client.get("/index/stats").json()
+    assert stats["model_version"] == "swap-v1" and stats["vectors"] == stats["documents"]
+    assert written, "the writer wrote nothing during the swap"
+    for doc in written:  # each is in the new index: the filter leaves it as the only candidate
+        body = {"query": doc["text"], "k": 1, "filter": {"seq": doc["metadata"]["seq"]}}
+        hits = service.client.post("/search", json=body).json()["hits"]
+        assert [h["id"] for h in hits] == [doc["id"]], doc
+    assert service.client.get("/metrics").text.count("xling_model_swaps_total 1.0") == 1
+
+    # rollback: the configured default serves again, with its old results
+    assert service.client.post(f"/models/{old_version}/activate").status_code == 200
+    deadline = time.monotonic() + 30
+    while service.client.get("/models/active").json()["version"] != old_version:
+        assert time.monotonic() < deadline, "rollback never happened"
+        time.sleep(0.1)
+    after = service.client.post("/search", json={"query": base_docs[3]["text"], "k": 5}).json()
+    assert after["model_version"] == old_version
+    assert [h["id"] for h in after["hits"]] == [h["id"] for h in before["hits"]]
+    assert [round(h["score"], 4) for h in after["hits"]] == [round(h["score"], 4) for h in before["hits"]]
+    # and forward again, from swap-v1's snapshot: no reindex job needed
+    response = service.client.post("/models/swap-v1/activate")
+    assert response.status_code == 200 and response.json()["job_id"] is None
+    service.client.post(f"/models/{old_version}/activate")
+
+
+def test_if_better_keeps_a_worse_model_out(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    active_before = service.client.get("/models/active").json()["version"]
+    # a learning rate this high collapses the embeddings: ties everywhere, ranked pessimistically
+    job_id = submit(
+        service, "finetune", dataset="train", max_steps=20, version="worse-v1", deploy="if_better",
+        eval_datasets=["evalset"], **{**TRAIN, "learning_rate": 0.9},
+    )  # fmt: skip
+    job = wait_job(service, job_id, ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job
+    decision = job["decision"]
+    assert decision["mode"] == "if_better" and decision["deployed"] is False
+    assert decision["candidate"] < decision["active"] and decision["metric"] == "multi_map"
+    time.sleep(0.5)
+    assert service.client.get("/models/active").json()["version"] == active_before
+
+
+def test_cancel_a_running_job(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    job_id = submit(service, "finetune", dataset="train", max_steps=100_000, version="cancel-v1", **TRAIN)
+    wait_job(service, job_id, ("running",))
+    wait_for_progress(service, job_id)
+    cancelled_at = time.monotonic()
+    assert service.client.delete(f"/jobs/{job_id}").json()["cancel_requested"] is True
+    job = wait_job(service, job_id, ("cancelled",), timeout=30)
+    assert time.monotonic() - cancelled_at < 10
+    assert "cancelled at step" in job["error"]
+    assert service.client.delete(f"/jobs/{job_id}").status_code == 409
+
+
+def wait_for_progress(service: RunningService, job_id: str, step: int = 1) -> None:
+    deadline = time.monotonic() + 120
+    while service.client.get(f"/jobs/{job_id}").json()["progress"].get("step", 0) < step:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_killed_worker_is_detected_and_retry_resumes(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    worker: Worker = stack["worker"]
+    job_id = submit(
+        service, "finetune", dataset="train", max_steps=60, checkpoint_steps=5, version="killed-v1", **TRAIN
+    )
+    wait_job(service, job_id, ("running",))
+    wait_for_progress(service, job_id, step=12)
+    worker.kill()
+    killed_at = time.monotonic()
+    job = wait_job(service, job_id, ("failed",), timeout=30)
+    assert job["error"].startswith("worker lost")
+    assert time.monotonic() - killed_at < FAST["heartbeat_timeout_s"] + 5
+    checkpoints = sorted((stack["settings"].models_dir / "killed-v1" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "no checkpoint was written before the kill"
+    last_checkpoint = int(checkpoints[-1].name.split("-")[1])
+
+    worker.start()
+    retry = service.client.post(f"/jobs/{job_id}/retry")
+    assert retry.status_code == 202
+    retry_id = retry.json()["job_id"]
+    first_steps: list[int] = []
+    deadline = time.monotonic() + 180
+    while (job := service.client.get(f"/jobs/{retry_id}").json())["status"] not in ("succeeded", "failed"):
+        if job["progress"].get("step") and not first_steps:
+            first_steps.append(job["progress"]["step"])
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["status"] == "succeeded", job
+    assert job["retry_of"] == job_id and job["metrics"]["steps"] == 60
+    assert first_steps and first_steps[0] > last_checkpoint, (first_steps, last_checkpoint)
+
+
+def test_bad_job_parameters_get_422(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    cases = [
+        ("finetune", {"dataset": "nope"}, "no dataset 'nope'"),
+        ("finetune", {"dataset": "english", "strategy": "crosslingual"}, "at least two languages"),
+        ("finetune", {"dataset": "train", "alpha": 2}, "less than or equal to 1"),
+        ("finetune", {"dataset": "train", "batch_size": 1}, "greater than or equal to 2"),
+        ("finetune", {"dataset": "train", "learning_rate": 0}, "greater than 0"),
+        ("finetune", {"dataset": "train", "base": "not-a-version"}, "not 'active', a registry version"),
+        ("finetune", {"dataset": "train", "base": "../etc"}, "not 'active', a registry version"),
+        ("finetune", {"dataset": "train", "deploy": "if_better"}, "needs eval_datasets"),
+        ("finetune", {"dataset": "train", "eval_datasets": ["train"]}, "not a LAReQA folder"),
+        ("finetune", {"dataset": "train", "version": "e2e-v1"}, "already exists"),
+        ("evaluate", {"datasets": ["missing"]}, "no dataset"),
+        ("experiment", {"train_dataset": "evalset", "eval_datasets": ["evalset"]}, "cannot also be"),
+        ("reindex", {"version": "unknown"}, "not a registry version"),
+    ]
+    jobs_before = service.client.get("/jobs").json()["count"]
+    for kind, body, reason in cases:
+        response = service.client.post(f"/jobs/{kind}", json=body)
+        assert response.status_code == 422, (kind, body, response.text)
+        assert reason in response.text, (kind, body, response.text)
+    assert service.client.get("/jobs").json()["count"] == jobs_before
+    assert service.client.post("/models/nope/activate").status_code == 404
+    assert service.client.get("/jobs/unknown").status_code == 404
+
+
+def test_dataset_uploads(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    listed = {d["name"]: d for d in service.client.get("/datasets").json()["data"]}
+    assert listed["evalset"]["format"] == "lareqa" and listed["train"]["summary"]["groups"] == 120
+    duplicate = service.client.post("/datasets", data={"name": "train"}, files={"file": ("g.jsonl", b"{}")})
+    assert duplicate.status_code == 409
+    broken = service.client.post("/datasets", data={"name": "broken"}, files={"file": ("g.jsonl", b"not json\n")})
+    assert broken.status_code == 422 and "groups.jsonl:1: not JSON" in broken.json()["detail"]
+    assert str(stack["settings"].data_dir) not in broken.json()["detail"]
+    wrong = service.client.post("/datasets", data={"name": "x"}, files={"file": ("g.csv", b"a,b")})
+    assert wrong.status_code == 422
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../escape.json", "{}")
+    response = service.client.post("/datasets", data={"name": "evil"}, files={"file": ("e.zip", evil.getvalue())})
+    assert response.status_code == 422 and "unsafe path" in response.text
+    assert not (stack["settings"].data_dir / "escape.json").exists()
+    assert "broken" not in {d["name"] for d in service.client.get("/datasets").json()["data"]}

@@ -1,0 +1,221 @@
+"""What each job type does: resolve its inputs, call the library (models/), report to the job store.
+
+Celery tasks (worker/tasks.py) only call `run_job`; this module has no Celery import, so it can be
+tested and reasoned about on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app.datasets import dataset_path
+from app.docstore import DocReader
+from app.indexing import build_index
+from app.jobstore import Job, JobStore
+from app.keys import RedisKeys
+from app.registry import Registry
+from app.settings import Settings
+from models.encoder import Encoder
+from models.evaluate import EvaluationReport, evaluate
+from models.experiment import ExperimentSpec, run_experiment
+from models.manifest import read_manifest, write_manifest
+from models.reports import write_evaluation_report
+from models.resolve import resolve_model
+from models.training import Progress, TrainConfig, finetune
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.5  # bound on job-store writes from a fast training loop
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class JobContext:
+    settings: Settings
+    store: JobStore
+    registry: Registry
+    redis: redis.Redis
+    keys: RedisKeys
+    job: Job
+
+    def dataset(self, name: str) -> Path:
+        """Jobs read datasets only from DATA_DIR/datasets (names were validated when queued)."""
+        path = dataset_path(self.settings.datasets_dir, name)
+        if path is None:
+            raise ValueError(f"no dataset {name!r}")
+        return path
+
+    def model_spec(self, name: str) -> str | None:
+        """'active' -> the active registry version (or the configured default); else the name itself."""
+        if name == "active":
+            return self.registry.active() or self.settings.retrieval_model
+        return name
+
+    def report(self, stage: str, **fields: Any) -> None:
+        self.store.report_progress(self.job.id, {"stage": stage, **fields})
+
+
+@contextmanager
+def heartbeat(store: JobStore, job_id: str, interval_s: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            store.beat(job_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _throttled_progress(ctx: JobContext) -> Callable[[Progress], None]:
+    last = [0.0]
+
+    def report(p: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or p.step == p.total:
+            last[0] = now
+            ctx.report(
+                "training", step=p.step, total=p.total, loss=p.loss, samples_per_s=round(p.samples_per_s, 1),
+                eta_s=round(p.eta_s, 1) if p.eta_s is not None else None,
+            )  # fmt: skip
+
+    return report
+
+
+def _evaluate_version(ctx: JobContext, spec: str | None, datasets: list[str], label: str) -> EvaluationReport:
+    source = resolve_model(spec, ctx.settings.models_dir)
+    ctx.report("evaluating", model=source.version)
+    encoder = Encoder(source.path, version=source.version, device=ctx.settings.device, name_hint=source.name)
+    report = evaluate(encoder.encode, source.version, [ctx.dataset(d) for d in datasets])
+    write_evaluation_report(report, ctx.settings.data_dir / "reports" / ctx.job.id / label)
+    return report
+
+
+def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
+    """Hot swap, worker side (DESIGN §8): encode every document with `version` from log offset O, write
+    indexes/<version>/ at O, then activate; each api replays the log from O and swaps."""
+    source = resolve_model(version, ctx.settings.models_dir)
+    encoder = Encoder(source.path, version=source.version, device=ctx.settings.device, name_hint=source.name)
+    reader = DocReader(ctx.redis, ctx.keys)
+    started = time.monotonic()
+    pair = build_index(reader, encoder, progress=lambda done, total: ctx.report("reindexing", done=done, total=total))
+    pair.index.save(ctx.settings.indexes_dir / source.version, pair.applied_offset)
+    seconds = time.monotonic() - started
+    ctx.registry.activate(source.version)
+    log.info("deployed", extra={"version": source.version, "vectors": len(pair.index), "seconds": round(seconds, 2)})
+    return {"reindexed": len(pair.index), "reindex_seconds": round(seconds, 2), "offset": pair.applied_offset}
+
+
+def run_finetune(ctx: JobContext) -> dict[str, Any]:
+    params = ctx.job.params
+    version = params["version"]
+    out = ctx.settings.models_dir / version
+    config = TrainConfig(**params.get("config", {}))
+    base_spec = ctx.model_spec(params.get("base", "active"))
+    result = finetune(
+        base_spec, ctx.dataset(params["dataset"]), out, config, registry_dir=ctx.settings.models_dir,
+        version=version, device=None if ctx.settings.device == "auto" else ctx.settings.device,
+        progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
+        resume_from=bool(ctx.job.retry_of) or None,
+    )  # fmt: skip
+    if result.cancelled:
+        raise Cancelled(f"cancelled at step {result.steps}")
+    outcome: dict[str, Any] = {"metrics": dict(result.metrics), "model_version": version}
+    eval_sets = params.get("eval_datasets") or []
+    candidate_score = active_score = None
+    if eval_sets:
+        report = _evaluate_version(ctx, version, eval_sets, "candidate")
+        candidate_score = report.primary()
+        outcome["metrics"].update({f"eval_{k}": v for k, v in report.lareqa[0].result.metrics.items()})
+        manifest = read_manifest(out)
+        assert manifest is not None
+        manifest.metrics.update({"evaluation": report.to_dict()["lareqa"]})
+        write_manifest(out, manifest)
+    mode = params.get("deploy", "never")
+    decision: dict[str, Any] = {"mode": mode, "deployed": False}
+    if mode == "if_better":
+        active_spec = ctx.model_spec("active")
+        active_score = _evaluate_version(ctx, active_spec, eval_sets, "active").primary()
+        decision.update(metric="multi_map", candidate=candidate_score, active=active_score)
+        decision["deployed"] = candidate_score is not None and candidate_score > active_score
+    elif mode == "always":
+        decision["deployed"] = True
+    if decision["deployed"]:
+        outcome["metrics"].update(deploy(ctx, version))
+    outcome["decision"] = decision
+    return outcome
+
+
+def run_evaluate(ctx: JobContext) -> dict[str, Any]:
+    params = ctx.job.params
+    report = _evaluate_version(ctx, ctx.model_spec(params.get("model", "active")), params["datasets"], "report")
+    metrics = {f"{ev.name}:{k}": v for ev in report.lareqa for k, v in ev.result.metrics.items()}
+    return {"metrics": metrics, "model_version": report.model_version}
+
+
+def run_experiment_job(ctx: JobContext) -> dict[str, Any]:
+    params = ctx.job.params
+    spec = ExperimentSpec(
+        train=ctx.dataset(params["train_dataset"]), evals=[ctx.dataset(d) for d in params["eval_datasets"]],
+        base=ctx.model_spec(params.get("base", "active")), steps=int(params["steps"]), seed=int(params.get("seed", 0)),
+        config=TrainConfig(**params.get("config", {})),
+    )  # fmt: skip
+    out = ctx.settings.data_dir / "reports" / ctx.job.id
+    ctx.report("experiment", out=str(out))
+    record = run_experiment(spec, out, registry_dir=ctx.settings.models_dir, command=f"job {ctx.job.id}",
+                            progress=lambda step: ctx.report("experiment", step=step))  # fmt: skip
+    rows = {row["label"]: row["sets"] for row in record["rows"]}
+    return {"metrics": {"rows": rows, "report": str(out / "experiment.md")}}
+
+
+def run_reindex(ctx: JobContext) -> dict[str, Any]:
+    version = ctx.job.params["version"]
+    return {"metrics": deploy(ctx, version), "model_version": version}
+
+
+HANDLERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    "finetune": run_finetune,
+    "evaluate": run_evaluate,
+    "experiment": run_experiment_job,
+    "reindex": run_reindex,
+}
+
+
+def run_job(job_id: str, settings: Settings) -> None:
+    """Run one job to a final state; never raises (failures are recorded in the job)."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    keys = RedisKeys(settings.key_prefix)
+    store = JobStore(client, keys)
+    store.sweep_lost(settings.heartbeat_timeout_s)  # the next worker notices a predecessor's lost jobs
+    if not store.transition(job_id, "running"):
+        log.info("job not started: no longer queued", extra={"job_id": job_id})
+        return
+    ctx = JobContext(settings, store, Registry(client, keys, settings.models_dir), client, keys, store.get(job_id))
+    with heartbeat(store, job_id, settings.heartbeat_interval_s):
+        try:
+            outcome = HANDLERS[ctx.job.type](ctx)
+            store.transition(job_id, "succeeded", **outcome)
+        except Cancelled as exc:
+            store.transition(job_id, "cancelled", error=str(exc))
+        except Exception as exc:
+            log.error("job failed", extra={"job_id": job_id, "trace": traceback.format_exc()})
+            store.transition(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    client.close()
