@@ -30,6 +30,7 @@ from models.resolve import ModelSource, resolve_model
 from models.vector_index import IndexMismatchError, Neighbour, Scalar, SnapshotError, VectorIndex
 
 log = logging.getLogger(__name__)
+SWAP_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Engine:
         self.registry = Registry(self.sync_redis, self.keys, settings.models_dir)
         self.jobs = JobStore(self.sync_redis, self.keys)
         self.swap_error: str | None = None
-        self._failed_swap: str | None = None
+        self._failed_swap: tuple[str, float] | None = None  # (version, when)
         self._stopping = threading.Event()
         self._background: list[threading.Thread] = []
         self._celery: Any = None
@@ -160,18 +161,27 @@ class Engine:
     def _watch_active_model(self) -> None:
         """Poll which version should serve; swap when it differs from the serving one."""
         while not self._stopping.wait(self.settings.swap_poll_s):
+            wanted = None
             try:
                 wanted = self.registry.active()
-                serving = self.require_pair().version
-                target = wanted or self.settings.retrieval_model
-                if (wanted or self.default_version()) == serving or target == self._failed_swap:
+                desired = wanted or self.default_version()
+                if desired == self.require_pair().version or self._recently_failed(desired):
                     continue
-                self.swap_to(target)
+                self.swap_to(wanted or self.settings.retrieval_model)
                 self.swap_error = self._failed_swap = None
-            except Exception as exc:  # keep serving the old pair; say why in /healthz
-                self.swap_error = f"swap to {wanted!r} failed: {type(exc).__name__}: {exc}"
-                self._failed_swap = wanted or self.settings.retrieval_model
+            except Exception as exc:  # keep serving the old pair; say why in /healthz and /models/active
+                desired = wanted or self.default_version()
+                self.swap_error = f"swap to {desired!r} failed: {type(exc).__name__}: {exc}"
+                self._failed_swap = (desired, time.monotonic())
                 log.exception("hot swap failed; still serving the previous model")
+
+    def _recently_failed(self, version: str) -> bool:
+        """A version whose swap failed is retried after SWAP_RETRY_S, not on every poll."""
+        return (
+            self._failed_swap is not None
+            and self._failed_swap[0] == version
+            and (time.monotonic() - self._failed_swap[1] < SWAP_RETRY_S)
+        )
 
     def default_version(self) -> str:
         if not hasattr(self, "default_version_cache"):

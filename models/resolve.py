@@ -71,6 +71,9 @@ def resolve_model(spec: str | None, registry_dir: Path) -> ModelSource:
         return ModelSource(registry_dir / name, name, "registry", name)
     folder = Path(name).expanduser()
     if folder.is_dir():
+        fallback = offline_fallback()
+        if fallback is not None and folder.resolve() == fallback.path.resolve():
+            return ModelSource(fallback.path, fallback.version, "folder", fallback.name)  # its folder is just "model"
         return ModelSource(folder.resolve(), _folder_version(folder), "folder", name)
     try:
         return ModelSource(_from_hub(name), version_from_name(name), "hub", name)

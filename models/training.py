@@ -252,7 +252,7 @@ def finetune(
         load_best_model_at_end=bool(config.early_stopping_patience),
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        logging_steps=logging_steps,
+        logging_steps=max(1, min(logging_steps, total_steps // 10)),  # short runs still report a loss
         seed=config.seed,
         data_seed=config.seed,
         report_to="none",
