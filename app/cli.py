@@ -170,6 +170,7 @@ def finetune(
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (overrides --epochs)")] = None,
     epochs: Annotated[float, typer.Option()] = 1.0,
     batch_size: Annotated[int, typer.Option()] = 100,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps (effective batch = B x this)")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 3e-5,
     weight_decay: Annotated[float, typer.Option()] = 0.01,
     warmup_ratio: Annotated[float, typer.Option()] = 0.1,
@@ -200,7 +201,7 @@ def finetune(
         warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, max_length=max_length, scale=scale,
         query_prefix=query_prefix, passage_prefix=passage_prefix, with_context=with_context,
         val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
-        checkpoint_steps=checkpoint_steps, seed=seed,
+        checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
     )  # fmt: skip
     if out is None:
         out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"

@@ -26,7 +26,7 @@ from app.metrics import Metrics
 from app.registry import Registry
 from app.settings import Settings
 from models.encoder import Encoder
-from models.resolve import ModelSource, resolve_model
+from models.resolve import ModelNotFoundError, ModelSource, resolve_model
 from models.vector_index import IndexMismatchError, Neighbour, Scalar, SnapshotError, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Engine:
         self._stopping = threading.Event()
         self._background: list[threading.Thread] = []
         self._celery: Any = None
+        self._ready = False
 
     # Life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,7 +109,7 @@ class Engine:
 
     def _load_blocking(self) -> None:
         started = time.monotonic()
-        source = resolve_model(self.registry.active() or self.settings.retrieval_model, self.settings.models_dir)
+        source = self._startup_model()
         pair, from_snapshot = self._open_index(self._encoder(source))
         self.model_source = source
         self.serving = pair
@@ -129,6 +130,7 @@ class Engine:
         self.metrics.index_size.set(len(pair.index))
         self.applier.start()
         self._spawn(self._watch_active_model, "swap-watcher")
+        self._ready = True
         log.info(
             "ready",
             extra={
@@ -140,6 +142,17 @@ class Engine:
                 "seconds": round(time.monotonic() - started, 2),
             },
         )
+
+    def _startup_model(self) -> ModelSource:
+        """The activated version; if it cannot be loaded, the configured model (and say why)."""
+        activated = self.registry.active()
+        if activated:
+            try:
+                return resolve_model(activated, self.settings.models_dir)
+            except ModelNotFoundError as exc:
+                self.swap_error = f"activated version {activated!r} cannot be loaded ({exc}); serving the default"
+                log.error(self.swap_error)
+        return resolve_model(self.settings.retrieval_model, self.settings.models_dir)
 
     def _encoder(self, source: ModelSource) -> Encoder:
         return Encoder(
@@ -263,7 +276,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.serving is not None and self.applier is not None
+        """Model and index loaded, and the log replayed up to where it stood at start-up."""
+        return self._ready
 
     def require_pair(self) -> ServingPair:
         if self.serving is None:

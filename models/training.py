@@ -73,6 +73,8 @@ class TrainConfig:
             problems.append("batch_size must be >= 2 (in-batch negatives need company)")
         if not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.gradient_accumulation_steps < 1:
+            problems.append("gradient_accumulation_steps must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be >= 1")
         if self.max_steps is None and self.epochs <= 0:
