@@ -121,7 +121,9 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
                 with lock:
                     records.append((started, (time.time() - started) * 1000, ok, version))
                 i += args.clients
-                next_at += interval
+                # Steady offered load: slots missed while the service was slow are dropped, not
+                # replayed in a burst afterwards (that would inflate the "after" phase's rate).
+                next_at = max(next_at + interval, time.time())
                 time.sleep(max(0.0, next_at - time.time()))
 
     def writer() -> None:
@@ -173,7 +175,9 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
     client.close()
 
     def phase(start: float, end: float) -> dict[str, Any]:
-        return percentiles([r[1] for r in records if start <= r[0] < end and r[2]])
+        stats = percentiles([r[1] for r in records if start <= r[0] < end and r[2]])
+        stats["qps"] = round(stats["requests"] / max(end - start, 1e-9), 1)  # type: ignore[operator]
+        return stats
 
     return {
         "failed_requests": len(failures),

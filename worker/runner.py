@@ -28,6 +28,7 @@ from app.settings import Settings
 from models.encoder import Encoder
 from models.evaluate import EvaluationReport, evaluate
 from models.experiment import ExperimentSpec, run_experiment
+from models.lareqa import PRIMARY_METRIC
 from models.manifest import read_manifest, write_manifest
 from models.reports import write_evaluation_report
 from models.resolve import resolve_model
@@ -62,6 +63,11 @@ class JobContext:
         if name == "active":
             return self.registry.active() or self.settings.retrieval_model
         return name
+
+    def stop_if_cancelled(self, where: str) -> None:
+        """Between phases (training stops itself at its next step)."""
+        if self.store.cancel_requested(self.job.id):
+            raise Cancelled(f"cancelled {where}")
 
     def report(self, stage: str, **fields: Any) -> None:
         self.store.report_progress(self.job.id, {"stage": stage, **fields})
@@ -139,7 +145,8 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
         raise Cancelled(f"cancelled at step {result.steps}")
     outcome: dict[str, Any] = {"metrics": dict(result.metrics), "model_version": version}
     eval_sets = params.get("eval_datasets") or []
-    candidate_score = active_score = None
+    candidate_score = None
+    ctx.stop_if_cancelled("after training")
     if eval_sets:
         report = _evaluate_version(ctx, version, eval_sets, "candidate")
         candidate_score = report.primary()
@@ -153,11 +160,12 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
     if mode == "if_better":
         active_spec = ctx.model_spec("active")
         active_score = _evaluate_version(ctx, active_spec, eval_sets, "active").primary()
-        decision.update(metric="multi_map", candidate=candidate_score, active=active_score)
+        decision.update(metric=PRIMARY_METRIC, candidate=candidate_score, active=active_score)
         decision["deployed"] = candidate_score is not None and candidate_score > active_score
     elif mode == "always":
         decision["deployed"] = True
     if decision["deployed"]:
+        ctx.stop_if_cancelled("before deploying")
         outcome["metrics"].update(deploy(ctx, version))
     outcome["decision"] = decision
     return outcome
