@@ -26,7 +26,6 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from models.data import ParallelGroup, all_pairs, check_strategy, fingerprint, load_parallel, split
@@ -183,6 +182,24 @@ def _half_precision(device: str) -> tuple[bool, bool]:
     return bf16, not bf16
 
 
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose save finished; half-written ones (a worker killed mid-save) are removed.
+
+    The trainer writes trainer_state.json last, so a checkpoint without it is incomplete.
+    """
+    complete: list[tuple[int, Path]] = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = path.name.rsplit("-", 1)[-1]
+        if not step.isdigit():
+            continue
+        if (path / "trainer_state.json").is_file():
+            complete.append((int(step), path))
+        else:
+            log.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(complete)[1] if complete else None
+
+
 def finetune(
     base: str | None,
     data: Path,
@@ -279,9 +296,10 @@ def finetune(
     trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
     resume: str | None = None
     if resume_from is True:
-        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        last = last_complete_checkpoint(checkpoints)
+        resume = str(last) if last is not None else None
         if resume is None:
-            log.warning("no checkpoint under %s; starting from the beginning", checkpoints)
+            log.warning("no complete checkpoint under %s; starting from the beginning", checkpoints)
     elif resume_from:
         resume = str(resume_from)
     started = time.monotonic()

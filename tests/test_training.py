@@ -130,11 +130,15 @@ def test_cancel_then_resume(base_model: Path, data: Path, tmp_path: Path) -> Non
     assert not (out / "xling.json").exists()
     assert (out / "checkpoints" / "checkpoint-15").is_dir()  # saved when the cancel came
 
+    half_written = out / "checkpoints" / "checkpoint-25"  # as a worker killed mid-save leaves it
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"partial")
+
     resumed_steps: list[int] = []
     resumed = finetune(
         str(base_model), data, out, config, progress=lambda p: resumed_steps.append(p.step), resume_from=True
     )
-    assert resumed_steps[0] == 16 and resumed.steps == 30
+    assert resumed_steps[0] == 16 and resumed.steps == 30  # from checkpoint-15, not the broken 25
 
     straight = finetune(str(base_model), data, tmp_path / "straight", config)
     assert straight.steps == resumed.steps
