@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +178,13 @@ class Engine:
             wanted = None
             try:
                 wanted = self.registry.active()
-                desired = wanted or self.default_version()
+                desired = wanted or self.default_version
                 if desired == self.require_pair().version or self._recently_failed(desired):
                     continue
                 self.swap_to(wanted or self.settings.retrieval_model)
                 self.swap_error = self._failed_swap = None
             except Exception as exc:  # keep serving the old pair; say why in /healthz and /models/active
-                desired = wanted or self.default_version()
+                desired = wanted or self.default_version
                 self.swap_error = f"swap to {desired!r} failed: {type(exc).__name__}: {exc}"
                 self._failed_swap = (desired, time.monotonic())
                 log.exception("hot swap failed; still serving the previous model")
@@ -196,10 +197,10 @@ class Engine:
             and (time.monotonic() - self._failed_swap[1] < SWAP_RETRY_S)
         )
 
+    @cached_property
     def default_version(self) -> str:
-        if not hasattr(self, "default_version_cache"):
-            self.default_version_cache = resolve_model(self.settings.retrieval_model, self.settings.models_dir).version
-        return self.default_version_cache
+        """The version of the configured model (XLING_RETRIEVAL_MODEL), served when none is activated."""
+        return resolve_model(self.settings.retrieval_model, self.settings.models_dir).version
 
     def swap_to(self, spec: str | None) -> None:
         """Load the new encoder and its index beside the serving pair, replay the log, swap one reference."""

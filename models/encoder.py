@@ -63,7 +63,6 @@ class FolderLayout:
 
     transformer_dir: Path
     pooling: str
-    normalize: bool
     max_length: int | None
     query_prefix: str
     passage_prefix: str
@@ -102,7 +101,7 @@ def known_prefixes(name: str) -> tuple[str, str]:
 def read_layout(folder: Path, name_hint: str = "") -> FolderLayout:
     """Read modules.json, the pooling config, max length and prefixes (manifest first, then ST prompts)."""
     modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
-    transformer_dir, pooling, normalize = folder, None, False
+    transformer_dir, pooling = folder, None
     for module in modules:
         kind = str(module.get("type", ""))
         path = folder / module.get("path", "")
@@ -110,8 +109,6 @@ def read_layout(folder: Path, name_hint: str = "") -> FolderLayout:
             transformer_dir = path
         elif kind.endswith("Pooling"):
             pooling = _pooling_from_config(_read_json(path / "config.json"))
-        elif kind.endswith("Normalize"):
-            normalize = True
     if pooling is None:
         log.warning("no pooling module in %s; using mean pooling", folder)
         pooling = "mean"
@@ -134,8 +131,8 @@ def read_layout(folder: Path, name_hint: str = "") -> FolderLayout:
     if manifest is not None:
         pooling, query_prefix, passage_prefix = manifest.pooling, manifest.query_prefix, manifest.passage_prefix
         max_length = manifest.max_length
-        normalize = manifest.normalize
-    return FolderLayout(transformer_dir, pooling, normalize, max_length, query_prefix, passage_prefix)
+    # No Normalize flag: the encoder L2-normalises every vector, whatever the folder says.
+    return FolderLayout(transformer_dir, pooling, max_length, query_prefix, passage_prefix)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

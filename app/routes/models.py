@@ -38,7 +38,7 @@ def active_model(engine: EngineDep) -> ActiveModel:
 def activate(engine: EngineDep, version: str = Path(pattern=NAME_PATTERN)) -> JSONResponse:
     """Serve `version` on every replica. With an index snapshot for it (e.g. a rollback), at once:
     each api replays the log from the snapshot's offset and swaps. Without one, a reindex job runs first."""
-    default = engine.default_version()
+    default = engine.default_version
     if version == default:
         engine.registry.activate(None)  # back to the configured model
         return JSONResponse(Activation(version=version).model_dump())
