@@ -294,8 +294,8 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="report folder: report.json, report.md, heatmaps")] = Path("report"),
 ) -> None:
     """Score a model with the LAReQA protocol (mono / cross / multi mAP, rank distance) and bitext accuracy."""
+    from app.indexing import load_encoder
     from models.data import DataError
-    from models.encoder import Encoder
     from models.evaluate import evaluate as run_evaluate
     from models.reports import write_evaluation_report
     from models.resolve import ModelNotFoundError, resolve_model
@@ -307,7 +307,7 @@ def evaluate(
         raise typer.Exit(2)
     try:
         source = resolve_model(model or settings.retrieval_model, settings.models_dir)
-        encoder = Encoder(source.path, version=source.version, device=settings.device, name_hint=source.name)
+        encoder = load_encoder(source, settings)
         with console.status("evaluating") as status:
             report = run_evaluate(
                 encoder.encode, source.version, lareqa, bitext, _split_langs(langs),

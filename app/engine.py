@@ -20,7 +20,7 @@ from app.applier import Applier, Watermark
 from app.batcher import MicroBatcher
 from app.docstore import DocReader, DocStore, StoredDoc
 from app.errors import NotFound, NotReady, WriteTimeout
-from app.indexing import ServingPair, build_index, catch_up
+from app.indexing import ServingPair, build_index, catch_up, load_encoder
 from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.metrics import Metrics
@@ -111,7 +111,7 @@ class Engine:
     def _load_blocking(self) -> None:
         started = time.monotonic()
         source = self._startup_model()
-        pair, from_snapshot = self._open_index(self._encoder(source))
+        pair, from_snapshot = self._open_index(load_encoder(source, self.settings))
         self.model_source = source
         self.serving = pair
         self.applier = Applier(
@@ -155,17 +155,6 @@ class Engine:
                 log.error(self.swap_error)
         return resolve_model(self.settings.retrieval_model, self.settings.models_dir)
 
-    def _encoder(self, source: ModelSource) -> Encoder:
-        return Encoder(
-            source.path,
-            version=source.version,
-            device=self.settings.device,
-            max_length=self.settings.max_seq_length,
-            batch_size=self.settings.encode_batch_size,
-            batch_tokens=self.settings.encode_batch_tokens,
-            name_hint=source.name,
-        )
-
     def _spawn(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -207,7 +196,7 @@ class Engine:
         assert self.applier is not None
         started = time.monotonic()
         source = resolve_model(spec, self.settings.models_dir)
-        pair, _ = self._open_index(self._encoder(source))
+        pair, _ = self._open_index(load_encoder(source, self.settings))
         catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, while serving goes on
         with self.applier.lock:  # the applier is between steps: nothing applies to the old pair now
             catch_up(self.reader, pair, self.settings.applier_batch)

@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.docstore import DocReader, LogEntry
+from app.settings import Settings
 from models.encoder import Encoder
+from models.resolve import ModelSource
 from models.vector_index import VectorIndex
 
 
@@ -21,6 +23,19 @@ class ServingPair:
     @property
     def version(self) -> str:
         return self.encoder.version
+
+
+def load_encoder(source: ModelSource, settings: Settings) -> Encoder:
+    """The one way api, worker and CLI build an encoder, so an index never mixes truncation or batching policies."""
+    return Encoder(
+        source.path,
+        version=source.version,
+        device=settings.device,
+        max_length=settings.max_seq_length,
+        batch_size=settings.encode_batch_size,
+        batch_tokens=settings.encode_batch_tokens,
+        name_hint=source.name,
+    )
 
 
 def apply_entries(entries: Sequence[LogEntry], reader: DocReader, pair: ServingPair) -> None:

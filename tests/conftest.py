@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -117,3 +119,11 @@ def running_service(settings: Settings, ready_timeout_s: float = 60) -> Iterator
 def service(make_settings: Any) -> Iterator[RunningService]:
     with running_service(make_settings()) as running:
         yield running
+
+
+def run_xling(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `xling` command as a user runs it, without this shell's XLING_* settings unless `env` gives them."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env or clean, capture_output=True, text=True, timeout=timeout
+    )

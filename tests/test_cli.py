@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from app.embedded_redis import free_port
+from tests.conftest import run_xling
 from tests.test_search_service import corpus
 
 
@@ -59,28 +60,22 @@ def served(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
         process.wait()
 
 
-def _xling(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_serve_index_search_and_stop(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url, process, env = served
     docs = corpus(10)
     file = tmp_path / "docs.jsonl"
     file.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
 
-    indexed = _xling(env, "index", str(file), "--url", url, "--batch-size", "7")
+    indexed = run_xling("index", str(file), "--url", url, "--batch-size", "7", env=env)
     assert indexed.returncode == 0, indexed.stderr
     assert "indexed 40 documents" in indexed.stdout
 
-    found = _xling(env, "search", docs[12]["text"], "--url", url, "-k", "3", "--json")
+    found = run_xling("search", docs[12]["text"], "--url", url, "-k", "3", "--json", env=env)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["hits"][0]["id"] == docs[12]["id"]
-    filtered = _xling(env, "search", "the cat", "--url", url, "--lang", "de", "--json")
+    filtered = run_xling("search", "the cat", "--url", url, "--lang", "de", "--json", env=env)
     assert {h["lang"] for h in json.loads(filtered.stdout)["hits"]} == {"de"}
-    table = _xling(env, "search", docs[0]["text"], "--url", url)
+    table = run_xling("search", docs[0]["text"], "--url", url, env=env)
     assert docs[0]["id"] in table.stdout
 
     redis_children = _children(process.pid)
@@ -98,7 +93,7 @@ def test_cli_reports_bad_input_and_bad_files(served, tmp_path: Path) -> None:  #
     url, _, env = served
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "ok"}\nnot json\n')
-    result = _xling(env, "index", str(bad), "--url", url)
+    result = run_xling("index", str(bad), "--url", url, env=env)
     assert result.returncode == 1 and "bad.jsonl:2" in result.stderr
-    empty_query = _xling(env, "search", "  ", "--url", url)
+    empty_query = run_xling("search", "  ", "--url", url, env=env)
     assert empty_query.returncode == 1 and "query is empty" in empty_query.stderr

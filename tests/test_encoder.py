@@ -117,3 +117,19 @@ def test_pool_masks_padding() -> None:
 def test_long_text_is_truncated_not_rejected(encoder: Encoder) -> None:
     long_text = " ".join(["cat"] * 5_000)
     assert encoder.encode([long_text], "passage").shape == (1, 32)
+
+
+def test_api_worker_and_cli_build_the_same_encoder_from_settings(tiny_model: Path, tmp_path: Path) -> None:
+    from app.indexing import load_encoder
+    from app.settings import Settings
+    from models.resolve import resolve_model
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, max_seq_length=16, encode_batch_size=7,  # type: ignore[call-arg]
+                        encode_batch_tokens=128, device="cpu")  # fmt: skip
+    encoder = load_encoder(resolve_model(str(tiny_model), tmp_path), settings)
+    assert (encoder.max_length, encoder.batch_size, encoder.batch_tokens) == (16, 7, 128)
+    long_text = " ".join(["cat"] * 40)
+    # truncated at 16 tokens: the text's tail does not change the vector
+    np.testing.assert_allclose(
+        encoder.encode([long_text], "passage"), encoder.encode([long_text + " dog dog dog"], "passage"), atol=1e-6
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from models.data import DataError
 from models.experiment import ExperimentSpec, run_experiment
 from models.training import TrainConfig
+from tests.conftest import run_xling
 from tests.synthetic import make_groups, vocabulary_texts, write_jsonl, write_lareqa
 from tests.tiny_model import build_tiny_model
 
@@ -63,19 +61,12 @@ def test_experiment_refuses_to_train_on_evaluation_data(setup: dict[str, Path], 
         run_experiment(spec, tmp_path / "out")
 
 
-def _xling(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, timeout=300
-    )
-
-
 def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
     bitext = tmp_path / "bitext"
     bitext.mkdir()
     (bitext / "t.deu-eng.deu").write_text("de01w de02w\nde03w de04w\n")
     (bitext / "t.deu-eng.eng").write_text("en01w en02w\nen03w en04w\n")
-    result = _xling(
+    result = run_xling(
         "evaluate", "--model", str(setup["model"]), "--lareqa", str(setup["eval"]), "--bitext", str(bitext),
         "--out", str(tmp_path / "report"),
     )  # fmt: skip
@@ -85,12 +76,12 @@ def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["lareqa"][0]["metrics"]["multi_map"] > 0
 
-    missing = _xling("evaluate", "--model", str(setup["model"]), "--lareqa", str(tmp_path / "nothing"))
+    missing = run_xling("evaluate", "--model", str(setup["model"]), "--lareqa", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no <lang>.json files" in missing.stderr
 
 
 def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Path) -> None:
-    result = _xling(
+    result = run_xling(
         "experiment", "--train", str(setup["train"]), "--eval", str(setup["eval"]), "--base", str(setup["model"]),
         "--steps", "2", "--batch-size", "8", "--max-length", "32", "--out", str(tmp_path / "exp"),
     )  # fmt: skip
@@ -99,7 +90,7 @@ def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Pa
     assert (tmp_path / "exp" / "experiment.md").exists()
 
     one_language = write_jsonl(tmp_path / "en.jsonl", make_groups(10, seed=0, langs=["en"]))
-    refused = _xling(
+    refused = run_xling(
         "finetune", "--data", str(one_language), "--strategy", "crosslingual", "--base", str(setup["model"]),
         "--out", str(tmp_path / "never"),
     )  # fmt: skip

@@ -20,12 +20,11 @@ import redis
 
 from app.datasets import dataset_path
 from app.docstore import DocReader
-from app.indexing import build_index
+from app.indexing import build_index, load_encoder
 from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.registry import Registry
 from app.settings import Settings
-from models.encoder import Encoder
 from models.evaluate import EvaluationReport, evaluate
 from models.experiment import ExperimentSpec, run_experiment
 from models.lareqa import PRIMARY_METRIC
@@ -108,7 +107,7 @@ def _throttled_progress(ctx: JobContext) -> Callable[[Progress], None]:
 def _evaluate_version(ctx: JobContext, spec: str | None, datasets: list[str], label: str) -> EvaluationReport:
     source = resolve_model(spec, ctx.settings.models_dir)
     ctx.report("evaluating", model=source.version)
-    encoder = Encoder(source.path, version=source.version, device=ctx.settings.device, name_hint=source.name)
+    encoder = load_encoder(source, ctx.settings)
     report = evaluate(encoder.encode, source.version, [ctx.dataset(d) for d in datasets])
     write_evaluation_report(report, ctx.settings.data_dir / "reports" / ctx.job.id / label)
     return report
@@ -118,7 +117,7 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     """Hot swap, worker side (DESIGN §8): encode every document with `version` from log offset O, write
     indexes/<version>/ at O, then activate; each api replays the log from O and swaps."""
     source = resolve_model(version, ctx.settings.models_dir)
-    encoder = Encoder(source.path, version=source.version, device=ctx.settings.device, name_hint=source.name)
+    encoder = load_encoder(source, ctx.settings)
     reader = DocReader(ctx.redis, ctx.keys)
     started = time.monotonic()
     pair = build_index(reader, encoder, progress=lambda done, total: ctx.report("reindexing", done=done, total=total))
