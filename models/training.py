@@ -11,15 +11,16 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from datasets import Dataset, disable_progress_bars
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers import (
     EarlyStoppingCallback,
+    PreTrainedModel,
     PrinterCallback,
     TrainerCallback,
     TrainerControl,
@@ -29,13 +30,15 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from models.data import ParallelGroup, all_pairs, check_strategy, fingerprint, load_parallel, split
-from models.encoder import read_layout
+from models.encoder import FolderLayout, read_layout
 from models.loss import InfoNCELoss
 from models.manifest import Manifest, write_manifest
 from models.resolve import resolve_model, version_from_name
 from models.samplers import STRATEGIES, HybridBatchSampler, make_sampler
 
 log = logging.getLogger(__name__)
+
+PAPER_PREFIXES = ("Query: ", "Passage: ")  # the hybrid-batch paper's, for bases trained without any
 
 
 @dataclass
@@ -52,8 +55,13 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs when set
     max_length: int = 128
     scale: float = 20.0
-    query_prefix: str = "Query: "
-    passage_prefix: str = "Passage: "
+    # None: the base model's own prefixes when it declares any, else the paper's (PAPER_PREFIXES).
+    # A string (even "") is explicit and wins over both.
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    # Keep the word-embedding matrix fixed: for a 250k-row vocabulary it is most of the parameters,
+    # and the optimizer state and update it would need (see bench/RESULTS.md for what it saves).
+    freeze_embeddings: bool = False
     with_context: bool = False
     val_fraction: float = 0.05
     eval_steps: int | None = None  # None: evaluate once, at the end
@@ -84,6 +92,15 @@ class TrainConfig:
             problems.append("early stopping needs a validation split (val_fraction > 0)")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def resolve_prefixes(config: TrainConfig, layout: FolderLayout) -> tuple[str, str]:
+    """The prefixes a run trains (and its model is served) with: explicit, else the base's, else the paper's."""
+    declared = (layout.query_prefix, layout.passage_prefix)
+    defaults = declared if any(declared) else PAPER_PREFIXES
+    query = config.query_prefix if config.query_prefix is not None else defaults[0]
+    passage = config.passage_prefix if config.passage_prefix is not None else defaults[1]
+    return query, passage
 
 
 @dataclass(frozen=True)
@@ -168,8 +185,8 @@ class _HybridTrainer(SentenceTransformerTrainer):
 def pair_dataset(groups: list[ParallelGroup], pairs: list[tuple[int, str, str]], config: TrainConfig) -> Dataset:
     return Dataset.from_dict(
         {
-            "query": [config.query_prefix + groups[g].queries[q] for g, q, _ in pairs],
-            "passage": [config.passage_prefix + groups[g].passages[p] for g, _, p in pairs],
+            "query": [f"{config.query_prefix or ''}{groups[g].queries[q]}" for g, q, _ in pairs],
+            "passage": [f"{config.passage_prefix or ''}{groups[g].passages[p]}" for g, _, p in pairs],
         }
     )
 
@@ -229,12 +246,17 @@ def finetune(
     check_strategy(groups, config.strategy, config.alpha)
     train_groups, val_groups = split(groups, config.val_fraction, config.seed)
     check_strategy(train_groups, config.strategy, config.alpha)
-    source = resolve_model(base, registry_dir or Path("/nonexistent"))
+    source = resolve_model(base, registry_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     layout = read_layout(source.path, source.name)
+    query_prefix, passage_prefix = resolve_prefixes(config, layout)
+    config = replace(config, query_prefix=query_prefix, passage_prefix=passage_prefix)
 
     model = SentenceTransformer(str(source.path), device=device)
     model.max_seq_length = config.max_length
+    if config.freeze_embeddings:
+        transformer = cast(PreTrainedModel, model[0].auto_model)
+        transformer.get_input_embeddings().weight.requires_grad_(False)
     train_pairs = all_pairs(train_groups)
     samplers = {
         "train": make_sampler(config.strategy, train_groups, train_pairs, config.batch_size, config.alpha, config.seed)
@@ -320,15 +342,15 @@ def finetune(
         metrics["val_loss"] = float(trainer.evaluate()["eval_loss"])
 
     version = version or version_from_name(out.name)
-    model.prompts = {"query": config.query_prefix, "document": config.passage_prefix}
+    model.prompts = {"query": query_prefix, "document": passage_prefix}
     model.save(str(out))
     manifest = Manifest(
         version=version,
         base_model=source.name,
         pooling=layout.pooling,
         normalize=True,
-        query_prefix=config.query_prefix,
-        passage_prefix=config.passage_prefix,
+        query_prefix=query_prefix,
+        passage_prefix=passage_prefix,
         max_length=config.max_length,
         training={
             **asdict(config),

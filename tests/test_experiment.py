@@ -29,26 +29,53 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def test_experiment_report(setup: dict[str, Path]) -> None:
+def test_experiment_report_seeds_and_resume(setup: dict[str, Path]) -> None:
     out = setup["root"] / "report"
     config = TrainConfig(batch_size=8, learning_rate=5e-3, max_length=32, val_fraction=0.0, warmup_ratio=0.0)
     spec = ExperimentSpec(
-        train=setup["train"], evals=[setup["eval"]], base=str(setup["model"]), steps=4, seed=3, config=config
+        train=setup["train"], evals=[setup["eval"]], base=str(setup["model"]), steps=4, seeds=[3, 4], config=config
     )
     record = run_experiment(spec, out, command="xling experiment (test)")
-    assert [row["label"] for row in record["rows"]] == ["base", "X-X-mono", "X-Y", "hybrid (α=0.5)"]
+    assert [row["label"] for row in record["rows"]] == ["base", "X-X-mono", "X-Y", "hybrid"]
     for row in record["rows"]:
         assert set(row["sets"]["evalset"]) >= {"mono_map", "cross_map", "multi_map", "rank_distance"}
-    assert {c["strategy"] for c in record["train_configs"].values()} == {"monolingual", "crosslingual", "hybrid"}
-    assert all(c["max_steps"] == 4 and c["seed"] == 3 for c in record["train_configs"].values())
+    runs = record["runs"][1:]
+    assert sorted((r["label"], r["seed"]) for r in runs) == sorted(
+        (label, seed) for label in ("X-X-mono", "X-Y", "hybrid") for seed in (3, 4)
+    )
+    assert {r["config"]["strategy"] for r in runs} == {"monolingual", "crosslingual", "hybrid"}
+    assert all(r["config"]["max_steps"] == 4 for r in runs)
+    # mean and sample std are those of the per-seed runs
+    mono = [r["sets"]["evalset"]["mono_map"] for r in runs if r["label"] == "X-Y"]
+    stats = record["summary"]["X-Y"]["evalset"]["mono_map"]
+    assert stats["n"] == 2 and abs(stats["mean"] - sum(mono) / 2) < 1e-12
+    assert abs(stats["std"] - abs(mono[0] - mono[1]) / 2**0.5) < 1e-12
+    by = {(r["label"], r["seed"]): r["sets"]["evalset"] for r in runs}
+    diff = record["hybrid_minus_other"]["4"]["X-Y"]["evalset"]["cross_map"]
+    assert abs(diff - (by[("hybrid", 4)]["cross_map"] - by[("X-Y", 4)]["cross_map"])) < 1e-12
     assert record["data"]["train"]["fingerprint"].startswith("sha256:")
     assert "torch" in record["versions"] and record["command"] == "xling experiment (test)"
     markdown = (out / "experiment.md").read_text()
-    assert markdown.count("\n| ") >= 5 and "**" in markdown  # header + 4 rows, best marked
+    assert "±" in markdown and "**" in markdown and "Hybrid minus" in markdown
     assert (out / "experiment.png").stat().st_size > 0
-    assert json.loads((out / "experiment.json").read_text())["steps"] == 4
-    hybrid_manifest = json.loads((out / "models" / "hybrid" / "model" / "xling.json").read_text())
-    assert hybrid_manifest["training"]["strategy"] == "hybrid"
+    assert not (out / "models" / "hybrid-seed3" / "model").exists()  # weights only when asked
+    assert (out / "models" / "hybrid-seed3" / "report.json").exists()
+
+    # A re-run with the same arguments trains nothing again; one more seed trains only that seed.
+    marker = (out / "runs" / "X-Y-seed3.json").stat().st_mtime_ns
+    seen: list[str] = []
+    spec.seeds = [3, 4, 5]
+    record = run_experiment(spec, out, progress=seen.append)
+    assert [s for s in seen if s.startswith("training")] == [
+        "training X-X-mono-seed5 (4 steps)", "training X-Y-seed5 (4 steps)", "training hybrid-seed5 (4 steps)"
+    ]
+    assert (out / "runs" / "X-Y-seed3.json").stat().st_mtime_ns == marker
+    assert record["summary"]["hybrid"]["evalset"]["multi_map"]["n"] == 3
+
+    # Other arguments are refused instead of mixed into the same report.
+    spec.steps = 5
+    with pytest.raises(ValueError, match="steps"):
+        run_experiment(spec, out)
 
 
 def test_experiment_refuses_to_train_on_evaluation_data(setup: dict[str, Path], tmp_path: Path) -> None:

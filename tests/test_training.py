@@ -175,3 +175,47 @@ def test_early_stopping_on_the_validation_split(base_model: Path, data: Path, tm
     result = finetune(str(base_model), data, tmp_path / "early", config)
     assert result.steps < 400, "validation loss never stopped improving at a learning rate this high"
     assert "val_loss" in result.metrics
+
+
+@pytest.fixture(scope="module")
+def prefixed_base(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model declaring E5-style prefixes in its sentence-transformers prompts."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("prefixed") / "tiny-prompts"
+    shutil.copytree(base_model, folder)
+    config_path = folder / "config_sentence_transformers.json"
+    config = json.loads(config_path.read_text())
+    config["prompts"] = {"query": "query: ", "passage": "passage: "}
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("explicit", "expected"),
+    [((None, None), ("query: ", "passage: ")), (("Q> ", ""), ("Q> ", ""))],
+    ids=["base-prefixes-win-over-the-paper", "explicit-prefixes-win-over-the-base"],
+)
+def test_prefixes_follow_the_base_unless_given(
+    prefixed_base: Path, data: Path, tmp_path: Path, explicit: tuple[str | None, str | None], expected: tuple[str, str]
+) -> None:
+    config = fast(max_steps=2, query_prefix=explicit[0], passage_prefix=explicit[1])
+    result = finetune(str(prefixed_base), data, tmp_path / "out", config)
+    assert result.path is not None
+    manifest = json.loads((result.path / "xling.json").read_text())
+    assert (manifest["query_prefix"], manifest["passage_prefix"]) == expected
+    assert (manifest["training"]["query_prefix"], manifest["training"]["passage_prefix"]) == expected
+    encoder = Encoder(result.path, version="p", device="cpu")
+    assert (encoder.query_prefix, encoder.passage_prefix) == expected
+
+
+def test_frozen_embeddings_stay_fixed_while_the_rest_trains(base_model: Path, data: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    result = finetune(str(base_model), data, tmp_path / "frozen", fast(max_steps=3, freeze_embeddings=True))
+    assert result.path is not None
+    before, after = load_file(str(base_model / "model.safetensors")), load_file(str(result.path / "model.safetensors"))
+    word = next(k for k in before if k.endswith("word_embeddings.weight"))
+    np.testing.assert_array_equal(before[word], after[word])
+    query = next(k for k in before if k.endswith("layer.0.attention.self.query.weight"))
+    assert not np.allclose(before[query], after[query])

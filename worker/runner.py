@@ -181,8 +181,9 @@ def run_experiment_job(ctx: JobContext) -> dict[str, Any]:
     params = ctx.job.params
     spec = ExperimentSpec(
         train=ctx.dataset(params["train_dataset"]), evals=[ctx.dataset(d) for d in params["eval_datasets"]],
-        base=ctx.model_spec(params.get("base", "active")), steps=int(params["steps"]), seed=int(params.get("seed", 0)),
-        config=TrainConfig(**params.get("config", {})),
+        base=ctx.model_spec(params.get("base", "active")), steps=int(params["steps"]),
+        seeds=[int(s) for s in params.get("seeds", [params.get("seed", 0)])],
+        config=TrainConfig(**params.get("config", {})), keep_models=True,
     )  # fmt: skip
     out = ctx.settings.data_dir / "reports" / ctx.job.id
     ctx.report("experiment", out=str(out))
