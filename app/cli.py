@@ -160,7 +160,10 @@ def search(
 
 @cli.command()
 def finetune(
-    data: Annotated[Path, typer.Option(help="LAReQA folder (<lang>.json files) or JSONL groups")],
+    data: Annotated[
+        list[Path],
+        typer.Option(help="training data (repeatable): LAReQA folder, JSONL groups, or bitext (Tatoeba folder, JSONL)"),
+    ],
     strategy: Annotated[str, typer.Option(help="monolingual (X-X-mono) | crosslingual (X-Y) | hybrid")] = "hybrid",
     alpha: Annotated[float, typer.Option(help="hybrid: probability that a batch is monolingual")] = 0.5,
     base: Annotated[
@@ -194,7 +197,7 @@ def finetune(
     """Fine-tune an encoder with hybrid batch training; writes a model version the service can serve."""
     from datetime import UTC, datetime
 
-    from models.data import DataError, load_parallel
+    from models.data import DataError, load_training_data
     from models.training import Progress as TrainProgress
     from models.training import TrainConfig
     from models.training import finetune as run_finetune
@@ -213,7 +216,7 @@ def finetune(
         out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     try:
         config.validate()
-        _, summary = load_parallel(data, with_context=with_context)
+        _, summary = load_training_data(data, with_context=with_context)
     except (ValueError, DataError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -291,7 +294,8 @@ def evaluate(
         list[Path] | None, typer.Option(help="LAReQA folder (repeatable): XQuAD-R, MLQA-R layout")
     ] = None,
     bitext: Annotated[
-        Path | None, typer.Option(help="folder of <prefix>.<src>-<tgt>.<lang> line-aligned files")
+        list[Path] | None,
+        typer.Option(help="bitext set (repeatable): Tatoeba folder (<prefix>.<src>-<tgt>.<lang>) or JSONL"),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="registry version, folder or hub id; default: the serving default")
@@ -302,24 +306,26 @@ def evaluate(
     """Score a model with the LAReQA protocol (mono / cross / multi mAP, rank distance) and bitext accuracy."""
     from app.indexing import load_encoder
     from models.data import DataError
+    from models.evaluate import eval_set
     from models.evaluate import evaluate as run_evaluate
     from models.reports import write_evaluation_report
     from models.resolve import ModelNotFoundError, resolve_model
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
-    if not lareqa and bitext is None:
+    if not lareqa and not bitext:
         err_console.print("[red]error:[/red] give --lareqa and/or --bitext")
         raise typer.Exit(2)
     try:
+        sets = [eval_set(p, kind="lareqa") for p in lareqa or []] + [eval_set(p, kind="bitext") for p in bitext or []]
         source = resolve_model(model or settings.retrieval_model, settings.models_dir)
         encoder = load_encoder(source, settings)
         with console.status("evaluating") as status:
             report = run_evaluate(
-                encoder.encode, source.version, lareqa, bitext, _split_langs(langs),
+                encoder.encode, source.version, sets, _split_langs(langs),
                 progress=lambda step: status.update(f"evaluating: {step}"),
             )  # fmt: skip
-    except (DataError, ModelNotFoundError) as exc:
+    except (DataError, ModelNotFoundError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     paths = write_evaluation_report(report, out)
@@ -331,15 +337,22 @@ def evaluate(
             console.print(
                 f"{ev.name}: encoding {ev.encode_seconds:.1f} s, metrics {ev.metric_seconds:.1f} s ({share:.1%})"
             )
-    if report.bitext:
-        console.print(f"bitext accuracy@1 (macro, both directions): {report.bitext['bitext_acc@1']:.3f}")
+    for bt in report.bitext:
+        console.print(f"{bt.name}: bitext accuracy@1 (macro, both directions): {bt.accuracy:.3f}")
+        for row in bt.result["pairs"]:
+            forward, backward = f"{row['src']}->{row['tgt']}", f"{row['tgt']}->{row['src']}"
+            console.print(f"  {row['pair']}: {forward} {row[forward]:.3f}, {backward} {row[backward]:.3f}")
     console.print(f"report: {paths['markdown']}")
 
 
 @cli.command()
 def experiment(
-    train: Annotated[Path, typer.Option(help="parallel QA training data (LAReQA folder or JSONL)")],
-    eval_sets: Annotated[list[Path], typer.Option("--eval", help="LAReQA evaluation folder (repeatable)")],
+    train: Annotated[
+        list[Path], typer.Option(help="training data (repeatable): parallel QA (LAReQA folder, JSONL) or bitext")
+    ],
+    eval_sets: Annotated[
+        list[Path], typer.Option("--eval", help="evaluation set (repeatable): LAReQA folder, or bitext (extra column)")
+    ],
     base: Annotated[str | None, typer.Option(help="base model; default: the serving default")] = None,
     steps: Annotated[int, typer.Option(help="training steps per strategy")] = 200,
     seed: Annotated[list[int] | None, typer.Option(help="training seed (repeatable: one run per seed)")] = None,
@@ -381,9 +394,15 @@ def experiment(
     except (DataError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    for set_name in record["rows"][0]["sets"]:
-        rows = [(row["label"], row["sets"][set_name]) for row in record["rows"]]
-        console.print(_summary_table(f"{set_name} ({steps} steps, mean of seeds {spec.seeds})", rows))
+    for set_name, metrics in record["rows"][0]["sets"].items():
+        title = f"{set_name} ({steps} steps, mean of seeds {spec.seeds})"
+        if "bitext_acc@1" in metrics:
+            table = Table("", "bitext accuracy@1", title=title)
+            for row in record["rows"]:
+                table.add_row(row["label"], f"{row['sets'][set_name]['bitext_acc@1']:.3f}")
+            console.print(table)
+        else:
+            console.print(_summary_table(title, [(row["label"], row["sets"][set_name]) for row in record["rows"]]))
     console.print(f"report: {out / 'experiment.md'}")
 
 

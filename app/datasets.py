@@ -1,4 +1,9 @@
-"""Uploaded datasets under DATA_DIR/datasets/<name>/: validated with the training loader on arrival."""
+"""Uploaded datasets under DATA_DIR/datasets/<name>/: validated with their loader on arrival.
+
+Two kinds: parallel QA (a LAReQA folder in a zip, or JSONL groups) for training and LAReQA evaluation,
+and bitext (a Tatoeba folder in a zip, or JSONL `{"src", "tgt", "src_lang", "tgt_lang"}` rows) for
+accuracy@1 evaluation and cross-lingual training pairs.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from models.bitext import is_bitext, load_bitext
 from models.data import DataError, load_parallel
 from models.manifest import utc_now_iso, write_json_atomic
 
@@ -45,8 +51,26 @@ def data_root(folder: Path) -> Path:
     return jsonl[0] if len(jsonl) == 1 and len(entries) == 1 else folder
 
 
+def _bitext_summary(path: Path) -> dict[str, Any]:
+    pairs = load_bitext(path)
+    return {
+        "pairs": [{"name": p.name, "src": p.src, "tgt": p.tgt, "lines": len(p.src_lines)} for p in pairs],
+        "languages": sorted({lang for p in pairs for lang in (p.src, p.tgt)}),
+        "lines": sum(len(p.src_lines) for p in pairs),
+    }
+
+
+def _is_bitext_jsonl(payload: bytes) -> bool:
+    first = next((line for line in payload.splitlines() if line.strip()), b"")
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and "src" in row and "tgt" in row
+
+
 def save_dataset(datasets_dir: Path, name: str, filename: str, payload: bytes) -> dict[str, Any]:
-    """Store a zip (LAReQA folder) or a .jsonl upload; refuse it, leaving nothing behind, if it does not load."""
+    """Store a zip or a .jsonl upload (QA or bitext); refuse it, leaving nothing behind, if it does not load."""
     final = datasets_dir / name
     if final.exists():
         raise DatasetExists(name)
@@ -54,15 +78,27 @@ def save_dataset(datasets_dir: Path, name: str, filename: str, payload: bytes) -
     staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=datasets_dir))
     try:
         if filename.endswith(".jsonl"):
-            (staging / "groups.jsonl").write_bytes(payload)
-            data_format = "jsonl"
+            bitext = _is_bitext_jsonl(payload)
+            # A bitext file is named after the dataset: its pairs are reported as "<name>.<src>-<tgt>".
+            (staging / (f"{name}.jsonl" if bitext else "groups.jsonl")).write_bytes(payload)
+            data_format = "bitext-jsonl" if bitext else "jsonl"
         elif filename.endswith(".zip"):
             _extract_zip(payload, staging)
-            data_format = "lareqa" if list(data_root(staging).glob("*.json")) else "jsonl"
+            root = data_root(staging)
+            if is_bitext(root):
+                data_format = "bitext-jsonl" if list(root.glob("*.jsonl")) else "bitext-tatoeba"
+            else:
+                data_format = "lareqa" if list(root.glob("*.json")) else "jsonl"
         else:
-            raise DataError("upload a .zip (LAReQA folder: <lang>.json files) or a .jsonl file (parallel groups)")
-        _, summary = load_parallel(data_root(staging))
-        info = {"name": name, "format": data_format, "summary": summary.to_dict(), "created_at": utc_now_iso()}
+            raise DataError(
+                "upload a .zip (LAReQA folder of <lang>.json files, or Tatoeba bitext files) or a .jsonl file "
+                "(parallel QA groups, or bitext rows with src, tgt, src_lang, tgt_lang)"
+            )
+        if data_format.startswith("bitext"):
+            kind, summary = "bitext", _bitext_summary(data_root(staging))
+        else:
+            kind, summary = "qa", load_parallel(data_root(staging))[1].to_dict()
+        info = {"name": name, "kind": kind, "format": data_format, "summary": summary, "created_at": utc_now_iso()}
         write_json_atomic(staging / INFO_FILE, info)
         staging.rename(final)
         return info

@@ -12,7 +12,8 @@ from app.errors import InvalidInput
 from app.registry import Registry
 from app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, ReindexRequest
 from app.settings import Settings
-from models.data import DataError, check_strategy, load_parallel
+from models.bitext import is_bitext, load_bitext
+from models.data import DataError, check_strategy, load_training_data
 from models.lareqa import load_lareqa
 from models.training import TrainConfig
 
@@ -36,26 +37,40 @@ def _training_data(name: str, settings: Settings) -> Any:
     return path
 
 
+def _names(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _check_eval_sets(names: list[str], settings: Settings) -> None:
     for name in names:
         path = _training_data(name, settings)
         try:
-            load_lareqa(path)
+            load_bitext(path) if is_bitext(path) else load_lareqa(path)
         except (DataError, KeyError) as exc:
-            raise InvalidInput(f"evaluation dataset {name!r} is not a LAReQA folder: {exc}") from None
+            raise InvalidInput(f"evaluation dataset {name!r} is neither a LAReQA folder nor bitext: {exc}") from None
+
+
+def _check_training_sets(names: list[str], settings: Settings, strategy: str, alpha: float) -> None:
+    paths = [_training_data(name, settings) for name in names]
+    try:
+        groups, _ = load_training_data(paths)
+        check_strategy(groups, strategy, alpha)
+    except DataError as exc:
+        raise InvalidInput(f"dataset {', '.join(repr(n) for n in names)}: {exc}") from None
 
 
 def finetune_params(request: FinetuneRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
     check_model(request.base, settings, registry)
-    path = _training_data(request.dataset, settings)
-    try:
-        groups, _ = load_parallel(path)
-        check_strategy(groups, request.strategy, request.alpha)
-    except DataError as exc:
-        raise InvalidInput(f"dataset {request.dataset!r}: {exc}") from None
+    datasets = _names(request.dataset)
+    _check_training_sets(datasets, settings, request.strategy, request.alpha)
     if request.deploy == "if_better" and not request.eval_datasets:
         raise InvalidInput("deploy 'if_better' needs eval_datasets to compare the new model with the active one")
     _check_eval_sets(request.eval_datasets, settings)
+    if request.compare_on is not None and request.compare_on not in request.eval_datasets:
+        raise InvalidInput(f"compare_on {request.compare_on!r} must be one of eval_datasets {request.eval_datasets}")
+    lareqa_sets = [n for n in request.eval_datasets if not is_bitext(_training_data(n, settings))]
+    if request.deploy == "if_better" and request.compare_on is None and not lareqa_sets:
+        raise InvalidInput("eval_datasets are all bitext: name the one to compare on with compare_on")
     version = request.version or f"ft-{uuid.uuid4().hex[:10]}"
     if (settings.models_dir / version).exists():
         raise InvalidInput(f"version {version!r} already exists")
@@ -64,17 +79,20 @@ def finetune_params(request: FinetuneRequest, settings: Settings, registry: Regi
         learning_rate=request.learning_rate, weight_decay=request.weight_decay, warmup_ratio=request.warmup_ratio,
         epochs=request.epochs, max_steps=request.max_steps, max_length=request.max_length,
         val_fraction=request.val_fraction, checkpoint_steps=request.checkpoint_steps, seed=request.seed,
+        freeze_embeddings=request.freeze_embeddings, query_prefix=request.query_prefix,
+        passage_prefix=request.passage_prefix,
     )  # fmt: skip
     try:
         config.validate()
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     return {
-        "dataset": request.dataset,
+        "dataset": datasets,
         "base": request.base,
         "config": asdict(config),
         "eval_datasets": request.eval_datasets,
         "deploy": request.deploy,
+        "compare_on": request.compare_on,
         "version": version,
     }
 
@@ -87,14 +105,17 @@ def evaluate_params(request: EvaluateRequest, settings: Settings, registry: Regi
 
 def experiment_params(request: ExperimentRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
     check_model(request.base, settings, registry)
-    _training_data(request.train_dataset, settings)
+    train = _names(request.train_dataset)
+    for strategy in ("monolingual", "crosslingual", "hybrid"):  # the experiment trains all three
+        _check_training_sets(train, settings, strategy, request.alpha)
     _check_eval_sets(request.eval_datasets, settings)
-    if request.train_dataset in request.eval_datasets:
+    if set(train) & set(request.eval_datasets):
         raise InvalidInput("the training dataset cannot also be an evaluation dataset")
     config = {"batch_size": request.batch_size, "learning_rate": request.learning_rate, "alpha": request.alpha,
-              "max_length": request.max_length, "val_fraction": 0.0}  # fmt: skip
-    return {"train_dataset": request.train_dataset, "eval_datasets": request.eval_datasets, "base": request.base,
-            "steps": request.steps, "seed": request.seed, "config": config}  # fmt: skip
+              "max_length": request.max_length, "val_fraction": 0.0,
+              "freeze_embeddings": request.freeze_embeddings}  # fmt: skip
+    return {"train_dataset": train, "eval_datasets": request.eval_datasets, "base": request.base,
+            "steps": request.steps, "seeds": request.seeds or [request.seed], "config": config}  # fmt: skip
 
 
 def reindex_params(request: ReindexRequest, registry: Registry) -> dict[str, Any]:

@@ -109,7 +109,9 @@ StrategyName = Literal["monolingual", "crosslingual", "hybrid"]
 
 
 class FinetuneRequest(_Strict):
-    dataset: Name = Field(description="a dataset under DATA_DIR/datasets (see GET /datasets)")
+    dataset: Name | list[Name] = Field(
+        description="a dataset under DATA_DIR/datasets (GET /datasets), or several: parallel QA and/or bitext"
+    )
     base: str = Field("active", description="'active', a registry version, or a hub id")
     strategy: StrategyName = "hybrid"
     alpha: float = Field(0.5, ge=0, le=1)
@@ -123,8 +125,18 @@ class FinetuneRequest(_Strict):
     val_fraction: float = Field(0.05, ge=0, lt=1)
     checkpoint_steps: int = Field(500, ge=1)
     seed: int = 0
-    eval_datasets: list[Name] = Field(default_factory=list, description="LAReQA datasets scored after training")
+    freeze_embeddings: bool = Field(False, description="keep the word-embedding matrix fixed")
+    query_prefix: str | None = Field(None, max_length=64, description="default: the base's own, else 'Query: '")
+    passage_prefix: str | None = Field(None, max_length=64, description="default: the base's own, else 'Passage: '")
+    eval_datasets: list[Name] = Field(
+        default_factory=list, description="LAReQA and/or bitext datasets scored after training"
+    )
     deploy: Literal["never", "if_better", "always"] = "never"
+    compare_on: Name | None = Field(
+        None,
+        description="if_better compares on this eval dataset (Multi mAP of a LAReQA set, accuracy@1 of a bitext set);"
+        " default: Multi mAP averaged over the LAReQA eval datasets",
+    )
     version: Name | None = Field(None, description="name of the new version; default ft-<job id>")
 
 
@@ -134,11 +146,13 @@ class EvaluateRequest(_Strict):
 
 
 class ExperimentRequest(_Strict):
-    train_dataset: Name
-    eval_datasets: list[Name] = Field(min_length=1)
+    train_dataset: Name | list[Name]
+    eval_datasets: list[Name] = Field(min_length=1, description="LAReQA and/or bitext datasets")
     base: str = "active"
     steps: int = Field(200, ge=1, le=10_000_000)
     seed: int = 0
+    seeds: list[int] | None = Field(None, min_length=1, max_length=20, description="one run per seed; overrides seed")
+    freeze_embeddings: bool = False
     batch_size: int = Field(100, ge=2, le=4096)
     learning_rate: float = Field(3e-5, gt=0, lt=1)
     alpha: float = Field(0.5, ge=0, le=1)
@@ -179,7 +193,8 @@ class JobsPage(BaseModel):
 
 class DatasetOut(BaseModel):
     name: str
-    format: str
+    kind: Literal["qa", "bitext"] = Field("qa", description="parallel QA (train, LAReQA) or bitext (accuracy@1, X-Y)")
+    format: str = Field(description="lareqa | jsonl | bitext-tatoeba | bitext-jsonl")
     summary: dict[str, Any]
     created_at: str
 

@@ -30,9 +30,12 @@ class ParallelGroup:
     id: str
     queries: dict[str, str]
     passages: dict[str, str]
+    cross_only: bool = False  # bitext: the two sides are translations, not a question and its answer
 
     def mono_langs(self) -> list[str]:
         """Languages with both a query and a passage (usable in a monolingual batch)."""
+        if self.cross_only:
+            return []
         return sorted(set(self.queries) & set(self.passages))
 
     def cross_pairs(self) -> list[tuple[str, str]]:
@@ -58,8 +61,12 @@ class DatasetSummary:
         }
 
 
+def _languages(group: ParallelGroup) -> list[str]:
+    return sorted(set(group.queries) | set(group.passages)) if group.cross_only else group.mono_langs()
+
+
 def summarize(groups: list[ParallelGroup], skipped: dict[str, int] | None = None) -> DatasetSummary:
-    per_lang: Counter[str] = Counter(lang for g in groups for lang in g.mono_langs())
+    per_lang: Counter[str] = Counter(lang for g in groups for lang in _languages(g))
     pairs: Counter[str] = Counter(f"{q}->{p}" for g in groups for q, p in g.cross_pairs())
     return DatasetSummary(
         groups=len(groups),
@@ -168,6 +175,28 @@ def load_parallel(path: Path, with_context: bool = False) -> tuple[list[Parallel
     return groups, summarize(groups)
 
 
+def load_training_data(
+    paths: Path | list[Path], with_context: bool = False
+) -> tuple[list[ParallelGroup], DatasetSummary]:
+    """Groups from one or more datasets, each parallel QA (LAReQA folder, JSONL groups) or bitext."""
+    from models.bitext import bitext_groups, is_bitext, load_bitext  # bitext builds on this module
+
+    groups: list[ParallelGroup] = []
+    skipped: Counter[str] = Counter()
+    for path in [paths] if isinstance(paths, Path) else paths:
+        if is_bitext(path):
+            groups += bitext_groups(load_bitext(path))
+        else:
+            qa_groups, summary = load_parallel(path, with_context)
+            groups += qa_groups
+            skipped.update(summary.skipped)
+    ids = Counter(g.id for g in groups)
+    repeated = sorted(i for i, n in ids.items() if n > 1)
+    if repeated:
+        raise DataError(f"{len(repeated)} group ids appear in more than one dataset (e.g. {repeated[0]!r})")
+    return groups, summarize(groups, dict(skipped))
+
+
 def fingerprint(groups: list[ParallelGroup]) -> str:
     """Content hash of the data (order-independent), recorded in a trained model's manifest."""
     digest = hashlib.sha256()
@@ -197,6 +226,17 @@ def check_strategy(groups: list[ParallelGroup], strategy: str, alpha: float = 0.
     """Refuse a strategy the data cannot serve, before any training starts."""
     needs_mono = strategy == "monolingual" or (strategy == "hybrid" and alpha > 0)
     needs_cross = strategy == "crosslingual" or (strategy == "hybrid" and alpha < 1)
+    if not needs_cross and any(g.cross_only for g in groups):
+        raise DataError(
+            f"strategy {strategy!r}" + (f" with alpha {alpha:g}" if strategy == "hybrid" else "")
+            + " makes only monolingual batches and cannot use bitext pairs (they are cross-lingual only): "
+            "use crosslingual or hybrid"
+        )  # fmt: skip
+    if needs_mono and groups and all(g.cross_only for g in groups):
+        raise DataError(
+            f"strategy {strategy!r} needs monolingual batches, and bitext pairs are cross-lingual only: "
+            "use crosslingual, or train beside a parallel QA dataset"
+        )
     if needs_mono and not any(g.mono_langs() for g in groups):
         raise DataError(f"strategy {strategy!r} needs groups with a query and a passage in the same language")
     if needs_cross and not any(g.cross_pairs() for g in groups):

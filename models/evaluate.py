@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from models.bitext import bitext_metrics, load_bitext
+from models.bitext import bitext_metrics, is_bitext, load_bitext
 from models.encoder import EncodeFn, TextKind
 from models.lareqa import LareqaData, LareqaResult, lareqa_metrics, load_lareqa
 
@@ -22,6 +22,34 @@ def encode_distinct(encode: EncodeFn, texts: list[str], kind: TextKind) -> np.nd
     vectors = encode(unique, kind)
     position = {text: i for i, text in enumerate(unique)}
     return vectors[[position[text] for text in texts]]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A named evaluation set: a LAReQA folder, or bitext (Tatoeba folder or JSONL)."""
+
+    name: str
+    path: Path
+    kind: Literal["lareqa", "bitext"]
+
+
+def eval_set(path: Path, name: str | None = None, kind: Literal["lareqa", "bitext"] | None = None) -> EvalSet:
+    """Name it after its folder (or file stem) unless told; recognise bitext by its files unless told."""
+    found = kind or ("bitext" if is_bitext(path) else "lareqa")
+    return EvalSet(name or path.name.removesuffix(".jsonl"), path, found)
+
+
+@dataclass
+class BitextEvaluation:
+    name: str
+    result: dict[str, Any]  # models.bitext.bitext_metrics
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.result["bitext_acc@1"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.result}
 
 
 @dataclass
@@ -48,20 +76,41 @@ class LareqaEvaluation:
 class EvaluationReport:
     model_version: str
     lareqa: list[LareqaEvaluation] = field(default_factory=list)
-    bitext: dict[str, Any] | None = None
+    bitext: list[BitextEvaluation] = field(default_factory=list)
+
+    def score(self, on: str | None = None) -> tuple[str, float]:
+        """What `deploy: if_better` compares: (metric name, value).
+
+        `on` None: the primary metric (Multi mAP) averaged over the LAReQA sets. `on` a set's name: that
+        LAReQA set's primary metric, or that bitext set's accuracy@1 (both directions, macro).
+        """
+        if on is None:
+            if not self.lareqa:
+                raise ValueError("no LAReQA set to compare on; name a bitext set to compare on instead")
+            values = [ev.result.metrics[ev.result.primary_metric] for ev in self.lareqa]
+            return self.lareqa[0].result.primary_metric, float(np.mean(values))
+        for ev in self.lareqa:
+            if ev.name == on:
+                return ev.result.primary_metric, float(ev.result.metrics[ev.result.primary_metric])
+        for bt in self.bitext:
+            if bt.name == on:
+                return "bitext_acc@1", bt.accuracy
+        raise ValueError(f"no evaluation set named {on!r}")
 
     def primary(self) -> float:
-        """The primary metric of the first LAReQA set (what `deploy: if_better` compares)."""
-        if not self.lareqa:
-            raise ValueError("no LAReQA evaluation to take a primary metric from")
-        first = self.lareqa[0].result
-        return first.metrics[first.primary_metric]
+        return self.score()[1]
+
+    def set_metrics(self) -> dict[str, dict[str, float]]:
+        """Headline metrics per set name: LAReQA summary metrics, bitext accuracy@1."""
+        found: dict[str, dict[str, float]] = {ev.name: dict(ev.result.metrics) for ev in self.lareqa}
+        found.update({bt.name: {"bitext_acc@1": bt.accuracy} for bt in self.bitext})
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,
             "lareqa": [e.to_dict() for e in self.lareqa],
-            "bitext": self.bitext,
+            "bitext": [b.to_dict() for b in self.bitext],
         }
 
 
@@ -77,20 +126,21 @@ def evaluate_lareqa(encode: EncodeFn, data: LareqaData, name: str) -> LareqaEval
 def evaluate(
     encode: EncodeFn,
     model_version: str,
-    lareqa_dirs: list[Path] | None = None,
-    bitext_dir: Path | None = None,
+    sets: list[EvalSet],
     langs: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"evaluation set names must differ: {names}")
     report = EvaluationReport(model_version)
-    for folder in lareqa_dirs or []:
+    for item in sets:
         if progress:
-            progress(f"LAReQA {folder.name}")
-        report.lareqa.append(evaluate_lareqa(encode, load_lareqa(folder, langs), folder.name))
-    if bitext_dir is not None:
-        if progress:
-            progress(f"bitext {bitext_dir.name}")
-        report.bitext = bitext_metrics(load_bitext(bitext_dir, langs), encode)
+            progress(f"{'LAReQA' if item.kind == 'lareqa' else 'bitext'} {item.name}")
+        if item.kind == "lareqa":
+            report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name))
+        else:
+            report.bitext.append(BitextEvaluation(item.name, bitext_metrics(load_bitext(item.path, langs), encode)))
     return report
 
 

@@ -25,12 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from models.data import DataError, fingerprint, load_parallel
+from models.bitext import load_bitext
+from models.data import DataError, fingerprint, load_training_data
 from models.encoder import Encoder
-from models.evaluate import EvaluationReport, evaluate, folder_fingerprint
+from models.evaluate import EvalSet, EvaluationReport, eval_set, evaluate, folder_fingerprint
 from models.lareqa import load_lareqa
 from models.manifest import write_json_atomic
-from models.reports import SUMMARY_COLUMNS, experiment_markdown, write_evaluation_report, write_experiment_chart
+from models.reports import columns_for, experiment_markdown, write_evaluation_report, write_experiment_chart
 from models.resolve import resolve_model
 from models.training import TrainConfig, finetune
 
@@ -40,8 +41,8 @@ _PACKAGES = ["xling-search", "torch", "transformers", "sentence-transformers", "
 
 @dataclass
 class ExperimentSpec:
-    train: Path
-    evals: list[Path]
+    train: Path | list[Path]  # parallel QA and/or bitext datasets
+    evals: list[Path]  # LAReQA folders and/or bitext sets (recognised by their files)
     base: str | None
     steps: int
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -50,16 +51,29 @@ class ExperimentSpec:
     keep_models: bool = False
 
 
-def check_no_overlap(train: Path, evals: list[Path]) -> None:
-    """Evaluation sets are never trained on: refuse the same folder, or shared question ids."""
-    train_ids = {g.id for g in load_parallel(train)[0]}
-    for folder in evals:
-        if folder.resolve() == train.resolve():
-            raise DataError(f"{folder} is both training and evaluation data")
-        shared = train_ids & set(load_lareqa(folder).question_ids)
+def _train_paths(train: Path | list[Path]) -> list[Path]:
+    return [train] if isinstance(train, Path) else list(train)
+
+
+def check_no_overlap(train: Path | list[Path], evals: list[EvalSet]) -> None:
+    """Evaluation sets are never trained on: refuse the same folder, shared question ids or shared sentences."""
+    train_paths = _train_paths(train)
+    groups, _ = load_training_data(train_paths)
+    train_ids = {g.id for g in groups}
+    train_texts = {text for g in groups for text in (*g.queries.values(), *g.passages.values())}
+    for item in evals:
+        if any(item.path.resolve() == path.resolve() for path in train_paths):
+            raise DataError(f"{item.path} is both training and evaluation data")
+        if item.kind == "lareqa":
+            shared = train_ids & set(load_lareqa(item.path).question_ids)
+            what = "question ids"
+        else:
+            lines = {line for pair in load_bitext(item.path) for line in (*pair.src_lines, *pair.tgt_lines)}
+            shared = train_texts & lines
+            what = "sentences"
         if shared:
             raise DataError(
-                f"{len(shared)} question ids of {folder} are in the training data (e.g. {sorted(shared)[0]})"
+                f"{len(shared)} {what} of {item.path} are in the training data (e.g. {sorted(shared)[0]!r})"
             )
 
 
@@ -74,7 +88,7 @@ def versions() -> dict[str, str]:
 
 
 def _metrics(report: EvaluationReport) -> dict[str, dict[str, float]]:
-    return {ev.name: ev.result.metrics for ev in report.lareqa}
+    return report.set_metrics()
 
 
 def summarise(runs: dict[str, list[dict[str, dict[str, float]]]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -105,7 +119,8 @@ def hybrid_differences(
                 continue
             out[seed][other] = {
                 set_name: {
-                    key: labels[hybrid][set_name][key] - labels[other][set_name][key] for key, _ in SUMMARY_COLUMNS
+                    key: labels[hybrid][set_name][key] - labels[other][set_name][key]
+                    for key, _ in columns_for(labels[hybrid][set_name])
                 }
                 for set_name in labels[hybrid]
             }
@@ -114,7 +129,7 @@ def hybrid_differences(
 
 def _spec_record(spec: ExperimentSpec, base_config: TrainConfig, base_name: str) -> dict[str, Any]:
     """What makes two runs comparable: everything but the seeds (seeds may be added later)."""
-    train_groups, _ = load_parallel(spec.train)
+    train_groups, _ = load_training_data(_train_paths(spec.train))
     return {
         "base_model": base_name,
         "steps": spec.steps,
@@ -129,6 +144,9 @@ def _check_same_spec(out: Path, record: dict[str, Any]) -> None:
     path = out / "spec.json"
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
+        # A setting added to TrainConfig after the earlier invocation ran at its default there.
+        defaults = {k: v for k, v in asdict(TrainConfig()).items() if k in record["config"]}
+        previous["config"] = {**defaults, **previous.get("config", {})}
         if previous != record:
             changed = sorted(k for k in record.keys() | previous.keys() if record.get(k) != previous.get(k))
             raise ValueError(
@@ -152,7 +170,8 @@ def run_experiment(
     say = progress or (lambda _: None)
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {spec.seeds}")
-    check_no_overlap(spec.train, spec.evals)
+    sets = [eval_set(path) for path in spec.evals]
+    check_no_overlap(spec.train, sets)
     base_config = spec.config or TrainConfig()
     base_config.validate()
     started = time.monotonic()
@@ -164,7 +183,7 @@ def run_experiment(
     def evaluate_model(folder: Path, version: str, name: str) -> EvaluationReport:
         say(f"evaluating {name}")
         encoder = Encoder(folder, version=version, device=device or "auto", name_hint=source.name)
-        report = evaluate(encoder.encode, version, spec.evals, langs=spec.langs)
+        report = evaluate(encoder.encode, version, sets, langs=spec.langs)
         write_evaluation_report(report, out / "models" / name)
         return report
 
@@ -222,7 +241,7 @@ def run_experiment(
         for label in ["base", *labels]
     ]
     write_experiment_chart(mean_rows, set_names, out / "experiment.png")
-    train_groups, _ = load_parallel(spec.train)
+    train_groups, _ = load_training_data(_train_paths(spec.train))
     record = {
         "command": command,
         "rows": mean_rows,
@@ -234,7 +253,7 @@ def run_experiment(
         "seeds": spec.seeds,
         "train_config": asdict(base_config),
         "data": {
-            "train": {"path": str(spec.train), "fingerprint": fingerprint(train_groups)},
+            "train": {"path": [str(p) for p in _train_paths(spec.train)], "fingerprint": fingerprint(train_groups)},
             "evals": {str(folder): folder_fingerprint(folder) for folder in spec.evals},
         },
         "versions": versions(),
@@ -274,20 +293,22 @@ def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> 
         "",
     ]
     for set_name in set_names:
-        header = ["model"] + [label for _, label in SUMMARY_COLUMNS]
+        columns = columns_for(summary["base"][set_name])
+        header = ["model"] + [label for _, label in columns]
         lines += [f"**{set_name}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for label, sets in summary.items():
-            lines.append("| " + " | ".join([label] + [_pm(sets[set_name][k], k) for k, _ in SUMMARY_COLUMNS]) + " |")
+            lines.append("| " + " | ".join([label] + [_pm(sets[set_name][k], k) for k, _ in columns]) + " |")
         lines.append("")
     lines += ["## Hybrid minus each other strategy, per seed", "",
               "Positive is better for mAP; negative is better for rank distance.", ""]  # fmt: skip
     for set_name in set_names:
-        header = ["seed", "vs"] + [label for _, label in SUMMARY_COLUMNS]
+        columns = columns_for(summary["base"][set_name])
+        header = ["seed", "vs"] + [label for _, label in columns]
         lines += [f"**{set_name}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for seed, others in record["hybrid_minus_other"].items():
             for other, sets in others.items():
                 cells = [f"{sets[set_name][k]:+.1f}" if k == "rank_distance" else f"{sets[set_name][k]:+.3f}"
-                         for k, _ in SUMMARY_COLUMNS]  # fmt: skip
+                         for k, _ in columns]  # fmt: skip
                 lines.append("| " + " | ".join([seed, other, *cells]) + " |")
         lines.append("")
     lines.append("![mAP by strategy](experiment.png)")

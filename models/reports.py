@@ -21,7 +21,13 @@ SUMMARY_COLUMNS = [
     ("multi_map", "Multi mAP"),
     ("rank_distance", "Rank dist."),
 ]
+BITEXT_COLUMNS = [("bitext_acc@1", "acc@1")]
 LOWER_IS_BETTER = {"rank_distance"}
+
+
+def columns_for(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline columns of one evaluation set: LAReQA's four, or a bitext set's accuracy@1."""
+    return BITEXT_COLUMNS if "bitext_acc@1" in metrics else SUMMARY_COLUMNS
 
 
 def heatmap_size(n_langs: int) -> tuple[int, int]:
@@ -86,20 +92,20 @@ def evaluation_markdown(report: EvaluationReport) -> str:
                 )
             lines += ["", f"![X->Y mAP]({heatmap_name(ev.name)})", ""]
             lines.append(f"Encoding {ev.encode_seconds:.1f} s, metrics {ev.metric_seconds:.1f} s. Ties: pessimistic.")
-    if report.bitext:
+    for bt in report.bitext:
         lines += [
             "",
-            "## Bitext retrieval (accuracy@1)",
+            f"## {bt.name}: bitext retrieval (accuracy@1)",
             "",
             "| pair | lines | → | ← | mean |",
             "|---|---|---|---|---|",
         ]
-        for row in report.bitext["pairs"]:
+        for row in bt.result["pairs"]:
             flag = " ⚑ few lines" if row["flagged"] else ""
             forward, backward = f"{row['src']}->{row['tgt']}", f"{row['tgt']}->{row['src']}"
             scores = " | ".join(_fmt(row[key]) for key in (forward, backward, "mean"))
             lines.append(f"| {row['pair']}{flag} | {row['lines']} | {scores} |")
-        lines.append(f"\nMacro average: {_fmt(report.bitext['bitext_acc@1'])}")
+        lines.append(f"\nMacro average: {_fmt(bt.accuracy)}")
     return "\n".join(lines) + "\n"
 
 
@@ -129,13 +135,14 @@ def best_rows(rows: list[dict[str, Any]], set_name: str, key: str) -> set[int]:
 
 def experiment_markdown(rows: list[dict[str, Any]], set_names: list[str]) -> str:
     """rows: {"label", "model_version", "sets": {set: metrics}}; best in each column in bold."""
-    header = ["model"] + [f"{s} {label}" for s in set_names for _, label in SUMMARY_COLUMNS]
+    columns = {s: columns_for(rows[0]["sets"][s]) for s in set_names}
+    header = ["model"] + [f"{s} {label}" for s in set_names for _, label in columns[s]]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    best = {(s, k): best_rows(rows, s, k) for s in set_names for k, _ in SUMMARY_COLUMNS}
+    best = {(s, k): best_rows(rows, s, k) for s in set_names for k, _ in columns[s]}
     for i, row in enumerate(rows):
         cells = [row["label"]]
         for s in set_names:
-            for key, _ in SUMMARY_COLUMNS:
+            for key, _ in columns[s]:
                 text = _fmt(row["sets"][s][key], key)
                 cells.append(f"**{text}**" if i in best[(s, key)] else text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -143,17 +150,17 @@ def experiment_markdown(rows: list[dict[str, Any]], set_names: list[str]) -> str
 
 
 def write_experiment_chart(rows: list[dict[str, Any]], set_names: list[str], path: Path) -> None:
-    keys = [k for k, _ in SUMMARY_COLUMNS if k not in LOWER_IS_BETTER]
     fig, axes = plt.subplots(1, len(set_names), figsize=(5 * len(set_names), 3.6), dpi=DPI, squeeze=False)
     width = 0.8 / len(rows)
     for ax, set_name in zip(axes[0], set_names, strict=True):
+        keys = [k for k, _ in columns_for(rows[0]["sets"][set_name]) if k not in LOWER_IS_BETTER]
         for i, row in enumerate(rows):
             values = [row["sets"][set_name][k] for k in keys]
             ax.bar([j + i * width for j in range(len(keys))], values, width, label=row["label"])
         ax.set_xticks(
             [j + width * (len(rows) - 1) / 2 for j in range(len(keys))], [k.replace("_map", "") for k in keys]
         )
-        ax.set_ylabel("mAP")
+        ax.set_ylabel("accuracy@1" if keys == ["bitext_acc@1"] else "mAP")
         ax.set_title(set_name)
         ax.set_ylim(0, 1)
     axes[0][0].legend(fontsize=8)

@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from models.data import ParallelGroup, all_pairs, check_strategy, fingerprint, load_parallel, split
+from models.data import ParallelGroup, all_pairs, check_strategy, fingerprint, load_training_data, split
 from models.encoder import FolderLayout, read_layout
 from models.loss import InfoNCELoss
 from models.manifest import Manifest, write_manifest
@@ -219,7 +219,7 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 def finetune(
     base: str | None,
-    data: Path,
+    data: Path | list[Path],
     out: Path,
     config: TrainConfig | None = None,
     *,
@@ -232,7 +232,7 @@ def finetune(
     resume_from: Path | bool | None = None,
     logging_steps: int = 10,
 ) -> TrainResult:
-    """Fine-tune `base` on the parallel QA data at `data`; writes a model version folder at `out`.
+    """Fine-tune `base` on `data` (parallel QA and/or bitext datasets); writes a model version folder at `out`.
 
     `base`: a registry version, folder or hub id; None = the default model (with its offline fallback).
 
@@ -242,7 +242,7 @@ def finetune(
     config.validate()
     hf_logging.disable_progress_bar()  # progress goes through `progress`
     disable_progress_bars()
-    groups, summary = load_parallel(data, with_context=config.with_context)
+    groups, summary = load_training_data(data, with_context=config.with_context)
     check_strategy(groups, config.strategy, config.alpha)
     train_groups, val_groups = split(groups, config.val_fraction, config.seed)
     check_strategy(train_groups, config.strategy, config.alpha)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from models.bitext import accuracy_at_1, bitext_metrics, load_bitext
-from models.data import DataError
-from models.evaluate import evaluate
+from models.bitext import accuracy_at_1, bitext_groups, bitext_metrics, is_bitext, load_bitext
+from models.data import DataError, ParallelGroup, check_strategy, summarize
+from models.evaluate import eval_set, evaluate
 from models.reports import heatmap_size, write_evaluation_report
 from tests.synthetic import make_groups, write_lareqa
 from tests.test_lareqa import smooth_fake_encoder
@@ -25,6 +25,12 @@ VECTORS = {
     "two": [0.0, 1.0, 0.1],
     "three": [0.1, 0.0, 1.0],
 }
+
+
+def make_parallel_groups() -> list[ParallelGroup]:
+    queries = [{"en": f"question {i}", "de": f"frage {i}"} for i in range(3)]
+    passages = [{"en": f"answer {i}", "de": f"antwort {i}"} for i in range(3)]
+    return [ParallelGroup(f"q{i}", queries[i], passages[i]) for i in range(3)]
 
 
 def table_encoder(texts: list[str], kind: str) -> np.ndarray:
@@ -80,7 +86,9 @@ def test_report_files(tmp_path: Path, bitext_dir: Path) -> None:
     def encoder(texts: list[str], kind: str) -> np.ndarray:
         return table_encoder(texts, kind) if texts and texts[0] in VECTORS else smooth_fake_encoder(texts, kind)
 
-    report = evaluate(encoder, "fake-v1", [lareqa], bitext_dir)  # type: ignore[arg-type]
+    sets = [eval_set(lareqa), eval_set(bitext_dir, name="afr")]
+    assert [s.kind for s in sets] == ["lareqa", "bitext"]
+    report = evaluate(encoder, "fake-v1", sets)  # type: ignore[arg-type]
     paths = write_evaluation_report(report, tmp_path / "report")
     data = json.loads(paths["json"].read_text())
     assert data["model_version"] == "fake-v1"
@@ -88,7 +96,7 @@ def test_report_files(tmp_path: Path, bitext_dir: Path) -> None:
     assert entry["primary_metric"] == "multi_map" and set(entry["pair_map"]) == {"de", "en", "fr"}
     assert {"mono_map", "cross_map", "multi_map", "rank_distance", "multi_r@10"} <= set(entry["metrics"])
     assert entry["timing"]["encode_seconds"] >= 0
-    assert data["bitext"]["pairs"][0]["pair"] == "tatoeba.afr-eng"
+    assert data["bitext"][0]["name"] == "afr" and data["bitext"][0]["pairs"][0]["pair"] == "tatoeba.afr-eng"
     markdown = paths["markdown"].read_text()
     assert "| toyset |" in markdown and "| de | 12 |" in markdown and "tatoeba.afr-eng ⚑ few lines" in markdown
     image = imread(paths["heatmap:toyset"])
@@ -96,3 +104,52 @@ def test_report_files(tmp_path: Path, bitext_dir: Path) -> None:
     assert image.shape[:2] == (height, width)
     assert heatmap_size(11) != heatmap_size(3)
     assert report.primary() == entry["metrics"]["multi_map"]
+    assert report.score() == ("multi_map", entry["metrics"]["multi_map"])
+    assert report.score("afr") == ("bitext_acc@1", pytest.approx((1 + 2 / 3) / 2))
+    with pytest.raises(ValueError, match="no evaluation set named"):
+        report.score("nope")
+
+
+def test_jsonl_bitext_groups_by_language_pair_and_names_bad_lines(tmp_path: Path) -> None:
+    rows = [
+        {"src": "een", "tgt": "one", "src_lang": "af", "tgt_lang": "en"},
+        {"src": "zwei", "tgt": "two", "src_lang": "de", "tgt_lang": "en"},
+        {"src": "twee", "tgt": "two", "src_lang": "af", "tgt_lang": "en"},
+    ]
+    file = tmp_path / "mine.jsonl"
+    file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert is_bitext(file) and is_bitext(tmp_path)
+    pairs = load_bitext(file)
+    assert [(p.name, p.src_lines, p.tgt_lines) for p in pairs] == [
+        ("mine.af-en", ["een", "twee"], ["one", "two"]),
+        ("mine.de-en", ["zwei"], ["two"]),
+    ]
+    assert [p.name for p in load_bitext(file, langs=["de"])] == ["mine.de-en"]
+    for bad, message in [
+        ({"src": "a", "tgt": "b", "src_lang": "en", "tgt_lang": "en"}, "both 'en'"),
+        ({"src": "a", "tgt": "", "src_lang": "en", "tgt_lang": "de"}, "'tgt' must be a non-empty string"),
+        ({"src": "a", "tgt": "b", "src_lang": "English", "tgt_lang": "de"}, "bad language code"),
+    ]:
+        file.write_text(json.dumps(rows[0]) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(DataError, match=f"mine.jsonl:2: .*{message}"):
+            load_bitext(file)
+    file.write_bytes(json.dumps(rows[0]).encode() + b"\n" + '{"src": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match="mine.jsonl:2: not UTF-8"):
+        load_bitext(file)
+
+
+def test_bitext_training_groups_are_cross_lingual_only(bitext_dir: Path) -> None:
+    groups = bitext_groups(load_bitext(bitext_dir))
+    assert len(groups) == 3 and all(g.mono_langs() == [] for g in groups)
+    assert groups[0].cross_pairs() == [("afr", "eng"), ("eng", "afr")]
+    assert groups[0].queries == {"afr": "een", "eng": "one"}
+    check_strategy(groups, "crosslingual")
+    for strategy, alpha in [("monolingual", 0.5), ("hybrid", 1.0)]:
+        with pytest.raises(DataError, match="cannot use bitext pairs"):
+            check_strategy(groups, strategy, alpha)
+    with pytest.raises(DataError, match="bitext pairs are cross-lingual only"):
+        check_strategy(groups, "hybrid", 0.5)
+    mixed = groups + make_parallel_groups()
+    check_strategy(mixed, "hybrid", 0.5)
+    summary = summarize(mixed)
+    assert {"afr", "eng"} <= set(summary.languages)

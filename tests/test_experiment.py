@@ -108,13 +108,32 @@ def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Path) -> None:
+    bitext = tmp_path / "rare"
+    bitext.mkdir()
+    (bitext / "t.de-es.de").write_text("de01w de02w\nde03w de04w\nde05w de06w\n")
+    (bitext / "t.de-es.es").write_text("es01w es02w\nes03w es04w\nes05w es06w\n")
     result = run_xling(
-        "experiment", "--train", str(setup["train"]), "--eval", str(setup["eval"]), "--base", str(setup["model"]),
-        "--steps", "2", "--batch-size", "8", "--max-length", "32", "--out", str(tmp_path / "exp"),
+        "experiment", "--train", str(setup["train"]), "--eval", str(setup["eval"]), "--eval", str(bitext),
+        "--base", str(setup["model"]), "--steps", "2", "--batch-size", "8", "--max-length", "32",
+        "--out", str(tmp_path / "exp"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "X-X-mono" in result.stdout and "hybrid" in result.stdout
-    assert (tmp_path / "exp" / "experiment.md").exists()
+    assert "X-X-mono" in result.stdout and "hybrid" in result.stdout and "bitext accuracy@1" in result.stdout
+    markdown = (tmp_path / "exp" / "experiment.md").read_text()
+    assert "rare acc@1" in markdown and "evalset Multi mAP" in markdown
+    record = json.loads((tmp_path / "exp" / "experiment.json").read_text())
+    assert set(record["summary"]["hybrid"]["rare"]) == {"bitext_acc@1"}
+
+    leaking = tmp_path / "leak"
+    leaking.mkdir()
+    first = json.loads(setup["train"].read_text().splitlines()[0])
+    (leaking / "t.de-en.de").write_text(first["query"]["de"] + "\n")
+    (leaking / "t.de-en.en").write_text(first["query"]["en"] + "\n")
+    refused = run_xling(
+        "experiment", "--train", str(setup["train"]), "--eval", str(leaking), "--base", str(setup["model"]),
+        "--steps", "1", "--out", str(tmp_path / "never-exp"),
+    )  # fmt: skip
+    assert refused.returncode == 2 and "sentences of" in refused.stderr and "are in the training data" in refused.stderr
 
     one_language = write_jsonl(tmp_path / "en.jsonl", make_groups(10, seed=0, langs=["en"]))
     refused = run_xling(

@@ -142,7 +142,7 @@ def test_finetune_job_end_to_end_with_events(stack: dict[str, Any]) -> None:
 
     models = service.client.get("/models").json()
     listed = {m["version"]: m for m in models["data"]}
-    assert "e2e-v1" in listed and listed["e2e-v1"]["metrics"]["evaluation"][0]["name"] == "evalset"
+    assert "e2e-v1" in listed and listed["e2e-v1"]["metrics"]["evaluation"]["lareqa"][0]["name"] == "evalset"
     jobs = service.client.get("/jobs", params={"status": "succeeded"}).json()
     assert job_id in [j["id"] for j in jobs["data"]]
     assert service.client.delete(f"/jobs/{job_id}").status_code == 409
@@ -310,7 +310,7 @@ def test_bad_job_parameters_get_422(stack: dict[str, Any]) -> None:
         ("finetune", {"dataset": "train", "base": "not-a-version"}, "not 'active', a registry version"),
         ("finetune", {"dataset": "train", "base": "../etc"}, "not 'active', a registry version"),
         ("finetune", {"dataset": "train", "deploy": "if_better"}, "needs eval_datasets"),
-        ("finetune", {"dataset": "train", "eval_datasets": ["train"]}, "not a LAReQA folder"),
+        ("finetune", {"dataset": "train", "eval_datasets": ["train"]}, "neither a LAReQA folder nor bitext"),
         ("finetune", {"dataset": "train", "version": "e2e-v1"}, "already exists"),
         ("evaluate", {"datasets": ["missing"]}, "no dataset"),
         ("experiment", {"train_dataset": "evalset", "eval_datasets": ["evalset"]}, "cannot also be"),
@@ -344,3 +344,52 @@ def test_dataset_uploads(stack: dict[str, Any]) -> None:
     assert response.status_code == 422 and "unsafe path" in response.text
     assert not (stack["settings"].data_dir / "escape.json").exists()
     assert "broken" not in {d["name"] for d in service.client.get("/datasets").json()["data"]}
+
+
+def bitext_rows(groups: list[dict[str, Any]], src: str, tgt: str) -> list[dict[str, str]]:
+    return [{"src": g["query"][src], "tgt": g["query"][tgt], "src_lang": src, "tgt_lang": tgt} for g in groups]
+
+
+def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    rows = "".join(json.dumps(r) + "\n" for r in bitext_rows(make_groups(60, seed=7), "de", "fr")).encode()
+    response = service.client.post("/datasets", data={"name": "bt-train"}, files={"file": ("p.jsonl", rows)})
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert (info["kind"], info["format"], info["summary"]["lines"]) == ("bitext", "bitext-jsonl", 60)
+    held = make_groups(25, seed=8)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("held/t.de-fr.de", "\n".join(g["query"]["de"] for g in held) + "\n")
+        archive.writestr("held/t.de-fr.fr", "\n".join(g["query"]["fr"] for g in held) + "\n")
+    response = service.client.post("/datasets", data={"name": "bt-held"}, files={"file": ("h.zip", buffer.getvalue())})
+    assert response.status_code == 201, response.text
+    assert response.json()["format"] == "bitext-tatoeba"
+
+    job = wait_job(service, submit(service, "evaluate", datasets=["evalset", "bt-held"]), ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job
+    assert 0 <= job["metrics"]["bt-held:bitext_acc@1"] <= 1 and "evalset:multi_map" in job["metrics"]
+
+    job_id = submit(
+        service, "finetune", dataset=["train", "bt-train"], strategy="hybrid", max_steps=25, version="bt-v1",
+        eval_datasets=["evalset", "bt-held"], deploy="if_better", compare_on="bt-held", **TRAIN,
+    )  # fmt: skip
+    job = wait_job(service, job_id, ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job
+    decision = job["decision"]
+    assert decision["metric"] == "bitext_acc@1" and decision["compare_on"] == "bt-held"
+    assert decision["candidate"] == job["metrics"]["eval:bt-held:bitext_acc@1"]
+    assert decision["deployed"] == (decision["candidate"] > decision["active"])
+    manifest = service.client.get("/models").json()
+    trained = next(m for m in manifest["data"] if m["version"] == "bt-v1")
+    assert set(trained["training"]["dataset"]["languages"]) == {"de", "en", "es", "fr"}
+
+    cases = [
+        ({"dataset": "bt-train", "strategy": "monolingual"}, "cannot use bitext pairs"),
+        ({"dataset": "bt-train", "strategy": "hybrid"}, "bitext pairs are cross-lingual only"),
+        ({"dataset": "train", "eval_datasets": ["bt-held"], "deploy": "if_better"}, "compare_on"),
+        ({"dataset": "train", "eval_datasets": ["evalset"], "compare_on": "bt-held"}, "must be one of eval_datasets"),
+    ]
+    for body, reason in cases:
+        response = service.client.post("/jobs/finetune", json=body)
+        assert response.status_code == 422 and reason in response.text, (body, response.text)

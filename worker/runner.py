@@ -25,9 +25,8 @@ from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.registry import Registry
 from app.settings import Settings
-from models.evaluate import EvaluationReport, evaluate
+from models.evaluate import EvaluationReport, eval_set, evaluate
 from models.experiment import ExperimentSpec, run_experiment
-from models.lareqa import PRIMARY_METRIC
 from models.manifest import read_manifest, write_manifest
 from models.reports import write_evaluation_report
 from models.resolve import resolve_model
@@ -108,7 +107,7 @@ def _evaluate_version(ctx: JobContext, spec: str | None, datasets: list[str], la
     source = resolve_model(spec, ctx.settings.models_dir)
     ctx.report("evaluating", model=source.version)
     encoder = load_encoder(source, ctx.settings)
-    report = evaluate(encoder.encode, source.version, [ctx.dataset(d) for d in datasets])
+    report = evaluate(encoder.encode, source.version, [eval_set(ctx.dataset(d), name=d) for d in datasets])
     write_evaluation_report(report, ctx.settings.data_dir / "reports" / ctx.job.id / label)
     return report
 
@@ -128,14 +127,19 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     return {"reindexed": len(pair.index), "reindex_seconds": round(seconds, 2), "offset": pair.applied_offset}
 
 
+def _as_list(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
 def run_finetune(ctx: JobContext) -> dict[str, Any]:
     params = ctx.job.params
     version = params["version"]
     out = ctx.settings.models_dir / version
     config = TrainConfig(**params.get("config", {}))
     base_spec = ctx.model_spec(params.get("base", "active"))
+    names = _as_list(params["dataset"])
     result = finetune(
-        base_spec, ctx.dataset(params["dataset"]), out, config, registry_dir=ctx.settings.models_dir,
+        base_spec, [ctx.dataset(name) for name in names], out, config, registry_dir=ctx.settings.models_dir,
         version=version, device=None if ctx.settings.device == "auto" else ctx.settings.device,
         progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
         resume_from=bool(ctx.job.retry_of) or None,
@@ -144,22 +148,27 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
         raise Cancelled(f"cancelled at step {result.steps}")
     outcome: dict[str, Any] = {"metrics": dict(result.metrics), "model_version": version}
     eval_sets = params.get("eval_datasets") or []
-    candidate_score = None
+    candidate_score, metric = None, None
     ctx.stop_if_cancelled("after training")
     if eval_sets:
         report = _evaluate_version(ctx, version, eval_sets, "candidate")
-        candidate_score = report.primary()
-        outcome["metrics"].update({f"eval_{k}": v for k, v in report.lareqa[0].result.metrics.items()})
+        metric, candidate_score = report.score(params.get("compare_on"))
+        if report.lareqa:  # the first LAReQA set's metrics at the top level, as before bitext sets existed
+            outcome["metrics"].update({f"eval_{k}": v for k, v in report.lareqa[0].result.metrics.items()})
+        outcome["metrics"].update(
+            {f"eval:{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
+        )
         manifest = read_manifest(out)
         assert manifest is not None
-        manifest.metrics.update({"evaluation": report.to_dict()["lareqa"]})
+        manifest.metrics.update({"evaluation": report.to_dict()})
         write_manifest(out, manifest)
     mode = params.get("deploy", "never")
     decision: dict[str, Any] = {"mode": mode, "deployed": False}
     if mode == "if_better":
         active_spec = ctx.model_spec("active")
-        active_score = _evaluate_version(ctx, active_spec, eval_sets, "active").primary()
-        decision.update(metric=PRIMARY_METRIC, candidate=candidate_score, active=active_score)
+        _, active_score = _evaluate_version(ctx, active_spec, eval_sets, "active").score(params.get("compare_on"))
+        decision.update(metric=metric, compare_on=params.get("compare_on") or "LAReQA eval sets (mean)",
+                        candidate=candidate_score, active=active_score)  # fmt: skip
         decision["deployed"] = candidate_score is not None and candidate_score > active_score
     elif mode == "always":
         decision["deployed"] = True
@@ -173,14 +182,15 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
 def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     params = ctx.job.params
     report = _evaluate_version(ctx, ctx.model_spec(params.get("model", "active")), params["datasets"], "report")
-    metrics = {f"{ev.name}:{k}": v for ev in report.lareqa for k, v in ev.result.metrics.items()}
+    metrics = {f"{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
     return {"metrics": metrics, "model_version": report.model_version}
 
 
 def run_experiment_job(ctx: JobContext) -> dict[str, Any]:
     params = ctx.job.params
     spec = ExperimentSpec(
-        train=ctx.dataset(params["train_dataset"]), evals=[ctx.dataset(d) for d in params["eval_datasets"]],
+        train=[ctx.dataset(d) for d in _as_list(params["train_dataset"])],
+        evals=[ctx.dataset(d) for d in params["eval_datasets"]],
         base=ctx.model_spec(params.get("base", "active")), steps=int(params["steps"]),
         seeds=[int(s) for s in params.get("seeds", [params.get("seed", 0)])],
         config=TrainConfig(**params.get("config", {})), keep_models=True,

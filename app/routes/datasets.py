@@ -1,4 +1,4 @@
-"""POST /datasets (upload a LAReQA zip or JSONL groups, validated on arrival), GET /datasets."""
+"""POST /datasets (upload parallel QA or bitext, validated on arrival), GET /datasets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 @router.post("", status_code=201, response_model=DatasetOut, dependencies=[Depends(require_write_key)])
 def upload_dataset(
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description=".zip of <lang>.json files (LAReQA) or .jsonl groups")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description=".zip of <lang>.json files (LAReQA) or of Tatoeba bitext files (<prefix>.<src>-<tgt>.<lang>); "
+            '.jsonl of QA groups ({"id", "query", "passage"}) or of bitext rows '
+            '({"src", "tgt", "src_lang", "tgt_lang"})'
+        ),
+    ],
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
 ) -> DatasetOut:
     try:
