@@ -111,7 +111,7 @@ def main() -> None:
         "post_index_docs_per_s": round(service_rate, 1),
         "ratio": round(ratio, 3),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": f"python bench/ingest.py --docs {args.docs} --batch {args.batch} --writers {args.writers}",
+        "command": f"python -m bench.ingest --docs {args.docs} --batch {args.batch} --writers {args.writers}",
     }
     print(json.dumps(result, indent=2))
     print(

@@ -127,7 +127,7 @@ def main() -> None:
         "clients": args.clients,
         "seconds": args.seconds,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": f"python bench/search.py --docs {args.docs} --clients {args.clients} --seconds {args.seconds}",
+        "command": f"python -m bench.search --docs {args.docs} --clients {args.clients} --seconds {args.seconds}",
     }
     print(json.dumps(results, indent=2))
     verdict = "meets" if ratio >= 2 and results["xling"]["p99_ms"] <= results["baseline"]["p99_ms"] else "MISSES"

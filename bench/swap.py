@@ -85,7 +85,7 @@ def main() -> None:
     result["setup"] = {
         "docs": args.docs, "qps_target": args.qps, "clients": args.clients, "writes_per_s": args.writes_per_s,
         "train_steps": args.train_steps, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": f"python bench/swap.py --docs {args.docs} --qps {args.qps:g} --clients {args.clients}",
+        "command": f"python -m bench.swap --docs {args.docs} --qps {args.qps:g} --clients {args.clients}",
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     ok = result["failed_requests"] == 0 and result["documents_lost"] == 0
