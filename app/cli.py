@@ -363,6 +363,9 @@ def experiment(
     freeze_embeddings: Annotated[bool, typer.Option(help="keep the word-embedding matrix fixed")] = False,
     langs: Annotated[str | None, typer.Option(help="comma-separated evaluation languages")] = None,
     keep_models: Annotated[bool, typer.Option(help="keep each run's trained weights under OUT/models")] = False,
+    report_only: Annotated[
+        bool, typer.Option(help="write the report from the runs finished so far; train nothing")
+    ] = False,
     out: Annotated[Path, typer.Option(help="report folder; a re-run with the same arguments resumes")] = Path(
         "experiment"
     ),
@@ -381,7 +384,7 @@ def experiment(
                          freeze_embeddings=freeze_embeddings)  # fmt: skip
     spec = ExperimentSpec(
         train=train, evals=eval_sets, base=base or settings.retrieval_model, steps=steps, seeds=seed or [0],
-        config=config, langs=_split_langs(langs), keep_models=keep_models,
+        config=config, langs=_split_langs(langs), keep_models=keep_models, report_only=report_only,
     )  # fmt: skip
     command = "xling experiment " + " ".join(sys.argv[2:])
     try:

@@ -49,6 +49,7 @@ class ExperimentSpec:
     config: TrainConfig | None = None  # strategy, max_steps and seed are set per run
     langs: list[str] | None = None
     keep_models: bool = False
+    report_only: bool = False  # report the finished runs; train and evaluate nothing
 
 
 def _train_paths(train: Path | list[Path]) -> list[Path]:
@@ -187,11 +188,13 @@ def run_experiment(
         write_evaluation_report(report, out / "models" / name)
         return report
 
-    def finished(name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def finished(name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         path = runs_dir / f"{name}.json"
         if path.is_file():
             say(f"{name}: kept from an earlier run")
             return dict(json.loads(path.read_text(encoding="utf-8")))
+        if spec.report_only:
+            return None
         result = make()
         write_json_atomic(path, result)
         return result
@@ -223,12 +226,16 @@ def run_experiment(
         }  # fmt: skip
 
     base = finished("base", base_run)
+    if base is None:
+        raise ValueError(f"{out} has no finished runs to report")
     runs: list[dict[str, Any]] = []
     for seed in spec.seeds:
         for strategy, label in STRATEGY_ROWS:
-            runs.append(finished(f"{label}-seed{seed}", partial(strategy_run, strategy, label, seed)))
+            run = finished(f"{label}-seed{seed}", partial(strategy_run, strategy, label, seed))
+            if run is not None:
+                runs.append(run)
 
-    labels = [label for _, label in STRATEGY_ROWS]
+    labels = [label for _, label in STRATEGY_ROWS if any(run["label"] == label for run in runs)]
     per_label = {label: [run["sets"] for run in runs if run["label"] == label] for label in labels}
     summary = summarise({"base": [base["sets"]], **per_label})
     by_seed: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
@@ -251,6 +258,7 @@ def run_experiment(
         "base_model": source.name,
         "steps": spec.steps,
         "seeds": spec.seeds,
+        "complete": len(runs) == len(spec.seeds) * len(STRATEGY_ROWS),
         "train_config": asdict(base_config),
         "data": {
             "train": {"path": [str(p) for p in _train_paths(spec.train)], "fingerprint": fingerprint(train_groups)},
@@ -285,6 +293,11 @@ def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> 
         f"Base model `{record['base_model']}`, {record['steps']} steps per run, seeds {seeds}; "
         "cells are mean ± sample standard deviation over seeds (the base is evaluated once).",
         "",
+        *(
+            []
+            if record["complete"]
+            else [f"**Partial**: {len(record['runs']) - 1} of {len(seeds) * len(STRATEGY_ROWS)} runs finished.", ""]
+        ),
         "## Means",
         "",
         experiment_markdown(record["rows"], set_names).rstrip("\n"),
@@ -294,10 +307,11 @@ def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> 
     ]
     for set_name in set_names:
         columns = columns_for(summary["base"][set_name])
-        header = ["model"] + [label for _, label in columns]
+        header = ["model", "runs"] + [label for _, label in columns]
         lines += [f"**{set_name}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for label, sets in summary.items():
-            lines.append("| " + " | ".join([label] + [_pm(sets[set_name][k], k) for k, _ in columns]) + " |")
+            runs = str(sets[set_name][columns[0][0]]["n"])
+            lines.append("| " + " | ".join([label, runs] + [_pm(sets[set_name][k], k) for k, _ in columns]) + " |")
         lines.append("")
     lines += ["## Hybrid minus each other strategy, per seed", "",
               "Positive is better for mAP; negative is better for rank distance.", ""]  # fmt: skip

@@ -72,6 +72,15 @@ def test_experiment_report_seeds_and_resume(setup: dict[str, Path]) -> None:
     assert (out / "runs" / "X-Y-seed3.json").stat().st_mtime_ns == marker
     assert record["summary"]["hybrid"]["evalset"]["multi_map"]["n"] == 3
 
+    # A report of what has finished, training nothing: here seeds 3 and 4 of 3, 4, 6.
+    spec.seeds, spec.report_only = [3, 4, 6], True
+    seen.clear()
+    partial = run_experiment(spec, out, progress=seen.append)
+    assert not [s for s in seen if s.startswith("training")] and partial["complete"] is False
+    assert partial["summary"]["hybrid"]["evalset"]["multi_map"]["n"] == 2
+    assert "**Partial**: 6 of 9 runs finished" in (out / "experiment.md").read_text()
+    spec.seeds, spec.report_only = [3, 4, 5], False
+
     # Other arguments are refused instead of mixed into the same report.
     spec.steps = 5
     with pytest.raises(ValueError, match="steps"):
