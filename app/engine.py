@@ -153,7 +153,7 @@ class Engine:
             except ModelNotFoundError as exc:
                 self.swap_error = f"activated version {activated!r} cannot be loaded ({exc}); serving the default"
                 log.error(self.swap_error)
-        return resolve_model(self.settings.retrieval_model, self.settings.models_dir)
+        return self.default_source
 
     def _spawn(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -187,9 +187,14 @@ class Engine:
         )
 
     @cached_property
+    def default_source(self) -> ModelSource:
+        """The configured model (XLING_RETRIEVAL_MODEL), resolved once: one hub lookup, one fallback warning."""
+        return resolve_model(self.settings.retrieval_model, self.settings.models_dir)
+
+    @property
     def default_version(self) -> str:
-        """The version of the configured model (XLING_RETRIEVAL_MODEL), served when none is activated."""
-        return resolve_model(self.settings.retrieval_model, self.settings.models_dir).version
+        """The version of the configured model, served when none is activated."""
+        return self.default_source.version
 
     def swap_to(self, spec: str | None) -> None:
         """Load the new encoder and its index beside the serving pair, replay the log, swap one reference."""
