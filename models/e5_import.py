@@ -235,7 +235,7 @@ def read_e5_file(path: Path) -> E5File:
     missing = sorted(set(shapes) - set(tensors))
     if missing:
         raise E5FormatError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if max(vocab.pieces and len(vocab.pieces), 0) > vocab_rows:
+    if len(vocab.pieces) > vocab_rows:
         raise E5FormatError(f"{path}: {len(vocab.pieces)} pieces but only {vocab_rows} embedding rows")
     return E5File(dims, vocab, tensors)
 
