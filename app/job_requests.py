@@ -50,11 +50,12 @@ def _check_eval_sets(names: list[str], settings: Settings) -> None:
             raise InvalidInput(f"evaluation dataset {name!r} is neither a LAReQA folder nor bitext: {exc}") from None
 
 
-def _check_training_sets(names: list[str], settings: Settings, strategy: str, alpha: float) -> None:
+def _check_training_sets(names: list[str], settings: Settings, strategies: list[str], alpha: float) -> None:
     paths = [_training_data(name, settings) for name in names]
     try:
         groups, _ = load_training_data(paths)
-        check_strategy(groups, strategy, alpha)
+        for strategy in strategies:
+            check_strategy(groups, strategy, alpha)
     except DataError as exc:
         raise InvalidInput(f"dataset {', '.join(repr(n) for n in names)}: {exc}") from None
 
@@ -62,7 +63,7 @@ def _check_training_sets(names: list[str], settings: Settings, strategy: str, al
 def finetune_params(request: FinetuneRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
     check_model(request.base, settings, registry)
     datasets = _names(request.dataset)
-    _check_training_sets(datasets, settings, request.strategy, request.alpha)
+    _check_training_sets(datasets, settings, [request.strategy], request.alpha)
     if request.deploy == "if_better" and not request.eval_datasets:
         raise InvalidInput("deploy 'if_better' needs eval_datasets to compare the new model with the active one")
     _check_eval_sets(request.eval_datasets, settings)
@@ -106,8 +107,8 @@ def evaluate_params(request: EvaluateRequest, settings: Settings, registry: Regi
 def experiment_params(request: ExperimentRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
     check_model(request.base, settings, registry)
     train = _names(request.train_dataset)
-    for strategy in ("monolingual", "crosslingual", "hybrid"):  # the experiment trains all three
-        _check_training_sets(train, settings, strategy, request.alpha)
+    # the experiment trains all three strategies
+    _check_training_sets(train, settings, ["monolingual", "crosslingual", "hybrid"], request.alpha)
     _check_eval_sets(request.eval_datasets, settings)
     if set(train) & set(request.eval_datasets):
         raise InvalidInput("the training dataset cannot also be an evaluation dataset")

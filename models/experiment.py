@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from models.bitext import load_bitext
-from models.data import DataError, fingerprint, load_training_data
+from models.data import DataError, ParallelGroup, fingerprint, load_training_data
 from models.encoder import Encoder
 from models.evaluate import EvalSet, EvaluationReport, eval_set, evaluate, folder_fingerprint
 from models.lareqa import load_lareqa
@@ -56,10 +56,8 @@ def _train_paths(train: Path | list[Path]) -> list[Path]:
     return [train] if isinstance(train, Path) else list(train)
 
 
-def check_no_overlap(train: Path | list[Path], evals: list[EvalSet]) -> None:
+def check_no_overlap(train_paths: list[Path], groups: list[ParallelGroup], evals: list[EvalSet]) -> None:
     """Evaluation sets are never trained on: refuse the same folder, shared question ids or shared sentences."""
-    train_paths = _train_paths(train)
-    groups, _ = load_training_data(train_paths)
     train_ids = {g.id for g in groups}
     train_texts = {text for g in groups for text in (*g.queries.values(), *g.passages.values())}
     for item in evals:
@@ -128,9 +126,10 @@ def hybrid_differences(
     return out
 
 
-def _spec_record(spec: ExperimentSpec, base_config: TrainConfig, base_name: str) -> dict[str, Any]:
+def _spec_record(
+    spec: ExperimentSpec, base_config: TrainConfig, base_name: str, train_groups: list[ParallelGroup]
+) -> dict[str, Any]:
     """What makes two runs comparable: everything but the seeds (seeds may be added later)."""
-    train_groups, _ = load_training_data(_train_paths(spec.train))
     return {
         "base_model": base_name,
         "steps": spec.steps,
@@ -172,13 +171,15 @@ def run_experiment(
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {spec.seeds}")
     sets = [eval_set(path) for path in spec.evals]
-    check_no_overlap(spec.train, sets)
+    train_paths = _train_paths(spec.train)
+    train_groups, _ = load_training_data(train_paths)
+    check_no_overlap(train_paths, train_groups, sets)
     base_config = spec.config or TrainConfig()
     base_config.validate()
     started = time.monotonic()
     source = resolve_model(spec.base, registry_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_spec(out, _spec_record(spec, base_config, source.name))
+    _check_same_spec(out, _spec_record(spec, base_config, source.name, train_groups))
     runs_dir = out / "runs"
 
     def evaluate_model(folder: Path, version: str, name: str) -> EvaluationReport:
@@ -248,7 +249,6 @@ def run_experiment(
         for label in ["base", *labels]
     ]
     write_experiment_chart(mean_rows, set_names, out / "experiment.png")
-    train_groups, _ = load_training_data(_train_paths(spec.train))
     record = {
         "command": command,
         "rows": mean_rows,
@@ -261,7 +261,7 @@ def run_experiment(
         "complete": len(runs) == len(spec.seeds) * len(STRATEGY_ROWS),
         "train_config": asdict(base_config),
         "data": {
-            "train": {"path": [str(p) for p in _train_paths(spec.train)], "fingerprint": fingerprint(train_groups)},
+            "train": {"path": [str(p) for p in train_paths], "fingerprint": fingerprint(train_groups)},
             "evals": {str(folder): folder_fingerprint(folder) for folder in spec.evals},
         },
         "versions": versions(),
