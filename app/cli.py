@@ -82,20 +82,23 @@ def serve(
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    from models.data import DataError, utf8_lines
+
     docs = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    try:
+        for number, line in utf8_lines(path):
             if not line.strip():
                 continue
             try:
                 doc = json.loads(line)
             except json.JSONDecodeError as exc:
-                err_console.print(f"[red]{path}:{number}: not JSON: {exc}[/red]")
-                raise typer.Exit(1) from None
+                raise DataError(f"{path}:{number}: not JSON: {exc}") from None
             if not isinstance(doc, dict):
-                err_console.print(f"[red]{path}:{number}: expected an object with id and text[/red]")
-                raise typer.Exit(1)
+                raise DataError(f"{path}:{number}: expected an object with id and text")
             docs.append(doc)
+    except DataError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     return docs
 
 

@@ -7,30 +7,71 @@ accuracy@1 evaluation and cross-lingual training pairs.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from models.bitext import is_bitext, load_bitext
 from models.data import DataError, load_parallel
 from models.manifest import utc_now_iso, write_json_atomic
 
 INFO_FILE = "dataset.json"
+_CHUNK = 1024 * 1024
 
 
 class DatasetExists(Exception):
     pass
 
 
-def _extract_zip(payload: bytes, target: Path) -> None:
+@dataclass(frozen=True)
+class UnpackLimits:
+    """Bounds on what a zip may expand to: checked while streaming, so a bomb never fills memory or disk."""
+
+    max_bytes: int
+    max_ratio: float
+    # Tiny members compress badly or absurdly well; the ratio applies past this many bytes.
+    ratio_floor_bytes: int = 1024 * 1024
+
+
+class UnpackTooLarge(DataError):
+    """A zip that unpacks past the limits (HTTP 413)."""
+
+
+def _copy_member(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, destination: Path, budget: int, limits: UnpackLimits
+) -> int:
+    """Stream one member to disk; returns the bytes written. Counts real bytes: headers can lie."""
+    member_cap = max(limits.ratio_floor_bytes, int(member.compress_size * limits.max_ratio))
+    written = 0
+    with archive.open(member) as source, destination.open("wb") as target:
+        while chunk := source.read(_CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise UnpackTooLarge(f"the archive unpacks to more than {limits.max_bytes} bytes (the limit)")
+            if written > member_cap:
+                raise UnpackTooLarge(
+                    f"{member.filename!r} unpacks to more than {limits.max_ratio:g} times its compressed size "
+                    f"({member.compress_size} bytes); a zip bomb is refused"
+                )
+            target.write(chunk)
+    return written
+
+
+def _extract_zip(upload: BinaryIO, target: Path, limits: UnpackLimits) -> None:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(payload))
+        archive = zipfile.ZipFile(upload)
     except zipfile.BadZipFile:
         raise DataError("the upload is not a zip archive") from None
+    # Refuse on the declared sizes first (cheap), then count while streaming (declared sizes can lie).
+    declared = sum(m.file_size for m in archive.infolist())
+    if declared > limits.max_bytes:
+        raise UnpackTooLarge(f"the archive declares {declared} unpacked bytes; the limit is {limits.max_bytes}")
+    unpacked = 0
     for member in archive.infolist():
         parts = PurePosixPath(member.filename).parts
         if member.filename.startswith("/") or ".." in parts:
@@ -39,7 +80,10 @@ def _extract_zip(payload: bytes, target: Path) -> None:
             continue
         destination = target.joinpath(*parts)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(archive.read(member))
+        try:
+            unpacked += _copy_member(archive, member, destination, limits.max_bytes - unpacked, limits)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise DataError(f"{member.filename!r} cannot be unpacked ({exc})") from None
 
 
 def data_root(folder: Path) -> Path:
@@ -60,17 +104,13 @@ def _bitext_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def _is_bitext_jsonl(payload: bytes) -> bool:
-    first = next((line for line in payload.splitlines() if line.strip()), b"")
-    try:
-        row = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(row, dict) and "src" in row and "tgt" in row
+def save_dataset(
+    datasets_dir: Path, name: str, filename: str, upload: BinaryIO, limits: UnpackLimits
+) -> dict[str, Any]:
+    """Store a zip or a .jsonl upload (QA or bitext); refuse it, leaving nothing behind, if it does not load.
 
-
-def save_dataset(datasets_dir: Path, name: str, filename: str, payload: bytes) -> dict[str, Any]:
-    """Store a zip or a .jsonl upload (QA or bitext); refuse it, leaving nothing behind, if it does not load."""
+    `upload` is read in chunks (a file object, e.g. the spooled upload), never whole into memory.
+    """
     final = datasets_dir / name
     if final.exists():
         raise DatasetExists(name)
@@ -78,12 +118,15 @@ def save_dataset(datasets_dir: Path, name: str, filename: str, payload: bytes) -
     staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=datasets_dir))
     try:
         if filename.endswith(".jsonl"):
-            bitext = _is_bitext_jsonl(payload)
+            received = staging / "upload.jsonl"
+            with received.open("wb") as target:
+                shutil.copyfileobj(upload, target, _CHUNK)
+            bitext = is_bitext(received)
             # A bitext file is named after the dataset: its pairs are reported as "<name>.<src>-<tgt>".
-            (staging / (f"{name}.jsonl" if bitext else "groups.jsonl")).write_bytes(payload)
+            received.rename(staging / (f"{name}.jsonl" if bitext else "groups.jsonl"))
             data_format = "bitext-jsonl" if bitext else "jsonl"
         elif filename.endswith(".zip"):
-            _extract_zip(payload, staging)
+            _extract_zip(upload, staging, limits)
             root = data_root(staging)
             if is_bitext(root):
                 data_format = "bitext-jsonl" if list(root.glob("*.jsonl")) else "bitext-tatoeba"
@@ -105,7 +148,7 @@ def save_dataset(datasets_dir: Path, name: str, filename: str, payload: bytes) -
     except DataError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         # Name files as the uploader knows them, not by the server's staging path.
-        raise DataError(str(exc).replace(f"{staging}/", "").replace(str(staging), "upload")) from None
+        raise type(exc)(str(exc).replace(f"{staging}/", "").replace(str(staging), "upload")) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

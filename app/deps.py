@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from app.engine import Engine
@@ -27,18 +28,40 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _check_bearer(request: Request, expected: SecretStr | None) -> None:
-    if expected is None:
+# Declared in the OpenAPI description (securitySchemes), so clients and generated SDKs see the scheme.
+bearer = HTTPBearer(
+    auto_error=False,
+    description="XLING_API_KEY reads and writes; XLING_SEARCH_API_KEY searches and reads documents. "
+    "Routes are open while their key is unset.",
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _check_bearer(credentials: HTTPAuthorizationCredentials | None, accepted: list[SecretStr]) -> None:
+    if not accepted:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest: the time taken does not reveal how much of the key matched.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+    token = credentials.credentials.encode() if credentials and credentials.scheme.lower() == "bearer" else b""
+    # compare_digest: the time taken does not reveal how much of a key matched; every key is compared.
+    matches = [hmac.compare_digest(token, key.get_secret_value().encode()) for key in accepted]
+    if not any(matches):
         raise Unauthorized("missing or wrong API key (Authorization: Bearer <key>)")
 
 
-def require_write_key(request: Request, settings: SettingsDep) -> None:
-    _check_bearer(request, settings.api_key)
+def _keys(*keys: SecretStr | None) -> list[SecretStr]:
+    return [key for key in keys if key is not None]
 
 
-def require_search_key(request: Request, settings: SettingsDep) -> None:
-    _check_bearer(request, settings.search_api_key)
+def require_write_key(credentials: BearerDep, settings: SettingsDep) -> None:
+    """Writes, uploads, jobs and activation: the write key, when it is set."""
+    _check_bearer(credentials, _keys(settings.api_key))
+
+
+def require_search_key(credentials: BearerDep, settings: SettingsDep) -> None:
+    """Search, embeddings and reading a document by id: the search key or the write key, when a search key is set."""
+    if settings.search_api_key is not None:
+        _check_bearer(credentials, _keys(settings.search_api_key, settings.api_key))
+
+
+def require_read_key(credentials: BearerDep, settings: SettingsDep) -> None:
+    """Stored data and server details (stats, jobs, models, datasets, reports): either key, when any is set."""
+    _check_bearer(credentials, _keys(settings.search_api_key, settings.api_key))

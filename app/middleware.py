@@ -8,11 +8,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_body
 from app.metrics import Metrics
 
 
 async def _reply_413(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body over {limit} bytes", "code": "payload_too_large"}).encode()
+    body = json.dumps(error_body(f"request body over {limit} bytes", "payload_too_large")).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(2_048, ge=2)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="dataset uploads (POST /datasets)")
+    max_unpacked_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=1024, description="a zip upload's members, unpacked, together"
+    )
+    max_zip_ratio: float = Field(
+        100.0, ge=1, description="a zip member may unpack to at most this many times its compressed size"
+    )
     max_langs_per_query: int = Field(32, ge=1)
 
     # Search micro-batching

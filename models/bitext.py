@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.data import LANG_FILE, DataError, ParallelGroup
+from models.data import LANG_FILE, DataError, ParallelGroup, read_utf8, utf8_lines
 from models.encoder import EncodeFn
 
 _PAIR_FILE = re.compile(r"^(?P<prefix>.+)\.(?P<src>[A-Za-z_]+)-(?P<tgt>[A-Za-z_]+)\.(?P<lang>[A-Za-z_]+)$")
@@ -38,10 +38,7 @@ class BitextPair:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    return read_utf8(path).splitlines()
 
 
 def _load_tatoeba(folder: Path, langs: list[str] | None) -> list[BitextPair]:
@@ -76,35 +73,30 @@ def _load_tatoeba(folder: Path, langs: list[str] | None) -> list[BitextPair]:
 
 def _load_jsonl(file: Path, langs: list[str] | None) -> list[BitextPair]:
     by_pair: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
-    with file.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            where = f"{file}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not UTF-8 (byte {exc.start} of the line: {exc.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected an object with src, tgt, src_lang, tgt_lang")
-            for key in ("src", "tgt", "src_lang", "tgt_lang"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise DataError(f"{where}: '{key}' must be a non-empty string")
-            src, tgt = row["src_lang"], row["tgt_lang"]
-            for code in (src, tgt):
-                if not LANG_FILE.match(code):
-                    raise DataError(f"{where}: bad language code {code!r} (expected e.g. 'en', 'gsw', 'pt-BR')")
-            if src == tgt:
-                raise DataError(f"{where}: src_lang and tgt_lang are both {src!r}; bitext pairs two languages")
-            if "\n" in row["src"] or "\n" in row["tgt"]:
-                raise DataError(f"{where}: a sentence contains a line break")
-            sources, targets = by_pair.setdefault((src, tgt), ([], []))
-            sources.append(row["src"])
-            targets.append(row["tgt"])
+    for number, line in utf8_lines(file):
+        where = f"{file}:{number}"
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with src, tgt, src_lang, tgt_lang")
+        for key in ("src", "tgt", "src_lang", "tgt_lang"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(f"{where}: '{key}' must be a non-empty string")
+        src, tgt = row["src_lang"], row["tgt_lang"]
+        for code in (src, tgt):
+            if not LANG_FILE.match(code):
+                raise DataError(f"{where}: bad language code {code!r} (expected e.g. 'en', 'gsw', 'pt-BR')")
+        if src == tgt:
+            raise DataError(f"{where}: src_lang and tgt_lang are both {src!r}; bitext pairs two languages")
+        if "\n" in row["src"] or "\n" in row["tgt"]:
+            raise DataError(f"{where}: a sentence contains a line break")
+        sources, targets = by_pair.setdefault((src, tgt), ([], []))
+        sources.append(row["src"])
+        targets.append(row["tgt"])
     if not by_pair:
         raise DataError(f"{file}: no sentence pairs")
     stem = file.name.removesuffix(".jsonl")

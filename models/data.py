@@ -14,6 +14,7 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,42 @@ LANG_FILE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 class DataError(ValueError):
     """Training data that cannot be used, with the file and place that says why."""
+
+
+def _not_utf8(where: str, exc: UnicodeDecodeError, offset: int) -> DataError:
+    return DataError(
+        f"{where}: not UTF-8 at byte {offset + exc.start} of the file ({exc.reason}); save it as UTF-8 and upload again"
+    )
+
+
+def read_utf8(path: Path) -> str:
+    """A whole text file, or a DataError naming the file and the byte offset where it stops being UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not part of the text
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(str(path), exc, 0) from None
+
+
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a DataError naming the line and byte offset of the first bad byte."""
+    offset = 0
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(f"{path}:{number}", exc, offset) from None
+            offset += len(raw)
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def read_json_file(path: Path) -> Any:
+    """A UTF-8 JSON document, or a DataError naming the file and where it breaks."""
+    try:
+        return json.loads(read_utf8(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
 
 
 @dataclass
@@ -77,17 +114,41 @@ def summarize(groups: list[ParallelGroup], skipped: dict[str, int] | None = None
     )
 
 
-def _answer_sentence(paragraph: dict[str, Any], answer_start: int) -> str | None:
-    context = paragraph["context"]
-    for start, end in paragraph["sentence_breaks"]:
+def _answer_sentence(context: str, breaks: list[Any], answer_start: int, where: str) -> str | None:
+    for b, span in enumerate(breaks):
+        _require(
+            isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span),
+            where,
+            f"sentence_breaks[{b}] must be a [start, end] pair of integers",
+        )
+        start, end = span
         if start <= answer_start < end:
-            return str(context[start:end]).strip()
+            return context[start:end].strip()
     return None
 
 
 def _require(condition: bool, where: str, message: str) -> None:
     if not condition:
         raise DataError(f"{where}: {message}")
+
+
+def _list(value: Any, where: str, message: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise DataError(f"{where}: {message}")
+    return value
+
+
+def _answer_start(qa: dict[str, Any], where: str) -> int:
+    answers = _list(qa.get("answers"), where, "has no answers")
+    _require(bool(answers), where, "has no answers")
+    first = answers[0]
+    _require(isinstance(first, dict) and "answer_start" in first, where, "answers[0] has no 'answer_start'")
+    start = first["answer_start"]
+    # A JSON number, or a string holding one (some exports quote it); anything else is refused, not guessed.
+    if isinstance(start, str) and start.strip().isdigit():
+        start = int(start)
+    _require(isinstance(start, int) and not isinstance(start, bool), where, f"answer_start {start!r} is not a number")
+    return int(start)
 
 
 def load_lareqa_folder(folder: Path, with_context: bool = False) -> tuple[list[ParallelGroup], dict[str, int]]:
@@ -99,29 +160,26 @@ def load_lareqa_folder(folder: Path, with_context: bool = False) -> tuple[list[P
     skipped: Counter[str] = Counter()
     for file in files:
         lang = file.stem
-        try:
-            articles = json.loads(file.read_text(encoding="utf-8"))["data"]
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        except (KeyError, TypeError):
-            raise DataError(f"{file}: expected an object with a 'data' list (SQuAD layout)") from None
-        for a, article in enumerate(articles):
+        document = read_json_file(file)
+        articles = document.get("data") if isinstance(document, dict) else None
+        for a, article in enumerate(_list(articles, str(file), "expected an object with a 'data' list (SQuAD layout)")):
             paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
-            if not isinstance(paragraphs, list):
-                raise DataError(f"{file}: data[{a}]: has no 'paragraphs' list")
-            for p, paragraph in enumerate(paragraphs):
+            for p, paragraph in enumerate(_list(paragraphs, f"{file}: data[{a}]", "has no 'paragraphs' list")):
                 where = f"{file}: data[{a}].paragraphs[{p}]"
-                for key in ("context", "sentence_breaks", "qas"):
-                    _require(key in paragraph, where, f"has no '{key}'")
-                for q, qa in enumerate(paragraph["qas"]):
+                _require(isinstance(paragraph, dict), where, "is not an object")
+                context, breaks, qas = (paragraph.get(k) for k in ("context", "sentence_breaks", "qas"))
+                _require(isinstance(context, str), where, "needs a 'context' string")
+                breaks = _list(breaks, where, "needs a 'sentence_breaks' list")
+                for q, qa in enumerate(_list(qas, where, "needs a 'qas' list")):
                     qa_where = f"{where}.qas[{q}]"
-                    _require("id" in qa and "question" in qa, qa_where, "needs 'id' and 'question'")
-                    _require(bool(qa.get("answers")), qa_where, "has no answers")
-                    sentence = _answer_sentence(paragraph, int(qa["answers"][0]["answer_start"]))
+                    _require(
+                        isinstance(qa, dict) and "id" in qa and "question" in qa, qa_where, "needs 'id' and 'question'"
+                    )
+                    sentence = _answer_sentence(context, breaks, _answer_start(qa, qa_where), where)
                     if not sentence:
                         skipped["answer outside every sentence"] += 1
                         continue
-                    passage = f"{sentence} {paragraph['context'].strip()}" if with_context else sentence
+                    passage = f"{sentence} {context.strip()}" if with_context else sentence
                     group = groups.setdefault(str(qa["id"]), ParallelGroup(str(qa["id"]), {}, {}))
                     group.queries[lang] = str(qa["question"]).strip()
                     group.passages[lang] = passage
@@ -131,30 +189,29 @@ def load_lareqa_folder(folder: Path, with_context: bool = False) -> tuple[list[P
 def load_jsonl_groups(file: Path) -> list[ParallelGroup]:
     groups: list[ParallelGroup] = []
     seen: set[str] = set()
-    with file.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not JSON ({exc.msg})") from None
-            _require(isinstance(row, dict), where, "expected an object")
-            for key in ("id", "query", "passage"):
-                _require(key in row, where, f"missing '{key}'")
-            for key in ("query", "passage"):
-                texts = row[key]
-                _require(isinstance(texts, dict) and bool(texts), where, f"'{key}' must be a non-empty {{lang: text}}")
-                for lang, text in texts.items():
-                    _require(bool(LANG_FILE.match(lang)), where, f"'{key}' has a bad language code {lang!r}")
-                    _require(isinstance(text, str) and bool(text.strip()), where, f"'{key}.{lang}' is empty")
-            group_id = str(row["id"])
-            _require(group_id not in seen, where, f"id {group_id!r} appears twice")
-            seen.add(group_id)
-            lacking = sorted(set(row["query"]) - set(row["passage"]))
-            _require(not lacking, where, f"group {group_id!r} has a query in {lacking} but no passage in it")
-            groups.append(ParallelGroup(group_id, dict(row["query"]), dict(row["passage"])))
+    for number, line in utf8_lines(file):
+        if not line.strip():
+            continue
+        where = f"{file}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not JSON ({exc.msg})") from None
+        _require(isinstance(row, dict), where, "expected an object")
+        for key in ("id", "query", "passage"):
+            _require(key in row, where, f"missing '{key}'")
+        for key in ("query", "passage"):
+            texts = row[key]
+            _require(isinstance(texts, dict) and bool(texts), where, f"'{key}' must be a non-empty {{lang: text}}")
+            for lang, text in texts.items():
+                _require(bool(LANG_FILE.match(lang)), where, f"'{key}' has a bad language code {lang!r}")
+                _require(isinstance(text, str) and bool(text.strip()), where, f"'{key}.{lang}' is empty")
+        group_id = str(row["id"])
+        _require(group_id not in seen, where, f"id {group_id!r} appears twice")
+        seen.add(group_id)
+        lacking = sorted(set(row["query"]) - set(row["passage"]))
+        _require(not lacking, where, f"group {group_id!r} has a query in {lacking} but no passage in it")
+        groups.append(ParallelGroup(group_id, dict(row["query"]), dict(row["passage"])))
     if not groups:
         raise DataError(f"{file}: no groups")
     return groups

@@ -165,6 +165,7 @@ def run_experiment(
     device: str | None = None,
     command: str = "",
     progress: Callable[[str], None] | None = None,
+    allow_folder: bool = True,
 ) -> dict[str, Any]:
     """Train the three strategies per seed, evaluate them and the base; write experiment.{json,md,png} under `out`."""
     say = progress or (lambda _: None)
@@ -177,7 +178,7 @@ def run_experiment(
     base_config = spec.config or TrainConfig()
     base_config.validate()
     started = time.monotonic()
-    source = resolve_model(spec.base, registry_dir)
+    source = resolve_model(spec.base, registry_dir, allow_folder=allow_folder)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_spec(out, _spec_record(spec, base_config, source.name, train_groups))
     runs_dir = out / "runs"

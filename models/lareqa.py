@@ -20,7 +20,6 @@ A result therefore never benefits from ties (a constant encoder scores near zero
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.data import LANG_FILE, DataError
+from models.data import LANG_FILE, DataError, read_json_file
 
 PRIMARY_METRIC = "multi_map"
 
@@ -65,25 +64,29 @@ def load_lareqa(folder: Path, langs: list[str] | None = None) -> LareqaData:
     questions: list[tuple[str, int, str]] = []
     answer_of: dict[tuple[str, int], int] = {}
     for li, lang in enumerate(languages):
+        document = read_json_file(files[lang])
+        articles = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(articles, list):
+            raise DataError(f"{files[lang]}: expected an object with a 'data' list (SQuAD layout)")
         try:
-            articles = json.loads(files[lang].read_text(encoding="utf-8"))["data"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{files[lang]}: not a SQuAD-layout JSON file ({exc})") from None
-        for article in articles:
-            for paragraph in article["paragraphs"]:
-                first = len(cand_texts)
-                context = paragraph["context"]
-                spans = paragraph["sentence_breaks"]
-                for start, end in spans:
-                    cand_texts.append(context[start:end].strip())
-                    cand_langs.append(li)
-                for qa in paragraph["qas"]:
-                    answer_start = int(qa["answers"][0]["answer_start"])
-                    hit = next((i for i, (s, e) in enumerate(spans) if s <= answer_start < e), None)
-                    if hit is None:
-                        continue  # no sentence holds the answer: the question cannot be scored
-                    questions.append((str(qa["id"]), li, str(qa["question"]).strip()))
-                    answer_of[(str(qa["id"]), li)] = first + hit
+            for article in articles:
+                for paragraph in article["paragraphs"]:
+                    first = len(cand_texts)
+                    context = paragraph["context"]
+                    spans = paragraph["sentence_breaks"]
+                    for start, end in spans:
+                        cand_texts.append(context[start:end].strip())
+                        cand_langs.append(li)
+                    for qa in paragraph["qas"]:
+                        answer_start = int(qa["answers"][0]["answer_start"])
+                        hit = next((i for i, (s, e) in enumerate(spans) if s <= answer_start < e), None)
+                        if hit is None:
+                            continue  # no sentence holds the answer: the question cannot be scored
+                        questions.append((str(qa["id"]), li, str(qa["question"]).strip()))
+                        answer_of[(str(qa["id"]), li)] = first + hit
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # Uploads are checked field by field (models.data); this names the file for anything else.
+            raise DataError(f"{files[lang]}: not in SQuAD layout ({type(exc).__name__}: {exc})") from None
     relevant = np.full((len(questions), len(languages)), -1, dtype=np.int64)
     for qi, (qid, _, _) in enumerate(questions):
         for li in range(len(languages)):

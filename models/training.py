@@ -231,10 +231,12 @@ def finetune(
     should_cancel: CancelFn | None = None,
     resume_from: Path | bool | None = None,
     logging_steps: int = 10,
+    allow_folder: bool = True,
 ) -> TrainResult:
     """Fine-tune `base` on `data` (parallel QA and/or bitext datasets); writes a model version folder at `out`.
 
-    `base`: a registry version, folder or hub id; None = the default model (with its offline fallback).
+    `base`: a registry version, folder or hub id; None = the default model (with its offline fallback). `allow_folder`
+    False reads `base` only as a registry version or hub id, never as a local path (a client's name).
 
     `resume_from`: a checkpoint folder, or True for the newest under `out/checkpoints`.
     """
@@ -246,7 +248,7 @@ def finetune(
     check_strategy(groups, config.strategy, config.alpha)
     train_groups, val_groups = split(groups, config.val_fraction, config.seed)
     check_strategy(train_groups, config.strategy, config.alpha)
-    source = resolve_model(base, registry_dir)
+    source = resolve_model(base, registry_dir, allow_folder=allow_folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     layout = read_layout(source.path, source.name)
     query_prefix, passage_prefix = resolve_prefixes(config, layout)

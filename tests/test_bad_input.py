@@ -47,10 +47,10 @@ BAD_WRITES = [
     ("empty text", {"documents": [doc(text="")]}, 422, "text"),
     ("whitespace text", {"documents": [doc(text="   \n")]}, 422, "text is empty"),
     ("text over the limit", {"documents": [doc(text="x" * 101)]}, 422, "limit is 100"),
-    ("id with a space", {"documents": [doc(id="a b")]}, 422, "pattern"),
-    ("id with a slash", {"documents": [doc(id="a/b")]}, 422, "pattern"),
-    ("empty id", {"documents": [doc(id="")]}, 422, "pattern"),
-    ("language code", {"documents": [doc(lang="English")]}, 422, "pattern"),
+    ("id with a space", {"documents": [doc(id="a b")]}, 422, "letters, digits"),
+    ("id with a slash", {"documents": [doc(id="a/b")]}, 422, "letters, digits"),
+    ("empty id", {"documents": [doc(id="")]}, 422, "letters, digits"),
+    ("language code", {"documents": [doc(lang="English")]}, 422, "language code such as"),
     ("duplicate ids", {"documents": [doc(), doc()]}, 422, "more than once"),
     ("too many documents", {"documents": [doc(id=f"n{i}") for i in range(4)]}, 422, "limit is 3"),
     ("nested metadata", {"documents": [doc(metadata={"a": {"b": 1}})]}, 422, "flat object"),
@@ -98,7 +98,7 @@ BAD_SEARCHES = [
     ("query over the limit", {"query": "q" * 51}, "limit is 50"),
     ("k zero", {"query": "cat", "k": 0}, "between 1 and 20"),
     ("k over the maximum", {"query": "cat", "k": 21}, "between 1 and 20"),
-    ("bad language", {"query": "cat", "langs": ["EN"]}, "pattern"),
+    ("bad language", {"query": "cat", "langs": ["EN"]}, "language code such as"),
     ("nested filter", {"query": "cat", "filter": {"a": {"b": 1}}}, "flat object"),
 ]
 

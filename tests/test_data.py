@@ -55,7 +55,7 @@ def test_file_not_in_the_format(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"en\.json: not JSON"):
         load_parallel(folder)
     (folder / "en.json").write_text(json.dumps({"data": [{"paragraphs": [{"context": "x", "qas": []}]}]}))
-    with pytest.raises(DataError, match=r"en\.json: data\[0\]\.paragraphs\[0\]: has no 'sentence_breaks'"):
+    with pytest.raises(DataError, match=r"en\.json: data\[0\]\.paragraphs\[0\]: needs a 'sentence_breaks' list"):
         load_parallel(folder)
     (folder / "en.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(DataError, match="SQuAD layout"):

@@ -62,6 +62,11 @@ class JobContext:
             return self.registry.active() or self.settings.retrieval_model
         return name
 
+    @staticmethod
+    def folder_allowed(name: str) -> bool:
+        """Only the operator's configured model may be a folder; a client's name is a version or a hub id."""
+        return name == "active"
+
     def stop_if_cancelled(self, where: str) -> None:
         """Between phases (training stops itself at its next step)."""
         if self.store.cancel_requested(self.job.id):
@@ -103,8 +108,9 @@ def _throttled_progress(ctx: JobContext) -> Callable[[Progress], None]:
     return report
 
 
-def _evaluate_version(ctx: JobContext, spec: str | None, datasets: list[str], label: str) -> EvaluationReport:
-    source = resolve_model(spec, ctx.settings.models_dir)
+def _evaluate_version(ctx: JobContext, name: str, datasets: list[str], label: str) -> EvaluationReport:
+    """`name`: 'active', a registry version or a hub id, as a client gave it."""
+    source = resolve_model(ctx.model_spec(name), ctx.settings.models_dir, allow_folder=ctx.folder_allowed(name))
     ctx.report("evaluating", model=source.version)
     encoder = load_encoder(source, ctx.settings)
     report = evaluate(encoder.encode, source.version, [eval_set(ctx.dataset(d), name=d) for d in datasets])
@@ -136,13 +142,13 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
     version = params["version"]
     out = ctx.settings.models_dir / version
     config = TrainConfig(**params.get("config", {}))
-    base_spec = ctx.model_spec(params.get("base", "active"))
+    base = params.get("base", "active")
     names = _as_list(params["dataset"])
     result = finetune(
-        base_spec, [ctx.dataset(name) for name in names], out, config, registry_dir=ctx.settings.models_dir,
+        ctx.model_spec(base), [ctx.dataset(name) for name in names], out, config, registry_dir=ctx.settings.models_dir,
         version=version, device=None if ctx.settings.device == "auto" else ctx.settings.device,
         progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
-        resume_from=bool(ctx.job.retry_of) or None,
+        resume_from=bool(ctx.job.retry_of) or None, allow_folder=ctx.folder_allowed(base),
     )  # fmt: skip
     if result.cancelled:
         raise Cancelled(f"cancelled at step {result.steps}")
@@ -165,8 +171,7 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
     mode = params.get("deploy", "never")
     decision: dict[str, Any] = {"mode": mode, "deployed": False}
     if mode == "if_better":
-        active_spec = ctx.model_spec("active")
-        _, active_score = _evaluate_version(ctx, active_spec, eval_sets, "active").score(params.get("compare_on"))
+        _, active_score = _evaluate_version(ctx, "active", eval_sets, "active").score(params.get("compare_on"))
         decision.update(metric=metric, compare_on=params.get("compare_on") or "LAReQA eval sets (mean)",
                         candidate=candidate_score, active=active_score)  # fmt: skip
         decision["deployed"] = candidate_score is not None and candidate_score > active_score
@@ -181,24 +186,26 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
 
 def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     params = ctx.job.params
-    report = _evaluate_version(ctx, ctx.model_spec(params.get("model", "active")), params["datasets"], "report")
+    report = _evaluate_version(ctx, params.get("model", "active"), params["datasets"], "report")
     metrics = {f"{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
     return {"metrics": metrics, "model_version": report.model_version}
 
 
 def run_experiment_job(ctx: JobContext) -> dict[str, Any]:
     params = ctx.job.params
+    base = params.get("base", "active")
     spec = ExperimentSpec(
         train=[ctx.dataset(d) for d in _as_list(params["train_dataset"])],
         evals=[ctx.dataset(d) for d in params["eval_datasets"]],
-        base=ctx.model_spec(params.get("base", "active")), steps=int(params["steps"]),
+        base=ctx.model_spec(base), steps=int(params["steps"]),
         seeds=[int(s) for s in params.get("seeds", [params.get("seed", 0)])],
         config=TrainConfig(**params.get("config", {})), keep_models=True,
     )  # fmt: skip
     out = ctx.settings.data_dir / "reports" / ctx.job.id
     ctx.report("experiment", out=str(out))
     record = run_experiment(spec, out, registry_dir=ctx.settings.models_dir, command=f"job {ctx.job.id}",
-                            progress=lambda step: ctx.report("experiment", step=step))  # fmt: skip
+                            progress=lambda step: ctx.report("experiment", step=step),
+                            allow_folder=ctx.folder_allowed(base))  # fmt: skip
     rows = {row["label"]: row["sets"] for row in record["rows"]}
     return {"metrics": {"rows": rows, "report": str(out / "experiment.md")}}
 

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from app.datasets import DatasetExists, list_datasets, save_dataset
-from app.deps import SettingsDep, require_write_key
-from app.errors import Conflict, InvalidInput
+from app.datasets import DatasetExists, UnpackLimits, UnpackTooLarge, list_datasets, save_dataset
+from app.deps import SettingsDep, require_read_key, require_write_key
+from app.errors import Conflict, InvalidInput, PayloadTooLarge
 from app.schemas import NAME_PATTERN, DatasetOut, DatasetsPage
 from models.data import DataError
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=[Depends(require_read_key)])
 
 
 @router.post("", status_code=201, response_model=DatasetOut, dependencies=[Depends(require_write_key)])
@@ -29,9 +29,12 @@ def upload_dataset(
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
 ) -> DatasetOut:
     try:
-        info = save_dataset(settings.datasets_dir, name, file.filename or "", file.file.read())
+        limits = UnpackLimits(settings.max_unpacked_bytes, settings.max_zip_ratio)
+        info = save_dataset(settings.datasets_dir, name, file.filename or "", file.file, limits)
     except DatasetExists:
         raise Conflict(f"dataset {name!r} exists already") from None
+    except UnpackTooLarge as exc:
+        raise PayloadTooLarge(f"dataset refused: {exc}") from None
     except DataError as exc:
         raise InvalidInput(f"dataset refused: {exc}") from None
     return DatasetOut(**info)

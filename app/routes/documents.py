@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path
 
 from app import limits
-from app.deps import EngineDep, SettingsDep, require_write_key
+from app.deps import EngineDep, SettingsDep, require_read_key, require_search_key, require_write_key
 from app.errors import NotFound
 from app.schemas import (
     DOC_ID_PATTERN,
@@ -37,7 +37,7 @@ async def delete_documents(body: DeleteRequest, engine: EngineDep, settings: Set
     return DeleteResponse(deleted=len(body.ids) - len(missing), missing=missing)
 
 
-@router.get("/stats", response_model=IndexStats)
+@router.get("/stats", response_model=IndexStats, dependencies=[Depends(require_read_key)])
 async def index_stats(engine: EngineDep) -> IndexStats:
     pair = engine.require_pair()
     return IndexStats(
@@ -53,7 +53,7 @@ async def index_stats(engine: EngineDep) -> IndexStats:
 DocIdPath = Path(pattern=DOC_ID_PATTERN)
 
 
-@router.get("/{doc_id}", response_model=DocumentOut)
+@router.get("/{doc_id}", response_model=DocumentOut, dependencies=[Depends(require_search_key)])
 async def get_document(engine: EngineDep, doc_id: str = DocIdPath) -> DocumentOut:
     (doc,) = await engine.docs.get_many([doc_id])
     if doc is None:

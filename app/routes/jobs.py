@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from app import job_requests
-from app.deps import EngineDep, SettingsDep, require_write_key
+from app.deps import EngineDep, SettingsDep, require_read_key, require_write_key
 from app.errors import Conflict, NotFound
 from app.jobstore import FINAL, Job, JobNotFound
 from app.schemas import (
@@ -24,7 +24,7 @@ from app.schemas import (
     ReindexRequest,
 )
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_read_key)])
 guard = [Depends(require_write_key)]
 
 
@@ -68,7 +68,8 @@ def reindex(body: ReindexRequest, engine: EngineDep) -> JobAccepted:
 @router.get("", response_model=JobsPage)
 def list_jobs(
     engine: EngineDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Bounded: Redis ranges are 64-bit integers, and no one pages past a billion jobs.
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
 ) -> JobsPage:

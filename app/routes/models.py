@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 
-from app.deps import EngineDep, require_write_key
+from app.deps import EngineDep, require_read_key, require_write_key
 from app.errors import NotFound
 from app.schemas import NAME_PATTERN, Activation, ActiveModel, ModelsPage
 from models.vector_index import SNAPSHOT_META
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[Depends(require_read_key)])
 
 
 @router.get("", response_model=ModelsPage)
