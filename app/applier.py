@@ -13,6 +13,7 @@ import redis
 
 from app.docstore import START_OFFSET, DocReader, offset_key
 from app.indexing import ServingPair, apply_entries
+from app.logs import OutageNotice
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -143,13 +144,16 @@ class Applier:
 
     def _run(self) -> None:
         backoff = 0.5
+        outage = OutageNotice(log, "applier")
         while not self._stop.is_set():
             try:
                 self.step(block_ms=250)
                 if self._snapshot_due():
                     self.snapshot()
                 self.last_error, backoff = None, 0.5
-            except redis.ConnectionError as exc:
+                outage.recovered()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                outage.failed(exc)
                 self._failed(f"redis unreachable: {exc}", backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception as exc:  # keep tailing: one bad batch must not stop every later write

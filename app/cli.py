@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -51,34 +50,43 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8000,
 ) -> None:
-    """Run the api; with no XLING_REDIS_URL, also an embedded Redis (AOF under DATA_DIR/redis)."""
+    """Run the api; with no XLING_REDIS_URL, also an embedded Redis (AOF under DATA_DIR/redis) and a worker."""
     import uvicorn
 
     from app.embedded_redis import EmbeddedRedis, die_with_parent
+    from app.lock import DataDirInUse, DataDirLock
     from app.main import create_app
+    from app.supervisor import WorkerSupervisor
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    embedded = None
-    worker: subprocess.Popen[bytes] | None = None
+    lock, embedded, supervisor = None, None, None
     if settings.redis_url is None:
-        embedded = EmbeddedRedis(settings.redis_dir)
+        # The embedded Redis owns DATA_DIR/redis: refuse before touching anything if another server runs there.
+        lock = DataDirLock(settings.data_dir)
+        try:
+            lock.acquire()
+        except DataDirInUse as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        embedded = EmbeddedRedis(settings.redis_dir, appendfsync=settings.embedded_redis_fsync)
         settings.redis_url = embedded.start()
         log.info("embedded redis started", extra={"url": settings.redis_url, "dir": str(settings.redis_dir)})
         if settings.start_worker:
             env = {**os.environ, "XLING_REDIS_URL": settings.redis_url, "XLING_DATA_DIR": str(settings.data_dir)}
-            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, preexec_fn=die_with_parent)
-            log.info("worker started", extra={"pid": worker.pid})
+            supervisor = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker"], env, preexec_fn=die_with_parent)
+            supervisor.start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets `finally` stop Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+        if supervisor is not None:
+            supervisor.stop()
         if embedded is not None:
             embedded.stop()
+        if lock is not None:
+            lock.release()
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -106,13 +114,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def worker() -> None:
     """Run the Celery worker: queue `gpu`, one job at a time (solo pool: CUDA does not survive fork)."""
     from worker.celery_app import make_celery, worker_argv
+    from worker.presence import presence
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     if settings.redis_url is None:
         err_console.print("[red]error:[/red] the worker needs XLING_REDIS_URL (xling serve starts one itself)")
         raise typer.Exit(2)
-    make_celery(settings).worker_main(worker_argv())
+    with presence(settings):
+        make_celery(settings).worker_main(worker_argv())
 
 
 @cli.command("index")

@@ -45,10 +45,15 @@ def redis_server_binary() -> str:
 class EmbeddedRedis:
     """Start with `start()` (returns the URL), stop with `stop()`; data persists in `directory`."""
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, appendonly: bool = True, appendfsync: str = "always"
+    ) -> None:
+        """`appendfsync` "always": the AOF is fsynced before Redis answers a write, so an acknowledged write
+        survives a power loss; "everysec" may lose the last second of them."""
         self.directory = directory
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +68,7 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),

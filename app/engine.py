@@ -23,6 +23,7 @@ from app.errors import NotFound, NotReady, WriteTimeout
 from app.indexing import ServingPair, build_index, catch_up, load_encoder
 from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
+from app.logs import OutageNotice
 from app.metrics import Metrics
 from app.registry import Registry
 from app.settings import Settings
@@ -163,15 +164,19 @@ class Engine:
     # Hot swap, api side (DESIGN §8) -------------------------------------------------------------
     def _watch_active_model(self) -> None:
         """Poll which version should serve; swap when it differs from the serving one."""
+        outage = OutageNotice(log, "model watcher")
         while not self._stopping.wait(self.settings.swap_poll_s):
             wanted = None
             try:
                 wanted = self.registry.active()
+                outage.recovered()
                 desired = wanted or self.default_version
                 if desired == self.require_pair().version or self._recently_failed(desired):
                     continue
                 self.swap_to(wanted or self.settings.retrieval_model)
                 self.swap_error = self._failed_swap = None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                outage.failed(exc)  # not a failed swap: which model should serve is unknown until Redis is back
             except Exception as exc:  # keep serving the old pair; say why in /healthz and /models/active
                 desired = wanted or self.default_version
                 self.swap_error = f"swap to {desired!r} failed: {type(exc).__name__}: {exc}"
@@ -233,11 +238,18 @@ class Engine:
         self.metrics.jobs_submitted.labels(job_type).inc()
         return self.jobs.get(job.id)
 
+    def live_workers(self) -> list[str]:
+        return self.jobs.live_workers(self.settings.heartbeat_timeout_s)
+
     def _sweep_lost_jobs(self) -> None:
+        outage = OutageNotice(log, "lost-job sweep")
         while not self._stopping.wait(self.settings.sweep_interval_s):
             try:
                 for job_id in self.jobs.sweep_lost(self.settings.heartbeat_timeout_s):
                     log.warning("job failed: worker lost", extra={"job_id": job_id})
+                outage.recovered()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                outage.failed(exc)
             except Exception:
                 log.exception("lost-job sweep failed")
 

@@ -16,6 +16,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.schemas import DOC_ID_PATTERN, LANG_PATTERN, NAME_PATTERN
@@ -151,6 +153,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return JSONResponse(error_body(_http_error_detail(exc), code), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        # One line, no traceback: an outage is an operating condition, and it repeats per request.
+        log.warning("redis unreachable on %s %s: %s", request.method, request.url.path, exc)
+        error = StoreUnavailable(f"the document store (Redis) is unreachable; retry shortly ({exc})")
+        return await _xling_error(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -54,6 +54,9 @@ return {1, current}
 """
 
 
+NO_WORKER = "no worker is consuming the job queue: queued jobs wait until one starts"
+
+
 class JobNotFound(KeyError):
     pass
 
@@ -193,6 +196,22 @@ class JobStore:
                 if self.transition(job_id, "failed", error="worker lost (no heartbeat)"):
                     lost.append(job_id)
         return lost
+
+    # Workers ------------------------------------------------------------------------------------
+    def worker_beat(self, name: str, timeout_s: float) -> None:
+        """A worker says it is alive; entries silent for `timeout_s` are dropped on the way."""
+        now = time.time()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.workers, {name: now})
+            pipe.zremrangebyscore(self.keys.workers, "-inf", now - timeout_s)
+            pipe.execute()
+
+    def worker_gone(self, name: str) -> None:
+        self.client.zrem(self.keys.workers, name)
+
+    def live_workers(self, timeout_s: float) -> list[str]:
+        """Workers that beat within `timeout_s`: if none, queued jobs wait for nobody."""
+        return list(self.client.zrangebyscore(self.keys.workers, time.time() - timeout_s, "+inf"))
 
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
         reply: Any = self.client.xread({self.keys.job_events(job_id): after}, count=100, block=block_ms)

@@ -39,6 +39,11 @@ class RedisKeys:
         """Set: ids of jobs whose status is running (what the heartbeat sweep checks)."""
         return f"{self.prefix}:jobs:running"
 
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker name scored by its last heartbeat (unix time); who consumes the job queue."""
+        return f"{self.prefix}:workers"
+
     def job(self, job_id: str) -> str:
         """Hash: one job's fields (DESIGN §7)."""
         return f"{self.prefix}:job:{job_id}"

@@ -34,3 +34,24 @@ def configure_logging(level: str = "INFO", as_json: bool = True) -> None:
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "huggingface_hub", "transformers", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class OutageNotice:
+    """Logs that Redis became unreachable once, and once more when it is back, not on every retry.
+
+    Background loops (applier, swap watcher, job sweep, worker presence) retry every second or so;
+    a traceback per retry would bury the one line an operator needs.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger, self.what, self.down = logger, what, False
+
+    def failed(self, exc: Exception) -> None:
+        if not self.down:
+            self.logger.warning("%s: redis unreachable (%s); retrying until it is back", self.what, exc)
+        self.down = True
+
+    def recovered(self) -> None:
+        if self.down:
+            self.logger.info("%s: redis reachable again", self.what)
+        self.down = False

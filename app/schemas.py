@@ -100,6 +100,9 @@ class Health(BaseModel):
     model_version: str | None
     model_origin: str | None
     detail: str | None = None
+    redis: Literal["ok", "unreachable"] = "ok"
+    workers: int | None = Field(None, description="workers seen consuming the job queue (None: Redis unreachable)")
+    warnings: list[str] = Field(default_factory=list)
 
 
 # Jobs, datasets, models -------------------------------------------------------------------------
@@ -184,6 +187,7 @@ class JobOut(BaseModel):
     heartbeat: float | None
     cancel_requested: bool
     retry_of: str | None
+    warning: str | None = Field(None, description="e.g. queued while no worker consumes the queue")
 
 
 class JobsPage(BaseModel):

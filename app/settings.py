@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     swap_poll_s: float = Field(1.0, gt=0, description="how often the api checks which model should serve")
     allow_hub_models: bool = Field(True, description="jobs may name hub ids as base models")
     start_worker: bool = Field(True, description="xling serve with embedded Redis also runs a worker")
+    embedded_redis_fsync: Literal["always", "everysec"] = Field(
+        "always", description="embedded Redis: fsync the AOF before acknowledging a write (always) or once a second"
+    )
 
     # Logging
     log_level: str = "INFO"

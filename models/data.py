@@ -28,7 +28,7 @@ class DataError(ValueError):
 
 def _not_utf8(where: str, exc: UnicodeDecodeError, offset: int) -> DataError:
     return DataError(
-        f"{where}: not UTF-8 at byte {offset + exc.start} of the file ({exc.reason}); save it as UTF-8 and upload again"
+        f"{where}: not UTF-8 at byte {offset + exc.start} of the file ({exc.reason}); save the file as UTF-8"
     )
 
 

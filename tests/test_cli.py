@@ -97,3 +97,60 @@ def test_cli_reports_bad_input_and_bad_files(served, tmp_path: Path) -> None:  #
     assert result.returncode == 1 and "bad.jsonl:2" in result.stderr
     empty_query = run_xling("search", "  ", "--url", url, env=env)
     assert empty_query.returncode == 1 and "query is empty" in empty_query.stderr
+
+
+def _command(pid: int) -> str:
+    return subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+
+
+def _worker_pids(serve_pid: int) -> list[int]:
+    return [pid for pid in _children(serve_pid) if "app.cli worker" in _command(pid) and _alive(pid)]
+
+
+def test_a_second_server_on_the_same_data_dir_refuses_at_once(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, process, env = served
+    redis_log = tmp_path / "data" / "redis" / "redis.log"
+    starts = redis_log.read_text().count("Ready to accept connections")
+    started = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert f"pid {process.pid}" in second.stderr and "in use" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert time.monotonic() - started < 30
+    assert redis_log.read_text().count("Ready to accept connections") == starts, "a second redis-server started"
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_a_killed_worker_is_restarted_and_reaped(served) -> None:  # type: ignore[no-untyped-def]
+    url, process, _ = served
+    deadline = time.monotonic() + 60
+    while not _worker_pids(process.pid):
+        assert time.monotonic() < deadline, "serve started no worker"
+        time.sleep(0.2)
+    (first,) = _worker_pids(process.pid)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        pids = _worker_pids(process.pid)
+        if pids and first not in pids:
+            break
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.2)
+    assert not _alive(first)  # reaped: not left a zombie
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/healthz").json()["workers"] < 1:
+        assert time.monotonic() < deadline, "the new worker never reported in"
+        time.sleep(0.5)
+
+
+def test_cli_reports_a_file_that_is_not_utf8(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, _, env = served
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "K' + "ö".encode("latin-1") + b'ln"}\n')
+    result = run_xling("index", str(bad), "--url", url, env=env)
+    assert result.returncode == 1
+    assert "latin1.jsonl:2: not UTF-8 at byte 48 " in result.stderr, result.stderr  # 26 + len('{"id": "b", "text": "K')
+    assert "Traceback" not in result.stderr

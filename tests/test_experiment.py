@@ -67,7 +67,9 @@ def test_experiment_report_seeds_and_resume(setup: dict[str, Path]) -> None:
     spec.seeds = [3, 4, 5]
     record = run_experiment(spec, out, progress=seen.append)
     assert [s for s in seen if s.startswith("training")] == [
-        "training X-X-mono-seed5 (4 steps)", "training X-Y-seed5 (4 steps)", "training hybrid-seed5 (4 steps)"
+        "training X-X-mono-seed5 (4 steps)",
+        "training X-Y-seed5 (4 steps)",
+        "training hybrid-seed5 (4 steps)",
     ]
     assert (out / "runs" / "X-Y-seed3.json").stat().st_mtime_ns == marker
     assert record["summary"]["hybrid"]["evalset"]["multi_map"]["n"] == 3

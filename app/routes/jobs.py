@@ -12,8 +12,9 @@ from fastapi.responses import StreamingResponse
 
 from app import job_requests
 from app.deps import EngineDep, SettingsDep, require_read_key, require_write_key
+from app.engine import Engine
 from app.errors import Conflict, NotFound
-from app.jobstore import FINAL, Job, JobNotFound
+from app.jobstore import FINAL, NO_WORKER, Job, JobNotFound
 from app.schemas import (
     EvaluateRequest,
     ExperimentRequest,
@@ -28,8 +29,11 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_
 guard = [Depends(require_write_key)]
 
 
-def _out(job: Job) -> JobOut:
-    return JobOut(**asdict(job))
+def _out(job: Job, engine: Engine) -> JobOut:
+    out = JobOut(**asdict(job))
+    if job.status == "queued" and not engine.live_workers():
+        out.warning = NO_WORKER
+    return out
 
 
 def _get(engine: EngineDep, job_id: str) -> Job:
@@ -75,12 +79,12 @@ def list_jobs(
 ) -> JobsPage:
     """Newest first."""
     jobs, count = engine.jobs.page(offset, limit, status)
-    return JobsPage(data=[_out(j) for j in jobs], count=count)
+    return JobsPage(data=[_out(j, engine) for j in jobs], count=count)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, engine: EngineDep) -> JobOut:
-    return _out(_get(engine, job_id))
+    return _out(_get(engine, job_id), engine)
 
 
 @router.delete("/{job_id}", response_model=JobOut, dependencies=guard)
@@ -89,7 +93,7 @@ def cancel_job(job_id: str, engine: EngineDep) -> JobOut:
     job = _get(engine, job_id)
     if job.final:
         raise Conflict(f"job {job_id} is already {job.status}")
-    return _out(engine.jobs.request_cancel(job_id))
+    return _out(engine.jobs.request_cancel(job_id), engine)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobAccepted, dependencies=guard)
@@ -119,7 +123,7 @@ def job_events(job_id: str, engine: EngineDep) -> StreamingResponse:
                 else:
                     yield f"event: status\ndata: {json.dumps({'status': fields.get('status')})}\n\n"
                     if fields.get("status") in FINAL:
-                        final = _out(engine.jobs.get(job_id)).model_dump_json()
+                        final = _out(engine.jobs.get(job_id), engine).model_dump_json()
                         yield f"event: end\ndata: {final}\n\n"
                         return
 

@@ -2,41 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib.resources import files
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from app.deps import EngineDep
+from app.jobstore import NO_WORKER
 from app.schemas import Health
 
 router = APIRouter(tags=["operations"])
 
 
-def _health(engine: EngineDep, status: str) -> Health:
+async def _health(engine: EngineDep, status: str) -> Health:
     pair, source = engine.serving, engine.model_source
-    return Health(
+    health = Health(
         status=status,
         model_version=pair.version if pair else None,
         model_origin=source.origin if source else None,
         detail=engine.load_error or (engine.applier.last_error if engine.applier else None),
     )
+    try:
+        health.workers = len(await asyncio.to_thread(engine.live_workers))
+    except RedisError as exc:
+        health.redis = "unreachable"
+        health.warnings.append(f"Redis is unreachable ({exc}); writes, jobs and uncached reads answer 503")
+    if health.workers == 0:
+        health.warnings.append(NO_WORKER)
+    return health
 
 
 @router.get("/healthz", response_model=Health)
 async def healthz(engine: EngineDep) -> Health:
-    """Live: the process answers. Says which model serves (null while loading)."""
-    return _health(engine, "ok")
+    """Live: the process answers (200 even while Redis is down or no worker runs; see `warnings`)."""
+    return await _health(engine, "ok")
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(engine: EngineDep) -> Response:
-    """Ready: model and index loaded and caught up with the log; 503 until then."""
-    if engine.ready:
-        return JSONResponse(_health(engine, "ready").model_dump())
-    status = "failed" if engine.load_error else "loading"
-    return JSONResponse(_health(engine, status).model_dump(), status_code=503)
+    """Ready: model and index loaded, caught up with the log, and Redis reachable; 503 otherwise."""
+    if not engine.ready:
+        status = "failed" if engine.load_error else "loading"
+        return JSONResponse((await _health(engine, status)).model_dump(), status_code=503)
+    health = await _health(engine, "ready")
+    if health.redis != "ok":
+        health.status = "redis_unreachable"
+        return JSONResponse(health.model_dump(), status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse(health.model_dump())
 
 
 @router.get("/metrics", include_in_schema=False)
