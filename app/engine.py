@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 import redis.asyncio as aredis
 
@@ -27,7 +28,7 @@ from app.logs import OutageNotice
 from app.metrics import Metrics
 from app.registry import Registry
 from app.settings import Settings
-from models.encoder import Encoder
+from models.encoder import Encoder, TextKind
 from models.resolve import ModelNotFoundError, ModelSource, resolve_model
 from models.vector_index import IndexMismatchError, Neighbour, Scalar, SnapshotError, VectorIndex
 
@@ -45,6 +46,21 @@ class SearchQuery:
     @property
     def filter_key(self) -> tuple[tuple[str, ...], str]:
         return tuple(sorted(self.langs)), json.dumps(sorted(self.where))
+
+
+@dataclass(frozen=True)
+class EmbedTexts:
+    """An embeddings request: its texts ride the search micro-batcher, sharing encoder forwards."""
+
+    texts: tuple[str, ...]
+    kind: TextKind
+
+
+@dataclass(frozen=True)
+class Embedded:
+    model_version: str
+    vectors: np.ndarray  # (len(texts), dim) float32, unit norm
+    tokens: list[int]  # tokens the model read per text
 
 
 @dataclass(frozen=True)
@@ -74,11 +90,12 @@ class Engine:
         self.reader = DocReader(self.sync_redis, self.keys)
         self.watermark = Watermark()
         self.serving: ServingPair | None = None
+        self.serving_since = 0.0  # unix time the serving pair took over
         self.model_source: ModelSource | None = None
         self.load_error: str | None = None
         self.applier: Applier | None = None
-        self.batcher: MicroBatcher[SearchQuery, tuple[str, list[Neighbour]]] = MicroBatcher(
-            self._search_batch,
+        self.batcher: MicroBatcher[SearchQuery | EmbedTexts, tuple[str, list[Neighbour]] | Embedded] = MicroBatcher(
+            self._run_batch,
             max_size=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             max_queue=settings.search_queue_max,
@@ -114,7 +131,7 @@ class Engine:
         source = self._startup_model()
         pair, from_snapshot = self._open_index(load_encoder(source, self.settings))
         self.model_source = source
-        self.serving = pair
+        self.serving, self.serving_since = pair, time.time()
         self.applier = Applier(
             self.reader,
             self.require_pair,
@@ -211,6 +228,7 @@ class Engine:
         with self.applier.lock:  # the applier is between steps: nothing applies to the old pair now
             catch_up(self.reader, pair, self.settings.applier_batch)
             old, self.serving, self.model_source = self.serving, pair, source
+            self.serving_since = time.time()
             self.watermark.advance(pair.applied_offset)
         self.metrics.swaps.inc()
         self.metrics.index_size.set(len(pair.index))
@@ -294,17 +312,55 @@ class Engine:
     # Search -------------------------------------------------------------------------------------
     async def search(self, query: SearchQuery) -> SearchResult:
         self.require_pair()
-        version, neighbours = await self.batcher.submit(query)
+        answer = await self.batcher.submit(query)
+        assert isinstance(answer, tuple)
+        version, neighbours = answer
         docs = await self.docs.get_many([n.ext_id for n in neighbours])
         # A document deleted after the vector search is dropped rather than shown without text.
         kept = [(n, doc) for n, doc in zip(neighbours, docs, strict=True) if doc is not None]
         hits = [SearchHit(n.ext_id, n.score, rank, doc) for rank, (n, doc) in enumerate(kept, start=1)]
         return SearchResult(hits, version)
 
-    def _search_batch(self, queries: list[SearchQuery]) -> list[tuple[str, list[Neighbour]]]:
-        """One encoder forward for the batch; one FAISS search per distinct filter in it."""
+    async def embed(self, texts: list[str], kind: TextKind) -> Embedded:
+        self.require_pair()
+        answer = await self.batcher.submit(EmbedTexts(tuple(texts), kind))
+        assert isinstance(answer, Embedded)
+        return answer
+
+    def _run_batch(self, items: list[SearchQuery | EmbedTexts]) -> list[tuple[str, list[Neighbour]] | Embedded]:
+        """Searches and embedding requests that arrived together share the encoder's forwards."""
         pair = self.require_pair()  # read once: a swap mid-batch cannot mix two models
-        vectors = pair.encoder.encode([q.text for q in queries], "query")
+        flat: list[tuple[TextKind, str]] = []  # every text of the batch, with its kind
+        spans: list[slice] = []  # each item's rows in `flat`
+        for item in items:
+            start = len(flat)
+            if isinstance(item, SearchQuery):
+                flat.append(("query", item.text))
+            else:
+                flat.extend((item.kind, text) for text in item.texts)
+            spans.append(slice(start, len(flat)))
+        vectors = np.empty((len(flat), pair.encoder.dim), dtype=np.float32)
+        tokens = [0] * len(flat)
+        for kind in ("query", "passage"):
+            rows = [n for n, (k, _) in enumerate(flat) if k == kind]
+            if rows:
+                vectors[rows], counts = pair.encoder.encode_counted([flat[n][1] for n in rows], kind)
+                for row, count in zip(rows, counts, strict=True):
+                    tokens[row] = count
+        searches = [i for i, item in enumerate(items) if isinstance(item, SearchQuery)]
+        queries = [item for item in items if isinstance(item, SearchQuery)]
+        found = self._search_vectors(pair, queries, vectors[[spans[i].start for i in searches]]) if queries else []
+        neighbours = dict(zip(searches, found, strict=True))
+        return [
+            (pair.version, neighbours[i])
+            if i in neighbours
+            else Embedded(pair.version, vectors[spans[i]], tokens[spans[i]])
+            for i in range(len(items))
+        ]
+
+    @staticmethod
+    def _search_vectors(pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray) -> list[list[Neighbour]]:
+        """One FAISS search per distinct filter among the queries."""
         groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
         for row, query in enumerate(queries):
             groups.setdefault(query.filter_key, []).append(row)
@@ -315,7 +371,7 @@ class Engine:
             found = pair.index.search(vectors[rows], max(queries[r].k for r in rows), allowed)
             for row, neighbours in zip(rows, found, strict=True):
                 results[row] = neighbours[: queries[row].k]
-        return [(pair.version, r) for r in results]
+        return results
 
     # Writes -------------------------------------------------------------------------------------
     async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:

@@ -11,7 +11,7 @@ from app.engine import Engine
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RequestMetrics
-from app.routes import datasets, documents, jobs, models, ops, search
+from app.routes import datasets, documents, jobs, models, openai, ops, search
 from app.settings import Settings
 
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
+    app.include_router(openai.router)
     app.include_router(ops.router)
     # Outermost last: metrics see every request, including those the size limit refuses.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes)

@@ -224,3 +224,55 @@ class ActiveModel(BaseModel):
 class Activation(BaseModel):
     version: str
     job_id: str | None = Field(None, description="set when the corpus must be re-encoded first (202)")
+
+
+# OpenAI-compatible embeddings (/v1) ---------------------------------------------------------------
+class EmbeddingsRequest(BaseModel):
+    """The OpenAI embeddings request, so LangChain, LlamaIndex and the `openai` client work unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text or a list of texts (token arrays are refused: xling tokenizes itself)"
+    )
+    model: str = Field(description="the served model: its version (GET /v1/models) or the name it was configured by")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: little-endian float32 bytes of each vector"
+    )
+    dimensions: int | None = Field(None, ge=1, description="must equal the model's dimension if given")
+    user: str | None = Field(None, max_length=256, description="accepted and ignored")
+    input_type: Literal["query", "passage"] = Field(
+        "query",
+        description="xling's extension: the model's query prefix (default; e5's advice for similarity and for "
+        "queries) or its passage prefix (documents to be retrieved). The openai client sends it via extra_body.",
+    )
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "xling"
+
+
+class ModelCards(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -195,11 +195,15 @@ class Encoder:
 
     def encode(self, texts: list[str], kind: TextKind) -> np.ndarray:
         """Encode texts as queries or passages; returns (len(texts), dim) float32 rows of unit norm."""
+        return self.encode_counted(texts, kind)[0]
+
+    def encode_counted(self, texts: list[str], kind: TextKind) -> tuple[np.ndarray, list[int]]:
+        """`encode`, plus the tokens the model read per text (prefix and special tokens included, after truncation)."""
         if kind not in ("query", "passage"):
             raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return out, []
         prefix = self.query_prefix if kind == "query" else self.passage_prefix
         token_ids: list[list[int]] = self.tokenizer(
             [prefix + text for text in texts], truncation=True, max_length=self.max_length
@@ -212,7 +216,7 @@ class Encoder:
             rows = order[start : start + max(1, min(self.batch_size, self.batch_tokens // width))]
             out[rows] = self._encode_ids([token_ids[i] for i in rows])
             start += len(rows)
-        return out
+        return out, [len(ids) for ids in token_ids]
 
     def _encode_ids(self, batch: list[list[int]]) -> np.ndarray:
         width = max(len(ids) for ids in batch)

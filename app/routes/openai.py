@@ -1,0 +1,94 @@
+"""POST /v1/embeddings and GET /v1/models: the OpenAI embeddings API over the serving encoder.
+
+Texts go through the search micro-batcher (shared encoder forwards), guarded by the search key,
+within the write limits: at most XLING_MAX_DOCS_PER_REQUEST texts of XLING_MAX_TEXT_CHARS each.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi import APIRouter, Depends
+
+from app.deps import EngineDep, SettingsDep, require_search_key
+from app.engine import Engine
+from app.errors import InvalidInput, NotFound
+from app.schemas import (
+    EmbeddingOut,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbeddingsUsage,
+    ModelCard,
+    ModelCards,
+)
+from app.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Depends(require_search_key)])
+
+
+def _texts(body: EmbeddingsRequest, settings: Settings) -> list[str]:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise InvalidInput("input is empty: send a text or a list of texts")
+    if not all(isinstance(t, str) for t in texts):
+        raise InvalidInput("input holds token ids; send text (xling tokenizes with the model's own tokenizer)")
+    if len(texts) > settings.max_docs_per_request:
+        raise InvalidInput(f"{len(texts)} inputs in one request; the limit is {settings.max_docs_per_request}")
+    for index, text in enumerate(texts):
+        assert isinstance(text, str)
+        if not text.strip():
+            raise InvalidInput(f"input[{index}] is empty")
+        if len(text) > settings.max_text_chars:
+            raise InvalidInput(f"input[{index}] has {len(text)} characters; the limit is {settings.max_text_chars}")
+    return [str(t) for t in texts]
+
+
+def _served_names(engine: Engine) -> set[str]:
+    pair = engine.require_pair()
+    names = {pair.version}
+    if engine.model_source is not None and engine.model_source.version == pair.version:
+        names.add(engine.model_source.name)
+    return names
+
+
+def _card(engine: Engine) -> ModelCard:
+    pair = engine.require_pair()
+    return ModelCard(id=pair.version, created=int(engine.serving_since))
+
+
+@router.post("/embeddings", response_model=EmbeddingsResponse)
+async def embeddings(body: EmbeddingsRequest, engine: EngineDep, settings: SettingsDep) -> EmbeddingsResponse:
+    """Embed texts with the serving model (unit-norm vectors: dot product = cosine)."""
+    texts = _texts(body, settings)
+    if body.model not in _served_names(engine):
+        raise NotFound(f"model {body.model!r} is not served here; GET /v1/models lists the one that is")
+    dim = engine.require_pair().encoder.dim
+    if body.dimensions is not None and body.dimensions != dim:
+        raise InvalidInput(f"dimensions={body.dimensions}: this model gives {dim}-dimensional vectors only")
+    result = await engine.embed(texts, body.input_type)
+    data = [
+        EmbeddingOut(
+            index=i,
+            embedding=base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+            if body.encoding_format == "base64"
+            else vector.tolist(),
+        )
+        for i, vector in enumerate(result.vectors)
+    ]
+    tokens = sum(result.tokens)
+    return EmbeddingsResponse(
+        data=data, model=result.model_version, usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
+
+
+@router.get("/models", response_model=ModelCards)
+def list_models(engine: EngineDep) -> ModelCards:
+    """The served model (one per replica)."""
+    return ModelCards(data=[_card(engine)])
+
+
+@router.get("/models/{model}", response_model=ModelCard)
+def get_model(model: str, engine: EngineDep) -> ModelCard:
+    if model not in _served_names(engine):
+        raise NotFound(f"model {model!r} is not served here")
+    return _card(engine)
