@@ -20,7 +20,13 @@ from rich.table import Table
 from app.logs import configure_logging
 from app.settings import Settings
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help="xling: multilingual search that tunes itself.")
+# No pretty tracebacks: a failing command prints one line saying what went wrong (`--debug` for the traceback).
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="xling: multilingual search that tunes itself.",
+)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 log = logging.getLogger("xling")
@@ -34,15 +40,40 @@ def _client(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=120)
 
 
+_debug = False
+
+
+@cli.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="print the full traceback when a command fails")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
 def _fail_on_error(response: httpx.Response) -> Any:
     if response.is_success:
         return response.json()
     try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
+        body = response.json()
+        detail, fields = str(body.get("detail", response.text)), body.get("errors") or []
+    except (ValueError, AttributeError):
+        detail, fields = response.text, []
     err_console.print(f"[red]error {response.status_code}:[/red] {detail}")
+    for field in fields[3:]:  # the detail names the first three
+        err_console.print(f"  {field.get('field')}: {field.get('message')}")
     raise typer.Exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong and what to do, for the errors users meet; the exception itself otherwise."""
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot reach the xling service ({exc}); is `xling serve` running? Point --url or XLING_URL at it"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the xling service did not answer in time ({type(exc).__name__}); it may be busy, try again"
+    if isinstance(exc, httpx.HTTPError):
+        return f"talking to the xling service failed: {type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @cli.command()
@@ -475,7 +506,13 @@ def models_import_e5(
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except Exception as exc:  # the commands' own failures exit through typer.Exit with their message
+        if _debug:
+            raise
+        err_console.print(f"[red]error:[/red] {_one_line(exc)} (run with --debug for the traceback)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

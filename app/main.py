@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.engine import Engine
 from app.errors import install_error_handlers
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.stop()
 
-    app = FastAPI(
+    # /docs and /redoc from assets the fastapi-offline package ships: a self-hosted service works without a CDN.
+    app = FastAPIOffline(
         title="xling",
         summary="Multilingual dense retrieval that fine-tunes, evaluates and hot-swaps its own encoder.",
         version="0.1.0",

@@ -154,3 +154,13 @@ def test_cli_reports_a_file_that_is_not_utf8(served, tmp_path: Path) -> None:  #
     assert result.returncode == 1
     assert "latin1.jsonl:2: not UTF-8 at byte 48 " in result.stderr, result.stderr  # 26 + len('{"id": "b", "text": "K')
     assert "Traceback" not in result.stderr
+
+
+def test_cli_errors_are_one_line_unless_debug() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_xling("search", "cat", "--url", dead)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot reach the xling service" in lines[0] and "--debug" in lines[0], result.stderr
+    debug = run_xling("--debug", "search", "cat", "--url", dead)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConnectError" in debug.stderr

@@ -325,3 +325,16 @@ def test_no_worker_is_visible_in_health_and_on_queued_jobs(service: RunningServi
     engine.jobs.worker_beat("test-worker", timeout_s=30)
     assert service.client.get(f"/jobs/{job.id}").json()["warning"] is None
     assert service.client.get("/healthz").json()["workers"] == 1
+
+
+def test_docs_pages_load_nothing_from_the_internet(hardened: RunningService) -> None:
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = hardened.client.get(page)
+        assert html.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text) + re.findall(r"url: '([^']+)'", html.text)
+        assert assets, page
+        for asset in assets:
+            assert not asset.startswith(("http://", "https://", "//")), (page, asset)
+            assert hardened.client.get(asset).status_code == 200, (page, asset)
