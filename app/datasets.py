@@ -105,14 +105,15 @@ def _bitext_summary(path: Path) -> dict[str, Any]:
 
 
 def save_dataset(
-    datasets_dir: Path, name: str, filename: str, upload: BinaryIO, limits: UnpackLimits
+    datasets_dir: Path, name: str, filename: str, upload: BinaryIO, limits: UnpackLimits, replace: bool = False
 ) -> dict[str, Any]:
     """Store a zip or a .jsonl upload (QA or bitext); refuse it, leaving nothing behind, if it does not load.
 
     `upload` is read in chunks (a file object, e.g. the spooled upload), never whole into memory.
+    `replace`: an existing dataset of that name is swapped for the new one once the new one loads.
     """
     final = datasets_dir / name
-    if final.exists():
+    if final.exists() and not replace:
         raise DatasetExists(name)
     datasets_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=datasets_dir))
@@ -143,7 +144,11 @@ def save_dataset(
             kind, summary = "qa", load_parallel(data_root(staging))[1].to_dict()
         info = {"name": name, "kind": kind, "format": data_format, "summary": summary, "created_at": utc_now_iso()}
         write_json_atomic(staging / INFO_FILE, info)
+        replaced = staging.with_name(staging.name + "-replaced")
+        if final.exists():
+            final.rename(replaced)  # two renames: the name is without a dataset only between them
         staging.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
         return info
     except DataError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -162,6 +167,17 @@ def list_datasets(datasets_dir: Path) -> list[dict[str, Any]]:
             if folder.is_dir() and not folder.name.startswith(".") and info.is_file():
                 found.append(json.loads(info.read_text()))
     return sorted(found, key=lambda d: d["created_at"], reverse=True)
+
+
+def delete_dataset(datasets_dir: Path, name: str) -> bool:
+    """Remove a dataset; False if there was none. Renamed away first, so readers see it whole or not at all."""
+    folder = datasets_dir / name
+    if not (folder / INFO_FILE).is_file():
+        return False
+    doomed = Path(tempfile.mkdtemp(prefix=f".deleting-{name}-", dir=datasets_dir))
+    folder.rename(doomed / name)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
 
 
 def dataset_path(datasets_dir: Path, name: str) -> Path | None:

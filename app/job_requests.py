@@ -123,3 +123,18 @@ def reindex_params(request: ReindexRequest, registry: Registry) -> dict[str, Any
     if not registry.has(request.version):
         raise InvalidInput(f"{request.version!r} is not a registry version (GET /models)")
     return {"version": request.version}
+
+
+def datasets_of(params: dict[str, Any]) -> set[str]:
+    """Every dataset a job's parameters name (training, evaluation, comparison)."""
+    names: set[str] = set()
+    for key in ("dataset", "train_dataset", "eval_datasets", "datasets", "compare_on"):
+        value = params.get(key)
+        if value:
+            names.update([value] if isinstance(value, str) else value)
+    return names
+
+
+def models_of(params: dict[str, Any]) -> set[str]:
+    """Every model version a job's parameters name (its base, the model it scores, the version it makes)."""
+    return {v for v in (params.get("base"), params.get("model"), params.get("version")) if isinstance(v, str)}

@@ -183,6 +183,11 @@ class JobStore:
             self.transition(job_id, "cancelled", error="cancelled before it started")
         return self.get(job_id)
 
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs (a scan of the job index: jobs are few)."""
+        jobs = (self.get(i) for i in self.client.zrevrange(self.keys.jobs, 0, -1))
+        return [job for job in jobs if not job.final]
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.client.hget(self.keys.job(job_id), "cancel_requested") == "1"
 

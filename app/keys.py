@@ -25,6 +25,11 @@ class RedisKeys:
         return f"{self.prefix}:model:active"
 
     @property
+    def previous_model(self) -> str:
+        """String: the version that served before the last activation ("" = the configured default)."""
+        return f"{self.prefix}:model:previous"
+
+    @property
     def events(self) -> str:
         """Pub/sub channel: model activations and other service-wide events."""
         return f"{self.prefix}:events"

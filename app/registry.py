@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,15 @@ class Registry:
                     found.append(manifest.to_dict())
         return sorted(found, key=lambda m: m["created_at"], reverse=True)
 
+    def delete(self, version: str, indexes_dir: Path) -> None:
+        """Remove a version's folder and its index snapshot (callers check it is not in use)."""
+        for folder in (self.models_dir / version, indexes_dir / version):
+            if folder.is_dir():
+                # Rename first, so a concurrent reader sees the version whole or not at all.
+                doomed = folder.with_name(f".deleting-{folder.name}-{os.getpid()}")
+                folder.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+
     def has(self, version: str) -> bool:
         return is_safe_version(version) and read_manifest(self.models_dir / version) is not None
 
@@ -37,10 +48,23 @@ class Registry:
         value: Any = self.client.get(self.keys.active_model)
         return str(value) if value else None
 
+    def rollback_target(self) -> str | None:
+        """The version that served before the last activation; None = the configured default (or no activation)."""
+        value: Any = self.client.get(self.keys.previous_model)
+        return str(value) if value else None
+
     def activate(self, version: str | None) -> None:
-        """Make every api serve `version` (None: back to the configured default) and tell listeners."""
-        if version is None:
-            self.client.delete(self.keys.active_model)
-        else:
-            self.client.set(self.keys.active_model, version)
+        """Make every api serve `version` (None: back to the configured default) and tell listeners.
+
+        The version it replaces becomes the rollback target (kept from deletion)."""
+        previous = self.active()
+        if previous == version:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            if version is None:
+                pipe.delete(self.keys.active_model)
+            else:
+                pipe.set(self.keys.active_model, version)
+            pipe.set(self.keys.previous_model, previous or "")
+            pipe.execute()
         self.client.publish(self.keys.events, json.dumps({"type": "activate", "version": version}))

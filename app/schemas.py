@@ -209,9 +209,11 @@ class DatasetsPage(BaseModel):
 
 
 class ModelsPage(BaseModel):
-    data: list[dict[str, Any]]
+    data: list[dict[str, Any]] = Field(description="registry versions, and the configured default (`default`)")
     count: int
-    active: str | None
+    active: str = Field(description="the version that should serve: the activated one, else the default")
+    activated: str | None = Field(None, description="the activated version; None = the default serves")
+    rollback_target: str | None = Field(None, description="what activating the previous version goes back to")
 
 
 class ActiveModel(BaseModel):

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
         return self.data_dir / "indexes"
 
     @cached_property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @cached_property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
 

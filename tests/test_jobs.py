@@ -393,3 +393,78 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
     for body, reason in cases:
         response = service.client.post("/jobs/finetune", json=body)
         assert response.status_code == 422 and reason in response.text, (body, response.text)
+
+
+def test_reports_are_served_and_artefacts_deleted(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    job_id = submit(service, "evaluate", datasets=["evalset"])
+    job = wait_job(service, job_id, ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job
+    report = service.client.get(f"/jobs/{job_id}/report")
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert "report/report.json" in body["files"] and "report/report.md" in body["files"]
+    scored = body["reports"]["report/report.json"]["lareqa"][0]["metrics"]["multi_map"]
+    assert scored == job["metrics"]["evalset:multi_map"]
+    markdown = service.client.get(f"/jobs/{job_id}/report", params={"format": "markdown"})
+    assert markdown.headers["content-type"].startswith("text/markdown") and "Multi" in markdown.text
+    for path in body["files"]:
+        assert service.client.get(f"/jobs/{job_id}/report/files/{path}").status_code == 200, path
+    assert service.client.get(f"/jobs/{job_id}/report/files/../../datasets/train/dataset.json").status_code == 404
+    assert service.client.delete(f"/jobs/{job_id}/artefacts").status_code == 204
+    assert service.client.get(f"/jobs/{job_id}/report").status_code == 404
+    assert not (stack["settings"].reports_dir / job_id).exists()
+
+
+def test_datasets_can_be_replaced_and_deleted_unless_in_use(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    upload_jsonl(service, "scratch", make_groups(10, seed=11))
+    again = "".join(json.dumps(g) + "\n" for g in make_groups(12, seed=12)).encode()
+    refused = service.client.post("/datasets", data={"name": "scratch"}, files={"file": ("g.jsonl", again)})
+    assert refused.status_code == 409 and "replace=true" in refused.json()["detail"]
+    replaced = service.client.post(
+        "/datasets", data={"name": "scratch", "replace": "true"}, files={"file": ("g.jsonl", again)}
+    )
+    assert replaced.status_code == 201 and replaced.json()["summary"]["groups"] == 12
+    broken = service.client.post(
+        "/datasets", data={"name": "scratch", "replace": "true"}, files={"file": ("g.jsonl", b"not json\n")}
+    )
+    assert broken.status_code == 422
+    listed = {d["name"]: d for d in service.client.get("/datasets").json()["data"]}
+    assert listed["scratch"]["summary"]["groups"] == 12  # a refused replacement leaves the old one
+
+    engine = service.app.state.engine
+    user = engine.jobs.create("evaluate", {"model": "active", "datasets": ["scratch"]})  # queued, never sent
+    assert service.client.delete("/datasets/scratch").status_code == 409
+    engine.jobs.transition(user.id, "cancelled", error="test")
+    assert service.client.delete("/datasets/scratch").status_code == 204
+    assert service.client.delete("/datasets/scratch").status_code == 404
+    assert "scratch" not in {d["name"] for d in service.client.get("/datasets").json()["data"]}
+
+
+def test_models_list_the_default_and_protect_what_serves(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    models = service.client.get("/models").json()
+    default = [m for m in models["data"] if m["default"]]
+    assert len(default) == 1 and models["active"] in {m["version"] for m in models["data"]}
+    job = wait_job(
+        service, submit(service, "finetune", dataset="train", max_steps=2, version="doomed-v1", **TRAIN),
+        ("succeeded", "failed"),
+    )  # fmt: skip
+    assert job["status"] == "succeeded", job
+    assert (stack["settings"].models_dir / "doomed-v1").is_dir()
+    active = models["active"]
+    assert service.client.delete(f"/models/{active}").status_code == (409 if active != default[0]["version"] else 404)
+    registry = service.app.state.engine.registry
+    previous = registry.rollback_target()
+    registry.client.set(registry.keys.previous_model, "doomed-v1")  # as if doomed-v1 served before the last swap
+    assert service.client.get("/models").json()["rollback_target"] == "doomed-v1"
+    refused = service.client.delete("/models/doomed-v1")
+    assert refused.status_code == 409 and "rollback target" in refused.json()["detail"]
+    registry.client.set(registry.keys.previous_model, previous or "")
+    user = service.app.state.engine.jobs.create("evaluate", {"model": "doomed-v1", "datasets": ["evalset"]})
+    assert service.client.delete("/models/doomed-v1").status_code == 409
+    service.app.state.engine.jobs.transition(user.id, "cancelled", error="test")
+    assert service.client.delete("/models/doomed-v1").status_code == 204
+    assert not (stack["settings"].models_dir / "doomed-v1").exists()
+    assert service.client.delete("/models/doomed-v1").status_code == 404

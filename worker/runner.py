@@ -114,7 +114,7 @@ def _evaluate_version(ctx: JobContext, name: str, datasets: list[str], label: st
     ctx.report("evaluating", model=source.version)
     encoder = load_encoder(source, ctx.settings)
     report = evaluate(encoder.encode, source.version, [eval_set(ctx.dataset(d), name=d) for d in datasets])
-    write_evaluation_report(report, ctx.settings.data_dir / "reports" / ctx.job.id / label)
+    write_evaluation_report(report, ctx.settings.reports_dir / ctx.job.id / label)
     return report
 
 
@@ -201,7 +201,7 @@ def run_experiment_job(ctx: JobContext) -> dict[str, Any]:
         seeds=[int(s) for s in params.get("seeds", [params.get("seed", 0)])],
         config=TrainConfig(**params.get("config", {})), keep_models=True,
     )  # fmt: skip
-    out = ctx.settings.data_dir / "reports" / ctx.job.id
+    out = ctx.settings.reports_dir / ctx.job.id
     ctx.report("experiment", out=str(out))
     record = run_experiment(spec, out, registry_dir=ctx.settings.models_dir, command=f"job {ctx.job.id}",
                             progress=lambda step: ctx.report("experiment", step=step),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Annotated
+from pathlib import Path as FsPath
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from app import job_requests
 from app.deps import EngineDep, SettingsDep, require_read_key, require_write_key
@@ -103,6 +105,74 @@ def retry_job(job_id: str, engine: EngineDep) -> JobAccepted:
     if job.type != "finetune" or job.status not in ("failed", "cancelled"):
         raise Conflict(f"only a failed or cancelled finetune can be retried; this is a {job.status} {job.type}")
     return _accepted(engine.submit_job("finetune", job.params, retry_of=job.id))
+
+
+REPORT_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
+
+
+def _report_files(folder: FsPath) -> list[str]:
+    """Report files (JSON, Markdown, PNG) under a job's report folder; model weights are not reports."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in REPORT_TYPES and "models" not in p.relative_to(folder).parts
+    )
+
+
+@router.get("/{job_id}/report")
+def job_report(
+    job_id: str,
+    engine: EngineDep,
+    settings: SettingsDep,
+    format: Annotated[
+        Literal["json", "markdown"], Query(description="json: files and contents; markdown: text")
+    ] = "json",
+) -> Response:
+    """An evaluation, finetune (with eval_datasets) or experiment job's report: JSON (each JSON report and the
+    list of files), or the Markdown reports joined. Charts: GET /jobs/{id}/report/files/{path}."""
+    _get(engine, job_id)
+    folder = settings.reports_dir / job_id
+    files = _report_files(folder)
+    if not files:
+        raise NotFound(
+            f"job {job_id} has no report (yet): only evaluate, experiment and evaluated finetune jobs write one"
+        )
+    if format == "markdown":
+        parts = [
+            f"<!-- {name} -->\n" + (folder / name).read_text(encoding="utf-8") for name in files if name.endswith(".md")
+        ]
+        return Response("\n\n".join(parts), media_type=REPORT_TYPES[".md"])
+    reports = {
+        name: json.loads((folder / name).read_text(encoding="utf-8")) for name in files if name.endswith(".json")
+    }
+    return JSONResponse({"job_id": job_id, "files": files, "reports": reports})
+
+
+@router.get("/{job_id}/report/files/{path:path}")
+def job_report_file(job_id: str, path: str, engine: EngineDep, settings: SettingsDep) -> Response:
+    """One report file (a chart, a Markdown table, a JSON report), by the path `GET /jobs/{id}/report` lists."""
+    _get(engine, job_id)
+    if path not in _report_files(settings.reports_dir / job_id):  # only listed files: no traversal, no weights
+        raise NotFound(f"job {job_id} has no report file {path!r}")
+    file = settings.reports_dir / job_id / path
+    return FileResponse(file, media_type=REPORT_TYPES[file.suffix])
+
+
+@router.delete("/{job_id}/artefacts", status_code=204, dependencies=guard)
+def delete_artefacts(job_id: str, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Delete a finished job's reports (and an experiment's models under them). Registry versions a job
+    made stay: DELETE /models/{version} removes those."""
+    job = _get(engine, job_id)
+    if not job.final:
+        raise Conflict(f"job {job_id} is {job.status}; cancel it or wait for it to finish")
+    folder = settings.reports_dir / job_id
+    if folder.is_dir():
+        doomed = folder.with_name(f".deleting-{job_id}")
+        folder.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return Response(status_code=204)
 
 
 @router.get("/{job_id}/events")
