@@ -15,6 +15,7 @@ from app.docstore import START_OFFSET, DocReader, offset_key
 from app.indexing import ServingPair, apply_entries
 from app.logs import OutageNotice
 from app.metrics import Metrics
+from app.retention import LogTrimmed
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,11 @@ class Applier:
         batch: int,
         snapshot_every_entries: int,
         snapshot_interval_s: float,
+        check_log: Callable[[str], None] = lambda offset: None,
+        on_log_trimmed: Callable[[], None] = lambda: None,
     ) -> None:
+        """`check_log(offset)` raises LogTrimmed when the log no longer reaches back to `offset`;
+        `on_log_trimmed` then rebuilds the index from the documents (app/retention.py)."""
         self._reader = reader
         self._get_pair = get_pair
         self._watermark = watermark
@@ -88,6 +93,9 @@ class Applier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self._check_log = check_log
+        self._on_log_trimmed = on_log_trimmed
+        self.snapshot_offset: str | None = None  # the offset of this replica's last snapshot of its version
         # Held for a whole step; a hot swap holds it for its final catch-up and the swap itself.
         self.lock = threading.Lock()
 
@@ -97,6 +105,7 @@ class Applier:
             self._reader.wait_for_log(self._get_pair().applied_offset, block_ms)  # wait outside the lock
         with self.lock:
             pair = self._get_pair()
+            self._check_log(pair.applied_offset)
             entries = self._reader.read_log(pair.applied_offset, self._batch)
             if not entries:
                 self._metrics.applier_lag.set(0)
@@ -120,6 +129,7 @@ class Applier:
     def snapshot(self) -> None:
         pair = self._get_pair()
         pair.index.save(self._snapshot_dir(pair.version), pair.applied_offset)
+        self.snapshot_offset = pair.applied_offset
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._metrics.snapshots.inc()
@@ -155,6 +165,13 @@ class Applier:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 outage.failed(exc)
                 self._failed(f"redis unreachable: {exc}", backoff)
+            except LogTrimmed:
+                try:
+                    self._on_log_trimmed()
+                except Exception as exc:  # retried at the next step, which finds the log trimmed again
+                    log.exception("rebuilding the index after the log was trimmed failed")
+                    self._failed(f"rebuild failed: {type(exc).__name__}: {exc}", backoff)
+                    backoff = min(backoff * 2, 10.0)
                 backoff = min(backoff * 2, 10.0)
             except Exception as exc:  # keep tailing: one bad batch must not stop every later write
                 log.exception("applier step failed")

@@ -95,6 +95,9 @@ class DocStore:
     async def count(self) -> int:
         return int(await self.client.hlen(self.keys.docs))
 
+    async def log_length(self) -> int:
+        return int(await self.client.xlen(self.keys.doclog))
+
     async def last_offset(self) -> str:
         newest = await self.client.xrevrange(self.keys.doclog, count=1)
         return str(newest[0][0]) if newest else START_OFFSET

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +22,7 @@ import redis.asyncio as aredis
 
 from app.applier import Applier, Watermark
 from app.batcher import MicroBatcher
-from app.docstore import DocReader, DocStore, StoredDoc
+from app.docstore import DocReader, DocStore, StoredDoc, offset_key
 from app.errors import NotFound, NotReady, WriteTimeout
 from app.indexing import ServingPair, build_index, catch_up, load_encoder
 from app.jobstore import Job, JobStore
@@ -27,6 +30,7 @@ from app.keys import RedisKeys
 from app.logs import OutageNotice
 from app.metrics import Metrics
 from app.registry import Registry
+from app.retention import LogRetention, LogTrimmed
 from app.settings import Settings
 from models.encoder import Encoder, TextKind
 from models.resolve import ModelNotFoundError, ModelSource, resolve_model
@@ -111,6 +115,9 @@ class Engine:
         self._background: list[threading.Thread] = []
         self._celery: Any = None
         self._ready = False
+        self.retention = LogRetention(self.sync_redis, self.keys)
+        self.holder = f"api:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._pins: dict[str, str] = {}  # builds and replays in progress: name -> the offset they replay from
 
     # Life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,6 +125,7 @@ class Engine:
         self.batcher.start()
         self._loader = asyncio.create_task(self._load())
         self._spawn(self._sweep_lost_jobs, "job-sweep")
+        self._spawn(self._retain_log, "log-retention")
 
     async def _load(self) -> None:
         try:
@@ -125,6 +133,8 @@ class Engine:
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("loading the model and index failed")
+        finally:
+            self._unpin("open")
 
     def _load_blocking(self) -> None:
         started = time.monotonic()
@@ -141,7 +151,10 @@ class Engine:
             batch=self.settings.applier_batch,
             snapshot_every_entries=self.settings.snapshot_every_entries,
             snapshot_interval_s=self.settings.snapshot_interval_s,
+            check_log=self.retention.check,
+            on_log_trimmed=self._rebuild_serving,
         )
+        self.applier.snapshot_offset = pair.applied_offset if from_snapshot else None
         replayed = self.applier.catch_up()
         if not from_snapshot or replayed:
             self.applier.snapshot()
@@ -220,15 +233,23 @@ class Engine:
 
     def swap_to(self, spec: str | None) -> None:
         """Load the new encoder and its index beside the serving pair, replay the log, swap one reference."""
+        try:
+            self._swap_to(spec)
+        finally:
+            self._unpin("open")  # also when the swap fails: a pin left behind would stop all trimming
+
+    def _swap_to(self, spec: str | None) -> None:
         assert self.applier is not None
         started = time.monotonic()
         source = resolve_model(spec, self.settings.models_dir)
-        pair, _ = self._open_index(load_encoder(source, self.settings))
+        pair, from_snapshot = self._open_index(load_encoder(source, self.settings))
+        snapshot_offset = pair.applied_offset if from_snapshot else None
         catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, while serving goes on
         with self.applier.lock:  # the applier is between steps: nothing applies to the old pair now
             catch_up(self.reader, pair, self.settings.applier_batch)
             old, self.serving, self.model_source = self.serving, pair, source
             self.serving_since = time.time()
+            self.applier.snapshot_offset = snapshot_offset
             self.watermark.advance(pair.applied_offset)
         self.metrics.swaps.inc()
         self.metrics.index_size.set(len(pair.index))
@@ -275,17 +296,81 @@ class Engine:
         return self.settings.indexes_dir / version
 
     def _open_index(self, encoder: Encoder) -> tuple[ServingPair, bool]:
-        """The version's snapshot if there is a valid one, else a full build from the documents."""
+        """The version's snapshot if there is a valid one, else a full build from the documents.
+
+        Pins the offset it replays from as "open" (the caller unpins once the pair serves)."""
         folder = self.snapshot_dir(encoder.version)
         try:
             index, offset = VectorIndex.load(folder, encoder.version, encoder.dim)
+            self._pin("open", offset)
+            self.retention.check(offset)
             log.info("snapshot loaded", extra={"path": str(folder), "vectors": len(index), "offset": offset})
             return ServingPair(encoder, index, offset), True
         except IndexMismatchError as exc:
             log.error("snapshot refused, rebuilding from documents: %s", exc)
+        except LogTrimmed as exc:
+            log.warning("snapshot in %s is older than the doc log (%s); encoding all documents", folder, exc)
         except SnapshotError as exc:
             log.info("no usable snapshot (%s); encoding all documents", exc)
+        self._pin("open", self.reader.last_offset())  # build_index replays from an offset at least this new
         return build_index(self.reader, encoder, chunk=2_048), False
+
+    # Doc-log retention (app/retention.py) -------------------------------------------------------
+    def _pin(self, name: str, offset: str) -> None:
+        """Keep the log from `offset` on while a build or replay runs; told to Redis at once."""
+        self._pins[name] = offset
+        self._hold_log()
+
+    def _unpin(self, name: str) -> None:
+        self._pins.pop(name, None)
+
+    def _retained_offset(self) -> str | None:
+        """The oldest offset this replica may replay from: its index, its last snapshot, builds in progress."""
+        offsets = list(self._pins.values())
+        if self.serving is not None:
+            offsets.append(self.serving.applied_offset)
+        if self.applier is not None and self.applier.snapshot_offset is not None:
+            offsets.append(self.applier.snapshot_offset)
+        return min(offsets, key=offset_key) if offsets else None
+
+    def _hold_log(self) -> None:
+        offset = self._retained_offset()
+        if offset is not None:
+            self.retention.hold(self.holder, offset, self.settings.log_hold_ttl_s)
+
+    def _retain_log(self) -> None:
+        outage = OutageNotice(log, "log retention")
+        while not self._stopping.wait(self.settings.log_trim_interval_s):
+            try:
+                self._hold_log()
+                self.retention.trim()
+                outage.recovered()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                outage.failed(exc)
+            except Exception:
+                log.exception("log retention failed")
+        # The hold is not released at stop: it lapses after log_hold_ttl_s, so a restart within that time
+        # replays from its snapshot instead of encoding every document.
+
+    def _rebuild_serving(self) -> None:
+        """This replica fell behind the trimmed log (away longer than its hold lasted): rebuild its index from
+        the document hash with the same encoder, replay, swap. Searches go on against the old index meanwhile."""
+        assert self.applier is not None
+        pair = self.require_pair()
+        log.warning("the doc log was trimmed past this replica's offset %s; rebuilding its index from the documents",
+                    pair.applied_offset)  # fmt: skip
+        self._pin("rebuild", self.reader.last_offset())
+        try:
+            fresh = build_index(self.reader, pair.encoder, chunk=2_048)
+            catch_up(self.reader, fresh, self.settings.applier_batch)
+            with self.applier.lock:
+                catch_up(self.reader, fresh, self.settings.applier_batch)
+                self.serving = fresh
+                self.applier.snapshot_offset = None
+                self.watermark.advance(fresh.applied_offset)
+        finally:
+            self._unpin("rebuild")
+        self.applier.snapshot()
 
     async def stop(self) -> None:
         self._stopping.set()

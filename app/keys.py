@@ -20,6 +20,16 @@ class RedisKeys:
         return f"{self.prefix}:doclog"
 
     @property
+    def log_holds(self) -> str:
+        """Hash: holder -> JSON {offset, until}; the log is trimmed only behind the smallest live hold."""
+        return f"{self.prefix}:doclog:holds"
+
+    @property
+    def log_trimmed_to(self) -> str:
+        """String: entries before this offset may be trimmed away (it only moves forward)."""
+        return f"{self.prefix}:doclog:trimmed_to"
+
+    @property
     def active_model(self) -> str:
         """String: the model version every api should serve."""
         return f"{self.prefix}:model:active"

@@ -93,6 +93,8 @@ class IndexStats(BaseModel):
     model_version: str
     applied_offset: str
     log_offset: str
+    log_entries: int = Field(description="entries in the doc log; trimmed behind what replicas still need")
+    log_trimmed_to: str = Field(description="entries before this offset may have been trimmed")
 
 
 class Health(BaseModel):

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     swap_poll_s: float = Field(1.0, gt=0, description="how often the api checks which model should serve")
     allow_hub_models: bool = Field(True, description="jobs may name hub ids as base models")
     start_worker: bool = Field(True, description="xling serve with embedded Redis also runs a worker")
+    log_trim_interval_s: float = Field(10.0, gt=0, description="how often an api trims the doc log behind all holds")
+    log_hold_ttl_s: float = Field(
+        120.0, gt=0, description="a replica's hold on the doc log lapses this long after it stops refreshing it"
+    )
+    log_swap_grace_s: float = Field(
+        600.0, gt=0, description="a reindex job keeps the log from its offset this long, for replicas to swap"
+    )
     embedded_redis_fsync: Literal["always", "everysec"] = Field(
         "always", description="embedded Redis: fsync the AOF before acknowledging a write (always) or once a second"
     )
@@ -78,6 +85,8 @@ class Settings(BaseSettings):
     def _heartbeat_fits_timeout(self) -> Settings:
         if self.heartbeat_timeout_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("heartbeat_timeout_s must exceed twice heartbeat_interval_s, or live jobs look lost")
+        if self.log_hold_ttl_s <= 2 * self.log_trim_interval_s:
+            raise ValueError("log_hold_ttl_s must exceed twice log_trim_interval_s, or live replicas lose their hold")
         return self
 
     @field_validator("key_prefix")

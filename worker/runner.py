@@ -24,6 +24,7 @@ from app.indexing import build_index, load_encoder
 from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.registry import Registry
+from app.retention import LogRetention
 from app.settings import Settings
 from models.evaluate import EvaluationReport, eval_set, evaluate
 from models.experiment import ExperimentSpec, run_experiment
@@ -125,7 +126,18 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     encoder = load_encoder(source, ctx.settings)
     reader = DocReader(ctx.redis, ctx.keys)
     started = time.monotonic()
-    pair = build_index(reader, encoder, progress=lambda done, total: ctx.report("reindexing", done=done, total=total))
+    # Keep the log from O on while encoding, and for a grace period after activation: every api replays
+    # from O when it swaps (app/retention.py). build_index reads O after this, so O is at least this new.
+    retention, holder, grace = LogRetention(ctx.redis, ctx.keys), f"reindex:{ctx.job.id}", ctx.settings.log_swap_grace_s
+    pinned = reader.last_offset()
+    retention.hold(holder, pinned, grace)
+
+    def progress(done: int, total: int) -> None:
+        retention.hold(holder, pinned, grace)
+        ctx.report("reindexing", done=done, total=total)
+
+    pair = build_index(reader, encoder, progress=progress)
+    retention.hold(holder, pinned, grace)
     pair.index.save(ctx.settings.indexes_dir / source.version, pair.applied_offset)
     seconds = time.monotonic() - started
     ctx.registry.activate(source.version)

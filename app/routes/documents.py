@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Path
 
 from app import limits
@@ -47,6 +49,8 @@ async def index_stats(engine: EngineDep) -> IndexStats:
         model_version=pair.version,
         applied_offset=pair.applied_offset,
         log_offset=await engine.docs.last_offset(),
+        log_entries=await engine.docs.log_length(),
+        log_trimmed_to=await asyncio.to_thread(engine.retention.trimmed_to),
     )
 
 
