@@ -28,13 +28,13 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-# Declared in the OpenAPI description (securitySchemes), so clients and generated SDKs see the scheme.
-bearer = HTTPBearer(
-    auto_error=False,
-    description="XLING_API_KEY reads and writes; XLING_SEARCH_API_KEY searches and reads documents. "
-    "Routes are open while their key is unset.",
-)
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+# One bearer scheme per guard, declared in the OpenAPI description (app/openapi.py keeps only the guards
+# that are set), so clients and generated SDKs see which key each route takes.
+_KEYS_DOC = "XLING_API_KEY reads and writes; XLING_SEARCH_API_KEY searches and reads."
+write_bearer = HTTPBearer(auto_error=False, scheme_name="writeKey", description="XLING_API_KEY")
+search_bearer = HTTPBearer(auto_error=False, scheme_name="searchKey", description=f"either key. {_KEYS_DOC}")
+read_bearer = HTTPBearer(auto_error=False, scheme_name="readKey", description=f"either key. {_KEYS_DOC}")
+Credentials = HTTPAuthorizationCredentials | None
 
 
 def _check_bearer(credentials: HTTPAuthorizationCredentials | None, accepted: list[SecretStr]) -> None:
@@ -51,17 +51,17 @@ def _keys(*keys: SecretStr | None) -> list[SecretStr]:
     return [key for key in keys if key is not None]
 
 
-def require_write_key(credentials: BearerDep, settings: SettingsDep) -> None:
+def require_write_key(credentials: Annotated[Credentials, Depends(write_bearer)], settings: SettingsDep) -> None:
     """Writes, uploads, jobs and activation: the write key, when it is set."""
     _check_bearer(credentials, _keys(settings.api_key))
 
 
-def require_search_key(credentials: BearerDep, settings: SettingsDep) -> None:
+def require_search_key(credentials: Annotated[Credentials, Depends(search_bearer)], settings: SettingsDep) -> None:
     """Search, embeddings and reading a document by id: the search key or the write key, when a search key is set."""
     if settings.search_api_key is not None:
         _check_bearer(credentials, _keys(settings.search_api_key, settings.api_key))
 
 
-def require_read_key(credentials: BearerDep, settings: SettingsDep) -> None:
+def require_read_key(credentials: Annotated[Credentials, Depends(read_bearer)], settings: SettingsDep) -> None:
     """Stored data and server details (stats, jobs, models, datasets, reports): either key, when any is set."""
     _check_bearer(credentials, _keys(settings.search_api_key, settings.api_key))

@@ -10,6 +10,7 @@ thing, and pattern failures name the rule the README states rather than the regu
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.schemas import DOC_ID_PATTERN, LANG_PATTERN, NAME_PATTERN
+from app.schemas import DOC_ID_PATTERN, LANG_LIST_PATTERN, LANG_PATTERN, NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ PATTERN_RULES = {
     DOC_ID_PATTERN: "1-256 characters from letters, digits and . _ : @ + = ~ -, starting with a letter, digit or _",
     LANG_PATTERN: "a language code such as 'de', 'gsw', 'zh-Hans' or 'pt-BR'",
     NAME_PATTERN: "1-128 characters from letters, digits and . _ -, starting with a letter or digit",
+    LANG_LIST_PATTERN: "language codes such as 'de' or 'zh-Hans', comma-separated",
 }
 _CODES = {
     400: "bad_request",
@@ -140,6 +142,17 @@ def _http_error_detail(exc: StarletteHTTPException) -> str:
     return str(exc.detail)
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the API description lists for `path`, from its most specific matching template
+    (`/index/stats` is its own resource, not a document id under `/index/{doc_id}`)."""
+    matches: dict[int, set[str]] = {}
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^}:]+:path\\}", ".+", re.sub(r"\\{[^}:]+\\}", "[^/]+", re.escape(template)))
+        if re.fullmatch(pattern, path):
+            matches.setdefault(template.count("{"), set()).update(method.upper() for method in operations)
+    return sorted(matches[min(matches)]) if matches else []
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(XlingError)
     async def _xling_error(_: Request, exc: XlingError) -> JSONResponse:
@@ -150,9 +163,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return _validation_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
-        return JSONResponse(error_body(_http_error_detail(exc), code), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Allow lists every method of the path, not just one route's
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
+        return JSONResponse(error_body(_http_error_detail(exc), code), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

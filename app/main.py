@@ -12,6 +12,7 @@ from app.engine import Engine
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RequestMetrics
+from app.openapi import install_openapi
 from app.routes import datasets, documents, jobs, models, openai, ops, search
 from app.settings import Settings
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    install_openapi(app, settings)
     app.include_router(documents.router)
     app.include_router(search.router)
     app.include_router(jobs.router)

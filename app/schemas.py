@@ -4,12 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="e.g. documents[0].id, or k for a query parameter")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error response has this shape."""
+
+    detail: str = Field(description="one readable sentence")
+    code: str = Field(description="invalid_input, not_found, conflict, unauthorized, store_unavailable, ...")
+    errors: list[FieldError] = Field(default_factory=list, description="one entry per invalid field")
+
 
 # Ids appear in URLs (`DELETE /index/{id}`), so no '/', whitespace or '?#%'.
 DOC_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:@+=~-]{0,255}$"
 # BCP 47-like: a 2-3 letter primary subtag, optional subtags (`zh-Hans`, `pt-BR`, `sr-Latn-RS`).
 LANG_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$"
+# One or more, comma-separated (GET /search?lang=de,fr).
+LANG_LIST_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}(,[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3})*$"
 
 DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN)]
 LangCode = Annotated[str, StringConstraints(pattern=LANG_PATTERN)]
@@ -25,7 +41,13 @@ def _flat_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Metadata = Annotated[dict[str, Any], AfterValidator(_flat_metadata)]
+# The schema states the rule the validator enforces: string keys of 1-64 characters, scalar values.
+_METADATA_SCHEMA = {
+    "type": "object",
+    "propertyNames": {"minLength": 1, "maxLength": 64},
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+}
+Metadata = Annotated[dict[str, Any], AfterValidator(_flat_metadata), WithJsonSchema(_METADATA_SCHEMA)]
 
 
 class _Strict(BaseModel):
@@ -49,7 +71,7 @@ class IndexResponse(BaseModel):
 
 
 class DeleteRequest(_Strict):
-    ids: list[DocId] = Field(min_length=1)
+    ids: list[DocId] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
 
 
 class DeleteResponse(BaseModel):
@@ -236,9 +258,18 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="a text or a list of texts (token arrays are refused: xling tokenizes itself)"
-    )
+    input: Annotated[
+        str | list[str] | list[int] | list[list[int]],
+        # Declared as text only: token arrays are refused (with a reason), xling tokenizes itself.
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "pattern": r"\S"},
+                    {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": r"\S"}},
+                ]
+            }
+        ),
+    ] = Field(description="a text or a list of texts")
     model: str = Field(description="the served model: its version (GET /v1/models) or the name it was configured by")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 bytes of each vector"

@@ -213,13 +213,18 @@ class VectorIndex:
         index = cls(expected_dim, expected_version)
         try:
             raw = np.frombuffer((folder / meta["index_file"]).read_bytes(), dtype=np.uint8)
-            doc_lines = (folder / meta["docs_file"]).read_text().splitlines()
+            # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and \x1c..\x1e, which
+            # json.dumps(ensure_ascii=False) leaves raw inside strings (a metadata value may hold them).
+            doc_lines = [line for line in (folder / meta["docs_file"]).read_bytes().decode("utf-8").split("\n") if line]
         except FileNotFoundError as exc:  # replaced by a newer snapshot while we read
             raise SnapshotError(f"snapshot {folder} changed while loading: {exc}") from exc
         index._index = faiss.deserialize_index(raw)
-        for line in doc_lines:
-            iid, ext_id, lang, metadata = json.loads(line)
-            index._add_entry(int(iid), DocEntry(ext_id, lang, metadata))
+        try:
+            for line in doc_lines:
+                iid, ext_id, lang, metadata = json.loads(line)
+                index._add_entry(int(iid), DocEntry(ext_id, lang, metadata))
+        except (ValueError, TypeError) as exc:  # a damaged file: rebuild from the documents rather than fail
+            raise SnapshotError(f"snapshot {folder} has an unreadable documents file: {exc}") from exc
         if not (index._index.ntotal == len(index._docs) == meta["count"]):
             raise SnapshotError(
                 f"snapshot {folder} is inconsistent: {index._index.ntotal} vectors, "
@@ -230,7 +235,7 @@ class VectorIndex:
 
 def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / SNAPSHOT_META
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _write_file_atomic(path: Path, data: bytes) -> None:

@@ -110,3 +110,27 @@ def test_missing_or_inconsistent_snapshot(
     (tmp_path / "snapshot.json").write_text(json.dumps(meta))
     with pytest.raises(SnapshotError, match="inconsistent"):
         VectorIndex.load(tmp_path, "v1", 16)
+
+
+def test_snapshot_keeps_metadata_with_line_separator_characters(tmp_path: Path) -> None:
+    """Found by schemathesis: U+2028, U+0085 and \\x1c in a metadata value broke the snapshot at restart."""
+    index = VectorIndex(4, "v1")
+    odd = {"note": "a\u2028b\x85c\x1cd\x1de\x1ef\u2029g\x0bh\x0ci", "emoji": "🐈"}
+    index.upsert([DocEntry("odd", "en", odd), DocEntry("plain", None, {})], np.eye(4, dtype=np.float32)[:2])
+    index.save(tmp_path, "7-0")
+    loaded, offset = VectorIndex.load(tmp_path, "v1", 4)
+    assert offset == "7-0" and len(loaded) == 2
+    assert [n.ext_id for n in loaded.search(np.eye(4, dtype=np.float32)[:1], 1, loaded.allowed_ids([], odd))[0]] == [
+        "odd"
+    ]
+
+
+def test_damaged_documents_file_is_a_snapshot_error(
+    tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]
+) -> None:
+    index, _, _ = filled
+    index.save(tmp_path, "1-0")
+    docs_file = next(tmp_path.glob("docs-*.jsonl"))
+    docs_file.write_bytes(docs_file.read_bytes()[:-40])
+    with pytest.raises(SnapshotError, match="unreadable|inconsistent"):
+        VectorIndex.load(tmp_path, "v1", 16)

@@ -7,12 +7,13 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import StringConstraints
 
 from app import limits
 from app.deps import EngineDep, SettingsDep, require_search_key
 from app.engine import SearchQuery, SearchResult
 from app.errors import InvalidInput
-from app.schemas import LANG_PATTERN, HitOut, SearchRequest, SearchResponse
+from app.schemas import LANG_LIST_PATTERN, LANG_PATTERN, HitOut, SearchRequest, SearchResponse
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
 _LANG = re.compile(LANG_PATTERN)
@@ -46,7 +47,8 @@ async def search_get(
     q: Annotated[str, Query(description="the query text")],
     k: Annotated[int, Query()] = 10,
     lang: Annotated[
-        list[str] | None, Query(description="repeat or comma-separate: lang=de&lang=fr, lang=de,fr")
+        list[Annotated[str, StringConstraints(pattern=LANG_LIST_PATTERN)]] | None,
+        Query(description="repeat or comma-separate: lang=de&lang=fr, lang=de,fr"),
     ] = None,
 ) -> SearchResponse:
     started = time.perf_counter()
