@@ -51,6 +51,12 @@ def _options(
     _debug = debug
 
 
+def quiet_progress_bars() -> None:
+    """Services log JSON lines only: no tqdm bars (sentence-transformers draws some while saving a model).
+    tqdm reads TQDM_DISABLE when it is imported, so this runs before the ML imports."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def _fail_on_error(response: httpx.Response) -> Any:
     if response.is_success:
         return response.json()
@@ -82,6 +88,7 @@ def serve(
     port: Annotated[int, typer.Option(help="port to bind")] = 8000,
 ) -> None:
     """Run the api; with no XLING_REDIS_URL, also an embedded Redis (AOF under DATA_DIR/redis) and a worker."""
+    quiet_progress_bars()
     import uvicorn
 
     from app.embedded_redis import EmbeddedRedis, die_with_parent
@@ -144,6 +151,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 @cli.command()
 def worker() -> None:
     """Run the Celery worker: queue `gpu`, one job at a time (solo pool: CUDA does not survive fork)."""
+    quiet_progress_bars()
     from worker.celery_app import make_celery, worker_argv
     from worker.presence import presence
 

@@ -31,6 +31,7 @@ def configure_logging(level: str = "INFO", as_json: bool = True) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # warnings.warn (e.g. Celery's) become log lines, JSON like the rest
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "huggingface_hub", "transformers", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

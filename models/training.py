@@ -152,8 +152,12 @@ class _Reporter(TrainerCallback):
         if logs and "loss" in logs:
             self.last_loss = float(logs["loss"])
             self.losses.append((state.global_step, self.last_loss))
+            # The trainer logs after on_step_end, so step N's event shows the loss logged before it; at the last
+            # step report again, so the final event carries final_logged_loss (mean over the last logging_steps).
+            if state.global_step >= state.max_steps:
+                self._report(args, state)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def _report(self, args: TrainingArguments, state: TrainerState) -> None:
         if self.progress is not None:
             done = state.global_step - self._first_step
             elapsed = max(time.monotonic() - self._started, 1e-9)
@@ -161,6 +165,9 @@ class _Reporter(TrainerCallback):
             samples = done * self.batch_size * args.gradient_accumulation_steps
             eta = per_step * (state.max_steps - state.global_step) if done else None
             self.progress(Progress(state.global_step, state.max_steps, self.last_loss, samples / elapsed, eta))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._report(args, state)
         if self.should_cancel is not None and self.should_cancel():
             self.cancelled = True
             control.should_training_stop = True

@@ -164,3 +164,29 @@ def test_cli_errors_are_one_line_unless_debug() -> None:
     assert len(lines) == 1 and "cannot reach the xling service" in lines[0] and "--debug" in lines[0], result.stderr
     debug = run_xling("--debug", "search", "cat", "--url", dead)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConnectError" in debug.stderr
+
+
+def test_worker_output_is_json_lines(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+    env.update(XLING_REDIS_URL=redis_server.url, XLING_DATA_DIR=str(tmp_path), XLING_KEY_PREFIX="jsonlogs")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.strip():
+            lines.append(line)
+        if "ready" in line:
+            break
+    process.terminate()
+    process.wait(timeout=30)
+    assert any("ready" in line for line in lines), lines
+    for line in lines:
+        assert json.loads(line)["level"], line  # no banner, no raw warning text: every line is a JSON object

@@ -70,10 +70,12 @@ def test_training_lowers_the_loss_and_improves_cross_lingual_retrieval(
 
 
 def test_progress_is_reported_every_step(trained: tuple[Path, list[Progress]]) -> None:
-    _, seen = trained
-    assert [p.step for p in seen] == list(range(1, 121))
+    out, seen = trained
+    assert [p.step for p in seen] == [*range(1, 121), 120]  # the last step again, once its loss is logged
     assert all(p.total == 120 for p in seen)
     assert seen[-1].eta_s == 0 and seen[-1].samples_per_s > 0 and seen[-1].loss is not None
+    final = json.loads((out / "xling.json").read_text())["metrics"]["final_logged_loss"]
+    assert seen[-1].loss == final  # the last progress event and the final metrics show one quantity
 
 
 def test_output_loads_in_sentence_transformers_and_our_encoder(trained: tuple[Path, list[Progress]]) -> None:

@@ -41,5 +41,6 @@ def make_celery(settings: Settings) -> Celery:
 
 def worker_argv() -> list[str]:
     # solo pool: one job at a time per GPU, and CUDA does not survive fork
-    return ["worker", "-Q", QUEUE, "--pool=solo", "--concurrency=1", "--loglevel=INFO",
+    # -q: no start-up banner on stdout; every line the worker writes goes through the JSON logger.
+    return ["-q", "worker", "-Q", QUEUE, "--pool=solo", "--concurrency=1", "--loglevel=INFO",
             "--without-gossip", "--without-mingle"]  # fmt: skip
