@@ -47,7 +47,9 @@ def _check_eval_sets(names: list[str], settings: Settings) -> None:
         try:
             load_bitext(path) if is_bitext(path) else load_lareqa(path)
         except (DataError, KeyError) as exc:
-            raise InvalidInput(f"evaluation dataset {name!r} is neither a LAReQA folder nor bitext: {exc}") from None
+            raise InvalidInput(
+                f"evaluation dataset {name!r} is not a LAReQA folder, QA groups (JSONL) or bitext: {exc}"
+            ) from None
 
 
 def _check_training_sets(names: list[str], settings: Settings, strategies: list[str], alpha: float) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.data import LANG_FILE, DataError, read_json_file
+from models.data import LANG_FILE, DataError, ParallelGroup, load_parallel, read_json_file
 
 PRIMARY_METRIC = "multi_map"
 
@@ -48,8 +48,57 @@ class LareqaData:
         return f"{questions} questions, {candidates} candidates, {len(self.languages)} languages"
 
 
+def lareqa_from_groups(groups: list[ParallelGroup], langs: list[str] | None = None) -> LareqaData:
+    """LAReQA data from parallel QA groups: every group's passage in every language is a candidate, and each
+    query's relevant candidates are its group's passages. (LAReQA folders add every other sentence of the
+    answer's paragraph as a candidate, so the same model scores lower there.)"""
+    found = sorted({lang for g in groups for lang in (*g.queries, *g.passages)})
+    if langs:
+        unknown = sorted(set(langs) - set(found))
+        if unknown:
+            raise DataError(f"no groups in languages {unknown} (has {found})")
+    languages = sorted(langs) if langs else found
+    position = {lang: li for li, lang in enumerate(languages)}
+    cand_texts: list[str] = []
+    cand_langs: list[int] = []
+    answer_of: dict[tuple[str, int], int] = {}
+    for group in groups:
+        for lang, text in group.passages.items():
+            if lang in position:
+                answer_of[(group.id, position[lang])] = len(cand_texts)
+                cand_texts.append(text)
+                cand_langs.append(position[lang])
+    questions = [(g.id, position[lang], text) for g in groups for lang, text in g.queries.items() if lang in position]
+    return _lareqa_data(languages, cand_texts, cand_langs, questions, answer_of)
+
+
+def _lareqa_data(
+    languages: list[str],
+    cand_texts: list[str],
+    cand_langs: list[int],
+    questions: list[tuple[str, int, str]],
+    answer_of: dict[tuple[str, int], int],
+) -> LareqaData:
+    relevant = np.full((len(questions), len(languages)), -1, dtype=np.int64)
+    for qi, (qid, _, _) in enumerate(questions):
+        for li in range(len(languages)):
+            relevant[qi, li] = answer_of.get((qid, li), -1)
+    return LareqaData(
+        languages=languages,
+        candidate_texts=cand_texts,
+        candidate_langs=np.array(cand_langs, dtype=np.int64),
+        question_ids=[q[0] for q in questions],
+        question_texts=[q[2] for q in questions],
+        question_langs=np.array([q[1] for q in questions], dtype=np.int64),
+        relevant=relevant,
+    )
+
+
 def load_lareqa(folder: Path, langs: list[str] | None = None) -> LareqaData:
-    """Read `<lang>.json` files (SQuAD layout with `sentence_breaks`); `langs` restricts the languages."""
+    """Read `<lang>.json` files (SQuAD layout with `sentence_breaks`), or parallel QA groups in JSONL
+    (see `lareqa_from_groups`); `langs` restricts the languages."""
+    if folder.is_file() or (not list(folder.glob("*.json")) and list(folder.glob("*.jsonl"))):
+        return lareqa_from_groups(load_parallel(folder)[0], langs)
     files = {p.stem: p for p in sorted(folder.glob("*.json")) if LANG_FILE.match(p.stem)}
     if not files:
         raise DataError(f"{folder}: no <lang>.json files")
@@ -87,19 +136,7 @@ def load_lareqa(folder: Path, langs: list[str] | None = None) -> LareqaData:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             # Uploads are checked field by field (models.data); this names the file for anything else.
             raise DataError(f"{files[lang]}: not in SQuAD layout ({type(exc).__name__}: {exc})") from None
-    relevant = np.full((len(questions), len(languages)), -1, dtype=np.int64)
-    for qi, (qid, _, _) in enumerate(questions):
-        for li in range(len(languages)):
-            relevant[qi, li] = answer_of.get((qid, li), -1)
-    return LareqaData(
-        languages=languages,
-        candidate_texts=cand_texts,
-        candidate_langs=np.array(cand_langs, dtype=np.int64),
-        question_ids=[q[0] for q in questions],
-        question_texts=[q[2] for q in questions],
-        question_langs=np.array([q[1] for q in questions], dtype=np.int64),
-        relevant=relevant,
-    )
+    return _lareqa_data(languages, cand_texts, cand_langs, questions, answer_of)
 
 
 @dataclass

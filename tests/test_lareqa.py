@@ -177,3 +177,24 @@ def test_language_selection(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"no file for languages \['xx'\]"):
         load_lareqa(folder, ["xx"])
+
+
+def test_qa_groups_evaluate_like_lareqa() -> None:
+    from models.data import ParallelGroup
+    from models.lareqa import lareqa_from_groups, lareqa_metrics
+
+    groups = [
+        ParallelGroup(f"g{i}", {"en": f"q{i} en", "de": f"q{i} de"}, {"en": f"p{i} en", "de": f"p{i} de"})
+        for i in range(6)
+    ]
+    data = lareqa_from_groups(groups)
+    assert data.languages == ["de", "en"] and len(data.candidate_texts) == 12 and len(data.question_texts) == 12
+    # A perfect encoder: each group is its own direction, shared by its questions and passages in every language.
+    basis = np.eye(6, dtype=np.float32)
+    group_of = {text: int(text[1]) for text in data.question_texts + data.candidate_texts}
+    questions = basis[[group_of[t] for t in data.question_texts]]
+    candidates = basis[[group_of[t] for t in data.candidate_texts]]
+    metrics = lareqa_metrics(data, questions, candidates).metrics
+    assert metrics["multi_map"] == pytest.approx(1.0) and metrics["mono_map"] == pytest.approx(1.0)
+    with pytest.raises(Exception, match="no groups in languages"):
+        lareqa_from_groups(groups, ["fr"])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path as FsPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -147,7 +148,18 @@ def job_report(
     reports = {
         name: json.loads((folder / name).read_text(encoding="utf-8")) for name in files if name.endswith(".json")
     }
-    return JSONResponse({"job_id": job_id, "files": files, "reports": reports})
+    return JSONResponse(_finite({"job_id": job_id, "files": files, "reports": reports}))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a metric undefined for a set (cross-lingual mAP of a one-language set) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 @router.get("/{job_id}/report/files/{path:path}")
