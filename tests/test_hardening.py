@@ -338,3 +338,17 @@ def test_docs_pages_load_nothing_from_the_internet(hardened: RunningService) -> 
         for asset in assets:
             assert not asset.startswith(("http://", "https://", "//")), (page, asset)
             assert hardened.client.get(asset).status_code == 200, (page, asset)
+
+
+def test_embedded_redis_fsyncs_before_acknowledging(tmp_path: Path) -> None:
+    import redis as redis_client
+
+    from app.embedded_redis import EmbeddedRedis
+    from app.settings import Settings
+
+    assert Settings(_env_file=None).embedded_redis_fsync == "always"  # type: ignore[call-arg]
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        client = redis_client.Redis.from_url(server.url, decode_responses=True)
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
