@@ -118,6 +118,7 @@ class Engine:
         self.retention = LogRetention(self.sync_redis, self.keys)
         self.holder = f"api:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._pins: dict[str, str] = {}  # builds and replays in progress: name -> the offset they replay from
+        self._pins_lock = threading.Lock()  # set by loader, swap and applier threads; read by the retention one
 
     # Life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -318,15 +319,18 @@ class Engine:
     # Doc-log retention (app/retention.py) -------------------------------------------------------
     def _pin(self, name: str, offset: str) -> None:
         """Keep the log from `offset` on while a build or replay runs; told to Redis at once."""
-        self._pins[name] = offset
+        with self._pins_lock:
+            self._pins[name] = offset
         self._hold_log()
 
     def _unpin(self, name: str) -> None:
-        self._pins.pop(name, None)
+        with self._pins_lock:
+            self._pins.pop(name, None)
 
     def _retained_offset(self) -> str | None:
         """The oldest offset this replica may replay from: its index, its last snapshot, builds in progress."""
-        offsets = list(self._pins.values())
+        with self._pins_lock:
+            offsets = list(self._pins.values())
         if self.serving is not None:
             offsets.append(self.serving.applied_offset)
         if self.applier is not None and self.applier.snapshot_offset is not None:
