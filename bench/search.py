@@ -6,7 +6,7 @@ number) whose vectors are the real encoder's vectors of those sentences plus sma
 100,000 documents need no half-hour of CPU encoding; queries are real XQuAD-R questions encoded
 per request by each server (the baseline with the model's `query: ` prompt, as xling).
 
-    python bench/search.py --data ../shared/data --docs 100000 --clients 32 --seconds 30
+    python -m bench.search --data ../shared/data --docs 100000 --clients 32 --seconds 30
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ finetune job with deploy=always runs: train a few steps, re-encode the corpus, a
 Reported: failed requests, documents lost, p50/p99 before / during / after the swap, and the time
 from the job's success to the first search answered by the new version.
 
-    python bench/swap.py --data ../shared/data --docs 20000 --qps 50 --clients 8
+    python -m bench.swap --data ../shared/data --docs 20000 --qps 50 --clients 8
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ throughput: pairs/s of `finetune()` with the hybrid sampler and our InfoNCE vs a
 strategies: the loss curves of the three strategy runs (monolingual, crosslingual, hybrid; same
   steps, seed and data) of an `xling experiment` on MLQA-R, written to --results as JSON and PNG.
 
-    python bench/train.py throughput --data ../shared/data --steps 30 --batch-size 32
+    python -m bench.train throughput --data ../shared/data --steps 30 --batch-size 32
     xling experiment --train ../shared/data/mlqa-r --eval ../shared/data/xquad-r --base <minilm> --out /tmp/exp
-    python bench/train.py strategies --experiment /tmp/exp
+    python -m bench.train strategies --experiment /tmp/exp
 """
 
 from __future__ import annotations
