@@ -153,7 +153,11 @@ def save_dataset(
     except DataError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         # Name files as the uploader knows them, not by the server's staging path.
-        raise type(exc)(str(exc).replace(f"{staging}/", "").replace(str(staging), "upload")) from None
+        message = str(exc).replace(f"{staging}/", "").replace(str(staging), "upload")
+        if filename.endswith(".jsonl"):  # stored under another name; say the one the uploader sent
+            for stored in ("upload.jsonl", "groups.jsonl", f"{name}.jsonl"):
+                message = message.replace(stored, PurePosixPath(filename).name)
+        raise type(exc)(message) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -84,7 +84,7 @@ SQUAD_LATIN1 = json.dumps(squad("Wo?", 17), ensure_ascii=False).encode("latin-1"
 JSONL_BITEXT = b'{"src": "a", "tgt": "b", "src_lang": "en", "tgt_lang": "de"}\n{"src": "' + LATIN1 + b'"}\n'
 # (case, upload name, upload bytes, where the error must point, the file's bytes that hold the bad one)
 NOT_UTF8_UPLOADS = [
-    ("latin-1 jsonl", "g.jsonl", JSONL_QA, "groups.jsonl:2", JSONL_QA),
+    ("latin-1 jsonl", "mine.jsonl", JSONL_QA, "mine.jsonl:2", JSONL_QA),
     ("latin-1 json in a zip", "d.zip", zipped({"set/de.json": SQUAD_LATIN1}), "de.json", SQUAD_LATIN1),
     ("latin-1 bitext jsonl", "b.jsonl", JSONL_BITEXT, ".jsonl:2", JSONL_BITEXT),
 ]

@@ -332,7 +332,7 @@ def test_dataset_uploads(stack: dict[str, Any]) -> None:
     duplicate = service.client.post("/datasets", data={"name": "train"}, files={"file": ("g.jsonl", b"{}")})
     assert duplicate.status_code == 409
     broken = service.client.post("/datasets", data={"name": "broken"}, files={"file": ("g.jsonl", b"not json\n")})
-    assert broken.status_code == 422 and "groups.jsonl:1: not JSON" in broken.json()["detail"]
+    assert broken.status_code == 422 and "g.jsonl:1: not JSON" in broken.json()["detail"]  # the name it was sent as
     assert str(stack["settings"].data_dir) not in broken.json()["detail"]
     wrong = service.client.post("/datasets", data={"name": "x"}, files={"file": ("g.csv", b"a,b")})
     assert wrong.status_code == 422
