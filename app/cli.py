@@ -160,6 +160,9 @@ def worker() -> None:
     if settings.redis_url is None:
         err_console.print("[red]error:[/red] the worker needs XLING_REDIS_URL (xling serve starts one itself)")
         raise typer.Exit(2)
+    # Training and re-encoding must not starve the api on shared cores (the quick start runs both on one
+    # machine): the kernel then gives the api most of a core whenever both want it.
+    os.nice(settings.worker_nice)
     with presence(settings):
         make_celery(settings).worker_main(worker_argv())
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     swap_poll_s: float = Field(1.0, gt=0, description="how often the api checks which model should serve")
     allow_hub_models: bool = Field(True, description="jobs may name hub ids as base models")
     start_worker: bool = Field(True, description="xling serve with embedded Redis also runs a worker")
+    worker_nice: int = Field(
+        10, ge=0, le=19, description="the worker lowers its CPU priority by this much, so serving wins shared cores"
+    )
     log_trim_interval_s: float = Field(10.0, gt=0, description="how often an api trims the doc log behind all holds")
     log_hold_ttl_s: float = Field(
         120.0, gt=0, description="a replica's hold on the doc log lapses this long after it stops refreshing it"

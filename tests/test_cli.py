@@ -131,6 +131,11 @@ def test_a_killed_worker_is_restarted_and_reaped(served) -> None:  # type: ignor
         assert time.monotonic() < deadline, "serve started no worker"
         time.sleep(0.2)
     (first,) = _worker_pids(process.pid)
+    wanted = os.getpriority(os.PRIO_PROCESS, 0) + 10  # serving keeps priority on shared cores
+    deadline = time.monotonic() + 60  # the worker lowers its priority once it has started up
+    while int(subprocess.run(["ps", "-o", "ni=", "-p", str(first)], capture_output=True, text=True).stdout) != wanted:
+        assert time.monotonic() < deadline, "the worker did not lower its priority"
+        time.sleep(0.2)
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while True:
