@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -128,24 +127,13 @@ def serve(
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from models.data import DataError, utf8_lines
+    from models.data import DataError, jsonl_objects
 
-    docs = []
     try:
-        for number, line in utf8_lines(path):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not JSON: {exc}") from None
-            if not isinstance(doc, dict):
-                raise DataError(f"{path}:{number}: expected an object with id and text")
-            docs.append(doc)
+        return [doc for _, doc in jsonl_objects(path, "id and text")]
     except DataError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    return docs
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from models.bitext import is_bitext, load_bitext
 from models.data import DataError, load_parallel
-from models.manifest import utc_now_iso, write_json_atomic
+from models.manifest import remove_dir, utc_now_iso, write_json_atomic
 
 INFO_FILE = "dataset.json"
 _CHUNK = 1024 * 1024
@@ -174,14 +174,9 @@ def list_datasets(datasets_dir: Path) -> list[dict[str, Any]]:
 
 
 def delete_dataset(datasets_dir: Path, name: str) -> bool:
-    """Remove a dataset; False if there was none. Renamed away first, so readers see it whole or not at all."""
+    """Remove a dataset; False if there was none."""
     folder = datasets_dir / name
-    if not (folder / INFO_FILE).is_file():
-        return False
-    doomed = Path(tempfile.mkdtemp(prefix=f".deleting-{name}-", dir=datasets_dir))
-    folder.rename(doomed / name)
-    shutil.rmtree(doomed, ignore_errors=True)
-    return True
+    return (folder / INFO_FILE).is_file() and remove_dir(folder)
 
 
 def dataset_path(datasets_dir: Path, name: str) -> Path | None:

@@ -244,14 +244,7 @@ class Engine:
         started = time.monotonic()
         source = resolve_model(spec, self.settings.models_dir)
         pair, from_snapshot = self._open_index(load_encoder(source, self.settings))
-        snapshot_offset = pair.applied_offset if from_snapshot else None
-        catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, while serving goes on
-        with self.applier.lock:  # the applier is between steps: nothing applies to the old pair now
-            catch_up(self.reader, pair, self.settings.applier_batch)
-            old, self.serving, self.model_source = self.serving, pair, source
-            self.serving_since = time.time()
-            self.applier.snapshot_offset = snapshot_offset
-            self.watermark.advance(pair.applied_offset)
+        old = self._take_over(pair, pair.applied_offset if from_snapshot else None, source)
         self.metrics.swaps.inc()
         self.metrics.index_size.set(len(pair.index))
         log.info(
@@ -365,16 +358,26 @@ class Engine:
                     pair.applied_offset)  # fmt: skip
         self._pin("rebuild", self.reader.last_offset())
         try:
-            fresh = build_index(self.reader, pair.encoder, chunk=2_048)
-            catch_up(self.reader, fresh, self.settings.applier_batch)
-            with self.applier.lock:
-                catch_up(self.reader, fresh, self.settings.applier_batch)
-                self.serving = fresh
-                self.applier.snapshot_offset = None
-                self.watermark.advance(fresh.applied_offset)
+            self._take_over(build_index(self.reader, pair.encoder, chunk=2_048), snapshot_offset=None)
         finally:
             self._unpin("rebuild")
         self.applier.snapshot()
+
+    def _take_over(
+        self, pair: ServingPair, snapshot_offset: str | None, source: ModelSource | None = None
+    ) -> ServingPair | None:
+        """Replay the log into `pair` while the serving one goes on, then swap under the applier lock (the
+        applier is between steps: nothing applies to the old pair now). Returns the pair it replaced."""
+        assert self.applier is not None
+        catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, outside the lock
+        with self.applier.lock:
+            catch_up(self.reader, pair, self.settings.applier_batch)
+            old, self.serving = self.serving, pair
+            if source is not None:  # a new model; a rebuild keeps the model and its serving_since
+                self.model_source, self.serving_since = source, time.time()
+            self.applier.snapshot_offset = snapshot_offset
+            self.watermark.advance(pair.applied_offset)
+        return old
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -17,12 +17,12 @@ from fastapi.openapi.utils import get_openapi
 from app.schemas import ErrorOut
 from app.settings import Settings
 
-# Statuses each kind of operation can answer, besides its success and 422 (which every operation with
-# parameters or a body gets). Keys are (method, path) templates; "*" matches every operation.
+# Statuses operations can answer besides their success: 422 with parameters or a body, these by what
+# the operation has, and the per-operation ones below.
+_BODY_ERRORS = (400, 413, 415)  # not UTF-8, too large, not JSON
+_PATH_ERRORS = (404,)  # the id in the path names nothing
+_REDIS_ERRORS = (503,)  # not ready, write not applied, Redis unreachable
 _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("*", "body"): (400, 413, 415),
-    ("*", "path"): (404,),
-    ("*", "redis"): (503,),
     ("post", "/search"): (429,),
     ("get", "/search"): (429,),
     ("post", "/v1/embeddings"): (404, 429),
@@ -96,11 +96,11 @@ def _document_errors(path: str, method: str, operation: dict[str, Any], open_gua
     if "requestBody" in operation or operation.get("parameters"):
         statuses.add(422)
     if "requestBody" in operation:
-        statuses.update(_ERRORS[("*", "body")])
+        statuses.update(_BODY_ERRORS)
     if "{" in path:
-        statuses.update(_ERRORS[("*", "path")])
+        statuses.update(_PATH_ERRORS)
     if path not in _NO_REDIS:
-        statuses.update(_ERRORS[("*", "redis")])
+        statuses.update(_REDIS_ERRORS)
     statuses.update(_ERRORS.get((method, path), ()))
     security = [req for req in operation.get("security", []) if not set(req) & open_guards]
     if any("writeKey" in req for req in security):  # the write key also reads: one requirement, not two

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from app.keys import RedisKeys
-from models.manifest import read_manifest
+from models.manifest import read_manifest, remove_dir
 from models.resolve import is_safe_version
 
 
@@ -34,11 +32,7 @@ class Registry:
     def delete(self, version: str, indexes_dir: Path) -> None:
         """Remove a version's folder and its index snapshot (callers check it is not in use)."""
         for folder in (self.models_dir / version, indexes_dir / version):
-            if folder.is_dir():
-                # Rename first, so a concurrent reader sees the version whole or not at all.
-                doomed = folder.with_name(f".deleting-{folder.name}-{os.getpid()}")
-                folder.rename(doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
+            remove_dir(folder)
 
     def has(self, version: str) -> bool:
         return is_safe_version(version) and read_manifest(self.models_dir / version) is not None

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.data import LANG_FILE, DataError, ParallelGroup, read_utf8, utf8_lines
+from models.data import LANG_FILE, DataError, ParallelGroup, jsonl_objects, read_utf8
 from models.encoder import EncodeFn
 
 _PAIR_FILE = re.compile(r"^(?P<prefix>.+)\.(?P<src>[A-Za-z_]+)-(?P<tgt>[A-Za-z_]+)\.(?P<lang>[A-Za-z_]+)$")
@@ -73,16 +73,7 @@ def _load_tatoeba(folder: Path, langs: list[str] | None) -> list[BitextPair]:
 
 def _load_jsonl(file: Path, langs: list[str] | None) -> list[BitextPair]:
     by_pair: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
-    for number, line in utf8_lines(file):
-        where = f"{file}:{number}"
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object with src, tgt, src_lang, tgt_lang")
+    for where, row in jsonl_objects(file, "src, tgt, src_lang, tgt_lang"):
         for key in ("src", "tgt", "src_lang", "tgt_lang"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(f"{where}: '{key}' must be a non-empty string")

@@ -54,6 +54,22 @@ def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
+def jsonl_objects(path: Path, expected: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for each non-blank line of a UTF-8 JSONL file; `expected` says what an object holds,
+    for the error when a line is not one."""
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with {expected}")
+        yield where, row
+
+
 def read_json_file(path: Path) -> Any:
     """A UTF-8 JSON document, or a DataError naming the file and where it breaks."""
     try:
@@ -189,15 +205,7 @@ def load_lareqa_folder(folder: Path, with_context: bool = False) -> tuple[list[P
 def load_jsonl_groups(file: Path) -> list[ParallelGroup]:
     groups: list[ParallelGroup] = []
     seen: set[str] = set()
-    for number, line in utf8_lines(file):
-        if not line.strip():
-            continue
-        where = f"{file}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not JSON ({exc.msg})") from None
-        _require(isinstance(row, dict), where, "expected an object")
+    for where, row in jsonl_objects(file, "id, query and passage"):
         for key in ("id", "query", "passage"):
             _require(key in row, where, f"missing '{key}'")
         for key in ("query", "passage"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -68,6 +69,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_dir(folder: Path) -> bool:
+    """Delete a folder; False if there is none. Renamed away first, so a reader sees it whole or not at all."""
+    if not folder.is_dir():
+        return False
+    doomed = Path(tempfile.mkdtemp(prefix=f".deleting-{folder.name}-", dir=folder.parent))
+    folder.rename(doomed / folder.name)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

@@ -48,6 +48,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-mean")
 
 
+@pytest.fixture(scope="session")
+def module_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis, tiny_model: Path) -> Any:
+    """Settings for a service a whole test module shares: its own data folder and Redis key prefix."""
+
+    def make(name: str, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "data_dir": tmp_path_factory.mktemp(name),
+            "retrieval_model": str(tiny_model),
+            "key_prefix": name,
+            "log_json": False,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, redis_url: str, tiny_model: Path) -> Any:
     def make(**overrides: Any) -> Settings:

@@ -12,16 +12,9 @@ GOOD = {"id": "keep", "text": "the cat sleeps on the warm windowsill", "lang": "
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, tiny_model: Any) -> Any:
-    from app.settings import Settings
-
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server.url,
-        data_dir=tmp_path_factory.mktemp("bad-input"),
-        retrieval_model=str(tiny_model),
-        key_prefix="badinput",
-        log_json=False,
+def limited(module_settings: Any) -> Any:
+    settings = module_settings(
+        "badinput",
         max_query_chars=50,
         max_k=20,
         max_docs_per_request=3,

@@ -21,19 +21,8 @@ GROUP = {"id": "g1", "query": {"en": "where?", "de": "wo?"}, "passage": {"en": "
 
 
 @pytest.fixture(scope="module")
-def hardened(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, tiny_model: Any) -> Any:
-    from app.settings import Settings
-
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server.url,
-        data_dir=tmp_path_factory.mktemp("hardening"),
-        retrieval_model=str(tiny_model),
-        key_prefix="hardening",
-        log_json=False,
-        max_unpacked_bytes=8 * 1024 * 1024,
-        max_zip_ratio=50,
-    )
+def hardened(module_settings: Any) -> Any:
+    settings = module_settings("hardening", max_unpacked_bytes=8 * 1024 * 1024, max_zip_ratio=50)
     with running_service(settings) as service:
         yield service
 

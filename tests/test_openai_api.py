@@ -15,20 +15,8 @@ TEXTS = ["the cat sleeps on the warm windowsill", "die katze schläft", "stock m
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, tiny_model: Any) -> Any:
-    from app.settings import Settings
-
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server.url,
-        data_dir=tmp_path_factory.mktemp("openai"),
-        retrieval_model=str(tiny_model),
-        key_prefix="openai",
-        log_json=False,
-        search_api_key="search-key",
-        max_docs_per_request=4,
-        max_text_chars=200,
-    )
+def keyed(module_settings: Any) -> Any:
+    settings = module_settings("openai", search_api_key="search-key", max_docs_per_request=4, max_text_chars=200)
     with running_service(settings) as service:
         yield service
 

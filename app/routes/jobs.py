@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path as FsPath
@@ -27,16 +26,20 @@ from app.schemas import (
     JobsPage,
     ReindexRequest,
 )
+from models.manifest import remove_dir
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_read_key)])
 guard = [Depends(require_write_key)]
 
 
+def _outs(jobs: list[Job], engine: Engine) -> list[JobOut]:
+    """Queued jobs say so when no worker consumes the queue (asked of Redis once per response)."""
+    unserved = any(job.status == "queued" for job in jobs) and not engine.live_workers()
+    return [JobOut(**asdict(job), warning=NO_WORKER if unserved and job.status == "queued" else None) for job in jobs]
+
+
 def _out(job: Job, engine: Engine) -> JobOut:
-    out = JobOut(**asdict(job))
-    if job.status == "queued" and not engine.live_workers():
-        out.warning = NO_WORKER
-    return out
+    return _outs([job], engine)[0]
 
 
 def _get(engine: EngineDep, job_id: str) -> Job:
@@ -82,7 +85,7 @@ def list_jobs(
 ) -> JobsPage:
     """Newest first."""
     jobs, count = engine.jobs.page(offset, limit, status)
-    return JobsPage(data=[_out(j, engine) for j in jobs], count=count)
+    return JobsPage(data=_outs(jobs, engine), count=count)
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -179,11 +182,7 @@ def delete_artefacts(job_id: str, engine: EngineDep, settings: SettingsDep) -> R
     job = _get(engine, job_id)
     if not job.final:
         raise Conflict(f"job {job_id} is {job.status}; cancel it or wait for it to finish")
-    folder = settings.reports_dir / job_id
-    if folder.is_dir():
-        doomed = folder.with_name(f".deleting-{job_id}")
-        folder.rename(doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+    remove_dir(settings.reports_dir / job_id)
     return Response(status_code=204)
 
 

@@ -38,9 +38,10 @@ def list_models(engine: EngineDep) -> ModelsPage:
 
 def _rollback_target(engine: Engine) -> str | None:
     """What serving goes back to: the version before the last activation (the default if that was none)."""
-    if engine.registry.active() is None and engine.registry.rollback_target() is None:
+    target = engine.registry.rollback_target()
+    if target is None and engine.registry.active() is None:
         return None  # the default serves and nothing was ever activated: nothing to go back to
-    return engine.registry.rollback_target() or engine.default_version
+    return target or engine.default_version
 
 
 @router.delete("/{version}", status_code=204, dependencies=[Depends(require_write_key)])
