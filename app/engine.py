@@ -24,7 +24,7 @@ from app.applier import Applier, Watermark
 from app.batcher import MicroBatcher
 from app.docstore import DocReader, DocStore, StoredDoc, offset_key
 from app.errors import NotFound, NotReady, WriteTimeout
-from app.indexing import ServingPair, build_index, catch_up, load_encoder
+from app.indexing import ServingPair, build_index, catch_up, index_spec, load_encoder
 from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.logs import OutageNotice
@@ -295,7 +295,7 @@ class Engine:
         Pins the offset it replays from as "open" (the caller unpins once the pair serves)."""
         folder = self.snapshot_dir(encoder.version)
         try:
-            index, offset = VectorIndex.load(folder, encoder.version, encoder.dim)
+            index, offset = VectorIndex.load(folder, encoder.version, encoder.dim, index_spec(self.settings))
             self._pin("open", offset)
             self.retention.check(offset)
             log.info("snapshot loaded", extra={"path": str(folder), "vectors": len(index), "offset": offset})
@@ -307,7 +307,7 @@ class Engine:
         except SnapshotError as exc:
             log.info("no usable snapshot (%s); encoding all documents", exc)
         self._pin("open", self.reader.last_offset())  # build_index replays from an offset at least this new
-        return build_index(self.reader, encoder, chunk=2_048), False
+        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048), False
 
     # Doc-log retention (app/retention.py) -------------------------------------------------------
     def _pin(self, name: str, offset: str) -> None:
@@ -358,7 +358,9 @@ class Engine:
                     pair.applied_offset)  # fmt: skip
         self._pin("rebuild", self.reader.last_offset())
         try:
-            self._take_over(build_index(self.reader, pair.encoder, chunk=2_048), snapshot_offset=None)
+            self._take_over(
+                build_index(self.reader, pair.encoder, index_spec(self.settings), chunk=2_048), snapshot_offset=None
+            )
         finally:
             self._unpin("rebuild")
         self.applier.snapshot()
@@ -459,8 +461,7 @@ class Engine:
         results: list[list[Neighbour]] = [[] for _ in queries]
         for rows in groups.values():
             first = queries[rows[0]]
-            allowed = pair.index.allowed_ids(first.langs, dict(first.where))
-            found = pair.index.search(vectors[rows], max(queries[r].k for r in rows), allowed)
+            found = pair.index.search(vectors[rows], max(queries[r].k for r in rows), first.langs, dict(first.where))
             for row, neighbours in zip(rows, found, strict=True):
                 results[row] = neighbours[: queries[row].k]
         return results

@@ -9,7 +9,7 @@ from app.docstore import DocReader, LogEntry
 from app.settings import Settings
 from models.encoder import Encoder
 from models.resolve import ModelSource
-from models.vector_index import VectorIndex
+from models.vector_index import IndexSpec, VectorIndex
 
 
 @dataclass
@@ -35,6 +35,17 @@ def load_encoder(source: ModelSource, settings: Settings) -> Encoder:
         batch_size=settings.encode_batch_size,
         batch_tokens=settings.encode_batch_tokens,
         name_hint=source.name,
+        precision=settings.encoder_precision,
+    )
+
+
+def index_spec(settings: Settings) -> IndexSpec:
+    return IndexSpec(
+        kind=settings.index,
+        hnsw_m=settings.hnsw_m,
+        ef_construction=settings.hnsw_ef_construction,
+        ef_search=settings.hnsw_ef_search,
+        exact_filter_max=settings.hnsw_exact_filter_max,
     )
 
 
@@ -60,13 +71,14 @@ def apply_entries(entries: Sequence[LogEntry], reader: DocReader, pair: ServingP
 def build_index(
     reader: DocReader,
     encoder: Encoder,
+    spec: IndexSpec,
     chunk: int = 1_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> ServingPair:
     """Encode every document; the returned pair's offset is where the log must be replayed from."""
     # Read the offset first: writes that land during the scan are replayed afterwards (idempotently).
     offset = reader.last_offset()
-    index = VectorIndex(encoder.dim, encoder.version)
+    index = VectorIndex(encoder.dim, encoder.version, spec)
     total, done = reader.count(), 0
     for docs in reader.iter_all(chunk):
         vectors = encoder.encode([doc.text for _, doc in docs], "passage")

@@ -27,6 +27,23 @@ class Settings(BaseSettings):
         None, ge=64, description="padded tokens per encoder forward; unset = 1024 on CPU, 32768 on GPU"
     )
     max_seq_length: int | None = Field(None, ge=8, le=8192, description="cap on tokens per text")
+    encoder_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="CPU encoder arithmetic; auto = bf16 where the CPU has it natively, else fp32 (GPU: bf16/fp16)",
+    )
+
+    # Vector index (DESIGN §3; the build parameters are recorded in each snapshot, which must match them)
+    index: Literal["flat", "hnsw"] = Field(
+        "flat", description="flat = exact search; hnsw = approximate graph search, for large corpora (README)"
+    )
+    hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph links per document")
+    hnsw_ef_construction: int = Field(80, ge=8, le=4096, description="hnsw: candidate list while inserting")
+    hnsw_ef_search: int = Field(
+        64, ge=8, le=4096, description="hnsw: candidate list per query; higher finds more of the true top-k, slower"
+    )
+    hnsw_exact_filter_max: int = Field(
+        20_000, ge=0, description="hnsw: a filter matching at most this many documents is served by an exact scan"
+    )
 
     # Security
     api_key: SecretStr | None = Field(None, description="Bearer key for writes, jobs and activation")

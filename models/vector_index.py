@@ -1,168 +1,161 @@
-"""Exact inner-product FAISS index with string ids, language/metadata filters and atomic snapshots."""
+"""The served vector index: a SlotStore (models/index_store.py) behind a lock, background compaction of
+an approximate index's tombstones, and atomic snapshots that record how the index was built."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from models.index_store import DocEntry, IndexSpec, Neighbour, Scalar, SlotStore
 from models.manifest import write_json_atomic
 
-SNAPSHOT_META = "snapshot.json"
-SNAPSHOT_FORMAT = 1
-ORPHAN_AGE_S = 3600  # files no snapshot names, left by a replica that died mid-save
+__all__ = ["DocEntry", "IndexMismatchError", "IndexSpec", "Neighbour", "Scalar", "SnapshotError", "VectorIndex"]
 
-Scalar = str | int | float | bool | None
+log = logging.getLogger(__name__)
+
+SNAPSHOT_META = "snapshot.json"
+SNAPSHOT_FORMAT = 2  # 1: an IndexIDMap2 over hashed ids (read and converted when the index is flat)
+ORPHAN_AGE_S = 3600  # files no snapshot names, left by a replica that died mid-save
+COMPACT_MIN_DEAD = 1_000  # fewer tombstones than this are never worth a rebuild
+COMPACT_CHUNK = 16_384
 
 
 class IndexMismatchError(Exception):
-    """A snapshot was built by another model version or has another dimension."""
+    """A snapshot was built by another model version, has another dimension, or another index build."""
 
 
 class SnapshotError(Exception):
     """A snapshot is missing parts or its parts disagree."""
 
 
-def int_id(ext_id: str) -> int:
-    """Stable 63-bit id for a string id; every replica and the worker compute the same one.
-
-    Collision odds are about n²/2⁶⁴ (1e-7 at 1.9M documents); a collision is detected and refused.
-    """
-    return int.from_bytes(hashlib.blake2b(ext_id.encode(), digest_size=8).digest(), "big") >> 1
-
-
-def _filter_key(key: str, value: Scalar) -> str:
-    return f"{key}\x00{json.dumps(value, sort_keys=True)}"
-
-
-@dataclass
-class DocEntry:
-    ext_id: str
-    lang: str | None
-    metadata: dict[str, Scalar] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    ext_id: str
-    score: float
-
-
 class VectorIndex:
-    """IndexIDMap2(IndexFlatIP) over unit vectors (inner product = cosine); every method is thread-safe."""
+    """Unit vectors under string ids (inner product = cosine); every method is thread-safe."""
 
-    def __init__(self, dim: int, model_version: str) -> None:
+    def __init__(self, dim: int, model_version: str, spec: IndexSpec | None = None) -> None:
         self.dim = dim
         self.model_version = model_version
-        # Any: faiss's SWIG stubs mistype remove_ids, SearchParameters(sel=...) and deserialize_index.
-        self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._docs: dict[int, DocEntry] = {}
-        # Inverted lists for filters: language -> ids, "key\0json(value)" -> ids.
-        self._by_lang: dict[str, set[int]] = defaultdict(set)
-        self._by_meta: dict[str, set[int]] = defaultdict(set)
+        self.spec = spec or IndexSpec()
+        self._store = SlotStore(self.spec, dim)
         self._lock = threading.RLock()
+        self._journal: set[str] | None = None  # ids written while a compaction runs
+        self._compactor: threading.Thread | None = None
+        self.compactions = 0
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._index.ntotal)
+            return len(self._store)
 
     def __contains__(self, ext_id: str) -> bool:
         with self._lock:
-            return int_id(ext_id) in self._docs
+            return ext_id in self._store.slot_of
+
+    @property
+    def tombstones(self) -> int:
+        with self._lock:
+            return self._store.dead
 
     def languages(self) -> dict[str, int]:
         with self._lock:
-            return {lang: len(ids) for lang, ids in sorted(self._by_lang.items()) if ids}
+            return self._store.languages()
 
     def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray) -> None:
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)
-        ids = np.array([int_id(d.ext_id) for d in docs], dtype=np.int64)
-        if len(set(ids.tolist())) != len(ids):
+        if len({d.ext_id for d in docs}) != len(docs):
             raise ValueError("duplicate ids in one upsert")
         with self._lock:
-            for doc, iid in zip(docs, ids.tolist(), strict=True):
-                known = self._docs.get(iid)
-                if known is not None and known.ext_id != doc.ext_id:
-                    raise ValueError(f"id hash collision between {known.ext_id!r} and {doc.ext_id!r}")
-            self._remove_ids([iid for iid in ids.tolist() if iid in self._docs])
-            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-            for doc, iid in zip(docs, ids.tolist(), strict=True):
-                self._add_entry(iid, doc)
+            self._store.upsert(docs, vectors)
+            if self._journal is not None:
+                self._journal.update(d.ext_id for d in docs)
+            self._maybe_compact()
 
     def remove(self, ext_ids: Iterable[str]) -> int:
+        ids = list(ext_ids)
         with self._lock:
-            present = [iid for iid in {int_id(e) for e in ext_ids} if iid in self._docs]
-            self._remove_ids(present)
-            return len(present)
+            removed = self._store.remove(ids)
+            if self._journal is not None:
+                self._journal.update(ids)
+            self._maybe_compact()
+            return removed
 
-    def allowed_ids(self, langs: Sequence[str] | None, where: dict[str, Scalar] | None) -> set[int] | None:
-        """Ids passing a language list (any of) and metadata equalities (all of); None = no filter."""
-        if not langs and not where:
-            return None
-        with self._lock:
-            allowed: set[int] | None = None
-            if langs:
-                allowed = set().union(*(self._by_lang.get(lang, set()) for lang in langs))
-            for key, value in (where or {}).items():
-                matching = self._by_meta.get(_filter_key(key, value), set())
-                allowed = set(matching) if allowed is None else allowed & matching
-            return allowed if allowed is not None else set()
-
-    def search(self, queries: np.ndarray, k: int, allowed: set[int] | None = None) -> list[list[Neighbour]]:
-        """Top-k per query row; with `allowed`, the true top-k among those ids (not a post-filtered list)."""
+    def search(
+        self, queries: np.ndarray, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
+    ) -> list[list[Neighbour]]:
+        """Top-k per query row among documents in any of `langs` whose metadata has every `where` pair;
+        exact on a flat index, deleted documents never. The filter is resolved under the same lock as
+        the search, so a concurrent write cannot shift the slots in between."""
         assert queries.ndim == 2 and queries.shape[1] == self.dim, queries.shape
-        if allowed is not None and not allowed:
-            return [[] for _ in range(len(queries))]
-        params = None
-        if allowed is not None:
-            selector = faiss.IDSelectorBatch(np.fromiter(allowed, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         with self._lock:
-            if self._index.ntotal == 0:
-                return [[] for _ in range(len(queries))]
-            k_eff = min(k, int(self._index.ntotal))
-            scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k_eff, params=params)
-            return [
-                [Neighbour(self._docs[iid].ext_id, float(s)) for s, iid in zip(row_s, row_i, strict=True) if iid >= 0]
-                for row_s, row_i in zip(scores, ids.tolist(), strict=True)
-            ]
+            return self._store.search(queries, k, langs, where)
 
-    def vectors_of(self, ext_ids: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            return np.stack([self._index.reconstruct(int_id(e)) for e in ext_ids])
-
-    def entries(self) -> list[DocEntry]:
-        with self._lock:
-            return list(self._docs.values())
-
-    def _add_entry(self, iid: int, doc: DocEntry) -> None:
-        self._docs[iid] = doc
-        if doc.lang:
-            self._by_lang[doc.lang].add(iid)
-        for key, value in doc.metadata.items():
-            self._by_meta[_filter_key(key, value)].add(iid)
-
-    def _remove_ids(self, iids: list[int]) -> None:
-        if not iids:
+    # Compaction (hnsw) ----------------------------------------------------------------------------
+    def _maybe_compact(self) -> None:
+        store = self._store
+        if self.spec.kind != "hnsw" or self._compactor is not None:
             return
-        self._index.remove_ids(np.array(iids, dtype=np.int64))
-        for iid in iids:
-            doc = self._docs.pop(iid)
-            if doc.lang:
-                self._by_lang[doc.lang].discard(iid)
-            for key, value in doc.metadata.items():
-                self._by_meta[_filter_key(key, value)].discard(iid)
+        if store.dead < max(COMPACT_MIN_DEAD, self.spec.compact_dead_ratio * store.slots):
+            return
+        self._compactor = threading.Thread(target=self._compact_logged, name="xling-compact", daemon=True)
+        self._compactor.start()
+
+    def _compact_logged(self) -> None:
+        try:
+            self.compact()
+        except Exception:  # the old structure keeps serving; the next write past the threshold retries
+            log.exception("index compaction failed")
+        finally:
+            with self._lock:
+                self._compactor = None
+
+    def wait_compacted(self, timeout_s: float | None = None) -> None:
+        with self._lock:
+            thread = self._compactor
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def compact(self) -> None:
+        """Rebuild the structure from the live documents, without tombstones, while searches and writes
+        go on against the old one; writes made meanwhile are replayed onto the new one before it serves."""
+        with self._lock:
+            if self._journal is not None:
+                return  # one compaction at a time
+            self._journal = set()
+            old = self._store
+            slots = list(old.live_slots())
+        started = time.monotonic()
+        try:
+            fresh = SlotStore(self.spec, self.dim)
+            for start in range(0, len(slots), COMPACT_CHUNK):
+                with self._lock:  # slots of a graph are never reused, so a live slot still holds its document
+                    part = [s for s in slots[start : start + COMPACT_CHUNK] if old.ext_ids[s] is not None]
+                    entries, vectors = [old.entry(s) for s in part], old.vectors(part)
+                fresh.upsert(entries, vectors)  # outside the lock: graph insertion is the slow part
+            with self._lock:
+                for ext_id in self._journal:
+                    slot = old.slot_of.get(ext_id)
+                    if slot is None:
+                        fresh.remove([ext_id])
+                    else:
+                        fresh.upsert([old.entry(slot)], old.vectors([slot]))
+                self._store = fresh
+                self.compactions += 1
+            log.info(
+                "index compacted",
+                extra={"dropped": old.dead, "vectors": len(fresh), "seconds": round(time.monotonic() - started, 1)},
+            )
+        finally:
+            with self._lock:
+                self._journal = None
 
     # Snapshots: data files carry a unique token; snapshot.json names them and is replaced last,
     # so a reader sees either the previous complete snapshot or the new one.
@@ -171,18 +164,22 @@ class VectorIndex:
         token = uuid.uuid4().hex[:12]
         index_name, docs_name = f"index-{token}.faiss", f"docs-{token}.jsonl"
         with self._lock:
-            index_bytes = faiss.serialize_index(self._index)
-            docs = [(iid, d.ext_id, d.lang, d.metadata) for iid, d in self._docs.items()]
-            count = int(self._index.ntotal)
+            store = self._store
+            index_bytes = faiss.serialize_index(store.faiss)
+            docs = [(slot, *astuple(store.entry(slot))) for slot in store.live_slots()]
+            slots = store.slots
         _write_file_atomic(folder / index_name, index_bytes.tobytes())
+        del index_bytes
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in docs)
         _write_file_atomic(folder / docs_name, lines.encode())
         meta = {
             "format": SNAPSHOT_FORMAT,
             "model_version": self.model_version,
             "dim": self.dim,
+            "index": self.spec.build_params(),
             "applied_offset": applied_offset,
-            "count": count,
+            "count": len(docs),
+            "slots": slots,
             "index_file": index_name,
             "docs_file": docs_name,
         }
@@ -198,8 +195,11 @@ class VectorIndex:
                 orphan.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, folder: Path, expected_version: str, expected_dim: int) -> tuple[VectorIndex, str]:
+    def load(
+        cls, folder: Path, expected_version: str, expected_dim: int, spec: IndexSpec | None = None
+    ) -> tuple[VectorIndex, str]:
         """Load a snapshot; returns the index and the doc-log offset it has applied."""
+        spec = spec or IndexSpec()
         meta = _read_meta(folder)
         if not meta:
             raise SnapshotError(f"no snapshot at {folder}")
@@ -210,7 +210,12 @@ class VectorIndex:
             )
         if meta.get("dim") != expected_dim:
             raise IndexMismatchError(f"snapshot {folder} has dimension {meta.get('dim')}, encoder has {expected_dim}")
-        index = cls(expected_dim, expected_version)
+        built = meta.get("index", {"kind": "flat"})  # format 1 was always flat
+        if built != spec.build_params():
+            raise IndexMismatchError(
+                f"snapshot {folder} was built as index {json.dumps(built, sort_keys=True)}; "
+                f"refusing to serve it as {spec.describe()} (XLING_INDEX and its parameters)"
+            )
         try:
             raw = np.frombuffer((folder / meta["index_file"]).read_bytes(), dtype=np.uint8)
             # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and \x1c..\x1e, which
@@ -218,19 +223,37 @@ class VectorIndex:
             doc_lines = [line for line in (folder / meta["docs_file"]).read_bytes().decode("utf-8").split("\n") if line]
         except FileNotFoundError as exc:  # replaced by a newer snapshot while we read
             raise SnapshotError(f"snapshot {folder} changed while loading: {exc}") from exc
-        index._index = faiss.deserialize_index(raw)
+        structure = faiss.deserialize_index(raw)
+        del raw
         try:
-            for line in doc_lines:
-                iid, ext_id, lang, metadata = json.loads(line)
-                index._add_entry(int(iid), DocEntry(ext_id, lang, metadata))
-        except (ValueError, TypeError) as exc:  # a damaged file: rebuild from the documents rather than fail
+            rows = [json.loads(line) for line in doc_lines]
+            del doc_lines
+            if meta.get("format", 1) == 1:
+                structure, rows = _from_id_map(structure, rows)
+            store = SlotStore(spec, expected_dim, structure)
+            if spec.kind == "hnsw":
+                structure.hnsw.efConstruction = spec.ef_construction
+            store.restore([(int(slot), DocEntry(ext_id, lang, metadata)) for slot, ext_id, lang, metadata in rows])
+        except (ValueError, TypeError, IndexError, KeyError) as exc:  # damaged: rebuild from the documents instead
             raise SnapshotError(f"snapshot {folder} has an unreadable documents file: {exc}") from exc
-        if not (index._index.ntotal == len(index._docs) == meta["count"]):
+        if not (len(store) == meta["count"] and store.slots == meta.get("slots", meta["count"])):
             raise SnapshotError(
-                f"snapshot {folder} is inconsistent: {index._index.ntotal} vectors, "
-                f"{len(index._docs)} documents, {meta['count']} recorded"
+                f"snapshot {folder} is inconsistent: {store.slots} vectors, "
+                f"{len(store)} documents, {meta['count']} recorded"
             )
+        index = cls(expected_dim, expected_version, spec)
+        index._store = store
         return index, str(meta["applied_offset"])
+
+
+def _from_id_map(structure: Any, rows: list[list[Any]]) -> tuple[Any, list[list[Any]]]:
+    """A format-1 snapshot (IndexIDMap2 over hashed ids) as a flat index whose positions are slots."""
+    id_map = faiss.vector_to_array(structure.id_map)
+    inner = faiss.downcast_index(structure.index)
+    position = {int(iid): pos for pos, iid in enumerate(id_map.tolist())}
+    flat = faiss.IndexFlatIP(inner.d)
+    flat.add(inner.reconstruct_n(0, inner.ntotal))
+    return flat, [[position[int(iid)], ext_id, lang, metadata] for iid, ext_id, lang, metadata in rows]
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

@@ -48,6 +48,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-mean")
 
 
+# Services under test encode in float32, so their results equal the float32 references the tests compute
+# on every CPU (`auto` would pick bf16 on CPUs that have it); tests/test_encoder.py covers bf16 and int8.
+FP32 = "fp32"
+
+
 @pytest.fixture(scope="session")
 def module_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis, tiny_model: Path) -> Any:
     """Settings for a service a whole test module shares: its own data folder and Redis key prefix."""
@@ -59,6 +64,7 @@ def module_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Embe
             "retrieval_model": str(tiny_model),
             "key_prefix": name,
             "log_json": False,
+            "encoder_precision": FP32,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -75,6 +81,7 @@ def make_settings(tmp_path: Path, redis_url: str, tiny_model: Path) -> Any:
             "retrieval_model": str(tiny_model),
             "log_json": False,
             "batch_max_wait_ms": 2.0,
+            "encoder_precision": FP32,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

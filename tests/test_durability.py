@@ -16,6 +16,9 @@ from app.keys import RedisKeys
 from tests.conftest import RunningService, running_service
 from tests.test_search_service import corpus
 
+# An approximate index configured exhaustively (efSearch >= corpus) must behave as the exact one.
+EXHAUSTIVE_HNSW = {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_search": 1024, "hnsw_exact_filter_max": 0}
+INDEX_KINDS = pytest.mark.parametrize("index_settings", [{}, EXHAUSTIVE_HNSW], ids=["flat", "hnsw"])
 QUERIES = ["the cat sleeps on the mat", "die aktienmärkte fielen", "la rivière inonde", "el equipo ganó"]
 
 
@@ -31,8 +34,11 @@ def snapshot_meta(service_settings: Any) -> dict[str, Any]:
     return json.loads((service_settings.indexes_dir / "tiny-mean" / "snapshot.json").read_text())
 
 
-def test_restart_gives_identical_results(make_settings: Any, caplog: pytest.LogCaptureFixture) -> None:
-    settings = make_settings()
+@INDEX_KINDS
+def test_restart_gives_identical_results(
+    make_settings: Any, caplog: pytest.LogCaptureFixture, index_settings: dict[str, Any]
+) -> None:
+    settings = make_settings(**index_settings)
     with running_service(settings) as first:
         first.index(corpus(20))
         first.client.delete("/index/en-3")
@@ -53,8 +59,9 @@ def test_restart_gives_identical_results(make_settings: Any, caplog: pytest.LogC
     assert "encoding all documents" in caplog.text
 
 
-def test_start_up_replays_the_log_after_the_snapshot(make_settings: Any) -> None:
-    settings = make_settings()
+@INDEX_KINDS
+def test_start_up_replays_the_log_after_the_snapshot(make_settings: Any, index_settings: dict[str, Any]) -> None:
+    settings = make_settings(**index_settings)
     with running_service(settings) as first:
         first.index(corpus(5))
     snapshot_offset = snapshot_meta(settings)["applied_offset"]
@@ -87,6 +94,24 @@ def test_snapshot_of_another_model_version_is_refused(make_settings: Any, caplog
         assert results(second) == before  # rebuilt from the documents, not served from the foreign index
     assert "snapshot refused" in caplog.text and "some-other-model" in caplog.text
     assert json.loads(meta_path.read_text())["model_version"] == "tiny-mean"
+
+
+def test_hnsw_serves_what_flat_serves_and_refuses_a_flat_snapshot(
+    make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    flat = make_settings()
+    with running_service(flat) as service:
+        service.index(corpus(10))
+        service.client.post("/index", json={"documents": [{"id": "en-1", "text": "ein neuer text", "lang": "de"}]})
+        service.client.delete("/index/fr-2")
+        exact = results(service)
+        filtered = service.client.post("/search", json={"query": QUERIES[0], "k": 5, "langs": ["de"]}).json()
+    with caplog.at_level("INFO"), running_service(make_settings(**EXHAUSTIVE_HNSW)) as approximate:
+        assert results(approximate) == exact
+        again = approximate.client.post("/search", json={"query": QUERIES[0], "k": 5, "langs": ["de"]}).json()
+        assert [h["id"] for h in again["hits"]] == [h["id"] for h in filtered["hits"]]
+    assert "snapshot refused" in caplog.text and '"kind": "flat"' in caplog.text
+    assert snapshot_meta(flat)["index"] == {"kind": "hnsw", "m": 16, "ef_construction": 80}
 
 
 def test_periodic_snapshots(make_settings: Any) -> None:

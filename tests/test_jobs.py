@@ -24,7 +24,11 @@ from tests.conftest import RunningService, running_service
 from tests.synthetic import make_groups, vocabulary_texts, write_lareqa
 from tests.tiny_model import build_tiny_model
 
-FAST = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0, "sweep_interval_s": 0.5, "swap_poll_s": 0.2}
+# Float32 encoders (see tests/conftest.py FP32), in the api and the worker alike.
+FAST = {
+    "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0, "sweep_interval_s": 0.5, "swap_poll_s": 0.2,
+    "encoder_precision": "fp32",
+}  # fmt: skip
 TRAIN = {"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "val_fraction": 0.0, "warmup_ratio": 0.0}
 
 

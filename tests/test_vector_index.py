@@ -1,14 +1,27 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
-from models.vector_index import DocEntry, IndexMismatchError, SnapshotError, VectorIndex
+from models import vector_index
+from models.vector_index import DocEntry, IndexMismatchError, IndexSpec, SnapshotError, VectorIndex
 
 LANGS = ["en", "de", "fr", "es"]
+# Every kind must behave as the exact flat index where the approximate one is configured exhaustively
+# (efSearch >= corpus): through its graph, with filters through the graph (exact_filter_max=0) or
+# through the exact scan of the matching vectors.
+EXHAUSTIVE_HNSW = IndexSpec(kind="hnsw", hnsw_m=16, ef_construction=200, ef_search=1_024, exact_filter_max=0)
+SPECS = {
+    "flat": IndexSpec(),
+    "hnsw-graph-filter": EXHAUSTIVE_HNSW,
+    "hnsw-exact-filter": IndexSpec(kind="hnsw", hnsw_m=16, ef_construction=200, ef_search=1_024),
+}
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -16,14 +29,19 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.fixture(params=list(SPECS))
+def spec(request: pytest.FixtureRequest) -> IndexSpec:
+    return SPECS[request.param]
+
+
 @pytest.fixture
-def filled() -> tuple[VectorIndex, list[DocEntry], np.ndarray]:
+def filled(spec: IndexSpec) -> tuple[VectorIndex, list[DocEntry], np.ndarray]:
     rng = np.random.default_rng(0)
     docs = [
         DocEntry(f"d{i}", LANGS[i % 4], {"topic": ["a", "b", "c"][i % 3], "year": 2000 + i % 5}) for i in range(300)
     ]
     vectors = _unit(rng, len(docs), 16)
-    index = VectorIndex(16, "v1")
+    index = VectorIndex(16, "v1", spec)
     index.upsert(docs, vectors)
     return index, docs, vectors
 
@@ -52,21 +70,23 @@ def test_filters_give_the_true_top_k(filled: tuple[VectorIndex, list[DocEntry], 
             where["year"] = 2003
         keep = [d.lang in langs and all(d.metadata[k] == v for k, v in where.items()) for d in docs]
         query = _unit(rng, 1, 16)[0]
-        allowed = index.allowed_ids(langs, where)
-        got = [h.ext_id for h in index.search(query[None], 10, allowed)[0]]
+        got = [h.ext_id for h in index.search(query[None], 10, langs, where)[0]]
         assert got == _brute_force(query, docs, vectors, keep, 10), (langs, where)
 
 
 def test_unknown_language_filter_finds_nothing(filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
     index, _, vectors = filled
-    assert index.search(vectors[:2], 5, index.allowed_ids(["xx"], None)) == [[], []]
+    assert index.search(vectors[:2], 5, ["xx"]) == [[], []]
+    assert index.search(vectors[:2], 5, ["en"], {"topic": "zz"}) == [[], []]
 
 
 def test_upsert_replaces_and_remove_deletes(filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
     index, docs, vectors = filled
     index.upsert([DocEntry("d0", "fr", {})], vectors[1:2])
     assert len(index) == 300
-    np.testing.assert_allclose(index.vectors_of(["d0"])[0], vectors[1])
+    assert {h.ext_id for h in index.search(vectors[1:2], 2)[0]} == {"d0", "d1"}
+    assert [h.ext_id for h in index.search(vectors[1:2], 1, ["fr"])[0]] == ["d0"]
+    assert "d0" not in [h.ext_id for h in index.search(vectors[0:1], 300, ["en"])[0]]
     assert index.languages()["fr"] == 76  # 75 French documents plus d0, moved from English
     assert index.remove(["d0", "d1", "missing"]) == 2
     assert len(index) == 298 and "d0" not in index
@@ -79,12 +99,11 @@ def test_snapshot_round_trip(tmp_path: Path, filled: tuple[VectorIndex, list[Doc
     index.remove(["d5"])
     index.save(tmp_path, "123-9")  # a second save replaces the first one's files
     assert len(list(tmp_path.glob("index-*.faiss"))) == 1
-    loaded, offset = VectorIndex.load(tmp_path, "v1", 16)
+    loaded, offset = VectorIndex.load(tmp_path, "v1", 16, index.spec)
     assert offset == "123-9" and len(loaded) == 299 and "d5" not in loaded
-    allowed = loaded.allowed_ids(["de"], {"topic": "a"})
-    assert loaded.search(vectors[:3], 7, allowed) == index.search(
-        vectors[:3], 7, index.allowed_ids(["de"], {"topic": "a"})
-    )
+    assert loaded.tombstones == index.tombstones
+    assert loaded.search(vectors[:3], 7, ["de"], {"topic": "a"}) == index.search(vectors[:3], 7, ["de"], {"topic": "a"})
+    assert loaded.search(vectors[:3], 7) == index.search(vectors[:3], 7)
 
 
 def test_snapshot_of_another_model_version_is_refused(
@@ -93,23 +112,23 @@ def test_snapshot_of_another_model_version_is_refused(
     index, _, _ = filled
     index.save(tmp_path, "1-0")
     with pytest.raises(IndexMismatchError, match="built by model version 'v1'.*'v2'"):
-        VectorIndex.load(tmp_path, "v2", 16)
+        VectorIndex.load(tmp_path, "v2", 16, index.spec)
     with pytest.raises(IndexMismatchError, match="dimension"):
-        VectorIndex.load(tmp_path, "v1", 32)
+        VectorIndex.load(tmp_path, "v1", 32, index.spec)
 
 
 def test_missing_or_inconsistent_snapshot(
     tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]
 ) -> None:
-    with pytest.raises(SnapshotError):
-        VectorIndex.load(tmp_path, "v1", 16)
     index, _, _ = filled
+    with pytest.raises(SnapshotError):
+        VectorIndex.load(tmp_path, "v1", 16, index.spec)
     index.save(tmp_path, "1-0")
     meta = json.loads((tmp_path / "snapshot.json").read_text())
     meta["count"] = 5
     (tmp_path / "snapshot.json").write_text(json.dumps(meta))
     with pytest.raises(SnapshotError, match="inconsistent"):
-        VectorIndex.load(tmp_path, "v1", 16)
+        VectorIndex.load(tmp_path, "v1", 16, index.spec)
 
 
 def test_snapshot_keeps_metadata_with_line_separator_characters(tmp_path: Path) -> None:
@@ -120,9 +139,7 @@ def test_snapshot_keeps_metadata_with_line_separator_characters(tmp_path: Path) 
     index.save(tmp_path, "7-0")
     loaded, offset = VectorIndex.load(tmp_path, "v1", 4)
     assert offset == "7-0" and len(loaded) == 2
-    assert [n.ext_id for n in loaded.search(np.eye(4, dtype=np.float32)[:1], 1, loaded.allowed_ids([], odd))[0]] == [
-        "odd"
-    ]
+    assert [n.ext_id for n in loaded.search(np.eye(4, dtype=np.float32)[:1], 1, [], odd)[0]] == ["odd"]
 
 
 def test_damaged_documents_file_is_a_snapshot_error(
@@ -133,4 +150,114 @@ def test_damaged_documents_file_is_a_snapshot_error(
     docs_file = next(tmp_path.glob("docs-*.jsonl"))
     docs_file.write_bytes(docs_file.read_bytes()[:-40])
     with pytest.raises(SnapshotError, match="unreadable|inconsistent"):
-        VectorIndex.load(tmp_path, "v1", 16)
+        VectorIndex.load(tmp_path, "v1", 16, index.spec)
+
+
+def _reference_search(
+    truth: dict[str, tuple[DocEntry, np.ndarray]], query: np.ndarray, k: int, langs: list[str] | None = None
+) -> list[str]:
+    items = [(doc, vec) for doc, vec in truth.values() if not langs or doc.lang in langs]
+    scores = np.array([float(vec @ query) for _, vec in items])
+    return [items[i][0].ext_id for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_random_writes_match_a_brute_force_reference(spec: IndexSpec) -> None:
+    """Inserts, replacements (some changing language) and deletes in random order, then searches:
+    the index finds what a brute-force scan of the expected documents finds, and never a deleted id."""
+    rng = np.random.default_rng(7)
+    index = VectorIndex(16, "v1", spec)
+    truth: dict[str, tuple[DocEntry, np.ndarray]] = {}
+    deleted: set[str] = set()
+    for _ in range(40):
+        ids = [f"d{i}" for i in rng.choice(120, size=int(rng.integers(1, 12)), replace=False)]
+        if rng.random() < 0.35:
+            index.remove(ids)
+            for doc_id in ids:
+                if truth.pop(doc_id, None) is not None:
+                    deleted.add(doc_id)
+        else:
+            docs = [DocEntry(doc_id, str(rng.choice(LANGS)), {}) for doc_id in ids]
+            vectors = _unit(rng, len(docs), 16)
+            index.upsert(docs, vectors)
+            truth.update({d.ext_id: (d, v) for d, v in zip(docs, vectors, strict=True)})
+            deleted -= set(ids)
+    assert len(index) == len(truth)
+    for query in _unit(rng, 10, 16):
+        assert [h.ext_id for h in index.search(query[None], 10)[0]] == _reference_search(truth, query, 10)
+        assert [h.ext_id for h in index.search(query[None], 5, ["de"])[0]] == _reference_search(truth, query, 5, ["de"])
+        assert not deleted & {h.ext_id for h in index.search(query[None], 200)[0]}
+
+
+def test_hnsw_compaction_drops_tombstones_and_keeps_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_index, "COMPACT_MIN_DEAD", 20)
+    rng = np.random.default_rng(3)
+    index = VectorIndex(16, "v1", EXHAUSTIVE_HNSW)
+    docs = [DocEntry(f"d{i}", LANGS[i % 4], {}) for i in range(200)]
+    vectors = _unit(rng, 200, 16)
+    index.upsert(docs, vectors)
+    index.upsert(docs[:15], vectors[100:115])  # 15 replacements: tombstones, below the threshold
+    assert index.tombstones == 15 and index.compactions == 0
+    index.remove([f"d{i}" for i in range(150, 200)])  # 65 tombstones of 250 slots: a background rebuild
+    index.wait_compacted(timeout_s=60)
+    assert index.compactions == 1 and index.tombstones == 0 and len(index) == 150
+    queries = _unit(rng, 5, 16)
+    hits = index.search(queries, 150)
+    assert all(len(row) == 150 and not {f"d{i}" for i in range(150, 200)} & {h.ext_id for h in row} for row in hits)
+    assert [h.ext_id for h in index.search(vectors[100:101], 2)[0]] == ["d0", "d100"] or [
+        h.ext_id for h in index.search(vectors[100:101], 2)[0]
+    ] == ["d100", "d0"]
+
+
+def test_writes_during_a_compaction_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the interleaving, writes made while the graph is rebuilt are in the rebuilt graph."""
+    monkeypatch.setattr(vector_index, "COMPACT_CHUNK", 8)
+    rng = np.random.default_rng(5)
+    index = VectorIndex(16, "v1", EXHAUSTIVE_HNSW)
+    docs = [DocEntry(f"d{i}", "en", {}) for i in range(300)]
+    index.upsert(docs, _unit(rng, 300, 16))
+    index.remove([f"d{i}" for i in range(100)])
+    rebuild = threading.Thread(target=index.compact)
+    rebuild.start()
+    late = _unit(rng, 50, 16)
+    for i in range(50):
+        index.upsert([DocEntry(f"d{100 + i}", "de", {})], late[i : i + 1])  # replaced mid-rebuild
+        index.remove([f"d{250 + i}"])
+    rebuild.join(60)
+    assert index.compactions == 1 and len(index) == 150
+    for i in range(50):
+        assert [h.ext_id for h in index.search(late[i : i + 1], 1, ["de"])[0]] == [f"d{100 + i}"]
+    assert not {f"d{i}" for i in range(250, 300)} & {h.ext_id for h in index.search(late[:1], 300)[0]}
+
+
+def test_snapshot_built_with_other_index_parameters_is_refused(tmp_path: Path) -> None:
+    index = VectorIndex(4, "v1", EXHAUSTIVE_HNSW)
+    index.upsert([DocEntry("a", "en", {})], np.eye(4, dtype=np.float32)[:1])
+    index.save(tmp_path, "1-0")
+    with pytest.raises(IndexMismatchError, match='built as index .*"hnsw".*flat'):
+        VectorIndex.load(tmp_path, "v1", 4, IndexSpec())
+    with pytest.raises(IndexMismatchError, match='"m": 32'):
+        VectorIndex.load(tmp_path, "v1", 4, dataclasses.replace(EXHAUSTIVE_HNSW, hnsw_m=32))
+    # efSearch and the exact-filter threshold are search-time choices: a snapshot serves under new ones.
+    loaded, _ = VectorIndex.load(tmp_path, "v1", 4, dataclasses.replace(EXHAUSTIVE_HNSW, ef_search=16))
+    assert [h.ext_id for h in loaded.search(np.eye(4, dtype=np.float32)[:1], 1)[0]] == ["a"]
+
+
+def test_format_1_snapshot_loads_as_flat(tmp_path: Path) -> None:
+    """Snapshots written before slots (IndexIDMap2 over hashed ids) still load, without re-encoding."""
+    vectors = np.eye(4, dtype=np.float32)[:3]
+    hashed = np.array([11, 7, 99], dtype=np.int64)
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
+    old.add_with_ids(vectors, hashed)
+    (tmp_path / "index-x.faiss").write_bytes(faiss.serialize_index(old).tobytes())
+    rows = [[11, "a", "en", {}], [7, "b", "de", {"t": 1}], [99, "c", None, {}]]
+    (tmp_path / "docs-x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"format": 1, "model_version": "v1", "dim": 4, "applied_offset": "5-0", "count": 3}
+    (tmp_path / "snapshot.json").write_text(
+        json.dumps({**meta, "index_file": "index-x.faiss", "docs_file": "docs-x.jsonl"})
+    )
+    loaded, offset = VectorIndex.load(tmp_path, "v1", 4)
+    assert offset == "5-0" and len(loaded) == 3
+    assert [h.ext_id for h in loaded.search(vectors[1:2], 1)[0]] == ["b"]
+    assert [h.ext_id for h in loaded.search(vectors[:1], 3, ["de"], {"t": 1})[0]] == ["b"]
+    with pytest.raises(IndexMismatchError):
+        VectorIndex.load(tmp_path, "v1", 4, EXHAUSTIVE_HNSW)

@@ -20,7 +20,7 @@ import redis
 
 from app.datasets import dataset_path
 from app.docstore import DocReader
-from app.indexing import build_index, load_encoder
+from app.indexing import build_index, index_spec, load_encoder
 from app.jobstore import Job, JobStore
 from app.keys import RedisKeys
 from app.registry import Registry
@@ -136,7 +136,7 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
         retention.hold(holder, pinned, grace)
         ctx.report("reindexing", done=done, total=total)
 
-    pair = build_index(reader, encoder, progress=progress)
+    pair = build_index(reader, encoder, index_spec(ctx.settings), progress=progress)
     retention.hold(holder, pinned, grace)
     pair.index.save(ctx.settings.indexes_dir / source.version, pair.applied_offset)
     seconds = time.monotonic() - started
