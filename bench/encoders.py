@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.common import ROOT, bench_data_dir, default_model, lareqa_questions
-from models.encoder import Encoder, EncodeFn, TextKind
+from models.encoder import EncodeFn, Encoder, TextKind
 from models.evaluate import eval_set, evaluate
 
 SPEED_LANGS = ("en", "de", "ar", "zh", "hi", "ru")
@@ -127,7 +127,7 @@ def main() -> None:
 
     modes = results["xling"]
     if "fp32" in modes:
-        for mode, row in modes.items():
+        for row in modes.values():
             row["batch32_vs_fp32"] = round(row["batch32_per_s"] / modes["fp32"]["batch32_per_s"], 2)
             row["single_vs_fp32"] = round(row["single_per_s"] / modes["fp32"]["single_per_s"], 2)
             if "xquad_r" in row:

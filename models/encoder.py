@@ -190,20 +190,18 @@ class Encoder:
         self.batch_tokens = batch_tokens or (DEFAULT_BATCH_TOKENS_GPU if self.device.type == "cuda" else 1024)
         hf_logging.disable_progress_bar()  # "Loading weights" bars do not belong in service logs
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.layout.transformer_dir))
-        # safetensors only: a pickled checkpoint is refused instead of executed.
-        self.model = AutoModel.from_pretrained(str(self.layout.transformer_dir), use_safetensors=True)
         if self.device.type == "cuda":
-            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            self.model = self.model.to(self.device, dtype=half)
-            self.precision = "bf16" if half is torch.bfloat16 else "fp16"
+            self.precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            # A folder saved in fp16/bf16 loads in that dtype; on CPU fp16 is slow, so start from float32.
-            self.model = self.model.float()
             self.precision = pick_cpu_precision(precision)
-            if self.precision == "bf16":
-                self.model = self.model.to(torch.bfloat16)
-            elif self.precision == "int8":
-                self.model = quantize_int8(self.model)
+        # Load straight into the dtype that runs: a float32 copy first would stay in the process's RSS.
+        # A folder saved in fp16 loads as float32 on CPU, where fp16 arithmetic is slow.
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        # safetensors only: a pickled checkpoint is refused instead of executed.
+        self.model = AutoModel.from_pretrained(str(self.layout.transformer_dir), use_safetensors=True, dtype=dtype)
+        self.model = self.model.to(self.device)
+        if self.precision == "int8":
+            self.model = quantize_int8(self.model)
         self.model.eval()
         model_limit = getattr(self.model.config, "max_position_embeddings", _FALLBACK_MAX_LENGTH)
         candidates = [n for n in (max_length, self.layout.max_length, model_limit, _FALLBACK_MAX_LENGTH) if n]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from models.postings import Postings, bitmap_bytes, bitmap_of, fitted, popcount, set_bit, test_bits
+from models.postings import Postings, bitmap_bytes, bitmap_of, fitted, popcount, set_bit, bits_set
 
 IndexKind = Literal["flat", "hnsw"]
 Scalar = str | int | float | bool | None
@@ -324,7 +324,7 @@ class SlotStore:
         pending = np.arange(len(queries))
         while len(pending):
             scores, slots = self.faiss.search(queries[pending], fetch)
-            keep = test_bits(mask, slots)
+            keep = bits_set(mask, slots)
             short = []
             for i, row in enumerate(pending.tolist()):
                 picked = np.flatnonzero(keep[i])[:k]

@@ -31,7 +31,7 @@ def popcount(bits: np.ndarray) -> int:
     return int(np.bitwise_count(bits).sum(dtype=np.int64))
 
 
-def test_bits(bits: np.ndarray, slots: np.ndarray) -> np.ndarray:
+def bits_set(bits: np.ndarray, slots: np.ndarray) -> np.ndarray:
     """Whether each slot's bit is set (slots < 0, FAISS's "no result", read as unset)."""
     safe = np.where(slots >= 0, slots, 0)
     byte = safe >> 3

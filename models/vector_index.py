@@ -69,6 +69,11 @@ class VectorIndex:
         with self._lock:
             return self._store.languages()
 
+    def documents(self) -> list[DocEntry]:
+        """Every document, in slot order (insertion order on an index that never deleted one)."""
+        with self._lock:
+            return [self._store.entry(slot) for slot in self._store.live_slots()]
+
     def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray) -> None:
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)
         if len({d.ext_id for d in docs}) != len(docs):

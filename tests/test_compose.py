@@ -23,6 +23,8 @@ def test_compose_file_shape() -> None:
         env = service["environment"]
         env_names = {item.split("=")[0] for item in env} if isinstance(env, list) else set(env)
         assert {"XLING_REDIS_URL", "XLING_DATA_DIR"} <= env_names
+        # the worker builds the index the api serves: both must see its kind and build parameters
+        assert {"XLING_INDEX", "XLING_HNSW_M", "XLING_HNSW_EF_CONSTRUCTION"} <= env_names
         assert any(volume.startswith("xling-data:") for volume in service["volumes"]), "api and worker share DATA_DIR"
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
