@@ -24,7 +24,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from models.postings import Postings, bitmap_bytes, bitmap_of, fitted, popcount, set_bit, bits_set
+from models.postings import Postings, bitmap_bytes, bitmap_of, bits_set, fitted, popcount, set_bit
 
 IndexKind = Literal["flat", "hnsw"]
 Scalar = str | int | float | bool | None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models import postings
-from models.postings import Postings, bitmap_bytes, popcount, bits_set
+from models.postings import Postings, bitmap_bytes, bits_set, popcount
 
 
 def members(posting: Postings, slots: int) -> set[int]:
