@@ -111,6 +111,9 @@ class SearchResponse(BaseModel):
 class IndexStats(BaseModel):
     documents: int = Field(description="documents stored in Redis")
     vectors: int = Field(description="vectors in this replica's index")
+    index: dict[str, Any] = Field(
+        description="the index kind and build parameters (as its snapshots record them), tombstones and compactions"
+    )
     languages: dict[str, int]
     model_version: str
     applied_offset: str

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph links per document")
     hnsw_ef_construction: int = Field(80, ge=8, le=4096, description="hnsw: candidate list while inserting")
     hnsw_ef_search: int = Field(
-        64, ge=8, le=4096, description="hnsw: candidate list per query; higher finds more of the true top-k, slower"
+        256, ge=8, le=4096, description="hnsw: candidate list per query; higher finds more of the true top-k, slower"
     )
     hnsw_exact_filter_max: int = Field(
         20_000, ge=0, description="hnsw: a filter matching at most this many documents is served by an exact scan"

@@ -104,7 +104,7 @@ def main() -> None:
         vectors = encoder.encode(questions, "query")
         reference = vectors if reference is None else reference
         cosines = (vectors * reference).sum(axis=1)
-        row["cosine_to_first_mode"] = {"mean": round(float(cosines.mean()), 4), "min": round(float(cosines.min()), 4)}
+        row["cosine_to_first_mode"] = {"mean": round(float(cosines.mean()), 5), "min": round(float(cosines.min()), 5)}
         if not args.no_quality:
             row["xquad_r"] = quality(encoder.encode, source.version, xquad)
         results["xling"][mode] = row

@@ -37,9 +37,16 @@ async def measure(folder: str, engine: str, dtype: str, questions: list, singles
 
 def with_onnx(folder: str, work: Path) -> str:
     """A copy of the folder with an ONNX export beside it, which infinity's optimum backend needs."""
+    import functools
+
+    import torch
     from optimum.exporters.onnx import main_export
 
+    # optimum 1.24 predates torch's dynamo exporter becoming the default; ask for the TorchScript one it expects.
+    torch.onnx.export = functools.partial(torch.onnx.export, dynamo=False)
+
     copy = work / "model"
+    shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(folder, copy)
     main_export(str(copy), output=copy, task="feature-extraction")
     return str(copy)

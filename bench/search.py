@@ -41,7 +41,7 @@ from bench.common import (
     server_process,
     xling_serve_args,
 )
-from models.encoder import Encoder
+from models.encoder import Encoder, Precision
 from models.vector_index import DocEntry, IndexSpec, VectorIndex
 
 # name -> XLING_* settings. "flat-fp32" is xling as it served before issue 10.
@@ -50,7 +50,7 @@ CONFIGS: dict[str, dict[str, str]] = {
     "flat-bf16": {"XLING_INDEX": "flat", "XLING_ENCODER_PRECISION": "bf16"},
     "hnsw-bf16": {"XLING_INDEX": "hnsw", "XLING_ENCODER_PRECISION": "bf16"},
 }
-HNSW = IndexSpec(kind="hnsw")  # the settings' defaults: M 32, efConstruction 80, efSearch 64
+HNSW = IndexSpec(kind="hnsw")  # the settings' defaults: M 32, efConstruction 80 (efSearch is swept)
 
 
 def seed_corpus(
@@ -61,6 +61,7 @@ def seed_corpus(
     distinct: int,
     seed: int,
     lang_for: Callable[[int], str] | None = None,
+    precision: Precision = "fp32",
 ) -> tuple[VectorIndex, np.ndarray, Path]:
     """Write N documents into Redis and a matching flat index snapshot; returns the index, all vectors
     and the snapshot folder. `lang_for(i)`, when given, sets document i's language (filter benchmarks)."""
@@ -68,7 +69,7 @@ def seed_corpus(
     rng = np.random.default_rng(seed)
     pool = lareqa_sentences(data / "mlqa-r") + lareqa_sentences(data / "xquad-r")
     picked = [pool[i] for i in rng.choice(len(pool), size=distinct, replace=False)]
-    encoder = Encoder(source.path, version=source.version, device="cpu")
+    encoder = Encoder(source.path, version=source.version, device="cpu", precision=precision)
     started = time.perf_counter()
     base = encoder.encode([text for _, text in picked], "passage")
     print(f"encoded {distinct} distinct sentences in {time.perf_counter() - started:.0f}s")
@@ -116,6 +117,20 @@ def recall_at_10(exact: VectorIndex, approximate: VectorIndex, queries: np.ndarr
     )
 
 
+def tune_ef_search(
+    exact: VectorIndex, approximate: VectorIndex, queries: np.ndarray, candidates: str, target: float = 0.95
+) -> tuple[dict[int, float], int]:
+    """Recall@10 at each efSearch in "64,128,..."; leaves `approximate` at, and returns, the smallest
+    efSearch that reaches `target` (else the largest tried)."""
+    by_ef = {}
+    for ef in sorted(int(e) for e in candidates.split(",")):
+        approximate.set_ef_search(ef)
+        by_ef[ef] = round(recall_at_10(exact, approximate, queries), 4)
+    served = next((ef for ef, recall in by_ef.items() if recall >= target), max(by_ef))
+    approximate.set_ef_search(served)
+    return by_ef, served
+
+
 def gemm_gflops(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
     """A plain torch matmul: what this CPU's cores do at best, the ceiling for an encoder's GEMMs."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -153,6 +168,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"xling configurations to run, of {list(CONFIGS)}")
+    parser.add_argument("--ef-search", default="64,128,256", help="hnsw efSearch values to measure recall at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -183,10 +199,9 @@ def main() -> None:
             del probe
             if any(c.startswith("hnsw") for c in configs):
                 approximate, build_s = build_hnsw(flat, vectors, HNSW)
-                results["hnsw"] = {
-                    "build_s": round(build_s, 1),
-                    "recall_at_10": round(recall_at_10(flat, approximate, query_vectors), 4),
-                }
+                by_ef, served = tune_ef_search(flat, approximate, query_vectors, args.ef_search)
+                results["hnsw"] = {"build_s": round(build_s, 1), "recall_at_10_by_ef_search": by_ef}
+                results["hnsw"].update(ef_search=served, recall_at_10=by_ef[served])
                 print("hnsw", results["hnsw"], flush=True)
             del vectors
 
@@ -194,6 +209,7 @@ def main() -> None:
                 settings = CONFIGS[name]
                 if settings["XLING_INDEX"] == "hnsw":
                     approximate.save(snapshot, "0-0")
+                    settings = {**settings, "XLING_HNSW_EF_SEARCH": str(results["hnsw"]["ef_search"])}
                 else:
                     flat.save(snapshot, "0-0")
                 port = free_port()

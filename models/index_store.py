@@ -49,7 +49,7 @@ class IndexSpec:
     kind: IndexKind = "flat"
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 64
+    ef_search: int = 256
     exact_filter_max: int = 20_000  # hnsw: a filter matching at most this many documents is scanned exactly
     compact_dead_ratio: float = 0.2  # hnsw: rebuild once tombstones reach this share of the slots
 
@@ -277,7 +277,7 @@ class SlotStore:
             return None
         widen = self.slots / max(1, matching)
         ef = min(MAX_EF_SEARCH, max(k, math.ceil(self.spec.ef_search * widen)))
-        return faiss.SearchParametersHNSW(efSearch=ef)
+        return faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]  # missing from the stubs
 
     def _filter_mask(self, langs: Sequence[str] | None, where: dict[str, Scalar] | None) -> np.ndarray | None:
         """The slots passing the filter as a bitmap (None: no filter). May be a view of a posting: read only."""
@@ -295,10 +295,10 @@ class SlotStore:
                 for posting in found[1:]:
                     np.bitwise_or(mask, posting.bitmap(nbytes), out=mask)
         for key, value in (where or {}).items():
-            posting = self.by_meta.get(filter_key(key, value))
-            if posting is None:
+            term = self.by_meta.get(filter_key(key, value))
+            if term is None:
                 return np.zeros(nbytes, dtype=np.uint8)
-            bits = posting.bitmap(nbytes)
+            bits = term.bitmap(nbytes)
             mask = bits if mask is None else np.bitwise_and(mask, bits)
         return mask
 

@@ -3,6 +3,7 @@ an approximate index's tombstones, and atomic snapshots that record how the inde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -68,6 +69,12 @@ class VectorIndex:
     def languages(self) -> dict[str, int]:
         with self._lock:
             return self._store.languages()
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change a search-time parameter (hnsw's candidate list); the structure is untouched."""
+        with self._lock:
+            self.spec = dataclasses.replace(self.spec, ef_search=ef_search)
+            self._store.spec = self.spec
 
     def documents(self) -> list[DocEntry]:
         """Every document, in slot order (insertion order on an index that never deleted one)."""
@@ -221,17 +228,19 @@ class VectorIndex:
                 f"snapshot {folder} was built as index {json.dumps(built, sort_keys=True)}; "
                 f"refusing to serve it as {spec.describe()} (XLING_INDEX and its parameters)"
             )
+        index_path = folder / meta["index_file"]
         try:
-            raw = np.frombuffer((folder / meta["index_file"]).read_bytes(), dtype=np.uint8)
             # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and \x1c..\x1e, which
             # json.dumps(ensure_ascii=False) leaves raw inside strings (a metadata value may hold them).
             doc_lines = [line for line in (folder / meta["docs_file"]).read_bytes().decode("utf-8").split("\n") if line]
+            # FAISS reads the file into the index's own memory: no second copy of a million vectors.
+            structure: Any = faiss.read_index(str(index_path))  # Any: the stubs know no subclass attributes
         except FileNotFoundError as exc:  # replaced by a newer snapshot while we read
             raise SnapshotError(f"snapshot {folder} changed while loading: {exc}") from exc
-        structure = faiss.deserialize_index(raw)
-        del raw
+        except RuntimeError as exc:  # FAISS: missing (replaced meanwhile) or damaged
+            raise SnapshotError(f"snapshot {folder} has an unreadable index file: {str(exc).splitlines()[0]}") from exc
         try:
-            rows = [json.loads(line) for line in doc_lines]
+            rows = json.loads("[" + ",".join(doc_lines) + "]")  # one parse for the whole file
             del doc_lines
             if meta.get("format", 1) == 1:
                 structure, rows = _from_id_map(structure, rows)

@@ -110,6 +110,8 @@ def test_hnsw_serves_what_flat_serves_and_refuses_a_flat_snapshot(
         assert results(approximate) == exact
         again = approximate.client.post("/search", json={"query": QUERIES[0], "k": 5, "langs": ["de"]}).json()
         assert [h["id"] for h in again["hits"]] == [h["id"] for h in filtered["hits"]]
+        stats = approximate.client.get("/index/stats").json()["index"]
+        assert stats == {"kind": "hnsw", "m": 16, "ef_construction": 80, "tombstones": 0, "compactions": 0}
     assert "snapshot refused" in caplog.text and '"kind": "flat"' in caplog.text
     assert snapshot_meta(flat)["index"] == {"kind": "hnsw", "m": 16, "ef_construction": 80}
 

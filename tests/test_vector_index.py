@@ -261,3 +261,12 @@ def test_format_1_snapshot_loads_as_flat(tmp_path: Path) -> None:
     assert [h.ext_id for h in loaded.search(vectors[:1], 3, ["de"], {"t": 1})[0]] == ["b"]
     with pytest.raises(IndexMismatchError):
         VectorIndex.load(tmp_path, "v1", 4, EXHAUSTIVE_HNSW)
+
+
+def test_damaged_index_file_is_a_snapshot_error(tmp_path: Path) -> None:
+    index = VectorIndex(4, "v1")
+    index.upsert([DocEntry("a", "en", {})], np.eye(4, dtype=np.float32)[:1])
+    index.save(tmp_path, "1-0")
+    next(tmp_path.glob("index-*.faiss")).write_bytes(b"not a faiss index")
+    with pytest.raises(SnapshotError, match="unreadable index file"):
+        VectorIndex.load(tmp_path, "v1", 4)

@@ -45,6 +45,11 @@ async def index_stats(engine: EngineDep) -> IndexStats:
     return IndexStats(
         documents=await engine.docs.count(),
         vectors=len(pair.index),
+        index={
+            **pair.index.spec.build_params(),
+            "tombstones": pair.index.tombstones,
+            "compactions": pair.index.compactions,
+        },
         languages=pair.index.languages(),
         model_version=pair.version,
         applied_offset=pair.applied_offset,
