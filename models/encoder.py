@@ -149,7 +149,7 @@ def cpu_has_bf16() -> bool:
 
 
 def pick_cpu_precision(requested: Precision) -> Literal["fp32", "bf16", "int8"]:
-    """`auto` = bf16 where the CPU has it (measured on multilingual-e5-small: 2.5x fp32 for batches of 32
+    """`auto` = bf16 where the CPU has it (measured on multilingual-e5-small: 2.65x fp32 for batches of 32
     at no measurable mAP loss, bench/RESULTS.md), else fp32."""
     if requested == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"

@@ -8,6 +8,7 @@ import shutil
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 import redis.asyncio as aredis
 
@@ -107,7 +108,12 @@ def test_hnsw_serves_what_flat_serves_and_refuses_a_flat_snapshot(
         exact = results(service)
         filtered = service.client.post("/search", json={"query": QUERIES[0], "k": 5, "langs": ["de"]}).json()
     with caplog.at_level("INFO"), running_service(make_settings(**EXHAUSTIVE_HNSW)) as approximate:
-        assert results(approximate) == exact
+        found = results(approximate)
+        # Same documents in the same order; scores agree up to float summation order (BLAS vs SIMD dot).
+        assert [[doc_id for doc_id, _ in row] for row in found] == [[doc_id for doc_id, _ in row] for row in exact]
+        assert np.allclose(
+            [[score for _, score in row] for row in found], [[score for _, score in row] for row in exact], atol=1e-4
+        )
         again = approximate.client.post("/search", json={"query": QUERIES[0], "k": 5, "langs": ["de"]}).json()
         assert [h["id"] for h in again["hits"]] == [h["id"] for h in filtered["hits"]]
         stats = approximate.client.get("/index/stats").json()["index"]
@@ -126,8 +132,9 @@ def test_periodic_snapshots(make_settings: Any) -> None:
         assert snapshot_meta(settings)["count"] == 20
 
 
-def test_two_replicas_converge(make_settings: Any) -> None:
-    settings = make_settings()
+@INDEX_KINDS
+def test_two_replicas_converge(make_settings: Any, index_settings: dict[str, Any]) -> None:
+    settings = make_settings(**index_settings)
     with running_service(settings) as a, running_service(settings) as b:
         doc = {"id": "shared", "text": "une nouvelle bibliothèque a ouvert", "lang": "fr"}
         assert a.index([doc]).status_code == 200

@@ -32,15 +32,24 @@ FAST = {
 TRAIN = {"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "val_fraction": 0.0, "warmup_ratio": 0.0}
 
 
+# Every job test runs against each index kind: the worker builds (deploy, reindex) the kind the api
+# serves. hnsw is configured exhaustively (efSearch >= corpus), so the same queries find the same documents.
+INDEX_KINDS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "hnsw": {"index": "hnsw", "hnsw_ef_search": 1024, "hnsw_exact_filter_max": 0},
+}
+
+
 class Worker:
-    def __init__(self, settings: Settings, log: Path) -> None:
+    def __init__(self, settings: Settings, log: Path, extra: dict[str, Any]) -> None:
         self.settings = settings
         self.log = log
+        self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
-        env.update({f"XLING_{k.upper()}": str(v) for k, v in FAST.items()})
+        env.update({f"XLING_{k.upper()}": str(v) for k, v in {**FAST, **self.extra}.items()})
         env.update(
             XLING_REDIS_URL=str(self.settings.redis_url), XLING_DATA_DIR=str(self.settings.data_dir),
             XLING_RETRIEVAL_MODEL=str(self.settings.retrieval_model), XLING_LOG_JSON="false", XLING_DEVICE="cpu",
@@ -60,8 +69,11 @@ class Worker:
             self.process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def stack(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=list(INDEX_KINDS))
+def stack(
+    request: pytest.FixtureRequest, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    kind = INDEX_KINDS[request.param]
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
@@ -70,9 +82,9 @@ def stack(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         redis_url=redis_server.url, data_dir=root / "data", retrieval_model=str(model), log_json=False, device="cpu",
-        **FAST,
+        **FAST, **kind,
     )  # fmt: skip
-    worker = Worker(settings, root / "worker.log")
+    worker = Worker(settings, root / "worker.log", kind)
     worker.start()
     with running_service(settings) as service:
         upload_jsonl(service, "train", make_groups(120, seed=1))
@@ -208,6 +220,7 @@ def test_deploy_always_swaps_without_failures_or_lost_writes(stack: dict[str, An
     assert job["decision"]["deployed"] is True and job["metrics"]["reindexed"] >= len(base_docs)
     stats = service.client.get("/index/stats").json()
     assert stats["model_version"] == "swap-v1" and stats["vectors"] == stats["documents"]
+    assert stats["index"]["kind"] == stack["settings"].index  # the worker built the kind the api serves
     assert written, "the writer wrote nothing during the swap"
     for doc in written:  # each is in the new index: the filter leaves it as the only candidate
         body = {"query": doc["text"], "k": 1, "filter": {"seq": doc["metadata"]["seq"]}}
