@@ -69,16 +69,24 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout
 
 
 @contextmanager
-def server_process(args: list[str], env: dict[str, str], url: str, log_file: Path) -> Iterator[None]:
+def server_process(
+    args: list[str],
+    env: dict[str, str],
+    url: str,
+    log_file: Path,
+    ready_timeout_s: float = 600,
+    stop_timeout_s: float = 60,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait for its /readyz, yield its process; terminate it on the way out."""
     with log_file.open("wb") as log:
         process = subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            wait_ready(url, process)
-            yield
+            wait_ready(url, process, ready_timeout_s)
+            yield process
         finally:
             process.terminate()
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=stop_timeout_s)
             except subprocess.TimeoutExpired:
                 process.kill()
 

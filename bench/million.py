@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +30,11 @@ from bench.common import (
     default_model,
     lareqa_questions,
     lareqa_sentences,
-    wait_ready,
+    server_process,
     xling_serve_args,
 )
-from bench.search import HNSW, build_hnsw, seed_corpus, tune_ef_search
+from bench.search import HNSW, build_hnsw, recall_at_10, seed_corpus, tune_ef_search
 from models.encoder import Encoder
-from models.vector_index import VectorIndex
 
 FILTER_SHARES = {"xa": 0.01, "xb": 0.10, "xc": 0.50}
 
@@ -52,13 +50,6 @@ def rss_mb(pid: int) -> dict[str, float]:
     return {
         name: round(int(fields[key].split()[0]) / 1024, 1) for name, key in (("rss_mb", "VmRSS"), ("peak_mb", "VmHWM"))
     }
-
-
-def filtered_recall(exact: VectorIndex, approximate: VectorIndex, queries: np.ndarray, lang: str) -> float:
-    truth = exact.search(queries, 10, [lang])
-    found = approximate.search(queries, 10, [lang])
-    pairs = zip(truth, found, strict=True)
-    return float(np.mean([len({n.ext_id for n in t} & {n.ext_id for n in f}) / max(1, len(t)) for t, f in pairs]))
 
 
 def server_settings(kind: str, results: dict[str, Any]) -> dict[str, str]:
@@ -80,62 +71,49 @@ def serve_and_measure(
     """Start a server, time it to /readyz, read its memory; with `load`, measure searches and upserts."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "XLING_REDIS_URL": redis_url,
-        "XLING_DATA_DIR": str(work / "data"),
-        "XLING_LOG_LEVEL": "WARNING",
-    }
-    env.pop("XLING_RETRIEVAL_MODEL", None)
-    env.update(settings)
+    env = {"XLING_REDIS_URL": redis_url, "XLING_DATA_DIR": str(work / "data"), "XLING_LOG_LEVEL": "WARNING", **settings}
     row: dict[str, Any] = {}
     work.mkdir(parents=True, exist_ok=True)
-    with (work / f"xling-{settings['XLING_INDEX']}.log").open("wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(xling_serve_args(port), env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_ready(url, process, timeout_s=1800)
-            row["readyz_s"] = round(time.perf_counter() - started, 1)
-            row["memory_ready"] = rss_mb(process.pid)
-            print("ready", row, flush=True)
-            if not load:
-                return row
+    started = time.perf_counter()
+    log_file = work / f"xling-{settings['XLING_INDEX']}.log"
+    with server_process(
+        xling_serve_args(port), env, url, log_file, ready_timeout_s=1800, stop_timeout_s=120
+    ) as process:
+        row["readyz_s"] = round(time.perf_counter() - started, 1)
+        row["memory_ready"] = rss_mb(process.pid)
+        print("ready", row, flush=True)
+        if not load:
+            return row
 
-            def search(i: int) -> tuple[str, str, Any]:
-                return "POST", "/search", {"query": questions[i % len(questions)], "k": 10}
+        def search(i: int) -> tuple[str, str, Any]:
+            return "POST", "/search", {"query": questions[i % len(questions)], "k": 10}
 
-            closed_loop(url, search, args.clients, 5)
-            row["search"] = closed_loop(url, search, args.clients, args.seconds).summary()
-            print("search", row["search"], flush=True)
-            row["filtered"] = {}
-            for lang, share in FILTER_SHARES.items():
+        closed_loop(url, search, args.clients, 5)
+        row["search"] = closed_loop(url, search, args.clients, args.seconds).summary()
+        print("search", row["search"], flush=True)
+        row["filtered"] = {}
+        for lang, share in FILTER_SHARES.items():
 
-                def filtered(i: int, lang: str = lang) -> tuple[str, str, Any]:
-                    return "POST", "/search", {"query": questions[i % len(questions)], "k": 10, "langs": [lang]}
+            def filtered(i: int, lang: str = lang) -> tuple[str, str, Any]:
+                return "POST", "/search", {"query": questions[i % len(questions)], "k": 10, "langs": [lang]}
 
-                result = closed_loop(url, filtered, args.clients, args.seconds / 2).summary()
-                row["filtered"][f"{share:.0%}"] = result
-                print("filtered", share, result, flush=True)
+            result = closed_loop(url, filtered, args.clients, args.seconds / 2).summary()
+            row["filtered"][f"{share:.0%}"] = result
+            print("filtered", share, result, flush=True)
 
-            rng = np.random.default_rng(1)
+        rng = np.random.default_rng(1)
 
-            def replace(i: int) -> tuple[str, str, Any]:
-                ids = rng.choice(args.docs, size=args.upsert_batch, replace=False)
-                docs = [{"id": f"d{d}", "text": texts[(d + i) % len(texts)], "lang": share_lang(int(d))} for d in ids]
-                return "POST", "/index", {"documents": docs}
+        def replace(i: int) -> tuple[str, str, Any]:
+            ids = rng.choice(args.docs, size=args.upsert_batch, replace=False)
+            docs = [{"id": f"d{d}", "text": texts[(d + i) % len(texts)], "lang": share_lang(int(d))} for d in ids]
+            return "POST", "/index", {"documents": docs}
 
-            writes = closed_loop(url, replace, 4, args.seconds).summary()
-            writes["docs_per_s"] = round(writes["qps"] * args.upsert_batch, 1)
-            row["replacing_upserts"] = writes
-            print("upserts", writes, flush=True)
-            row["memory_after"] = rss_mb(process.pid)
-            row["vectors"] = httpx.get(f"{url}/index/stats", timeout=30).json().get("vectors")
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        writes = closed_loop(url, replace, 4, args.seconds).summary()
+        writes["docs_per_s"] = round(writes["qps"] * args.upsert_batch, 1)
+        row["replacing_upserts"] = writes
+        print("upserts", writes, flush=True)
+        row["memory_after"] = rss_mb(process.pid)
+        row["vectors"] = httpx.get(f"{url}/index/stats", timeout=30).json().get("vectors")
     return row
 
 
@@ -158,6 +136,7 @@ def main() -> None:
     questions = lareqa_questions(data / "xquad-r" / "en.json")
     texts = [text for _, text in lareqa_sentences(data / "mlqa-r")]
     source = default_model()
+    os.environ.pop("XLING_RETRIEVAL_MODEL", None)  # the servers serve the default model
     results: dict[str, Any] = {"model": source.version, "encoder_precision": "bf16"}
 
     def save() -> None:
@@ -191,7 +170,7 @@ def main() -> None:
                 results["recall_at_10_by_ef_search"] = by_ef
                 results["ef_search"], results["recall_at_10"] = served, by_ef[served]
                 results["filtered_recall_at_10"] = {
-                    f"{share:.0%}": round(filtered_recall(flat, approximate, query_vectors[:100], lang), 4)
+                    f"{share:.0%}": round(recall_at_10(flat, approximate, query_vectors[:100], [lang]), 4)
                     for lang, share in FILTER_SHARES.items()
                 }
                 print(

@@ -109,12 +109,12 @@ def build_hnsw(flat: VectorIndex, vectors: np.ndarray, spec: IndexSpec) -> tuple
     return approximate, time.perf_counter() - started
 
 
-def recall_at_10(exact: VectorIndex, approximate: VectorIndex, queries: np.ndarray) -> float:
-    truth = exact.search(queries, 10)
-    found = approximate.search(queries, 10)
-    return float(
-        np.mean([len({n.ext_id for n in t} & {n.ext_id for n in f}) / 10 for t, f in zip(truth, found, strict=True)])
-    )
+def recall_at_10(
+    exact: VectorIndex, approximate: VectorIndex, queries: np.ndarray, langs: list[str] | None = None
+) -> float:
+    """Share of the exact (filtered) top 10 that the approximate index finds."""
+    pairs = zip(exact.search(queries, 10, langs), approximate.search(queries, 10, langs), strict=True)
+    return float(np.mean([len({n.ext_id for n in t} & {n.ext_id for n in f}) / max(1, len(t)) for t, f in pairs]))
 
 
 def tune_ef_search(
@@ -146,7 +146,8 @@ def flops_per_query(encoder: Encoder, questions: list[str], docs: int, exact: bo
     search: 2 d N for an exact scan (an HNSW search is ~efSearch * M * d, negligible beside the encoder)."""
     config = encoder.model.config
     h, layers = config.hidden_size, config.num_hidden_layers
-    tokens = float(np.mean([len(ids) for ids in encoder.tokenizer(["query: " + q for q in questions])["input_ids"]]))
+    prompted = [encoder.query_prefix + q for q in questions]
+    tokens = float(np.mean([len(ids) for ids in encoder.tokenizer(prompted)["input_ids"]]))
     encode = layers * tokens * (24 * h * h + 4 * h * tokens)
     search = 2 * encoder.dim * docs if exact else 0.0
     return {"tokens_per_query": round(tokens, 1), "encoder_gflop": encode / 1e9, "search_gflop": search / 1e9}
