@@ -9,13 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
-from app.docstore import START_OFFSET, DocReader, offset_key
-from app.indexing import ServingPair, apply_entries
-from app.logs import OutageNotice
-from app.metrics import Metrics
-from app.retention import LogTrimmed
+from xling.app.metrics import Metrics
+from xling.state.docstore import START_OFFSET, DocReader, offset_key
+from xling.state.indexing import ServingPair, apply_entries
+from xling.state.polling import poll
+from xling.state.retention import LogTrimmed
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ class Applier:
         on_log_trimmed: Callable[[], None] = lambda: None,
     ) -> None:
         """`check_log(offset)` raises LogTrimmed when the log no longer reaches back to `offset`;
-        `on_log_trimmed` then rebuilds the index from the documents (app/retention.py)."""
+        `on_log_trimmed` then rebuilds the index from the documents (xling.state.retention)."""
         self._reader = reader
         self._get_pair = get_pair
         self._watermark = watermark
@@ -153,31 +151,20 @@ class Applier:
             self.snapshot()
 
     def _run(self) -> None:
-        backoff = 0.5
-        outage = OutageNotice(log, "applier")
-        while not self._stop.is_set():
-            try:
-                self.step(block_ms=250)
-                if self._snapshot_due():
-                    self.snapshot()
-                self.last_error, backoff = None, 0.5
-                outage.recovered()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                outage.failed(exc)
-                self._failed(f"redis unreachable: {exc}", backoff)
-            except LogTrimmed:
-                try:
-                    self._on_log_trimmed()
-                except Exception as exc:  # retried at the next step, which finds the log trimmed again
-                    log.exception("rebuilding the index after the log was trimmed failed")
-                    self._failed(f"rebuild failed: {type(exc).__name__}: {exc}", backoff)
-                    backoff = min(backoff * 2, 10.0)
-                backoff = min(backoff * 2, 10.0)
-            except Exception as exc:  # keep tailing: one bad batch must not stop every later write
-                log.exception("applier step failed")
-                self._failed(f"{type(exc).__name__}: {exc}", backoff)
-                backoff = min(backoff * 2, 10.0)
+        poll(self._tail_once, self._stop, every_s=0, retry_s=0.5, what="applier", logger=log, wait_first=False,
+             on_outcome=self._record)
 
-    def _failed(self, message: str, wait_s: float) -> None:
-        self.last_error = message
-        self._stop.wait(wait_s)
+    def _tail_once(self) -> None:
+        """One step (it waits up to 250 ms for new entries), then a snapshot when one is due. A log trimmed past
+        this replica's offset rebuilds the index; a failed rebuild is retried at the next step, which finds the
+        log trimmed again."""
+        try:
+            self.step(block_ms=250)
+        except LogTrimmed:
+            self._on_log_trimmed()
+            return
+        if self._snapshot_due():
+            self.snapshot()
+
+    def _record(self, error: str | None) -> None:
+        self.last_error = error

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from app.errors import Overloaded
+from xling.state.errors import Overloaded
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,4 +1,5 @@
-"""Typed dependencies: routes reach the engine and settings through these, tests override them."""
+"""Typed dependencies: routes reach the engine, its parts (registry, job store and queue, doc store, hot swap) and
+the settings through these, and tests can override them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from app.engine import Engine
-from app.errors import Unauthorized
-from app.settings import Settings
+from xling.app.engine import Engine
+from xling.app.holds import LogHolds
+from xling.app.job_queue import JobQueue
+from xling.app.swap import HotSwap
+from xling.state.docstore import DocStore
+from xling.state.errors import Unauthorized
+from xling.state.jobstore import JobStore
+from xling.state.registry import Registry
+from xling.state.settings import Settings
 
 
 def get_engine(request: Request) -> Engine:
@@ -24,11 +31,41 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_registry(engine: Annotated[Engine, Depends(get_engine)]) -> Registry:
+    return engine.registry
+
+
+def get_job_store(engine: Annotated[Engine, Depends(get_engine)]) -> JobStore:
+    return engine.jobs
+
+
+def get_job_queue(engine: Annotated[Engine, Depends(get_engine)]) -> JobQueue:
+    return engine.job_queue
+
+
+def get_doc_store(engine: Annotated[Engine, Depends(get_engine)]) -> DocStore:
+    return engine.docs
+
+
+def get_swap(engine: Annotated[Engine, Depends(get_engine)]) -> HotSwap:
+    return engine.swap
+
+
+def get_holds(engine: Annotated[Engine, Depends(get_engine)]) -> LogHolds:
+    return engine.holds
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+JobQueueDep = Annotated[JobQueue, Depends(get_job_queue)]
+DocStoreDep = Annotated[DocStore, Depends(get_doc_store)]
+SwapDep = Annotated[HotSwap, Depends(get_swap)]
+HoldsDep = Annotated[LogHolds, Depends(get_holds)]
 
 
-# One bearer scheme per guard, declared in the OpenAPI description (app/openapi.py keeps only the guards
+# One bearer scheme per guard, declared in the OpenAPI description (xling.app.openapi keeps only the guards
 # that are set), so clients and generated SDKs see which key each route takes.
 _KEYS_DOC = "XLING_API_KEY reads and writes; XLING_SEARCH_API_KEY searches and reads."
 write_bearer = HTTPBearer(auto_error=False, scheme_name="writeKey", description="XLING_API_KEY")

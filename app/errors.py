@@ -21,7 +21,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.schemas import DOC_ID_PATTERN, LANG_LIST_PATTERN, LANG_PATTERN, NAME_PATTERN
+from xling.app.schemas import DOC_ID_PATTERN, LANG_LIST_PATTERN, LANG_PATTERN, NAME_PATTERN
+from xling.state.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    StoreUnavailable,
+    Unauthorized,
+    WriteTimeout,
+    XlingError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,54 +53,27 @@ _CODES = {
 }
 
 
-class XlingError(Exception):
-    status_code = 400
-    code = "bad_request"
-    headers: dict[str, str] | None = None
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidInput(XlingError):
-    status_code, code = 422, "invalid_input"
-
-
-class NotFound(XlingError):
-    status_code, code = 404, "not_found"
-
-
-class Conflict(XlingError):
-    status_code, code = 409, "conflict"
+# The HTTP status (and headers) that answer each of xling's errors.
+STATUS: dict[type[XlingError], int] = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unauthorized: 401,
+    PayloadTooLarge: 413,
+    Overloaded: 429,
+    NotReady: 503,
+    WriteTimeout: 503,
+    StoreUnavailable: 503,
+}
+HEADERS: dict[type[XlingError], dict[str, str]] = {
+    Unauthorized: {"WWW-Authenticate": "Bearer"},
+    StoreUnavailable: {"Retry-After": "2"},
+}
 
 
-class Unauthorized(XlingError):
-    status_code, code = 401, "unauthorized"
-    headers = {"WWW-Authenticate": "Bearer"}
-
-
-class PayloadTooLarge(XlingError):
-    status_code, code = 413, "payload_too_large"
-
-
-class Overloaded(XlingError):
-    status_code, code = 429, "overloaded"
-
-
-class NotReady(XlingError):
-    status_code, code = 503, "not_ready"
-
-
-class WriteTimeout(XlingError):
-    status_code, code = 503, "write_not_applied"
-
-
-class StoreUnavailable(XlingError):
-    """Redis cannot be reached: the caller should retry shortly (the service reconnects by itself)."""
-
-    status_code, code = 503, "store_unavailable"
-    headers = {"Retry-After": "2"}
+def error_response(exc: XlingError) -> JSONResponse:
+    status = STATUS.get(type(exc), 400)
+    return JSONResponse(error_body(exc.message, exc.code), status_code=status, headers=HEADERS.get(type(exc)))
 
 
 def error_body(detail: str, code: str, errors: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
@@ -156,7 +141,7 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(XlingError)
     async def _xling_error(_: Request, exc: XlingError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.code), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -175,8 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_down(request: Request, exc: Exception) -> JSONResponse:
         # One line, no traceback: an outage is an operating condition, and it repeats per request.
         log.warning("redis unreachable on %s %s: %s", request.method, request.url.path, exc)
-        error = StoreUnavailable(f"the document store (Redis) is unreachable; retry shortly ({exc})")
-        return await _xling_error(request, error)
+        return error_response(StoreUnavailable(f"the document store (Redis) is unreachable; retry shortly ({exc})"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,21 +1,24 @@
-"""Job parameters checked before anything is queued: each problem is a 422 with its reason."""
+"""Job requests checked and turned into typed jobs (`xling.state.jobs`) before anything is queued: each problem is a
+422 with its reason."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import asdict
 from typing import Any
 
-from app.datasets import dataset_path
-from app.errors import InvalidInput
-from app.registry import Registry
-from app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, ReindexRequest
-from app.settings import Settings
-from models.bitext import is_bitext, load_bitext
-from models.data import DataError, check_strategy, load_training_data
-from models.lareqa import load_lareqa
-from models.training import TrainConfig
+from xling.app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, ReindexRequest
+from xling.models.data.bitext import is_bitext, load_bitext
+from xling.models.data.lareqa import load_lareqa
+from xling.models.data.parallel import check_strategy
+from xling.models.data.text import DataError
+from xling.models.data.training_data import load_training_data
+from xling.models.training.trainer import TrainConfig
+from xling.state.datasets import dataset_path
+from xling.state.errors import InvalidInput
+from xling.state.jobs import EvaluateJob, ExperimentConfig, ExperimentJob, FinetuneJob, ReindexJob
+from xling.state.registry import Registry
+from xling.state.settings import Settings
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -35,10 +38,6 @@ def _training_data(name: str, settings: Settings) -> Any:
     if path is None:
         raise InvalidInput(f"no dataset {name!r} (GET /datasets lists them; POST /datasets uploads one)")
     return path
-
-
-def _names(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
 
 
 def _check_eval_sets(names: list[str], settings: Settings) -> None:
@@ -62,9 +61,9 @@ def _check_training_sets(names: list[str], settings: Settings, strategies: list[
         raise InvalidInput(f"dataset {', '.join(repr(n) for n in names)}: {exc}") from None
 
 
-def finetune_params(request: FinetuneRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
+def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registry) -> FinetuneJob:
     check_model(request.base, settings, registry)
-    datasets = _names(request.dataset)
+    datasets = [request.dataset] if isinstance(request.dataset, str) else request.dataset
     _check_training_sets(datasets, settings, [request.strategy], request.alpha)
     if request.deploy == "if_better" and not request.eval_datasets:
         raise InvalidInput("deploy 'if_better' needs eval_datasets to compare the new model with the active one")
@@ -84,59 +83,42 @@ def finetune_params(request: FinetuneRequest, settings: Settings, registry: Regi
         val_fraction=request.val_fraction, checkpoint_steps=request.checkpoint_steps, seed=request.seed,
         freeze_embeddings=request.freeze_embeddings, query_prefix=request.query_prefix,
         passage_prefix=request.passage_prefix,
-    )  # fmt: skip
+    )
     try:
         config.validate()
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    return {
-        "dataset": datasets,
-        "base": request.base,
-        "config": asdict(config),
-        "eval_datasets": request.eval_datasets,
-        "deploy": request.deploy,
-        "compare_on": request.compare_on,
-        "version": version,
-    }
+    return FinetuneJob(
+        dataset=datasets, base=request.base, config=config, eval_datasets=request.eval_datasets,
+        deploy=request.deploy, compare_on=request.compare_on, version=version,
+    )
 
 
-def evaluate_params(request: EvaluateRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
+def evaluate_job(request: EvaluateRequest, settings: Settings, registry: Registry) -> EvaluateJob:
     check_model(request.model, settings, registry)
     _check_eval_sets(request.datasets, settings)
-    return request.model_dump()
+    return EvaluateJob(model=request.model, datasets=request.datasets)
 
 
-def experiment_params(request: ExperimentRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
+def experiment_job(request: ExperimentRequest, settings: Settings, registry: Registry) -> ExperimentJob:
     check_model(request.base, settings, registry)
-    train = _names(request.train_dataset)
+    train = [request.train_dataset] if isinstance(request.train_dataset, str) else request.train_dataset
     # the experiment trains all three strategies
     _check_training_sets(train, settings, ["monolingual", "crosslingual", "hybrid"], request.alpha)
     _check_eval_sets(request.eval_datasets, settings)
     if set(train) & set(request.eval_datasets):
         raise InvalidInput("the training dataset cannot also be an evaluation dataset")
-    config = {"batch_size": request.batch_size, "learning_rate": request.learning_rate, "alpha": request.alpha,
-              "max_length": request.max_length, "val_fraction": 0.0,
-              "freeze_embeddings": request.freeze_embeddings}  # fmt: skip
-    return {"train_dataset": train, "eval_datasets": request.eval_datasets, "base": request.base,
-            "steps": request.steps, "seeds": request.seeds or [request.seed], "config": config}  # fmt: skip
+    config = ExperimentConfig(
+        batch_size=request.batch_size, learning_rate=request.learning_rate, alpha=request.alpha,
+        max_length=request.max_length, val_fraction=0.0, freeze_embeddings=request.freeze_embeddings,
+    )
+    return ExperimentJob(
+        train_dataset=train, eval_datasets=request.eval_datasets, base=request.base, steps=request.steps,
+        seeds=request.seeds or [request.seed], config=config,
+    )
 
 
-def reindex_params(request: ReindexRequest, registry: Registry) -> dict[str, Any]:
+def reindex_job(request: ReindexRequest, registry: Registry) -> ReindexJob:
     if not registry.has(request.version):
         raise InvalidInput(f"{request.version!r} is not a registry version (GET /models)")
-    return {"version": request.version}
-
-
-def datasets_of(params: dict[str, Any]) -> set[str]:
-    """Every dataset a job's parameters name (training, evaluation, comparison)."""
-    names: set[str] = set()
-    for key in ("dataset", "train_dataset", "eval_datasets", "datasets", "compare_on"):
-        value = params.get(key)
-        if value:
-            names.update([value] if isinstance(value, str) else value)
-    return names
-
-
-def models_of(params: dict[str, Any]) -> set[str]:
-    """Every model version a job's parameters name (its base, the model it scores, the version it makes)."""
-    return {v for v in (params.get("base"), params.get("model"), params.get("version")) if isinstance(v, str)}
+    return ReindexJob(version=request.version)

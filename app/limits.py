@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from app.docstore import StoredDoc
-from app.engine import SearchQuery
-from app.errors import InvalidInput
-from app.schemas import DocumentIn, MetadataValue
-from app.settings import Settings
+from xling.app.engine import SearchQuery
+from xling.app.schemas import DocumentIn, MetadataValue
+from xling.state.docstore import StoredDoc
+from xling.state.errors import InvalidInput
+from xling.state.settings import Settings
 
 
 def search_query(

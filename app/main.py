@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.engine import Engine
-from app.errors import install_error_handlers
-from app.metrics import Metrics
-from app.middleware import BodySizeLimit, RequestMetrics
-from app.openapi import install_openapi
-from app.routes import datasets, documents, jobs, models, openai, ops, search
-from app.settings import Settings
+from xling.app.engine import Engine
+from xling.app.errors import install_error_handlers
+from xling.app.metrics import Metrics
+from xling.app.middleware import BodySizeLimit, RequestMetrics
+from xling.app.openapi import install_openapi
+from xling.app.routes import datasets, documents, jobs, models, openai, ops, search
+from xling.state.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -8,8 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
-from app.metrics import Metrics
+from xling.app.errors import error_body
+from xling.app.metrics import Metrics
 
 
 async def _reply_413(send: Send, limit: int) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.schemas import ErrorOut
-from app.settings import Settings
+from xling.app.schemas import ErrorOut
+from xling.state.settings import Settings
 
 # Statuses operations can answer besides their success: 422 with parameters or a body, these by what
 # the operation has, and the per-operation ones below.

@@ -51,7 +51,10 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_flat_metadata), WithJsonSch
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body as strict as the API description: unknown fields are refused, and so are values of another
+    JSON type (`true`, `"3"` or `2.0` for an integer), rather than converted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class DocumentIn(_Strict):
@@ -259,7 +262,7 @@ class Activation(BaseModel):
 class EmbeddingsRequest(BaseModel):
     """The OpenAI embeddings request, so LangChain, LlamaIndex and the `openai` client work unchanged."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input: Annotated[
         str | list[str] | list[int] | list[list[int]],

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bench_data_dir, default_model
-from models.data import load_lareqa_folder
-from models.encoder import Encoder
-from models.evaluate import eval_set, evaluate
-from models.manifest import write_json_atomic
-from models.reports import write_evaluation_report
-from models.training import TrainConfig, finetune
+from xling.models.data.parallel import load_lareqa_folder
+from xling.models.encoder import Encoder
+from xling.models.evaluation.evaluate import eval_set, evaluate
+from xling.models.evaluation.reports import write_evaluation_report
+from xling.models.files import write_json_atomic
+from xling.models.training.trainer import TrainConfig, finetune
 
 
 def write_bitext(data: Path, lang: str, pivot: str, holdout: float, seed: int, out: Path) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def write_bitext(data: Path, lang: str, pivot: str, holdout: float, seed: int, o
     (held_dir / f"mlqa.{lang}-{pivot}.{pivot}").write_text("".join(f"{b}\n" for _, b in pairs), encoding="utf-8")
     (out / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return {"question_ids": len(usable), "heldout_ids": len(held), "heldout_pairs": len(pairs),
-            "train_pairs": len(rows)}  # fmt: skip
+            "train_pairs": len(rows)}
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
         config = TrainConfig(
             strategy="crosslingual", batch_size=args.batch_size, max_steps=args.steps, max_length=args.max_length,
             val_fraction=0.0, seed=args.seed, freeze_embeddings=True, checkpoint_steps=10**9,
-        )  # fmt: skip
+        )
         result = finetune(str(source.path), args.out / "train.jsonl", tuned, config, device="cpu")
         assert result.path is not None and result.version is not None
         results["training"] = {"config": asdict(config), "metrics": result.metrics}

@@ -7,7 +7,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from models.resolve import ModelSource, offline_fallback
+from xling.cli.launch import xling_command
+from xling.models.resolve import ModelSource, offline_fallback
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ def server_process(
 
 
 def xling_serve_args(port: int) -> list[str]:
-    return [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    return xling_command("serve", "--port", str(port))
 
 
 @dataclass

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from bench.common import ROOT, bench_data_dir, default_model, lareqa_questions
-from models.encoder import EncodeFn, Encoder, TextKind
-from models.evaluate import eval_set, evaluate
+from xling.models.encoder import EncodeFn, Encoder, TextKind
+from xling.models.evaluation.evaluate import eval_set, evaluate
 
 SPEED_LANGS = ("en", "de", "ar", "zh", "hi", "ru")
 BATCH = 32
@@ -71,7 +71,7 @@ def infinity_speed(python: str, model_folder: Path, questions: list[str], single
         done = subprocess.run(
             [python, str(ROOT / "bench" / "peer_infinity.py"), str(model_folder), fh.name, str(singles), str(BATCH)],
             capture_output=True, text=True, timeout=1800,
-        )  # fmt: skip
+        )
     finally:
         os.unlink(fh.name)
     if done.returncode != 0:

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aredis
 
-from app.docstore import DocStore, StoredDoc
-from app.embedded_redis import EmbeddedRedis, free_port
-from app.keys import RedisKeys
 from bench.common import bench_data_dir, lareqa_sentences, server_process, xling_serve_args
 from bench.ingest import post_all
+from xling.state.docstore import DocStore, StoredDoc
+from xling.state.embedded_redis import EmbeddedRedis, free_port
+from xling.state.keys import RedisKeys
 
 MODES = ("everysec", "always")
 TEXT = "Die Katze schläft auf der warmen Fensterbank, während draußen der Regen fällt. " * 3
@@ -90,7 +90,7 @@ def service_benchmark(data: str | None, docs_count: int, batch: int, writers: in
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             env = {"XLING_DATA_DIR": str(Path(tmp) / "data"), "XLING_LOG_LEVEL": "WARNING",
-                   "XLING_EMBEDDED_REDIS_FSYNC": mode, "XLING_START_WORKER": "false"}  # fmt: skip
+                   "XLING_EMBEDDED_REDIS_FSYNC": mode, "XLING_START_WORKER": "false"}
             os.environ.pop("XLING_REDIS_URL", None)
             os.environ.pop("XLING_RETRIEVAL_MODEL", None)
             with server_process(xling_serve_args(port), env, url, Path(tmp) / "xling.log"):

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.embedded_redis import free_port
 from bench.common import bench_data_dir, default_model, lareqa_sentences, server_process, xling_serve_args
-from models.encoder import Encoder
+from xling.models.encoder import Encoder
+from xling.state.embedded_redis import free_port
 
 
 def post_all(url: str, docs: list[dict[str, Any]], batch: int, writers: int) -> float:

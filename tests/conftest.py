@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +16,11 @@ import pytest
 import redis
 import uvicorn
 
-from app.embedded_redis import EmbeddedRedis, free_port
-from app.main import create_app
-from app.settings import Settings
 from tests.tiny_model import build_tiny_model
+from xling.app.main import create_app
+from xling.cli.launch import xling_command
+from xling.state.embedded_redis import EmbeddedRedis, free_port
+from xling.state.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -150,5 +150,5 @@ def run_xling(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     """The `xling` command as a user runs it, without this shell's XLING_* settings unless `env` gives them."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env or clean, capture_output=True, text=True, timeout=timeout
+        xling_command(*args), env=env or clean, capture_output=True, text=True, timeout=timeout
     )

@@ -25,7 +25,7 @@ def test_schemathesis_all_checks_pass(make_settings: Any, tmp_path: Path) -> Non
             str(Path(sys.executable).with_name("schemathesis")), "run", f"{service.url}/openapi.json",
             "--checks", "all", "--max-examples", "15", "--seed", "7", "--workers", "1",
             "--exclude-path-regex", "/events$", "-H", "Authorization: Bearer write-key",
-        ]  # fmt: skip
+        ]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, report

@@ -93,6 +93,11 @@ BAD_SEARCHES = [
     ("k over the maximum", {"query": "cat", "k": 21}, "between 1 and 20"),
     ("bad language", {"query": "cat", "langs": ["EN"]}, "language code such as"),
     ("nested filter", {"query": "cat", "filter": {"a": {"b": 1}}}, "flat object"),
+    # Types are as strict as the API description says: no coercion from booleans, strings or floats.
+    ("k true", {"query": "cat", "k": True}, "valid integer"),
+    ("k a string", {"query": "cat", "k": "3"}, "valid integer"),
+    ("k a float", {"query": "cat", "k": 2.0}, "valid integer"),
+    ("query a number", {"query": 5}, "valid string"),
 ]
 
 

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from models.bitext import accuracy_at_1, bitext_groups, bitext_metrics, is_bitext, load_bitext
-from models.data import DataError, ParallelGroup, check_strategy, summarize
-from models.evaluate import eval_set, evaluate
-from models.reports import heatmap_size, write_evaluation_report
 from tests.synthetic import make_groups, write_lareqa
 from tests.test_lareqa import smooth_fake_encoder
+from xling.models.data.bitext import bitext_groups, is_bitext, load_bitext
+from xling.models.data.parallel import ParallelGroup, check_strategy, summarize
+from xling.models.data.text import DataError
+from xling.models.evaluation.bitext import accuracy_at_1, bitext_metrics
+from xling.models.evaluation.evaluate import eval_set, evaluate
+from xling.models.evaluation.reports import heatmap_size, write_evaluation_report
 
 VECTORS = {
     # afr lines and their eng translations; "een" is closer to "two" than to "one": a miss afr->eng

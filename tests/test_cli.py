@@ -8,14 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from app.embedded_redis import free_port
 from tests.conftest import run_xling
+from tests.synthetic import make_groups
 from tests.test_search_service import corpus
+from xling.cli.launch import xling_command
+from xling.state.embedded_redis import free_port
+from xling.state.jobstore import FINAL
 
 
 def _children(pid: int) -> list[int]:
@@ -32,16 +38,16 @@ def _alive(pid: int) -> bool:
     return bool(state) and not state.startswith("Z")
 
 
-@pytest.fixture
-def served(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
+@contextmanager
+def serving(
+    data_dir: Path, model: Path, command: list[str], cwd: Path | None = None
+) -> Iterator[tuple[str, Any, dict[str, str]]]:
+    """`xling serve` on a free port with its embedded Redis and worker, until ready; killed after the block."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
-    env.update(XLING_DATA_DIR=str(tmp_path / "data"), XLING_RETRIEVAL_MODEL=str(tiny_model), HF_HUB_OFFLINE="1")
+    env.update(XLING_DATA_DIR=str(data_dir), XLING_RETRIEVAL_MODEL=str(model), HF_HUB_OFFLINE="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -54,10 +60,18 @@ def served(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
         assert time.monotonic() < deadline, "xling serve did not become ready"
         time.sleep(0.1)
-    yield url, process, env
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    try:
+        yield url, process, env
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
+    with serving(tmp_path / "data", tiny_model, xling_command()) as running:
+        yield running
 
 
 def test_serve_index_search_and_stop(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -104,7 +118,7 @@ def _command(pid: int) -> str:
 
 
 def _worker_pids(serve_pid: int) -> list[int]:
-    return [pid for pid in _children(serve_pid) if "app.cli worker" in _command(pid) and _alive(pid)]
+    return [pid for pid in _children(serve_pid) if "xling.cli worker" in _command(pid) and _alive(pid)]
 
 
 def test_a_second_server_on_the_same_data_dir_refuses_at_once(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -113,9 +127,9 @@ def test_a_second_server_on_the_same_data_dir_refuses_at_once(served, tmp_path: 
     starts = redis_log.read_text().count("Ready to accept connections")
     started = time.monotonic()
     second = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())],
+        xling_command("serve", "--port", str(free_port())),
         env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    )
     assert second.returncode == 1, second.stdout + second.stderr
     assert f"pid {process.pid}" in second.stderr and "in use" in second.stderr, second.stderr
     assert "Traceback" not in second.stderr
@@ -137,18 +151,24 @@ def test_a_killed_worker_is_restarted_and_reaped(served) -> None:  # type: ignor
         assert time.monotonic() < deadline, "the worker did not lower its priority"
         time.sleep(0.2)
     os.kill(first, signal.SIGKILL)
+    counts = []  # what /healthz said meanwhile: the dead worker never counts once it is reaped
     deadline = time.monotonic() + 60
     while True:
         pids = _worker_pids(process.pid)
+        counts.append(httpx.get(f"{url}/healthz").json()["workers"])
         if pids and first not in pids:
             break
         assert time.monotonic() < deadline, "the killed worker was not replaced"
         time.sleep(0.2)
     assert not _alive(first)  # reaped: not left a zombie
+    assert 0 in counts, counts
     deadline = time.monotonic() + 60
     while httpx.get(f"{url}/healthz").json()["workers"] < 1:
         assert time.monotonic() < deadline, "the new worker never reported in"
         time.sleep(0.5)
+    for _ in range(5):  # one worker runs, one is listed (the killed one's entry is gone, not lapsing)
+        assert httpx.get(f"{url}/healthz").json()["workers"] == 1
+        time.sleep(0.2)
 
 
 def test_cli_reports_a_file_that_is_not_utf8(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +195,7 @@ def test_worker_output_is_json_lines(redis_server, tmp_path: Path) -> None:  # t
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
     env.update(XLING_REDIS_URL=redis_server.url, XLING_DATA_DIR=str(tmp_path), XLING_KEY_PREFIX="jsonlogs")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
+        xling_command("worker"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -195,3 +215,26 @@ def test_worker_output_is_json_lines(redis_server, tmp_path: Path) -> None:  # t
     assert any("ready" in line for line in lines), lines
     for line in lines:
         assert json.loads(line)["level"], line  # no banner, no raw warning text: every line is a JSON object
+
+
+def test_serve_runs_jobs_from_a_folder_with_packages_of_the_same_names(tmp_path: Path, tiny_model: Path) -> None:
+    """A project folder with its own `app`, `models` (and even `xling`) packages cannot shadow the worker's modules."""
+    project = tmp_path / "project"
+    for package in ("app", "models", "worker", "xling"):
+        (project / package).mkdir(parents=True)
+        (project / package / "__init__.py").write_text(f"raise ImportError('the project\\'s own {package} package')\n")
+    (project / "app" / "cli.py").write_text("raise SystemExit('the project app.cli')\n")
+    console_script = Path(sys.executable).with_name("xling")  # the command a user types, from that folder
+    with serving(tmp_path / "data", tiny_model, [str(console_script)], cwd=project) as (url, _, _):
+        groups = "".join(json.dumps(g) + "\n" for g in make_groups(12, seed=3))
+        client = httpx.Client(base_url=url, timeout=60)
+        uploaded = client.post("/datasets", data={"name": "qa"}, files={"file": ("qa.jsonl", groups.encode())})
+        assert uploaded.status_code == 201, uploaded.text
+        accepted = client.post("/jobs/evaluate", json={"datasets": ["qa"]})
+        assert accepted.status_code == 202, accepted.text
+        deadline = time.monotonic() + 180
+        while (job := client.get(f"/jobs/{accepted.json()['job_id']}").json())["status"] not in FINAL:
+            assert time.monotonic() < deadline, f"the job never finished: {job}"
+            time.sleep(0.3)
+        assert job["status"] == "succeeded", job
+        assert job["metrics"], job

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from models.data import DataError, check_strategy, fingerprint, load_parallel, split
 from tests.synthetic import make_groups, write_jsonl, write_lareqa
+from xling.models.data.parallel import check_strategy, fingerprint, load_parallel, split
+from xling.models.data.text import DataError
 
 
 def test_lareqa_folder_and_jsonl_give_the_same_groups(tmp_path: Path) -> None:

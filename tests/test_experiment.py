@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from models.data import DataError
-from models.experiment import ExperimentSpec, run_experiment
-from models.training import TrainConfig
 from tests.conftest import run_xling
 from tests.synthetic import make_groups, vocabulary_texts, write_jsonl, write_lareqa
 from tests.tiny_model import build_tiny_model
+from xling.models.data.text import DataError
+from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
+from xling.models.training.trainer import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
     result = run_xling(
         "evaluate", "--model", str(setup["model"]), "--lareqa", str(setup["eval"]), "--bitext", str(bitext),
         "--out", str(tmp_path / "report"),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert "Mono mAP" in result.stdout and "evalset" in result.stdout and "bitext accuracy@1" in result.stdout
     assert (tmp_path / "report" / "heatmap_evalset.png").exists()
@@ -127,7 +127,7 @@ def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Pa
         "experiment", "--train", str(setup["train"]), "--eval", str(setup["eval"]), "--eval", str(bitext),
         "--base", str(setup["model"]), "--steps", "2", "--batch-size", "8", "--max-length", "32",
         "--out", str(tmp_path / "exp"),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert "X-X-mono" in result.stdout and "hybrid" in result.stdout and "bitext accuracy@1" in result.stdout
     markdown = (tmp_path / "exp" / "experiment.md").read_text()
@@ -143,13 +143,13 @@ def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Pa
     refused = run_xling(
         "experiment", "--train", str(setup["train"]), "--eval", str(leaking), "--base", str(setup["model"]),
         "--steps", "1", "--out", str(tmp_path / "never-exp"),
-    )  # fmt: skip
+    )
     assert refused.returncode == 2 and "sentences of" in refused.stderr and "are in the training data" in refused.stderr
 
     one_language = write_jsonl(tmp_path / "en.jsonl", make_groups(10, seed=0, langs=["en"]))
     refused = run_xling(
         "finetune", "--data", str(one_language), "--strategy", "crosslingual", "--base", str(setup["model"]),
         "--out", str(tmp_path / "never"),
-    )  # fmt: skip
+    )
     assert refused.returncode == 2 and "at least two languages" in refused.stderr
     assert not (tmp_path / "never").exists()

@@ -95,7 +95,7 @@ def test_non_utf8_uploads_are_422_naming_file_and_offset(
 def test_the_byte_offset_is_exact() -> None:
     import tempfile
 
-    from models.data import DataError, utf8_lines
+    from xling.models.data.text import DataError, utf8_lines
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.jsonl"
@@ -145,8 +145,8 @@ def test_total_unpacked_bound_holds_for_incompressible_members(hardened: Running
 
 def test_lying_zip_headers_do_not_unpack_past_the_limit(tmp_path: Path) -> None:
     """A member whose header claims 10 bytes but which inflates to megabytes is refused, and little is written."""
-    from app.datasets import UnpackLimits, _extract_zip
-    from models.data import DataError
+    from xling.models.data.text import DataError
+    from xling.state.datasets import UnpackLimits, _extract_zip
 
     payload = bytearray(zipped({"x/en.json": b"\0" * (3 * 1024 * 1024)}))
     # Patch the central directory's uncompressed size (offset 24 in its header) to claim 10 bytes.
@@ -248,8 +248,8 @@ def test_a_client_named_base_is_never_read_as_a_local_folder(
 ) -> None:
     import shutil
 
-    from models.resolve import ModelNotFoundError, resolve_model
-    from worker.runner import JobContext
+    from xling.models.resolve import ModelNotFoundError, resolve_model
+    from xling.worker.runner import JobContext
 
     shutil.copytree(tiny_model, tmp_path / "tmp" / "rel")
     monkeypatch.chdir(tmp_path)
@@ -265,7 +265,7 @@ def test_redis_outage_answers_503_and_recovers_without_restart(
 ) -> None:
     import logging
 
-    from app.embedded_redis import EmbeddedRedis
+    from xling.state.embedded_redis import EmbeddedRedis
 
     store = EmbeddedRedis(tmp_path / "redis")
     store.start()
@@ -305,6 +305,36 @@ def test_redis_outage_answers_503_and_recovers_without_restart(
         store.stop()
 
 
+def test_a_redis_restart_fails_no_request_once_ready(tmp_path: Path, make_settings: Any) -> None:
+    """Connections pooled before the restart are found dead on their next use: that use is retried, not a 503."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xling.state.embedded_redis import EmbeddedRedis
+
+    store = EmbeddedRedis(tmp_path / "redis")
+    store.start()
+    try:
+        with running_service(make_settings(redis_url=store.url, key_prefix="restart")) as service:
+            assert service.index([{"id": "a", "text": "the cat sleeps", "lang": "en"}]).status_code == 200
+
+            def burst() -> list[int]:  # concurrent requests: several pooled connections, each used after the restart
+                with ThreadPoolExecutor(8) as pool:
+                    calls = [lambda: service.client.post("/search", json={"query": "the cat"}),
+                             lambda: service.client.get("/index/a")] * 8
+                    return [response.status_code for response in pool.map(lambda call: call(), calls)]
+
+            assert set(burst()) == {200}
+            store.stop()
+            store.start()
+            deadline = time.monotonic() + 30
+            while service.client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "did not recover after Redis came back"
+                time.sleep(0.1)
+            assert set(burst() + burst()) == {200}
+    finally:
+        store.stop()
+
+
 def test_no_worker_is_visible_in_health_and_on_queued_jobs(service: RunningService) -> None:
     health = service.client.get("/healthz").json()
     assert health["workers"] == 0 and any("no worker" in w for w in health["warnings"])
@@ -332,8 +362,8 @@ def test_docs_pages_load_nothing_from_the_internet(hardened: RunningService) -> 
 def test_embedded_redis_fsyncs_before_acknowledging(tmp_path: Path) -> None:
     import redis as redis_client
 
-    from app.embedded_redis import EmbeddedRedis
-    from app.settings import Settings
+    from xling.state.embedded_redis import EmbeddedRedis
+    from xling.state.settings import Settings
 
     assert Settings(_env_file=None).embedded_redis_fsync == "always"  # type: ignore[call-arg]
     with EmbeddedRedis(tmp_path / "redis") as server:

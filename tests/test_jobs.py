@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -19,16 +18,17 @@ import httpx
 import pytest
 import redis
 
-from app.settings import Settings
 from tests.conftest import RunningService, running_service
 from tests.synthetic import make_groups, vocabulary_texts, write_lareqa
 from tests.tiny_model import build_tiny_model
+from xling.cli.launch import xling_command
+from xling.state.settings import Settings
 
 # Float32 encoders (see tests/conftest.py FP32), in the api and the worker alike.
 FAST = {
     "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0, "sweep_interval_s": 0.5, "swap_poll_s": 0.2,
     "encoder_precision": "fp32",
-}  # fmt: skip
+}
 TRAIN = {"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "val_fraction": 0.0, "warmup_ratio": 0.0}
 
 
@@ -53,9 +53,9 @@ class Worker:
         env.update(
             XLING_REDIS_URL=str(self.settings.redis_url), XLING_DATA_DIR=str(self.settings.data_dir),
             XLING_RETRIEVAL_MODEL=str(self.settings.retrieval_model), XLING_LOG_JSON="false", XLING_DEVICE="cpu",
-        )  # fmt: skip
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+            xling_command("worker"), env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
         )
 
     def kill(self) -> None:
@@ -83,7 +83,7 @@ def stack(
         _env_file=None,  # type: ignore[call-arg]
         redis_url=redis_server.url, data_dir=root / "data", retrieval_model=str(model), log_json=False, device="cpu",
         **FAST, **kind,
-    )  # fmt: skip
+    )
     worker = Worker(settings, root / "worker.log", kind)
     worker.start()
     with running_service(settings) as service:
@@ -251,7 +251,7 @@ def test_if_better_keeps_a_worse_model_out(stack: dict[str, Any]) -> None:
     job_id = submit(
         service, "finetune", dataset="train", max_steps=20, version="worse-v1", deploy="if_better",
         eval_datasets=["evalset"], **{**TRAIN, "learning_rate": 0.9},
-    )  # fmt: skip
+    )
     job = wait_job(service, job_id, ("succeeded", "failed"))
     assert job["status"] == "succeeded", job
     decision = job["decision"]
@@ -389,7 +389,7 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
     job_id = submit(
         service, "finetune", dataset=["train", "bt-train"], strategy="hybrid", max_steps=25, version="bt-v1",
         eval_datasets=["evalset", "bt-held"], deploy="if_better", compare_on="bt-held", **TRAIN,
-    )  # fmt: skip
+    )
     job = wait_job(service, job_id, ("succeeded", "failed"))
     assert job["status"] == "succeeded", job
     decision = job["decision"]
@@ -467,7 +467,7 @@ def test_models_list_the_default_and_protect_what_serves(stack: dict[str, Any]) 
     job = wait_job(
         service, submit(service, "finetune", dataset="train", max_steps=2, version="doomed-v1", **TRAIN),
         ("succeeded", "failed"),
-    )  # fmt: skip
+    )
     assert job["status"] == "succeeded", job
     assert (stack["settings"].models_dir / "doomed-v1").is_dir()
     active = models["active"]

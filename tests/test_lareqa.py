@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.evaluate import evaluate_lareqa
-from models.lareqa import LareqaData, lareqa_metrics, load_lareqa, multi_average_precision
 from tests.synthetic import make_groups, write_lareqa
+from xling.models.data.lareqa import LareqaData, load_lareqa
+from xling.models.evaluation.evaluate import evaluate_lareqa
+from xling.models.evaluation.lareqa import lareqa_metrics, multi_average_precision
 
 
 def test_ap_one_relevant_at_rank_3() -> None:
@@ -173,15 +174,16 @@ def test_language_selection(tmp_path: Path) -> None:
     folder = write_lareqa(tmp_path / "l", make_groups(5, seed=0))
     data = load_lareqa(folder, ["de", "en"])
     assert data.languages == ["de", "en"] and data.relevant.shape == (10, 2)
-    from models.data import DataError
+    from xling.models.data.text import DataError
 
     with pytest.raises(DataError, match=r"no file for languages \['xx'\]"):
         load_lareqa(folder, ["xx"])
 
 
 def test_qa_groups_evaluate_like_lareqa() -> None:
-    from models.data import ParallelGroup
-    from models.lareqa import lareqa_from_groups, lareqa_metrics
+    from xling.models.data.lareqa import lareqa_from_groups
+    from xling.models.data.parallel import ParallelGroup
+    from xling.models.evaluation.lareqa import lareqa_metrics
 
     groups = [
         ParallelGroup(f"g{i}", {"en": f"q{i} en", "de": f"q{i} de"}, {"en": f"p{i} en", "de": f"p{i} de"})

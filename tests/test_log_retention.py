@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import redis
 
-from app.keys import RedisKeys
-from app.retention import LogRetention, LogTrimmed, is_behind
 from tests.conftest import RunningService, running_service
 from tests.test_search_service import corpus
+from xling.state.keys import RedisKeys
+from xling.state.retention import LogRetention, LogTrimmed, is_behind
 
 FAST_TRIM = {"log_trim_interval_s": 0.1, "log_hold_ttl_s": 1.0, "snapshot_every_entries": 200}
 
@@ -70,7 +70,7 @@ def test_a_replica_behind_the_trim_point_rebuilds_and_converges(make_settings: A
         assert a.index(corpus(3)).status_code == 200
         engine_b = b.app.state.engine
         # As if b had been away longer than its hold: the log is trimmed past b's offset.
-        a.app.state.engine.retention.client.set(
+        a.app.state.engine.sync_redis.set(
             engine_b.keys.log_trimmed_to, a.client.get("/index/stats").json()["log_offset"]
         )
         late = {"id": "late", "text": "une bibliothèque ouvre ses portes", "lang": "fr"}
@@ -87,7 +87,7 @@ def test_a_snapshot_older_than_the_trim_point_is_not_replayed(
 ) -> None:
     import logging
 
-    from app.docstore import StoredDoc
+    from xling.state.docstore import StoredDoc
 
     settings = make_settings(**FAST_TRIM)
     with running_service(settings) as first:

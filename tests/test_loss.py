@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.loss import InfoNCELoss, info_nce
+from xling.models.training.loss import InfoNCELoss, info_nce
 
 
 def test_info_nce_equals_a_hand_computed_value() -> None:

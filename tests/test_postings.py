@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import postings
-from models.postings import Postings, bitmap_bytes, bits_set, popcount
+from xling.models.index import postings
+from xling.models.index.postings import Postings, bitmap_bytes, bits_set, popcount
 
 
 def members(posting: Postings, slots: int) -> set[int]:

@@ -7,8 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.data import ParallelGroup, all_pairs
-from models.samplers import HybridBatchSampler, make_sampler
+from xling.models.data.parallel import ParallelGroup, all_pairs
+from xling.models.training.samplers import HybridBatchSampler, make_sampler
 
 LANGS = ["en", "de", "fr", "es", "zh"]
 

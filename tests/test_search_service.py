@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.encoder import Encoder
 from tests.conftest import RunningService, running_service
 from tests.tiny_model import random_sentences
+from xling.models.encoder import Encoder
 
 LANGS = ["en", "de", "fr", "es"]
 

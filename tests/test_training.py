@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import DataError
-from models.encoder import Encoder
-from models.training import Progress, TrainConfig, finetune
 from tests.synthetic import make_groups, vocabulary_texts, write_jsonl, write_lareqa
 from tests.tiny_model import build_tiny_model
+from xling.models.data.text import DataError
+from xling.models.encoder import Encoder
+from xling.models.training.trainer import Progress, TrainConfig, finetune
 
 GROUPS = make_groups(200, seed=0)
 

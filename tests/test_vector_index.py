@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from models import vector_index
-from models.vector_index import DocEntry, IndexMismatchError, IndexSpec, SnapshotError, VectorIndex
+from xling.models.index import vector_index
+from xling.models.index.vector_index import DocEntry, IndexMismatchError, IndexSpec, SnapshotError, VectorIndex
 
 LANGS = ["en", "de", "fr", "es"]
 # Every kind must behave as the exact flat index where the approximate one is configured exhaustively

@@ -18,11 +18,11 @@ PIECES: list[tuple[str, float]] = [
     (METASPACE, -2.0), (f"{METASPACE}a", -1.0), ("b", -2.5), (f"{METASPACE}ab", -3.0), ("c", -1.5),
     (f"{METASPACE}abc", -6.0), ("bc", -2.0), ("a", -2.0), (f"{METASPACE}c", -2.0), ("d", -3.0),
     (f"{METASPACE}dz", -2.5), ("z", -3.0), ("<mask>", 0.0),
-]  # fmt: skip
+]
 # code point -> replacement: fullwidth letters, a no-break space, a deleted zero-width space, a ligature.
 NORMALIZATION: dict[int, tuple[int, ...]] = {
     0xFF41: (ord("a"),), 0xFF42: (ord("b"),), 0x00A0: (ord(" "),), 0x200B: (), 0x01C6: (ord("d"), ord("z")),
-}  # fmt: skip
+}
 DIMS = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128, "vocab_rows": 20, "max_positions": 40, "type_rows": 2}
 EPS = 1e-12
 
@@ -56,7 +56,7 @@ def _tensor_plan(seed: int) -> list[tuple[str, np.ndarray, bool]]:
     ]
     for layer in range(DIMS["layers"]):
         for short, out_dim, in_dim in (("q", h, h), ("k", h, h), ("v", h, h), ("ao", h, h), ("fi", ffn, h),
-                                       ("fo", h, ffn)):  # fmt: skip
+                                       ("fo", h, ffn)):
             plan.append((f"l{layer}.{short}.w", normal(out_dim, in_dim), True))
             plan.append((f"l{layer}.{short}.b", normal(out_dim, std=0.05), False))
         for norm in ("aln", "oln"):
@@ -70,7 +70,7 @@ def write_tiny_e5(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     header = b"E5S1" + struct.pack(
         "<I7ifi", 1, DIMS["hidden"], DIMS["layers"], DIMS["heads"], DIMS["ffn"], DIMS["vocab_rows"],
         DIMS["max_positions"], DIMS["type_rows"], EPS, 32,
-    )  # fmt: skip
+    )
     piece_bytes = [piece.encode("utf-8") for piece, _ in PIECES]
     offsets = np.cumsum([0] + [len(b) for b in piece_bytes]).astype("<u4")
     norm = b"".join(
@@ -96,7 +96,7 @@ def write_tiny_e5(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
         directory.append(
             struct.pack("<H", len(name))
             + name.encode()
-            + struct.pack("<BIQQ", int(quantized), tensor.size, offset, len(raw))  # fmt: skip
+            + struct.pack("<BIQQ", int(quantized), tensor.size, offset, len(raw))
         )
         payload.append(raw)
         offset += len(raw)

@@ -4,37 +4,28 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.settings import Settings
-
-QUEUE = "gpu"
-JOB_TYPES = ("finetune", "evaluate", "experiment", "reindex")
-
-
-def task_name(job_type: str) -> str:
-    return f"xling.{job_type}"
+from xling.state.jobs import JOB_SPECS, QUEUE, celery_config, task_name
+from xling.state.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
     assert settings.redis_url is not None, "Celery needs XLING_REDIS_URL"
-    app = Celery("xling", broker=settings.redis_url)
+    app = Celery("xling")
     app.conf.update(
-        task_default_queue=QUEUE,
-        task_ignore_result=True,  # the job store is the record, not Celery's result backend
+        celery_config(settings),
         task_acks_late=False,  # a killed worker's job is failed by the heartbeat sweep, not re-run blindly
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"global_keyprefix": f"{settings.key_prefix}:celery:"},
     )
 
     def register(job_type: str) -> None:
         @app.task(name=task_name(job_type))
         def run(job_id: str) -> None:
-            from worker.runner import run_job
+            from xling.worker.runner import run_job
 
             run_job(job_id, settings)
 
-    for job_type in JOB_TYPES:
+    for job_type in JOB_SPECS:
         register(job_type)
     return app
 
@@ -43,4 +34,4 @@ def worker_argv() -> list[str]:
     # solo pool: one job at a time per GPU, and CUDA does not survive fork
     # -q: no start-up banner on stdout; every line the worker writes goes through the JSON logger.
     return ["-q", "worker", "-Q", QUEUE, "--pool=solo", "--concurrency=1", "--loglevel=INFO",
-            "--without-gossip", "--without-mingle"]  # fmt: skip
+            "--without-gossip", "--without-mingle"]

@@ -15,36 +15,66 @@ from contextlib import contextmanager
 
 import redis
 
-from app.jobstore import JobStore
-from app.keys import RedisKeys
-from app.logs import OutageNotice
-from app.settings import Settings
+from xling.state.connections import redis_client
+from xling.state.jobstore import JobStore
+from xling.state.keys import RedisKeys
+from xling.state.polling import poll
+from xling.state.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """How a worker process is listed in Redis: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def forget_worker(settings: Settings, pid: int) -> None:
+    """Drop a worker that is known dead from the list at once, rather than when its beats lapse."""
+    assert settings.redis_url is not None
+    client = redis_client(settings.redis_url, socket_timeout=5)
+    try:
+        JobStore(client, RedisKeys(settings.key_prefix)).worker_gone(worker_name(pid))
+    except redis.RedisError as exc:
+        log.warning("could not drop dead worker %s from the list (%s); it lapses by itself", pid, exc)
+    finally:
+        client.close()
+
+
+def _forget_dead_local_workers(store: JobStore) -> None:
+    """Entries of this host whose process is gone (killed before it could remove itself)."""
+    host = f"{socket.gethostname()}:"
+    for name in store.live_workers(timeout_s=float("inf")):
+        pid = name.removeprefix(host)
+        if name.startswith(host) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            store.worker_gone(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 @contextmanager
 def presence(settings: Settings) -> Iterator[str]:
     """Beat every `heartbeat_interval_s` from a daemon thread while the block runs; remove the entry after."""
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     store = JobStore(client, RedisKeys(settings.key_prefix))
     name, stop = worker_name(), threading.Event()
+    try:
+        _forget_dead_local_workers(store)
+    except redis.RedisError:
+        pass  # the beat below reports the outage
 
     def beat() -> None:
-        outage = OutageNotice(log, f"worker presence ({name})")
-        while True:
-            try:
-                store.worker_beat(name, settings.heartbeat_timeout_s)
-                outage.recovered()
-            except redis.RedisError as exc:
-                outage.failed(exc)
-            if stop.wait(settings.heartbeat_interval_s):
-                return
+        poll(lambda: store.worker_beat(name, settings.heartbeat_timeout_s), stop, every_s=settings.heartbeat_interval_s,
+             what=f"worker presence ({name})", logger=log, wait_first=False)
 
     thread = threading.Thread(target=beat, name="worker-presence", daemon=True)
     thread.start()

@@ -1,6 +1,6 @@
 """What each job type does: resolve its inputs, call the library (models/), report to the job store.
 
-Celery tasks (worker/tasks.py) only call `run_job`; this module has no Celery import, so it can be
+Celery tasks (worker/celery_app.py) only call `run_job`; this module has no Celery import, so it can be
 tested and reasoned about on its own.
 """
 
@@ -18,20 +18,22 @@ from typing import Any
 
 import redis
 
-from app.datasets import dataset_path
-from app.docstore import DocReader
-from app.indexing import build_index, index_spec, load_encoder
-from app.jobstore import Job, JobStore
-from app.keys import RedisKeys
-from app.registry import Registry
-from app.retention import LogRetention
-from app.settings import Settings
-from models.evaluate import EvaluationReport, eval_set, evaluate
-from models.experiment import ExperimentSpec, run_experiment
-from models.manifest import read_manifest, write_manifest
-from models.reports import write_evaluation_report
-from models.resolve import resolve_model
-from models.training import Progress, TrainConfig, finetune
+from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
+from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
+from xling.models.evaluation.reports import write_evaluation_report
+from xling.models.manifest import read_manifest, write_manifest
+from xling.models.resolve import resolve_model
+from xling.models.training.trainer import Progress, finetune
+from xling.state.connections import redis_client
+from xling.state.datasets import dataset_path
+from xling.state.docstore import DocReader
+from xling.state.indexing import build_index, index_spec, load_encoder
+from xling.state.jobs import EvaluateJob, ExperimentJob, FinetuneJob, JobSpec, ReindexJob, parse_job
+from xling.state.jobstore import Job, JobStore
+from xling.state.keys import RedisKeys
+from xling.state.registry import Registry
+from xling.state.retention import LogRetention
+from xling.state.settings import Settings
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # bound on job-store writes from a fast training loop
@@ -104,7 +106,7 @@ def _throttled_progress(ctx: JobContext) -> Callable[[Progress], None]:
             ctx.report(
                 "training", step=p.step, total=p.total, loss=p.loss, samples_per_s=round(p.samples_per_s, 1),
                 eta_s=round(p.eta_s, 1) if p.eta_s is not None else None,
-            )  # fmt: skip
+            )
 
     return report
 
@@ -127,7 +129,7 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     reader = DocReader(ctx.redis, ctx.keys)
     started = time.monotonic()
     # Keep the log from O on while encoding, and for a grace period after activation: every api replays
-    # from O when it swaps (app/retention.py). build_index reads O after this, so O is at least this new.
+    # from O when it swaps (xling.state.retention). build_index reads O after this, so O is at least this new.
     retention, holder, grace = LogRetention(ctx.redis, ctx.keys), f"reindex:{ctx.job.id}", ctx.settings.log_swap_grace_s
     pinned = reader.last_offset()
     retention.hold(holder, pinned, grace)
@@ -145,32 +147,25 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     return {"reindexed": len(pair.index), "reindex_seconds": round(seconds, 2), "offset": pair.applied_offset}
 
 
-def _as_list(value: str | list[str]) -> list[str]:
-    return value if isinstance(value, list) else [value]
-
-
-def run_finetune(ctx: JobContext) -> dict[str, Any]:
-    params = ctx.job.params
-    version = params["version"]
+def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
+    version, base = job.version, job.base
     out = ctx.settings.models_dir / version
-    config = TrainConfig(**params.get("config", {}))
-    base = params.get("base", "active")
-    names = _as_list(params["dataset"])
     result = finetune(
-        ctx.model_spec(base), [ctx.dataset(name) for name in names], out, config, registry_dir=ctx.settings.models_dir,
+        ctx.model_spec(base), [ctx.dataset(name) for name in job.dataset], out, job.config,
+        registry_dir=ctx.settings.models_dir,
         version=version, device=None if ctx.settings.device == "auto" else ctx.settings.device,
         progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
         resume_from=bool(ctx.job.retry_of) or None, allow_folder=ctx.folder_allowed(base),
-    )  # fmt: skip
+    )
     if result.cancelled:
         raise Cancelled(f"cancelled at step {result.steps}")
     outcome: dict[str, Any] = {"metrics": dict(result.metrics), "model_version": version}
-    eval_sets = params.get("eval_datasets") or []
+    eval_sets = job.eval_datasets
     candidate_score, metric = None, None
     ctx.stop_if_cancelled("after training")
     if eval_sets:
         report = _evaluate_version(ctx, version, eval_sets, "candidate")
-        metric, candidate_score = report.score(params.get("compare_on"))
+        metric, candidate_score = report.score(job.compare_on)
         if report.lareqa:  # the first LAReQA set's metrics at the top level, as before bitext sets existed
             outcome["metrics"].update({f"eval_{k}": v for k, v in report.lareqa[0].result.metrics.items()})
         outcome["metrics"].update(
@@ -180,12 +175,12 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
         assert manifest is not None
         manifest.metrics.update({"evaluation": report.to_dict()})
         write_manifest(out, manifest)
-    mode = params.get("deploy", "never")
+    mode = job.deploy
     decision: dict[str, Any] = {"mode": mode, "deployed": False}
     if mode == "if_better":
-        _, active_score = _evaluate_version(ctx, "active", eval_sets, "active").score(params.get("compare_on"))
-        decision.update(metric=metric, compare_on=params.get("compare_on") or "LAReQA eval sets (mean)",
-                        candidate=candidate_score, active=active_score)  # fmt: skip
+        _, active_score = _evaluate_version(ctx, "active", eval_sets, "active").score(job.compare_on)
+        decision.update(metric=metric, compare_on=job.compare_on or "LAReQA eval sets (mean)",
+                        candidate=candidate_score, active=active_score)
         decision["deployed"] = candidate_score is not None and candidate_score > active_score
     elif mode == "always":
         decision["deployed"] = True
@@ -196,49 +191,49 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
     return outcome
 
 
-def run_evaluate(ctx: JobContext) -> dict[str, Any]:
-    params = ctx.job.params
-    report = _evaluate_version(ctx, params.get("model", "active"), params["datasets"], "report")
+def run_evaluate(ctx: JobContext, job: EvaluateJob) -> dict[str, Any]:
+    report = _evaluate_version(ctx, job.model, job.datasets, "report")
     metrics = {f"{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
     return {"metrics": metrics, "model_version": report.model_version}
 
 
-def run_experiment_job(ctx: JobContext) -> dict[str, Any]:
-    params = ctx.job.params
-    base = params.get("base", "active")
+def run_experiment_job(ctx: JobContext, job: ExperimentJob) -> dict[str, Any]:
+    base = job.base
     spec = ExperimentSpec(
-        train=[ctx.dataset(d) for d in _as_list(params["train_dataset"])],
-        evals=[ctx.dataset(d) for d in params["eval_datasets"]],
-        base=ctx.model_spec(base), steps=int(params["steps"]),
-        seeds=[int(s) for s in params.get("seeds", [params.get("seed", 0)])],
-        config=TrainConfig(**params.get("config", {})), keep_models=True,
-    )  # fmt: skip
+        train=[ctx.dataset(d) for d in job.train_dataset], evals=[ctx.dataset(d) for d in job.eval_datasets],
+        base=ctx.model_spec(base), steps=job.steps, seeds=job.seeds, config=job.config.train_config(),
+        keep_models=True,
+    )
     out = ctx.settings.reports_dir / ctx.job.id
     ctx.report("experiment", out=str(out))
     record = run_experiment(spec, out, registry_dir=ctx.settings.models_dir, command=f"job {ctx.job.id}",
                             progress=lambda step: ctx.report("experiment", step=step),
-                            allow_folder=ctx.folder_allowed(base))  # fmt: skip
+                            allow_folder=ctx.folder_allowed(base))
     rows = {row["label"]: row["sets"] for row in record["rows"]}
     return {"metrics": {"rows": rows, "report": str(out / "experiment.md")}}
 
 
-def run_reindex(ctx: JobContext) -> dict[str, Any]:
-    version = ctx.job.params["version"]
-    return {"metrics": deploy(ctx, version), "model_version": version}
+def run_reindex(ctx: JobContext, job: ReindexJob) -> dict[str, Any]:
+    return {"metrics": deploy(ctx, job.version), "model_version": job.version}
 
 
-HANDLERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "finetune": run_finetune,
-    "evaluate": run_evaluate,
-    "experiment": run_experiment_job,
-    "reindex": run_reindex,
-}
+def run_spec(ctx: JobContext, job: JobSpec) -> dict[str, Any]:
+    """The job's outcome (fields for the job store) from its typed spec."""
+    if isinstance(job, FinetuneJob):
+        return run_finetune(ctx, job)
+    if isinstance(job, EvaluateJob):
+        return run_evaluate(ctx, job)
+    if isinstance(job, ExperimentJob):
+        return run_experiment_job(ctx, job)
+    if isinstance(job, ReindexJob):
+        return run_reindex(ctx, job)
+    raise ValueError(f"no runner for {type(job).__name__}")
 
 
 def run_job(job_id: str, settings: Settings) -> None:
     """Run one job to a final state; never raises (failures are recorded in the job)."""
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url)
     keys = RedisKeys(settings.key_prefix)
     store = JobStore(client, keys)
     store.sweep_lost(settings.heartbeat_timeout_s)  # the next worker notices a predecessor's lost jobs
@@ -248,7 +243,7 @@ def run_job(job_id: str, settings: Settings) -> None:
     ctx = JobContext(settings, store, Registry(client, keys, settings.models_dir), client, keys, store.get(job_id))
     with heartbeat(store, job_id, settings.heartbeat_interval_s):
         try:
-            outcome = HANDLERS[ctx.job.type](ctx)
+            outcome = run_spec(ctx, parse_job(ctx.job.type, ctx.job.params))
             store.transition(job_id, "succeeded", **outcome)
         except Cancelled as exc:
             store.transition(job_id, "cancelled", error=str(exc))

@@ -6,13 +6,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Response, UploadFile
 
-from app.datasets import DatasetExists, UnpackLimits, UnpackTooLarge, delete_dataset, list_datasets, save_dataset
-from app.deps import EngineDep, SettingsDep, require_read_key, require_write_key
-from app.engine import Engine
-from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from app.job_requests import datasets_of
-from app.schemas import NAME_PATTERN, DatasetOut, DatasetsPage
-from models.data import DataError
+from xling.app.deps import JobStoreDep, SettingsDep, require_read_key, require_write_key
+from xling.app.schemas import NAME_PATTERN, DatasetOut, DatasetsPage
+from xling.models.data.text import DataError
+from xling.state.datasets import (
+    DatasetExists,
+    UnpackLimits,
+    UnpackTooLarge,
+    delete_dataset,
+    list_datasets,
+    save_dataset,
+)
+from xling.state.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from xling.state.jobs import parse_job
+from xling.state.jobstore import JobStore
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=[Depends(require_read_key)])
 
@@ -29,11 +36,11 @@ def upload_dataset(
         ),
     ],
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
-    engine: EngineDep,
+    jobs: JobStoreDep,
     replace: Annotated[bool, Form(description="replace a dataset of that name (refused while a job uses it)")] = False,
 ) -> DatasetOut:
     if replace:
-        _refuse_if_in_use(engine, name, "replaced")
+        _refuse_if_in_use(jobs, name, "replaced")
     try:
         limits = UnpackLimits(settings.max_unpacked_bytes, settings.max_zip_ratio)
         info = save_dataset(settings.datasets_dir, name, file.filename or "", file.file, limits, replace=replace)
@@ -46,16 +53,16 @@ def upload_dataset(
     return DatasetOut(**info)
 
 
-def _refuse_if_in_use(engine: Engine, name: str, what: str) -> None:
-    users = [job.id for job in engine.jobs.unfinished() if name in datasets_of(job.params)]
+def _refuse_if_in_use(jobs: JobStore, name: str, what: str) -> None:
+    users = [job.id for job in jobs.unfinished() if name in parse_job(job.type, job.params).dataset_names()]
     if users:
         raise Conflict(f"dataset {name!r} cannot be {what}: queued or running job {users[0]} uses it")
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Depends(require_write_key)])
-def remove_dataset(engine: EngineDep, settings: SettingsDep, name: str = Path(pattern=NAME_PATTERN)) -> Response:
+def remove_dataset(jobs: JobStoreDep, settings: SettingsDep, name: str = Path(pattern=NAME_PATTERN)) -> Response:
     """Delete a dataset; refused (409) while a queued or running job uses it."""
-    _refuse_if_in_use(engine, name, "deleted")
+    _refuse_if_in_use(jobs, name, "deleted")
     if not delete_dataset(settings.datasets_dir, name):
         raise NotFound(f"no dataset {name!r}")
     return Response(status_code=204)

@@ -6,10 +6,17 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Path
 
-from app import limits
-from app.deps import EngineDep, SettingsDep, require_read_key, require_search_key, require_write_key
-from app.errors import NotFound
-from app.schemas import (
+from xling.app import limits
+from xling.app.deps import (
+    DocStoreDep,
+    EngineDep,
+    HoldsDep,
+    SettingsDep,
+    require_read_key,
+    require_search_key,
+    require_write_key,
+)
+from xling.app.schemas import (
     DOC_ID_PATTERN,
     DeleteRequest,
     DeleteResponse,
@@ -18,6 +25,7 @@ from app.schemas import (
     IndexResponse,
     IndexStats,
 )
+from xling.state.errors import NotFound
 
 router = APIRouter(prefix="/index", tags=["documents"])
 write_guard = [Depends(require_write_key)]
@@ -40,10 +48,10 @@ async def delete_documents(body: DeleteRequest, engine: EngineDep, settings: Set
 
 
 @router.get("/stats", response_model=IndexStats, dependencies=[Depends(require_read_key)])
-async def index_stats(engine: EngineDep) -> IndexStats:
+async def index_stats(engine: EngineDep, docs: DocStoreDep, holds: HoldsDep) -> IndexStats:
     pair = engine.require_pair()
     return IndexStats(
-        documents=await engine.docs.count(),
+        documents=await docs.count(),
         vectors=len(pair.index),
         index={
             **pair.index.spec.build_params(),
@@ -53,9 +61,9 @@ async def index_stats(engine: EngineDep) -> IndexStats:
         languages=pair.index.languages(),
         model_version=pair.version,
         applied_offset=pair.applied_offset,
-        log_offset=await engine.docs.last_offset(),
-        log_entries=await engine.docs.log_length(),
-        log_trimmed_to=await asyncio.to_thread(engine.retention.trimmed_to),
+        log_offset=await docs.last_offset(),
+        log_entries=await docs.log_length(),
+        log_trimmed_to=await asyncio.to_thread(holds.trimmed_to),
     )
 
 
@@ -63,8 +71,8 @@ DocIdPath = Path(pattern=DOC_ID_PATTERN)
 
 
 @router.get("/{doc_id}", response_model=DocumentOut, dependencies=[Depends(require_search_key)])
-async def get_document(engine: EngineDep, doc_id: str = DocIdPath) -> DocumentOut:
-    (doc,) = await engine.docs.get_many([doc_id])
+async def get_document(docs: DocStoreDep, doc_id: str = DocIdPath) -> DocumentOut:
+    (doc,) = await docs.get_many([doc_id])
     if doc is None:
         raise NotFound(f"no document with id {doc_id!r}")
     return DocumentOut(id=doc_id, text=doc.text, lang=doc.lang, metadata=doc.metadata)

@@ -12,12 +12,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from app import job_requests
-from app.deps import EngineDep, SettingsDep, require_read_key, require_write_key
-from app.engine import Engine
-from app.errors import Conflict, NotFound
-from app.jobstore import FINAL, NO_WORKER, Job, JobNotFound
-from app.schemas import (
+from xling.app import job_requests
+from xling.app.deps import JobQueueDep, JobStoreDep, RegistryDep, SettingsDep, require_read_key, require_write_key
+from xling.app.job_queue import JobQueue
+from xling.app.schemas import (
     EvaluateRequest,
     ExperimentRequest,
     FinetuneRequest,
@@ -26,25 +24,28 @@ from app.schemas import (
     JobsPage,
     ReindexRequest,
 )
-from models.manifest import remove_dir
+from xling.models.files import remove_dir
+from xling.state.errors import Conflict, NotFound
+from xling.state.jobs import parse_job
+from xling.state.jobstore import FINAL, NO_WORKER, Job, JobNotFound, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_read_key)])
 guard = [Depends(require_write_key)]
 
 
-def _outs(jobs: list[Job], engine: Engine) -> list[JobOut]:
+def _outs(jobs: list[Job], queue: JobQueue) -> list[JobOut]:
     """Queued jobs say so when no worker consumes the queue (asked of Redis once per response)."""
-    unserved = any(job.status == "queued" for job in jobs) and not engine.live_workers()
+    unserved = any(job.status == "queued" for job in jobs) and not queue.live_workers()
     return [JobOut(**asdict(job), warning=NO_WORKER if unserved and job.status == "queued" else None) for job in jobs]
 
 
-def _out(job: Job, engine: Engine) -> JobOut:
-    return _outs([job], engine)[0]
+def _out(job: Job, queue: JobQueue) -> JobOut:
+    return _outs([job], queue)[0]
 
 
-def _get(engine: EngineDep, job_id: str) -> Job:
+def _get(jobs: JobStore, job_id: str) -> Job:
     try:
-        return engine.jobs.get(job_id)
+        return jobs.get(job_id)
     except JobNotFound:
         raise NotFound(f"no job {job_id!r}") from None
 
@@ -54,61 +55,64 @@ def _accepted(job: Job) -> JobAccepted:
 
 
 @router.post("/finetune", status_code=202, response_model=JobAccepted, dependencies=guard)
-def finetune(body: FinetuneRequest, engine: EngineDep, settings: SettingsDep) -> JobAccepted:
+def finetune(body: FinetuneRequest, queue: JobQueueDep, registry: RegistryDep, settings: SettingsDep) -> JobAccepted:
     """Fine-tune with hybrid batches; `deploy` decides whether the new model then serves."""
-    return _accepted(engine.submit_job("finetune", job_requests.finetune_params(body, settings, engine.registry)))
+    return _accepted(queue.submit(job_requests.finetune_job(body, settings, registry)))
 
 
 @router.post("/evaluate", status_code=202, response_model=JobAccepted, dependencies=guard)
-def evaluate(body: EvaluateRequest, engine: EngineDep, settings: SettingsDep) -> JobAccepted:
-    return _accepted(engine.submit_job("evaluate", job_requests.evaluate_params(body, settings, engine.registry)))
+def evaluate(body: EvaluateRequest, queue: JobQueueDep, registry: RegistryDep, settings: SettingsDep) -> JobAccepted:
+    return _accepted(queue.submit(job_requests.evaluate_job(body, settings, registry)))
 
 
 @router.post("/experiment", status_code=202, response_model=JobAccepted, dependencies=guard)
-def experiment(body: ExperimentRequest, engine: EngineDep, settings: SettingsDep) -> JobAccepted:
-    return _accepted(engine.submit_job("experiment", job_requests.experiment_params(body, settings, engine.registry)))
+def experiment(
+    body: ExperimentRequest, queue: JobQueueDep, registry: RegistryDep, settings: SettingsDep
+) -> JobAccepted:
+    return _accepted(queue.submit(job_requests.experiment_job(body, settings, registry)))
 
 
 @router.post("/reindex", status_code=202, response_model=JobAccepted, dependencies=guard)
-def reindex(body: ReindexRequest, engine: EngineDep) -> JobAccepted:
+def reindex(body: ReindexRequest, queue: JobQueueDep, registry: RegistryDep) -> JobAccepted:
     """Encode the corpus with a registry version on the worker, then activate it (hot swap)."""
-    return _accepted(engine.submit_job("reindex", job_requests.reindex_params(body, engine.registry)))
+    return _accepted(queue.submit(job_requests.reindex_job(body, registry)))
 
 
 @router.get("", response_model=JobsPage)
 def list_jobs(
-    engine: EngineDep,
+    jobs: JobStoreDep,
+    queue: JobQueueDep,
     # Bounded: Redis ranges are 64-bit integers, and no one pages past a billion jobs.
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
 ) -> JobsPage:
     """Newest first."""
-    jobs, count = engine.jobs.page(offset, limit, status)
-    return JobsPage(data=_outs(jobs, engine), count=count)
+    page, count = jobs.page(offset, limit, status)
+    return JobsPage(data=_outs(page, queue), count=count)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, engine: EngineDep) -> JobOut:
-    return _out(_get(engine, job_id), engine)
+def get_job(job_id: str, jobs: JobStoreDep, queue: JobQueueDep) -> JobOut:
+    return _out(_get(jobs, job_id), queue)
 
 
 @router.delete("/{job_id}", response_model=JobOut, dependencies=guard)
-def cancel_job(job_id: str, engine: EngineDep) -> JobOut:
+def cancel_job(job_id: str, jobs: JobStoreDep, queue: JobQueueDep) -> JobOut:
     """Cooperative cancel: a queued job is cancelled at once, a running one stops at its next step."""
-    job = _get(engine, job_id)
+    job = _get(jobs, job_id)
     if job.final:
         raise Conflict(f"job {job_id} is already {job.status}")
-    return _out(engine.jobs.request_cancel(job_id), engine)
+    return _out(jobs.request_cancel(job_id), queue)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobAccepted, dependencies=guard)
-def retry_job(job_id: str, engine: EngineDep) -> JobAccepted:
+def retry_job(job_id: str, jobs: JobStoreDep, queue: JobQueueDep) -> JobAccepted:
     """A failed or cancelled finetune runs again from its last checkpoint, as a new job."""
-    job = _get(engine, job_id)
+    job = _get(jobs, job_id)
     if job.type != "finetune" or job.status not in ("failed", "cancelled"):
         raise Conflict(f"only a failed or cancelled finetune can be retried; this is a {job.status} {job.type}")
-    return _accepted(engine.submit_job("finetune", job.params, retry_of=job.id))
+    return _accepted(queue.submit(parse_job(job.type, job.params), retry_of=job.id))
 
 
 REPORT_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
@@ -128,7 +132,7 @@ def _report_files(folder: FsPath) -> list[str]:
 @router.get("/{job_id}/report")
 def job_report(
     job_id: str,
-    engine: EngineDep,
+    jobs: JobStoreDep,
     settings: SettingsDep,
     format: Annotated[
         Literal["json", "markdown"], Query(description="json: files and contents; markdown: text")
@@ -136,7 +140,7 @@ def job_report(
 ) -> Response:
     """An evaluation, finetune (with eval_datasets) or experiment job's report: JSON (each JSON report and the
     list of files), or the Markdown reports joined. Charts: GET /jobs/{id}/report/files/{path}."""
-    _get(engine, job_id)
+    _get(jobs, job_id)
     folder = settings.reports_dir / job_id
     files = _report_files(folder)
     if not files:
@@ -166,9 +170,9 @@ def _finite(value: Any) -> Any:
 
 
 @router.get("/{job_id}/report/files/{path:path}")
-def job_report_file(job_id: str, path: str, engine: EngineDep, settings: SettingsDep) -> Response:
+def job_report_file(job_id: str, path: str, jobs: JobStoreDep, settings: SettingsDep) -> Response:
     """One report file (a chart, a Markdown table, a JSON report), by the path `GET /jobs/{id}/report` lists."""
-    _get(engine, job_id)
+    _get(jobs, job_id)
     if path not in _report_files(settings.reports_dir / job_id):  # only listed files: no traversal, no weights
         raise NotFound(f"job {job_id} has no report file {path!r}")
     file = settings.reports_dir / job_id / path
@@ -176,10 +180,10 @@ def job_report_file(job_id: str, path: str, engine: EngineDep, settings: Setting
 
 
 @router.delete("/{job_id}/artefacts", status_code=204, dependencies=guard)
-def delete_artefacts(job_id: str, engine: EngineDep, settings: SettingsDep) -> Response:
+def delete_artefacts(job_id: str, jobs: JobStoreDep, settings: SettingsDep) -> Response:
     """Delete a finished job's reports (and an experiment's models under them). Registry versions a job
     made stay: DELETE /models/{version} removes those."""
-    job = _get(engine, job_id)
+    job = _get(jobs, job_id)
     if not job.final:
         raise Conflict(f"job {job_id} is {job.status}; cancel it or wait for it to finish")
     remove_dir(settings.reports_dir / job_id)
@@ -187,14 +191,14 @@ def delete_artefacts(job_id: str, engine: EngineDep, settings: SettingsDep) -> R
 
 
 @router.get("/{job_id}/events")
-def job_events(job_id: str, engine: EngineDep) -> StreamingResponse:
+def job_events(job_id: str, jobs: JobStoreDep, queue: JobQueueDep) -> StreamingResponse:
     """Server-sent events: `status` and `progress` as they happen, then `end` with the final job."""
-    _get(engine, job_id)
+    _get(jobs, job_id)
 
     def stream() -> Iterator[str]:
         after = "0-0"
         while True:
-            events = engine.jobs.events(job_id, after, block_ms=1_000)
+            events = jobs.events(job_id, after, block_ms=1_000)
             if not events:
                 yield ": keep-alive\n\n"
             for offset, fields in events:
@@ -204,7 +208,7 @@ def job_events(job_id: str, engine: EngineDep) -> StreamingResponse:
                 else:
                     yield f"event: status\ndata: {json.dumps({'status': fields.get('status')})}\n\n"
                     if fields.get("status") in FINAL:
-                        final = _out(engine.jobs.get(job_id), engine).model_dump_json()
+                        final = _out(jobs.get(job_id), queue).model_dump_json()
                         yield f"event: end\ndata: {final}\n\n"
                         return
 

@@ -10,10 +10,9 @@ import base64
 
 from fastapi import APIRouter, Depends
 
-from app.deps import EngineDep, SettingsDep, require_search_key
-from app.engine import Engine
-from app.errors import InvalidInput, NotFound
-from app.schemas import (
+from xling.app.deps import EngineDep, SettingsDep, SwapDep, require_search_key
+from xling.app.engine import Engine
+from xling.app.schemas import (
     EmbeddingOut,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -21,7 +20,9 @@ from app.schemas import (
     ModelCard,
     ModelCards,
 )
-from app.settings import Settings
+from xling.app.swap import HotSwap
+from xling.state.errors import InvalidInput, NotFound
+from xling.state.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Depends(require_search_key)])
 
@@ -43,24 +44,25 @@ def _texts(body: EmbeddingsRequest, settings: Settings) -> list[str]:
     return [str(t) for t in texts]
 
 
-def _served_names(engine: Engine) -> set[str]:
-    pair = engine.require_pair()
+def _served_names(engine: Engine, swap: HotSwap) -> set[str]:
+    pair, source = engine.require_pair(), swap.source
     names = {pair.version}
-    if engine.model_source is not None and engine.model_source.version == pair.version:
-        names.add(engine.model_source.name)
+    if source is not None and source.version == pair.version:
+        names.add(source.name)
     return names
 
 
-def _card(engine: Engine) -> ModelCard:
-    pair = engine.require_pair()
-    return ModelCard(id=pair.version, created=int(engine.serving_since))
+def _card(engine: Engine, swap: HotSwap) -> ModelCard:
+    return ModelCard(id=engine.require_pair().version, created=int(swap.since))
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse)
-async def embeddings(body: EmbeddingsRequest, engine: EngineDep, settings: SettingsDep) -> EmbeddingsResponse:
+async def embeddings(
+    body: EmbeddingsRequest, engine: EngineDep, swap: SwapDep, settings: SettingsDep
+) -> EmbeddingsResponse:
     """Embed texts with the serving model (unit-norm vectors: dot product = cosine)."""
     texts = _texts(body, settings)
-    if body.model not in _served_names(engine):
+    if body.model not in _served_names(engine, swap):
         raise NotFound(f"model {body.model!r} is not served here; GET /v1/models lists the one that is")
     dim = engine.require_pair().encoder.dim
     if body.dimensions is not None and body.dimensions != dim:
@@ -82,13 +84,13 @@ async def embeddings(body: EmbeddingsRequest, engine: EngineDep, settings: Setti
 
 
 @router.get("/models", response_model=ModelCards)
-def list_models(engine: EngineDep) -> ModelCards:
+def list_models(engine: EngineDep, swap: SwapDep) -> ModelCards:
     """The served model (one per replica)."""
-    return ModelCards(data=[_card(engine)])
+    return ModelCards(data=[_card(engine, swap)])
 
 
 @router.get("/models/{model}", response_model=ModelCard)
-def get_model(model: str, engine: EngineDep) -> ModelCard:
-    if model not in _served_names(engine):
+def get_model(model: str, engine: EngineDep, swap: SwapDep) -> ModelCard:
+    if model not in _served_names(engine, swap):
         raise NotFound(f"model {model!r} is not served here")
-    return _card(engine)
+    return _card(engine, swap)

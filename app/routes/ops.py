@@ -10,15 +10,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from app.deps import EngineDep
-from app.jobstore import NO_WORKER
-from app.schemas import Health
+from xling.app.deps import EngineDep, JobQueueDep, SwapDep
+from xling.app.schemas import Health
+from xling.state.jobstore import NO_WORKER
 
 router = APIRouter(tags=["operations"])
 
 
-async def _health(engine: EngineDep, status: str) -> Health:
-    pair, source = engine.serving, engine.model_source
+async def _health(engine: EngineDep, swap: SwapDep, queue: JobQueueDep, status: str) -> Health:
+    pair, source = swap.pair, swap.source
     health = Health(
         status=status,
         model_version=pair.version if pair else None,
@@ -26,7 +26,7 @@ async def _health(engine: EngineDep, status: str) -> Health:
         detail=engine.load_error or (engine.applier.last_error if engine.applier else None),
     )
     try:
-        health.workers = len(await asyncio.to_thread(engine.live_workers))
+        health.workers = len(await asyncio.to_thread(queue.live_workers))
     except RedisError as exc:
         health.redis = "unreachable"
         health.warnings.append(f"Redis is unreachable ({exc}); writes, jobs and uncached reads answer 503")
@@ -36,18 +36,18 @@ async def _health(engine: EngineDep, status: str) -> Health:
 
 
 @router.get("/healthz", response_model=Health)
-async def healthz(engine: EngineDep) -> Health:
+async def healthz(engine: EngineDep, swap: SwapDep, queue: JobQueueDep) -> Health:
     """Live: the process answers (200 even while Redis is down or no worker runs; see `warnings`)."""
-    return await _health(engine, "ok")
+    return await _health(engine, swap, queue, "ok")
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-async def readyz(engine: EngineDep) -> Response:
+async def readyz(engine: EngineDep, swap: SwapDep, queue: JobQueueDep) -> Response:
     """Ready: model and index loaded, caught up with the log, and Redis reachable; 503 otherwise."""
     if not engine.ready:
         status = "failed" if engine.load_error else "loading"
-        return JSONResponse((await _health(engine, status)).model_dump(), status_code=503)
-    health = await _health(engine, "ready")
+        return JSONResponse((await _health(engine, swap, queue, status)).model_dump(), status_code=503)
+    health = await _health(engine, swap, queue, "ready")
     if health.redis != "ok":
         health.status = "redis_unreachable"
         return JSONResponse(health.model_dump(), status_code=503, headers={"Retry-After": "2"})
@@ -61,4 +61,4 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/", include_in_schema=False)
 async def search_page() -> HTMLResponse:
-    return HTMLResponse(files("app").joinpath("static/index.html").read_text(encoding="utf-8"))
+    return HTMLResponse(files("xling.app").joinpath("static/index.html").read_text(encoding="utf-8"))

@@ -9,11 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import StringConstraints
 
-from app import limits
-from app.deps import EngineDep, SettingsDep, require_search_key
-from app.engine import SearchQuery, SearchResult
-from app.errors import InvalidInput
-from app.schemas import LANG_LIST_PATTERN, LANG_PATTERN, HitOut, SearchRequest, SearchResponse
+from xling.app import limits
+from xling.app.deps import EngineDep, SettingsDep, require_search_key
+from xling.app.engine import SearchQuery, SearchResult
+from xling.app.schemas import LANG_LIST_PATTERN, LANG_PATTERN, HitOut, SearchRequest, SearchResponse
+from xling.state.errors import InvalidInput
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
 _LANG = re.compile(LANG_PATTERN)

@@ -1,0 +1,184 @@
+"""Hot swap, api side (DESIGN §8): which encoder and index serve, and replacing them without a failed request
+or a lost write. A new pair is loaded beside the serving one, the log replayed into it, and one reference swapped
+under the applier's lock; requests already running finish on the old pair."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import cached_property
+from pathlib import Path
+
+from xling.app.applier import Applier, Watermark
+from xling.app.holds import LogHolds
+from xling.app.metrics import Metrics
+from xling.models.index.vector_index import IndexMismatchError, SnapshotError, VectorIndex
+from xling.models.resolve import ModelNotFoundError, ModelSource, resolve_model
+from xling.state.docstore import DocReader
+from xling.state.errors import NotReady
+from xling.state.indexing import ServingPair, build_index, catch_up, index_spec, load_encoder
+from xling.state.polling import OUTAGE_ERRORS, poll
+from xling.state.registry import Registry
+from xling.state.retention import LogTrimmed
+from xling.state.settings import Settings
+
+log = logging.getLogger(__name__)
+SWAP_RETRY_S = 30.0
+
+
+class HotSwap:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        reader: DocReader,
+        holds: LogHolds,
+        watermark: Watermark,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.reader = reader
+        self.holds = holds
+        self.watermark = watermark
+        self.metrics = metrics
+        self.pair: ServingPair | None = None
+        self.source: ModelSource | None = None
+        self.since = 0.0  # unix time the serving pair took over
+        self.error: str | None = None  # why the last swap failed (shown by /healthz and /models/active)
+        self.applier: Applier | None = None  # set once the first pair serves
+        self._failed: tuple[str, float] | None = None  # (version, when)
+
+    def require_pair(self) -> ServingPair:
+        if self.pair is None:
+            raise NotReady("the model and index are still loading")
+        return self.pair
+
+    @cached_property
+    def default_source(self) -> ModelSource:
+        """The configured model (XLING_RETRIEVAL_MODEL), resolved once: one hub lookup, one fallback warning."""
+        return resolve_model(self.settings.retrieval_model, self.settings.models_dir)
+
+    @property
+    def default_version(self) -> str:
+        """The version of the configured model, served when none is activated."""
+        return self.default_source.version
+
+    def snapshot_dir(self, version: str) -> Path:
+        return self.settings.indexes_dir / version
+
+    def startup_source(self) -> ModelSource:
+        """The activated version; if it cannot be loaded, the configured model (and say why)."""
+        activated = self.registry.active()
+        if activated:
+            try:
+                return resolve_model(activated, self.settings.models_dir)
+            except ModelNotFoundError as exc:
+                self.error = f"activated version {activated!r} cannot be loaded ({exc}); serving the default"
+                log.error(self.error)
+        return self.default_source
+
+    def open_index(self, source: ModelSource) -> tuple[ServingPair, bool]:
+        """The source's encoder with its version's snapshot if there is a valid one, else a full build from the
+        documents. Pins the offset it replays from as "open" (unpinned by `serve` or when the swap fails)."""
+        encoder = load_encoder(source, self.settings)
+        folder = self.snapshot_dir(encoder.version)
+        try:
+            index, offset = VectorIndex.load(folder, encoder.version, encoder.dim, index_spec(self.settings))
+            self.holds.pin("open", offset)
+            self.holds.retention.check(offset)
+            log.info("snapshot loaded", extra={"path": str(folder), "vectors": len(index), "offset": offset})
+            return ServingPair(encoder, index, offset), True
+        except IndexMismatchError as exc:
+            log.error("snapshot refused, rebuilding from documents: %s", exc)
+        except LogTrimmed as exc:
+            log.warning("snapshot in %s is older than the doc log (%s); encoding all documents", folder, exc)
+        except SnapshotError as exc:
+            log.info("no usable snapshot (%s); encoding all documents", exc)
+        self.holds.pin("open", self.reader.last_offset())  # build_index replays from an offset at least this new
+        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048), False
+
+    def serve_first(self, pair: ServingPair, source: ModelSource, applier: Applier) -> None:
+        """The pair loaded at start-up serves, with the applier that keeps it current."""
+        self.pair, self.source, self.since, self.applier = pair, source, time.time(), applier
+
+    def watch(self, stop: threading.Event) -> None:
+        """Poll which version should serve; swap when it differs from the serving one."""
+        poll(self._follow_active, stop, every_s=self.settings.swap_poll_s, what="model watcher", logger=log)
+
+    def _follow_active(self) -> None:
+        wanted = self.registry.active()
+        desired = wanted or self.default_version
+        try:
+            if desired == self.require_pair().version or self._recently_failed(desired):
+                return
+            self.swap_to(wanted or self.settings.retrieval_model)
+            self.error = self._failed = None
+        except OUTAGE_ERRORS:
+            raise  # not a failed swap: which model should serve is unknown until Redis is back
+        except Exception as exc:  # keep serving the old pair; say why in /healthz and /models/active
+            self.error = f"swap to {desired!r} failed: {type(exc).__name__}: {exc}"
+            self._failed = (desired, time.monotonic())
+            log.exception("hot swap failed; still serving the previous model")
+
+    def _recently_failed(self, version: str) -> bool:
+        """A version whose swap failed is retried after SWAP_RETRY_S, not on every poll."""
+        return (
+            self._failed is not None
+            and self._failed[0] == version
+            and (time.monotonic() - self._failed[1] < SWAP_RETRY_S)
+        )
+
+    def swap_to(self, spec: str | None) -> None:
+        """Load the new encoder and its index beside the serving pair, replay the log, swap one reference."""
+        started = time.monotonic()
+        try:
+            source = resolve_model(spec, self.settings.models_dir)
+            pair, from_snapshot = self.open_index(source)
+            old = self._take_over(pair, pair.applied_offset if from_snapshot else None, source)
+        finally:
+            self.holds.unpin("open")  # also when the swap fails: a pin left behind would stop all trimming
+        self.metrics.swaps.inc()
+        self.metrics.index_size.set(len(pair.index))
+        log.info(
+            "model swapped",
+            extra={
+                "from": old.version if old else None,
+                "to": pair.version,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
+
+    def rebuild(self) -> None:
+        """This replica fell behind the trimmed log (away longer than its hold lasted): rebuild its index from
+        the document hash with the same encoder, replay, swap. Searches go on against the old index meanwhile."""
+        assert self.applier is not None
+        pair = self.require_pair()
+        log.warning(
+            "the doc log was trimmed past this replica's offset %s; rebuilding its index from the documents",
+            pair.applied_offset,
+        )
+        self.holds.pin("rebuild", self.reader.last_offset())
+        try:
+            rebuilt = build_index(self.reader, pair.encoder, index_spec(self.settings), chunk=2_048)
+            self._take_over(rebuilt, snapshot_offset=None)
+        finally:
+            self.holds.unpin("rebuild")
+        self.applier.snapshot()
+
+    def _take_over(
+        self, pair: ServingPair, snapshot_offset: str | None, source: ModelSource | None = None
+    ) -> ServingPair | None:
+        """Replay the log into `pair` while the serving one goes on, then swap under the applier lock (the
+        applier is between steps: nothing applies to the old pair now). Returns the pair it replaced."""
+        assert self.applier is not None
+        catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, outside the lock
+        with self.applier.lock:
+            catch_up(self.reader, pair, self.settings.applier_batch)
+            old, self.pair = self.pair, pair
+            if source is not None:  # a new model; a rebuild keeps the model and its serving time
+                self.source, self.since = source, time.time()
+            self.applier.snapshot_offset = snapshot_offset
+            self.watermark.advance(pair.applied_offset)
+        return old

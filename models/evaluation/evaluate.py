@@ -1,0 +1,155 @@
+"""Evaluate an encoder on LAReQA sets and bitext pairs: encode each distinct text once, then score."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from xling.models.data.bitext import is_bitext, load_bitext
+from xling.models.data.lareqa import LareqaData, load_lareqa
+from xling.models.encoder import EncodeFn, TextKind
+from xling.models.evaluation.bitext import bitext_metrics
+from xling.models.evaluation.lareqa import LareqaResult, lareqa_metrics
+
+
+def encode_distinct(encode: EncodeFn, texts: list[str], kind: TextKind) -> np.ndarray:
+    """Encode each distinct text once (LAReQA repeats sentences and questions) and spread the rows back."""
+    unique = list(dict.fromkeys(texts))
+    vectors = encode(unique, kind)
+    position = {text: i for i, text in enumerate(unique)}
+    return vectors[[position[text] for text in texts]]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A named evaluation set: a LAReQA folder, or bitext (Tatoeba folder or JSONL)."""
+
+    name: str
+    path: Path
+    kind: Literal["lareqa", "bitext"]
+
+
+def eval_set(path: Path, name: str | None = None, kind: Literal["lareqa", "bitext"] | None = None) -> EvalSet:
+    """Name it after its folder (or file stem) unless told; recognise bitext by its files unless told."""
+    found = kind or ("bitext" if is_bitext(path) else "lareqa")
+    return EvalSet(name or path.name.removesuffix(".jsonl"), path, found)
+
+
+@dataclass
+class BitextEvaluation:
+    name: str
+    result: dict[str, Any]  # models.bitext.bitext_metrics
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.result["bitext_acc@1"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.result}
+
+
+@dataclass
+class LareqaEvaluation:
+    name: str
+    data_size: str
+    result: LareqaResult
+    encode_seconds: float
+    metric_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "data": self.data_size,
+            **self.result.to_dict(),
+            "timing": {
+                "encode_seconds": round(self.encode_seconds, 2),
+                "metric_seconds": round(self.metric_seconds, 2),
+            },
+        }
+
+
+@dataclass
+class EvaluationReport:
+    model_version: str
+    lareqa: list[LareqaEvaluation] = field(default_factory=list)
+    bitext: list[BitextEvaluation] = field(default_factory=list)
+
+    def score(self, on: str | None = None) -> tuple[str, float]:
+        """What `deploy: if_better` compares: (metric name, value).
+
+        `on` None: the primary metric (Multi mAP) averaged over the LAReQA sets. `on` a set's name: that
+        LAReQA set's primary metric, or that bitext set's accuracy@1 (both directions, macro).
+        """
+        if on is None:
+            if not self.lareqa:
+                raise ValueError("no LAReQA set to compare on; name a bitext set to compare on instead")
+            values = [ev.result.metrics[ev.result.primary_metric] for ev in self.lareqa]
+            return self.lareqa[0].result.primary_metric, float(np.mean(values))
+        for ev in self.lareqa:
+            if ev.name == on:
+                return ev.result.primary_metric, float(ev.result.metrics[ev.result.primary_metric])
+        for bt in self.bitext:
+            if bt.name == on:
+                return "bitext_acc@1", bt.accuracy
+        raise ValueError(f"no evaluation set named {on!r}")
+
+    def primary(self) -> float:
+        return self.score()[1]
+
+    def set_metrics(self) -> dict[str, dict[str, float]]:
+        """Headline metrics per set name: LAReQA summary metrics, bitext accuracy@1."""
+        found: dict[str, dict[str, float]] = {ev.name: dict(ev.result.metrics) for ev in self.lareqa}
+        found.update({bt.name: {"bitext_acc@1": bt.accuracy} for bt in self.bitext})
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "lareqa": [e.to_dict() for e in self.lareqa],
+            "bitext": [b.to_dict() for b in self.bitext],
+        }
+
+
+def evaluate_lareqa(encode: EncodeFn, data: LareqaData, name: str) -> LareqaEvaluation:
+    started = time.perf_counter()
+    candidates = encode_distinct(encode, data.candidate_texts, "passage")
+    queries = encode_distinct(encode, data.question_texts, "query")
+    encoded = time.perf_counter()
+    result = lareqa_metrics(data, queries, candidates)
+    return LareqaEvaluation(name, data.size, result, encoded - started, time.perf_counter() - encoded)
+
+
+def evaluate(
+    encode: EncodeFn,
+    model_version: str,
+    sets: list[EvalSet],
+    langs: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> EvaluationReport:
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"evaluation set names must differ: {names}")
+    report = EvaluationReport(model_version)
+    for item in sets:
+        if progress:
+            progress(f"{'LAReQA' if item.kind == 'lareqa' else 'bitext'} {item.name}")
+        if item.kind == "lareqa":
+            report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name))
+        else:
+            report.bitext.append(BitextEvaluation(item.name, bitext_metrics(load_bitext(item.path, langs), encode)))
+    return report
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Content hash of an evaluation folder's files, recorded in reports."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]

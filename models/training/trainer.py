@@ -1,0 +1,381 @@
+"""Hybrid batch fine-tuning on sentence-transformers' trainer, with our samplers and InfoNCE loss.
+
+`finetune()` is the library API the CLI and the worker call: explicit arguments in, a self-describing
+model version folder out, progress and cancellation through two callables.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from datasets import Dataset, disable_progress_bars
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from transformers import (
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    PrinterCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.utils import logging as hf_logging
+
+from xling.models.data.parallel import ParallelGroup, all_pairs, check_strategy, fingerprint, split
+from xling.models.data.training_data import load_training_data
+from xling.models.encoder import FolderLayout, read_layout
+from xling.models.manifest import Manifest, write_manifest
+from xling.models.resolve import resolve_model, version_from_name
+from xling.models.training.loss import InfoNCELoss
+from xling.models.training.samplers import STRATEGIES, HybridBatchSampler, make_sampler
+
+log = logging.getLogger(__name__)
+
+PAPER_PREFIXES = ("Query: ", "Passage: ")  # the hybrid-batch paper's, for bases trained without any
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults follow the hybrid-batch paper where it gives them."""
+
+    strategy: str = "hybrid"
+    alpha: float = 0.5
+    batch_size: int = 100
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    max_length: int = 128
+    scale: float = 20.0
+    # None: the base model's own prefixes when it declares any, else the paper's (PAPER_PREFIXES).
+    # A string (even "") is explicit and wins over both.
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    # Keep the word-embedding matrix fixed: for a 250k-row vocabulary it is most of the parameters,
+    # and the optimizer state and update it would need (see bench/RESULTS.md for what it saves).
+    freeze_embeddings: bool = False
+    with_context: bool = False
+    val_fraction: float = 0.05
+    eval_steps: int | None = None  # None: evaluate once, at the end
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    checkpoint_steps: int = 500
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+        if not 0 <= self.alpha <= 1:
+            problems.append(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.batch_size < 2:
+            problems.append("batch_size must be >= 2 (in-batch negatives need company)")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.gradient_accumulation_steps < 1:
+            problems.append("gradient_accumulation_steps must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("max_steps must be >= 1")
+        if self.max_steps is None and self.epochs <= 0:
+            problems.append("epochs must be > 0")
+        if not 8 <= self.max_length <= 8192:
+            problems.append("max_length must be in [8, 8192]")
+        if self.early_stopping_patience is not None and self.val_fraction == 0:
+            problems.append("early stopping needs a validation split (val_fraction > 0)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def resolve_prefixes(config: TrainConfig, layout: FolderLayout) -> tuple[str, str]:
+    """The prefixes a run trains (and its model is served) with: explicit, else the base's, else the paper's."""
+    declared = (layout.query_prefix, layout.passage_prefix)
+    defaults = declared if any(declared) else PAPER_PREFIXES
+    query = config.query_prefix if config.query_prefix is not None else defaults[0]
+    passage = config.passage_prefix if config.passage_prefix is not None else defaults[1]
+    return query, passage
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    loss: float | None
+    samples_per_s: float
+    eta_s: float | None
+
+
+@dataclass
+class TrainResult:
+    path: Path | None  # None when cancelled
+    version: str | None
+    steps: int
+    cancelled: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+class _Reporter(TrainerCallback):
+    """Forwards progress to the caller and polls the cancel check once per step."""
+
+    def __init__(self, batch_size: int, progress: ProgressFn | None, should_cancel: CancelFn | None) -> None:
+        self.batch_size = batch_size
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.cancelled = False
+        self.last_loss: float | None = None
+        self.losses: list[tuple[int, float]] = []
+        self._started = time.monotonic()
+        self._first_step = 0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._started, self._first_step = time.monotonic(), state.global_step
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+            self.losses.append((state.global_step, self.last_loss))
+            # The trainer logs after on_step_end, so step N's event shows the loss logged before it; at the last
+            # step report again, so the final event carries final_logged_loss (mean over the last logging_steps).
+            if state.global_step >= state.max_steps:
+                self._report(args, state)
+
+    def _report(self, args: TrainingArguments, state: TrainerState) -> None:
+        if self.progress is not None:
+            done = state.global_step - self._first_step
+            elapsed = max(time.monotonic() - self._started, 1e-9)
+            per_step = elapsed / max(done, 1)
+            samples = done * self.batch_size * args.gradient_accumulation_steps
+            eta = per_step * (state.max_steps - state.global_step) if done else None
+            self.progress(Progress(state.global_step, state.max_steps, self.last_loss, samples / elapsed, eta))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._report(args, state)
+        if self.should_cancel is not None and self.should_cancel():
+            self.cancelled = True
+            control.should_training_stop = True
+            control.should_save = True  # a checkpoint to resume from, should the user retry
+
+
+class _HybridTrainer(SentenceTransformerTrainer):
+    """Uses our batch samplers for the train and validation datasets."""
+
+    def __init__(self, *args: Any, samplers: dict[str, HybridBatchSampler], **kwargs: Any) -> None:
+        self._samplers = samplers
+        super().__init__(*args, **kwargs)
+
+    def get_batch_sampler(self, dataset: Any, *args: Any, **kwargs: Any) -> HybridBatchSampler:
+        if dataset is self.train_dataset:
+            return self._samplers["train"]
+        if dataset is self.eval_dataset:
+            return self._samplers["eval"]
+        raise ValueError("no batch sampler for this dataset")
+
+
+def pair_dataset(groups: list[ParallelGroup], pairs: list[tuple[int, str, str]], config: TrainConfig) -> Dataset:
+    return Dataset.from_dict(
+        {
+            "query": [f"{config.query_prefix or ''}{groups[g].queries[q]}" for g, q, _ in pairs],
+            "passage": [f"{config.passage_prefix or ''}{groups[g].passages[p]}" for g, _, p in pairs],
+        }
+    )
+
+
+def _half_precision(device: str) -> tuple[bool, bool]:
+    """(bf16, fp16) for the trainer: mixed precision on GPU, bf16 where the GPU has it."""
+    if not device.startswith("cuda"):
+        return False, False
+    bf16 = torch.cuda.is_bf16_supported()
+    return bf16, not bf16
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose save finished; half-written ones (a worker killed mid-save) are removed.
+
+    The trainer writes trainer_state.json last, so a checkpoint without it is incomplete.
+    """
+    complete: list[tuple[int, Path]] = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = path.name.rsplit("-", 1)[-1]
+        if not step.isdigit():
+            continue
+        if (path / "trainer_state.json").is_file():
+            complete.append((int(step), path))
+        else:
+            log.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(complete)[1] if complete else None
+
+
+def finetune(
+    base: str | None,
+    data: Path | list[Path],
+    out: Path,
+    config: TrainConfig | None = None,
+    *,
+    registry_dir: Path | None = None,
+    version: str | None = None,
+    parent_version: str | None = None,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    resume_from: Path | bool | None = None,
+    logging_steps: int = 10,
+    allow_folder: bool = True,
+) -> TrainResult:
+    """Fine-tune `base` on `data` (parallel QA and/or bitext datasets); writes a model version folder at `out`.
+
+    `base`: a registry version, folder or hub id; None = the default model (with its offline fallback). `allow_folder`
+    False reads `base` only as a registry version or hub id, never as a local path (a client's name).
+
+    `resume_from`: a checkpoint folder, or True for the newest under `out/checkpoints`.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    hf_logging.disable_progress_bar()  # progress goes through `progress`
+    disable_progress_bars()
+    groups, summary = load_training_data(data, with_context=config.with_context)
+    check_strategy(groups, config.strategy, config.alpha)
+    train_groups, val_groups = split(groups, config.val_fraction, config.seed)
+    check_strategy(train_groups, config.strategy, config.alpha)
+    source = resolve_model(base, registry_dir, allow_folder=allow_folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    layout = read_layout(source.path, source.name)
+    query_prefix, passage_prefix = resolve_prefixes(config, layout)
+    config = replace(config, query_prefix=query_prefix, passage_prefix=passage_prefix)
+
+    model = SentenceTransformer(str(source.path), device=device)
+    model.max_seq_length = config.max_length
+    if config.freeze_embeddings:
+        transformer = cast(PreTrainedModel, model[0].auto_model)
+        transformer.get_input_embeddings().weight.requires_grad_(False)
+    train_pairs = all_pairs(train_groups)
+    samplers = {
+        "train": make_sampler(config.strategy, train_groups, train_pairs, config.batch_size, config.alpha, config.seed)
+    }
+    eval_dataset = None
+    if val_groups:
+        val_pairs = all_pairs(val_groups)
+        # A fixed seed: every evaluation sees the same batches, so validation losses compare.
+        samplers["eval"] = make_sampler(config.strategy, val_groups, val_pairs, config.batch_size, config.alpha, 12345)
+        eval_dataset = pair_dataset(val_groups, val_pairs, config)
+
+    steps_per_epoch = math.ceil(len(samplers["train"]) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    warmup_steps = round(config.warmup_ratio * total_steps)
+    checkpoints = out / "checkpoints"
+    eval_steps = config.eval_steps or (config.checkpoint_steps if config.early_stopping_patience else None)
+    save_steps = eval_steps if eval_steps and config.early_stopping_patience else config.checkpoint_steps
+    bf16, fp16 = _half_precision(device)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=warmup_steps,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        eval_strategy="steps" if eval_steps and eval_dataset is not None else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=bool(config.early_stopping_patience),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(logging_steps, total_steps // 10)),  # short runs still report a loss
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not device.startswith("cuda"),
+        bf16=bf16,
+        fp16=fp16,
+    )
+    reporter = _Reporter(config.batch_size, progress, should_cancel)
+    callbacks: list[TrainerCallback] = [reporter]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = _HybridTrainer(
+        model=model,
+        args=args,
+        train_dataset=pair_dataset(train_groups, train_pairs, config),
+        eval_dataset=eval_dataset,
+        loss=InfoNCELoss(model, scale=config.scale),
+        callbacks=callbacks,
+        samplers=samplers,
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
+    resume: str | None = None
+    if resume_from is True:
+        last = last_complete_checkpoint(checkpoints)
+        resume = str(last) if last is not None else None
+        if resume is None:
+            log.warning("no complete checkpoint under %s; starting from the beginning", checkpoints)
+    elif resume_from:
+        resume = str(resume_from)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=resume)
+    steps = trainer.state.global_step
+    if reporter.cancelled:
+        log.info("training cancelled", extra={"step": steps})
+        return TrainResult(None, None, steps, cancelled=True)
+
+    metrics: dict[str, float] = {
+        "train_loss": float(output.training_loss),
+        "steps": float(steps),
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    if reporter.last_loss is not None:
+        metrics["final_logged_loss"] = reporter.last_loss
+    if eval_dataset is not None:
+        metrics["val_loss"] = float(trainer.evaluate()["eval_loss"])
+
+    version = version or version_from_name(out.name)
+    model.prompts = {"query": query_prefix, "document": passage_prefix}
+    model.save(str(out))
+    manifest = Manifest(
+        version=version,
+        base_model=source.name,
+        pooling=layout.pooling,
+        normalize=True,
+        query_prefix=query_prefix,
+        passage_prefix=passage_prefix,
+        max_length=config.max_length,
+        training={
+            **asdict(config),
+            "device": device,
+            "train_groups": len(train_groups),
+            "val_groups": len(val_groups),
+            "train_pairs": len(train_pairs),
+            "dataset": summary.to_dict(),
+            "batch_composition_epoch0": samplers["train"].composition(0),
+            "loss_curve": reporter.losses,
+        },
+        data_fingerprint=fingerprint(groups),
+        metrics=metrics,
+        parent_version=parent_version or (source.version if source.origin != "hub" else source.name),
+    )
+    write_manifest(out, manifest)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the version folder holds the final weights
+    return TrainResult(out, version, steps, cancelled=False, metrics=metrics)

@@ -1,0 +1,146 @@
+"""The job contract between the api and the worker: one pydantic model per job kind, and the queue and task
+names they travel by. The api validates a request and builds one of these; the job store keeps it as the job's
+`params`; the worker parses it back with `parse_job`. Nothing else reads job parameters by string keys."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from xling.models.training.trainer import TrainConfig
+from xling.state.settings import Settings
+
+QUEUE = "gpu"
+JobKind = Literal["finetune", "evaluate", "experiment", "reindex"]
+Deploy = Literal["never", "if_better", "always"]
+
+
+def task_name(kind: str) -> str:
+    return f"xling.{kind}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """What the api (sending) and the worker (consuming) must agree on to meet on the same queue."""
+    return {
+        "broker_url": settings.redis_url,
+        "task_default_queue": QUEUE,
+        "task_ignore_result": True,  # the job store is the record, not Celery's result backend
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"global_keyprefix": f"{settings.key_prefix}:celery:"},
+    }
+
+
+def celery_sender(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks: the api queues jobs by name, without importing the worker."""
+    assert settings.redis_url is not None, "Celery needs XLING_REDIS_URL"
+    app = Celery("xling")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class JobSpec(BaseModel):
+    kind: ClassVar[JobKind]
+    # Stored jobs are read back by later versions: unknown keys are ignored, not refused.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def dataset_names(self) -> set[str]:
+        """Every dataset the job reads (a dataset in use cannot be deleted)."""
+        return set()
+
+    def model_names(self) -> set[str]:
+        """Every model version the job names (a version in use cannot be deleted)."""
+        return set()
+
+    def params(self) -> dict[str, Any]:
+        """What the job store keeps, and `GET /jobs/{id}` shows, as the job's parameters."""
+        return self.model_dump(mode="json")
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+class FinetuneJob(JobSpec):
+    kind: ClassVar[JobKind] = "finetune"
+    dataset: list[str]
+    base: str = "active"
+    config: TrainConfig
+    eval_datasets: list[str] = []
+    deploy: Deploy = "never"
+    compare_on: str | None = None
+    version: str
+
+    _one_or_many = field_validator("dataset", mode="before")(_as_list)
+
+    def dataset_names(self) -> set[str]:
+        return {*self.dataset, *self.eval_datasets, *([self.compare_on] if self.compare_on else [])}
+
+    def model_names(self) -> set[str]:
+        return {self.base, self.version}
+
+
+class EvaluateJob(JobSpec):
+    kind: ClassVar[JobKind] = "evaluate"
+    model: str = "active"
+    datasets: list[str]
+
+    def dataset_names(self) -> set[str]:
+        return set(self.datasets)
+
+    def model_names(self) -> set[str]:
+        return {self.model}
+
+
+class ExperimentConfig(BaseModel):
+    """The training settings an experiment shares across its strategies (the rest are TrainConfig's defaults)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    batch_size: int = 100
+    learning_rate: float = 3e-5
+    alpha: float = 0.5
+    max_length: int = 128
+    val_fraction: float = 0.0
+    freeze_embeddings: bool = False
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.model_dump())
+
+
+class ExperimentJob(JobSpec):
+    kind: ClassVar[JobKind] = "experiment"
+    train_dataset: list[str]
+    eval_datasets: list[str]
+    base: str = "active"
+    steps: int
+    seeds: list[int] = [0]
+    config: ExperimentConfig = ExperimentConfig()
+
+    _one_or_many = field_validator("train_dataset", mode="before")(_as_list)
+
+    def dataset_names(self) -> set[str]:
+        return {*self.train_dataset, *self.eval_datasets}
+
+    def model_names(self) -> set[str]:
+        return {self.base}
+
+
+class ReindexJob(JobSpec):
+    kind: ClassVar[JobKind] = "reindex"
+    version: str
+
+    def model_names(self) -> set[str]:
+        return {self.version}
+
+
+JOB_SPECS: dict[str, type[JobSpec]] = {
+    spec.kind: spec for spec in (FinetuneJob, EvaluateJob, ExperimentJob, ReindexJob)
+}
+
+
+def parse_job(kind: str, params: dict[str, Any]) -> JobSpec:
+    """A stored job's parameters as its typed spec; ValueError names what does not fit."""
+    if kind not in JOB_SPECS:
+        raise ValueError(f"unknown job type {kind!r}")
+    return JOB_SPECS[kind].model_validate(params)

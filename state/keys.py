@@ -1,0 +1,63 @@
+"""Every Redis key xling uses; no other module spells one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str = "xling"
+
+    @property
+    def docs(self) -> str:
+        """Hash: document id -> JSON {text, lang, metadata}."""
+        return f"{self.prefix}:docs"
+
+    @property
+    def doclog(self) -> str:
+        """Stream: one entry {op: upsert|delete, id} per document write, in commit order."""
+        return f"{self.prefix}:doclog"
+
+    @property
+    def log_holds(self) -> str:
+        """Hash: holder -> JSON {offset, until}; the log is trimmed only behind the smallest live hold."""
+        return f"{self.prefix}:doclog:holds"
+
+    @property
+    def log_trimmed_to(self) -> str:
+        """String: entries before this offset may be trimmed away (it only moves forward)."""
+        return f"{self.prefix}:doclog:trimmed_to"
+
+    @property
+    def active_model(self) -> str:
+        """String: the model version every api should serve."""
+        return f"{self.prefix}:model:active"
+
+    @property
+    def previous_model(self) -> str:
+        """String: the version that served before the last activation ("" = the configured default)."""
+        return f"{self.prefix}:model:previous"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set: job id scored by creation time (newest first = highest score)."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def running_jobs(self) -> str:
+        """Set: ids of jobs whose status is running (what the heartbeat sweep checks)."""
+        return f"{self.prefix}:jobs:running"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker name scored by its last heartbeat (unix time); who consumes the job queue."""
+        return f"{self.prefix}:workers"
+
+    def job(self, job_id: str) -> str:
+        """Hash: one job's fields (DESIGN §7)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Stream: a job's progress and state changes, for server-sent events."""
+        return f"{self.prefix}:job:{job_id}:events"

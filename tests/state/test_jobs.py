@@ -1,0 +1,61 @@
+"""The typed job contract: what the api stores is what the worker parses, per job kind."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from xling.models.training.trainer import TrainConfig
+from xling.state.jobs import (
+    JOB_SPECS,
+    EvaluateJob,
+    ExperimentConfig,
+    ExperimentJob,
+    FinetuneJob,
+    ReindexJob,
+    parse_job,
+    task_name,
+)
+
+SPECS = [
+    FinetuneJob(dataset=["qa"], config=TrainConfig(batch_size=8), eval_datasets=["ev"], deploy="if_better",
+                compare_on="ev", version="ft-1"),
+    EvaluateJob(model="v1", datasets=["ev", "bitext"]),
+    ExperimentJob(train_dataset=["qa"], eval_datasets=["ev"], steps=5, seeds=[0, 1],
+                  config=ExperimentConfig(batch_size=8)),
+    ReindexJob(version="v2"),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.kind for s in SPECS])
+def test_a_stored_job_parses_back_to_the_same_spec(spec: object) -> None:
+    assert isinstance(spec, tuple(JOB_SPECS.values()))
+    assert parse_job(spec.kind, spec.params()) == spec  # type: ignore[attr-defined]
+    assert task_name(spec.kind) == f"xling.{spec.kind}"  # type: ignore[attr-defined]
+
+
+def test_stored_parameters_keep_their_shape() -> None:
+    finetune = SPECS[0].params()
+    assert finetune["dataset"] == ["qa"] and finetune["config"] == dataclasses.asdict(TrainConfig(batch_size=8))
+    assert SPECS[1].params() == {"model": "v1", "datasets": ["ev", "bitext"]}
+    assert SPECS[3].params() == {"version": "v2"}
+
+
+def test_what_a_job_uses_is_known_without_string_keys() -> None:
+    assert SPECS[0].dataset_names() == {"qa", "ev"} and SPECS[0].model_names() == {"active", "ft-1"}
+    assert SPECS[1].dataset_names() == {"ev", "bitext"} and SPECS[1].model_names() == {"v1"}
+    assert SPECS[2].dataset_names() == {"qa", "ev"} and SPECS[2].model_names() == {"active"}
+    assert SPECS[3].dataset_names() == set() and SPECS[3].model_names() == {"v2"}
+
+
+def test_one_dataset_given_as_a_string_is_a_list_of_one() -> None:
+    job = parse_job("finetune", {"dataset": "qa", "config": {}, "version": "v"})
+    assert isinstance(job, FinetuneJob) and job.dataset == ["qa"] and job.config == TrainConfig()
+
+
+def test_an_unknown_kind_or_a_malformed_job_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown job type"):
+        parse_job("compress", {})
+    with pytest.raises(ValueError):
+        parse_job("reindex", {})

@@ -1,0 +1,151 @@
+"""The house rules, read from the code: one import root, which package may import which, and the wheel."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("app", "cli", "models", "state", "worker")  # folders at the top, each xling.<name>
+# Which of our packages each package may import (besides itself).
+ALLOWED = {
+    "models": set(),
+    "state": {"models"},
+    "worker": {"state", "models"},
+    "app": {"state", "models"},
+    "cli": {"app", "worker", "state", "models"},
+}
+HTTP_LIBRARIES = ("fastapi", "starlette")
+# The HTTP layer of the api: the only modules that import FastAPI or Starlette.
+HTTP_MODULES = {"xling.app.main", "xling.app.deps", "xling.app.errors", "xling.app.middleware", "xling.app.openapi"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["xling", *parts])
+
+
+def our_modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = our_modules()
+    return {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_packages_import_only_what_the_layout_allows() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if package_of(target) != package_of(module) and package_of(target) not in ALLOWED[package_of(module)]
+    ]
+    assert not wrong, wrong
+
+
+def test_no_import_circles() -> None:
+    graph = import_graph()
+    # Tarjan's strongly connected components; any component of two or more modules is a circle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(graph)))
+    for node in graph:
+        if node not in index:
+            visit(node)
+    assert not circles, circles
+
+
+def test_only_the_http_layer_imports_fastapi_and_the_ml_core_no_services() -> None:
+    http = sorted(
+        name
+        for name, path in our_modules().items()
+        if any(m.split(".")[0] in HTTP_LIBRARIES for m in imports_of(path))
+    )
+    assert set(http) <= HTTP_MODULES | {n for n in http if n.startswith("xling.app.routes")}, http
+    services = ("fastapi", "starlette", "celery", "redis")
+    core = [
+        f"{name} imports {m}"
+        for name, path in our_modules().items()
+        if name.startswith("xling.models")
+        for m in imports_of(path)
+        if m.split(".")[0] in services
+    ]
+    assert not core, core
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from the tracked tree (copied, so the build leaves nothing in the checkout)."""
+    work = tmp_path_factory.mktemp("wheel")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        source = ROOT / name
+        if source.is_file() and not source.is_symlink():
+            (work / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / "src" / name).write_bytes(source.read_bytes())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(work / "out"), "."],
+        cwd=work / "src", check=True, capture_output=True,
+    )
+    (built,) = (work / "out").glob("*.whl")
+    return built
+
+
+def test_the_wheel_installs_one_top_level_name_with_every_package(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+        assert archive.read(top_level).decode().split() == ["xling"]
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"xling"}
+    packages = {str(p.parent.relative_to(ROOT)) for d in PACKAGES for p in (ROOT / d).rglob("__init__.py")}
+    missing = [p for p in packages if f"xling/{p}/__init__.py" not in names]
+    assert not missing, f"folders left out of the wheel (pyproject.toml lists packages): {missing}"
+    assert "xling/app/static/index.html" in names
