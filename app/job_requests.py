@@ -8,13 +8,10 @@ import uuid
 from typing import Any
 
 from xling.app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, ReindexRequest
-from xling.models.data.bitext import is_bitext, load_bitext
-from xling.models.data.lareqa import load_lareqa
-from xling.models.data.parallel import check_strategy
+from xling.models.data.parallel import check_shape
 from xling.models.data.text import DataError
-from xling.models.data.training_data import load_training_data
 from xling.models.training.trainer import TrainConfig
-from xling.state.datasets import dataset_path
+from xling.state.datasets import dataset_info, training_shape
 from xling.state.errors import InvalidInput
 from xling.state.jobs import EvaluateJob, ExperimentConfig, ExperimentJob, FinetuneJob, ReindexJob
 from xling.state.registry import Registry
@@ -33,30 +30,24 @@ def check_model(name: str, settings: Settings, registry: Registry) -> None:
     raise InvalidInput(f"model {name!r} is not 'active', a registry version (GET /models) or a hub id")
 
 
-def _training_data(name: str, settings: Settings) -> Any:
-    path = dataset_path(settings.datasets_dir, name)
-    if path is None:
+def _dataset(name: str, settings: Settings) -> dict[str, Any]:
+    """The dataset's upload record; it was validated with its loader then, so it is not parsed again here."""
+    info = dataset_info(settings.datasets_dir, name)
+    if info is None:
         raise InvalidInput(f"no dataset {name!r} (GET /datasets lists them; POST /datasets uploads one)")
-    return path
+    return info
 
 
 def _check_eval_sets(names: list[str], settings: Settings) -> None:
     for name in names:
-        path = _training_data(name, settings)
-        try:
-            load_bitext(path) if is_bitext(path) else load_lareqa(path)
-        except (DataError, KeyError) as exc:
-            raise InvalidInput(
-                f"evaluation dataset {name!r} is not a LAReQA folder, QA groups (JSONL) or bitext: {exc}"
-            ) from None
+        _dataset(name, settings)  # any uploaded dataset evaluates: QA as LAReQA, bitext as accuracy@1
 
 
 def _check_training_sets(names: list[str], settings: Settings, strategies: list[str], alpha: float) -> None:
-    paths = [_training_data(name, settings) for name in names]
+    shape = training_shape([_dataset(name, settings) for name in names])
     try:
-        groups, _ = load_training_data(paths)
         for strategy in strategies:
-            check_strategy(groups, strategy, alpha)
+            check_shape(shape, strategy, alpha)
     except DataError as exc:
         raise InvalidInput(f"dataset {', '.join(repr(n) for n in names)}: {exc}") from None
 
@@ -70,7 +61,7 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
     _check_eval_sets(request.eval_datasets, settings)
     if request.compare_on is not None and request.compare_on not in request.eval_datasets:
         raise InvalidInput(f"compare_on {request.compare_on!r} must be one of eval_datasets {request.eval_datasets}")
-    lareqa_sets = [n for n in request.eval_datasets if not is_bitext(_training_data(n, settings))]
+    lareqa_sets = [n for n in request.eval_datasets if _dataset(n, settings)["kind"] != "bitext"]
     if request.deploy == "if_better" and request.compare_on is None and not lareqa_sets:
         raise InvalidInput("eval_datasets are all bitext: name the one to compare on with compare_on")
     version = request.version or f"ft-{uuid.uuid4().hex[:10]}"

@@ -3,8 +3,11 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 XLING_DATA_DIR=/data
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The top folders are the subpackages of `xling` (pyproject.toml maps xling to this folder).
 COPY app ./app
+COPY cli ./cli
 COPY models ./models
+COPY state ./state
 COPY worker ./worker
 # The CPU build of torch first, so the project's `torch` requirement does not pull CUDA wheels.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch \

@@ -162,7 +162,8 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         # torch.ao's eager quantisation is deprecated in favour of torchao; it is still PyTorch's own
         # well-tested path, and the only one that needs no extra package.
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantized
 
 
 class Encoder:

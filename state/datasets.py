@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from xling.models.data.bitext import is_bitext, load_bitext
-from xling.models.data.parallel import load_parallel
+from xling.models.data.parallel import TrainingShape, load_parallel
 from xling.models.data.text import DataError
 from xling.models.files import remove_dir, utc_now_iso, write_json_atomic
 
@@ -178,6 +178,34 @@ def delete_dataset(datasets_dir: Path, name: str) -> bool:
     """Remove a dataset; False if there was none."""
     folder = datasets_dir / name
     return (folder / INFO_FILE).is_file() and remove_dir(folder)
+
+
+def dataset_info(datasets_dir: Path, name: str) -> dict[str, Any] | None:
+    """What the upload stored of a dataset: name, kind (qa | bitext), format, summary; None if there is none."""
+    info = datasets_dir / name / INFO_FILE
+    if not info.is_file():
+        return None
+    loaded: dict[str, Any] = json.loads(info.read_text(encoding="utf-8"))
+    return loaded
+
+
+def training_shape(infos: list[dict[str, Any]]) -> TrainingShape:
+    """The shape of several datasets trained on together, from their upload summaries (no data is read)."""
+    groups = bitext = 0
+    has_mono = has_cross = False
+    languages: set[str] = set()
+    for info in infos:
+        summary = info["summary"]
+        languages.update(summary["languages"])
+        if info["kind"] == "bitext":  # each line pair is one cross-lingual-only group
+            groups += summary["lines"]
+            bitext += summary["lines"]
+            has_cross = has_cross or summary["lines"] > 0
+        else:
+            groups += summary["groups"]
+            has_mono = has_mono or any(summary["groups_per_language"].values())
+            has_cross = has_cross or bool(summary["cross_pairs"])
+    return TrainingShape(groups, bitext, has_mono, has_cross, sorted(languages))
 
 
 def dataset_path(datasets_dir: Path, name: str) -> Path | None:

@@ -189,7 +189,7 @@ class JobStore:
         return [job for job in jobs if not job.final]
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.client.hget(self.keys.job(job_id), "cancel_requested") == "1"
+        return bool(self.client.hget(self.keys.job(job_id), "cancel_requested") == "1")
 
     def sweep_lost(self, heartbeat_timeout_s: float) -> list[str]:
         """Mark running jobs whose heartbeat lapsed as failed: the worker died with them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -14,12 +15,15 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio as aredis
 import uvicorn
 
 from tests.tiny_model import build_tiny_model
 from xling.app.main import create_app
 from xling.cli.launch import xling_command
+from xling.state.docstore import DocStore
 from xling.state.embedded_redis import EmbeddedRedis, free_port
+from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -152,3 +156,16 @@ def run_xling(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     return subprocess.run(
         xling_command(*args), env=env or clean, capture_output=True, text=True, timeout=timeout
     )
+
+
+def doc_store_call(redis_url: str, keys: RedisKeys, action: str, *args: Any) -> Any:
+    """One DocStore call (upsert, delete, get_many, ...) on its own event loop and client, as a route makes it."""
+
+    async def call() -> Any:
+        client = aredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return await getattr(DocStore(client, keys), action)(*args)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(call())

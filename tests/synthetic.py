@@ -4,9 +4,15 @@ retrieval has to be learned."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.tiny_model import random_sentences
 
 LANGS = ["en", "de", "fr", "es"]
 CONCEPTS = 60
@@ -69,3 +75,25 @@ def write_lareqa(folder: Path, groups: list[dict], filler_sentences: int = 1) ->
             paragraphs.append({"context": context, "sentence_breaks": breaks, "qas": [qa]})
         (folder / f"{lang}.json").write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}))
     return folder
+
+
+def corpus(per_lang: int = 25) -> list[dict[str, Any]]:
+    """Documents for a service: `per_lang` random sentences in each of LANGS, with a parity metadata value."""
+    docs = []
+    for lang in LANGS:
+        for i, text in enumerate(random_sentences(lang, per_lang, seed=hash(lang) % 1000)):
+            docs.append({"id": f"{lang}-{i}", "text": text, "lang": lang, "metadata": {"parity": i % 2}})
+    return docs
+
+
+def smooth_fake_encoder(texts: list[str], kind: str) -> np.ndarray:
+    """Deterministic; words shared across a query and its passage pull them together."""
+    rows = []
+    for text in texts:
+        vector = np.zeros(16, dtype=np.float32)
+        for word in text.split():
+            seed = int.from_bytes(hashlib.sha256(word[2:].encode()).digest()[:4], "big")  # language-blind part
+            vector += np.random.default_rng(seed).standard_normal(16).astype(np.float32)
+        rows.append(vector + 1e-3)
+    vectors = np.stack(rows)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

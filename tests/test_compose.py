@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.test_layout import PACKAGES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +33,13 @@ def test_compose_file_shape() -> None:
     assert devices[0]["capabilities"] == ["gpu"]
     assert "HEALTHCHECK" in (ROOT / "docker" / "api.Dockerfile").read_text()
     assert "faiss-gpu" in (ROOT / "docker" / "worker.Dockerfile").read_text()
+
+
+def test_each_image_copies_every_package_the_wheel_installs() -> None:
+    for image in ("api", "worker"):
+        dockerfile = (ROOT / "docker" / f"{image}.Dockerfile").read_text()
+        missing = [p for p in PACKAGES if f"COPY {p} ./{p}" not in dockerfile]
+        assert not missing, f"docker/{image}.Dockerfile does not copy {missing}"
 
 
 def test_compose_config_validates_where_a_compose_tool_exists() -> None:

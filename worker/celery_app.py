@@ -19,11 +19,12 @@ def make_celery(settings: Settings) -> Celery:
     )
 
     def register(job_type: str) -> None:
-        @app.task(name=task_name(job_type))
         def run(job_id: str) -> None:
             from xling.worker.runner import run_job
 
             run_job(job_id, settings)
+
+        app.task(name=task_name(job_type))(run)
 
     for job_type in JOB_SPECS:
         register(job_type)

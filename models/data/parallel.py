@@ -208,25 +208,52 @@ def split(
     return train, val
 
 
+@dataclass(frozen=True)
+class TrainingShape:
+    """What a sampling strategy needs to know of its data: read off the groups, or off the summaries stored when
+    the datasets were uploaded (so a job is checked without parsing its data again)."""
+
+    groups: int
+    bitext_groups: int  # cross-lingual only: the two sides are translations, not a question and its answer
+    has_mono: bool  # a group with a query and a passage in one language
+    has_cross: bool  # a group with a query and a passage in two languages
+    languages: list[str]
+
+
+def shape_of(groups: list[ParallelGroup]) -> TrainingShape:
+    return TrainingShape(
+        groups=len(groups),
+        bitext_groups=sum(g.cross_only for g in groups),
+        has_mono=any(g.mono_langs() for g in groups),
+        has_cross=any(g.cross_pairs() for g in groups),
+        languages=sorted({lang for g in groups for lang in (*g.queries, *g.passages)}),
+    )
+
+
 def check_strategy(groups: list[ParallelGroup], strategy: str, alpha: float = 0.5) -> None:
     """Refuse a strategy the data cannot serve, before any training starts."""
+    check_shape(shape_of(groups), strategy, alpha)
+
+
+def check_shape(shape: TrainingShape, strategy: str, alpha: float = 0.5) -> None:
+    """`check_strategy` on the shape of the data."""
     needs_mono = strategy == "monolingual" or (strategy == "hybrid" and alpha > 0)
     needs_cross = strategy == "crosslingual" or (strategy == "hybrid" and alpha < 1)
-    if not needs_cross and any(g.cross_only for g in groups):
+    if not needs_cross and shape.bitext_groups:
         raise DataError(
             f"strategy {strategy!r}" + (f" with alpha {alpha:g}" if strategy == "hybrid" else "")
             + " makes only monolingual batches and cannot use bitext pairs (they are cross-lingual only): "
             "use crosslingual or hybrid"
         )
-    if needs_mono and groups and all(g.cross_only for g in groups):
+    if needs_mono and shape.groups and shape.bitext_groups == shape.groups:
         raise DataError(
             f"strategy {strategy!r} needs monolingual batches, and bitext pairs are cross-lingual only: "
             "use crosslingual, or train beside a parallel QA dataset"
         )
-    if needs_mono and not any(g.mono_langs() for g in groups):
+    if needs_mono and not shape.has_mono:
         raise DataError(f"strategy {strategy!r} needs groups with a query and a passage in the same language")
-    if needs_cross and not any(g.cross_pairs() for g in groups):
-        langs = sorted({lang for g in groups for lang in (*g.queries, *g.passages)})
+    if needs_cross and not shape.has_cross:
+        langs = shape.languages
         raise DataError(f"strategy {strategy!r} needs groups in at least two languages; the data has {langs or 'none'}")
 
 

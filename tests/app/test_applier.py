@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-import redis.asyncio as aredis
 
+from tests.conftest import doc_store_call
 from xling.app.applier import Applier, Watermark
 from xling.app.metrics import Metrics
 from xling.models.encoder import Encoder
 from xling.models.index.vector_index import VectorIndex
-from xling.state.docstore import START_OFFSET, DocReader, DocStore, StoredDoc
+from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair
 from xling.state.keys import RedisKeys
 from xling.state.retention import LogTrimmed
@@ -39,15 +39,7 @@ def reader(redis_url: str) -> Iterator[DocReader]:
 
 def store(redis_url: str, action: str, *args: object) -> None:
     """Write through the real DocStore (hash and log in one transaction), as the api's routes do."""
-
-    async def call() -> None:
-        client = aredis.Redis.from_url(redis_url, decode_responses=True)
-        try:
-            await getattr(DocStore(client, KEYS), action)(*args)
-        finally:
-            await client.aclose()
-
-    asyncio.run(call())
+    doc_store_call(redis_url, KEYS, action, *args)
 
 
 def fresh_pair(encoder: Encoder) -> ServingPair:

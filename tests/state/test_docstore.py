@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aredis
 
-from xling.state.docstore import START_OFFSET, DocReader, DocStore, StoredDoc, offset_key
+from tests.conftest import doc_store_call
+from xling.state.docstore import START_OFFSET, DocReader, StoredDoc, offset_key
 from xling.state.keys import RedisKeys
 
 KEYS = RedisKeys("docs-test")
@@ -22,17 +22,8 @@ def reader(redis_url: str) -> Iterator[DocReader]:
     client.close()
 
 
-def write(redis_url: str, action: str, *args: object) -> object:
-    """Run one DocStore call on its own event loop and client, as a route would."""
-
-    async def call() -> object:
-        client = aredis.Redis.from_url(redis_url, decode_responses=True)
-        try:
-            return await getattr(DocStore(client, KEYS), action)(*args)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(call())
+def write(redis_url: str, action: str, *args: object) -> Any:
+    return doc_store_call(redis_url, KEYS, action, *args)
 
 
 def doc(text: str, lang: str | None = "en") -> StoredDoc:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from tests.synthetic import make_groups, write_lareqa
-from tests.test_lareqa import smooth_fake_encoder
+from tests.synthetic import make_groups, smooth_fake_encoder, write_lareqa
 from xling.models.data.bitext import bitext_groups, is_bitext, load_bitext
 from xling.models.data.parallel import ParallelGroup, check_strategy, summarize
 from xling.models.data.text import DataError

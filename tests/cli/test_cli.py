@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import run_xling
-from tests.synthetic import make_groups
-from tests.test_search_service import corpus
+from tests.synthetic import corpus, make_groups
 from xling.cli.launch import xling_command
 from xling.state.embedded_redis import free_port
 from xling.state.jobstore import FINAL

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aredis
 
 from tests.conftest import RunningService, running_service
-from tests.test_search_service import corpus
+from tests.synthetic import corpus
 from xling.state.docstore import DocStore, StoredDoc
 from xling.state.keys import RedisKeys
 

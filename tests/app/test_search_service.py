@@ -9,18 +9,9 @@ import httpx
 import numpy as np
 
 from tests.conftest import RunningService, running_service
+from tests.synthetic import LANGS, corpus
 from tests.tiny_model import random_sentences
 from xling.models.encoder import Encoder
-
-LANGS = ["en", "de", "fr", "es"]
-
-
-def corpus(per_lang: int = 25) -> list[dict[str, Any]]:
-    docs = []
-    for lang in LANGS:
-        for i, text in enumerate(random_sentences(lang, per_lang, seed=hash(lang) % 1000)):
-            docs.append({"id": f"{lang}-{i}", "text": text, "lang": lang, "metadata": {"parity": i % 2}})
-    return docs
 
 
 def test_index_then_search_finds_the_document(service: RunningService) -> None:

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.conftest import RunningService, running_service
-from tests.test_search_service import corpus
+from tests.synthetic import corpus
 from xling.state.keys import RedisKeys
 from xling.state.retention import LogRetention, LogTrimmed, is_behind
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.synthetic import make_groups, write_lareqa
+from tests.synthetic import make_groups, smooth_fake_encoder, write_lareqa
 from xling.models.data.lareqa import LareqaData, load_lareqa
 from xling.models.evaluation.evaluate import evaluate_lareqa
 from xling.models.evaluation.lareqa import lareqa_metrics, multi_average_precision
@@ -135,19 +135,6 @@ def coarse_fake_encoder(texts: list[str], kind: str) -> np.ndarray:
     for text in texts:
         digest = hashlib.sha256(f"{kind}:{text}".encode()).digest()
         rows.append(np.array([digest[i] % 3 for i in range(4)], dtype=np.float32) + 0.1)
-    vectors = np.stack(rows)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def smooth_fake_encoder(texts: list[str], kind: str) -> np.ndarray:
-    """Deterministic; words shared across a query and its passage pull them together."""
-    rows = []
-    for text in texts:
-        vector = np.zeros(16, dtype=np.float32)
-        for word in text.split():
-            seed = int.from_bytes(hashlib.sha256(word[2:].encode()).digest()[:4], "big")  # language-blind part
-            vector += np.random.default_rng(seed).standard_normal(16).astype(np.float32)
-        rows.append(vector + 1e-3)
     vectors = np.stack(rows)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 

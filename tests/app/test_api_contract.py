@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.conftest import running_service
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_schemathesis_all_checks_pass(make_settings: Any, tmp_path: Path) -> None:
