@@ -19,6 +19,7 @@ from xling.app.applier import Applier, Watermark
 from xling.app.batcher import MicroBatcher
 from xling.app.holds import LogHolds
 from xling.app.job_queue import JobQueue
+from xling.app.memory import limit_kernel_cache, release_free_memory
 from xling.app.metrics import Metrics
 from xling.app.swap import HotSwap
 from xling.models.encoder import TextKind
@@ -113,6 +114,7 @@ class Engine:
             on_batch=metrics.search_batch_size.observe,
             name="search",
         )
+        limit_kernel_cache(settings.kernel_cache_capacity)  # before the first encode
         self._loader: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
         self._background: list[threading.Thread] = []
@@ -125,6 +127,8 @@ class Engine:
         self._loader = asyncio.create_task(self._load())
         self._spawn(self.job_queue.run_sweeper, "job-sweep")
         self._spawn(self._retain_log, "log-retention")
+        if self.settings.memory_trim_interval_s > 0:
+            self._spawn(self._trim_memory, "memory-trim")
 
     async def _load(self) -> None:
         try:
@@ -188,6 +192,9 @@ class Engine:
     def _retain_log(self, stop: threading.Event) -> None:
         poll(self.holds.hold_and_trim, stop, every_s=self.settings.log_trim_interval_s, what="log retention",
              logger=log)
+
+    def _trim_memory(self, stop: threading.Event) -> None:
+        poll(release_free_memory, stop, every_s=self.settings.memory_trim_interval_s, what="memory trim", logger=log)
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -13,7 +13,7 @@ from xling.models.data.text import DataError
 from xling.models.training.trainer import TrainConfig
 from xling.state.datasets import dataset_info, training_shape
 from xling.state.errors import InvalidInput
-from xling.state.jobs import EvaluateJob, ExperimentConfig, ExperimentJob, FinetuneJob, ReindexJob
+from xling.state.jobs import EvaluateJob, ExperimentConfig, ExperimentJob, FinetuneJob, ReindexJob, as_list
 from xling.state.registry import Registry
 from xling.state.settings import Settings
 
@@ -54,7 +54,7 @@ def _check_training_sets(names: list[str], settings: Settings, strategies: list[
 
 def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registry) -> FinetuneJob:
     check_model(request.base, settings, registry)
-    datasets = [request.dataset] if isinstance(request.dataset, str) else request.dataset
+    datasets = as_list(request.dataset)
     _check_training_sets(datasets, settings, [request.strategy], request.alpha)
     if request.deploy == "if_better" and not request.eval_datasets:
         raise InvalidInput("deploy 'if_better' needs eval_datasets to compare the new model with the active one")
@@ -93,7 +93,7 @@ def evaluate_job(request: EvaluateRequest, settings: Settings, registry: Registr
 
 def experiment_job(request: ExperimentRequest, settings: Settings, registry: Registry) -> ExperimentJob:
     check_model(request.base, settings, registry)
-    train = [request.train_dataset] if isinstance(request.train_dataset, str) else request.train_dataset
+    train = as_list(request.train_dataset)
     # the experiment trains all three strategies
     _check_training_sets(train, settings, ["monolingual", "crosslingual", "hybrid"], request.alpha)
     _check_eval_sets(request.eval_datasets, settings)

@@ -40,7 +40,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         return [doc for _, doc in jsonl_objects(path, "id and text")]
     except DataError as exc:
-        fail(f"{exc}", 1)
+        fail(str(exc))
 
 
 def index_file(

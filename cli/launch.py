@@ -47,7 +47,7 @@ def serve(
         try:
             lock.acquire()
         except DataDirInUse as exc:
-            fail(f"{exc}", 1)
+            fail(str(exc))
         embedded = EmbeddedRedis(settings.redis_dir, appendfsync=settings.embedded_redis_fsync)
         settings.redis_url = embedded.start()
         log.info("embedded redis started", extra={"url": settings.redis_url, "dir": str(settings.redis_dir)})

@@ -9,7 +9,7 @@ import httpx
 import typer
 
 from xling.cli import client, launch, offline
-from xling.cli.output import err_console
+from xling.cli.output import print_error
 
 # No pretty tracebacks: a failing command prints one line saying what went wrong (`--debug` for the traceback).
 cli = typer.Typer(
@@ -60,5 +60,5 @@ def main() -> None:
     except Exception as exc:  # the commands' own failures exit through typer.Exit with their message
         if _debug:
             raise
-        err_console.print(f"[red]error:[/red] {_one_line(exc)} (run with --debug for the traceback)")
+        print_error(f"{_one_line(exc)} (run with --debug for the traceback)")
         sys.exit(1)

@@ -77,7 +77,7 @@ def finetune(
         config.validate()
         _, summary = load_training_data(data, with_context=with_context)
     except (ValueError, DataError) as exc:
-        fail(f"{exc}", 2)
+        fail(str(exc), 2)
     console.print(
         f"data: {summary.groups} groups in {len(summary.languages)} languages {summary.languages}, "
         f"{sum(summary.cross_pairs.values())} cross-lingual pairs"
@@ -111,7 +111,7 @@ def finetune(
                 should_cancel=cancel.is_set, resume_from=True if resume else None,
             )
         except (ValueError, DataError) as exc:
-            fail(f"{exc}", 2)
+            fail(str(exc), 2)
     if result.cancelled:
         console.print(f"cancelled at step {result.steps}; resume with the same command plus --resume --out {out}")
         raise typer.Exit(130)
@@ -181,7 +181,7 @@ def evaluate(
                 progress=lambda step: status.update(f"evaluating: {step}"),
             )
     except (DataError, ModelNotFoundError, ValueError) as exc:
-        fail(f"{exc}", 2)
+        fail(str(exc), 2)
     paths = write_evaluation_report(report, out)
     rows = [(ev.name, ev.result.metrics) for ev in report.lareqa]
     if rows:
@@ -248,7 +248,7 @@ def experiment(
                 command=command, progress=lambda step: status.update(f"experiment: {step}"),
             )
     except (DataError, ValueError) as exc:
-        fail(f"{exc}", 2)
+        fail(str(exc), 2)
     for set_name, metrics in record["rows"][0]["sets"].items():
         title = f"{set_name} ({steps} steps, mean of seeds {spec.seeds})"
         if "bitext_acc@1" in metrics:
@@ -299,6 +299,6 @@ def models_import_e5(
         with console.status(f"converting {source}"):
             import_e5(source, settings.models_dir / version, version=version, package_version=package_version)
     except (E5FormatError, FileExistsError, FileNotFoundError) as exc:
-        fail(f"{exc}", 2)
+        fail(str(exc), 2)
     console.print(f"model version {version} in {settings.models_dir / version}")
     console.print(f"serve it with: XLING_RETRIEVAL_MODEL={version} xling serve")

@@ -12,9 +12,13 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 
 
+def print_error(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line saying what went wrong, and exit with `code` (1: it failed; 2: the arguments are wrong)."""
-    err_console.print(f"[red]error:[/red] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 

@@ -58,7 +58,8 @@ class JobSpec(BaseModel):
         return self.model_dump(mode="json")
 
 
-def _as_list(value: str | list[str]) -> list[str]:
+def as_list(value: str | list[str]) -> list[str]:
+    """One dataset name or several: always a list."""
     return [value] if isinstance(value, str) else list(value)
 
 
@@ -72,7 +73,7 @@ class FinetuneJob(JobSpec):
     compare_on: str | None = None
     version: str
 
-    _one_or_many = field_validator("dataset", mode="before")(_as_list)
+    _one_or_many = field_validator("dataset", mode="before")(as_list)
 
     def dataset_names(self) -> set[str]:
         return {*self.dataset, *self.eval_datasets, *([self.compare_on] if self.compare_on else [])}
@@ -117,7 +118,7 @@ class ExperimentJob(JobSpec):
     seeds: list[int] = [0]
     config: ExperimentConfig = ExperimentConfig()
 
-    _one_or_many = field_validator("train_dataset", mode="before")(_as_list)
+    _one_or_many = field_validator("train_dataset", mode="before")(as_list)
 
     def dataset_names(self) -> set[str]:
         return {*self.train_dataset, *self.eval_datasets}

@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1_000)
     search_queue_max: int = Field(1_024, ge=1, description="queued queries beyond this get 429")
 
+    # Memory: every query batch has its own shape (rows x tokens), and without these the api's memory grows with
+    # the shapes it has seen (bench/RESULTS.md, memory soak).
+    kernel_cache_capacity: int = Field(
+        64, ge=0, description="oneDNN kernels kept for reuse (its default, 1024, holds ~0.5 GB of bf16 kernels)"
+    )
+    memory_trim_interval_s: float = Field(
+        5.0, ge=0, description="how often the api hands freed heap memory back to the system (0: never)"
+    )
+
     # Write path
     write_timeout_s: float = Field(30.0, gt=0, description="read-your-writes deadline; 503 past it")
     applier_batch: int = Field(512, ge=1, description="log entries applied (and encoded) together")
