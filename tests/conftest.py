@@ -21,7 +21,7 @@ import uvicorn
 from tests.tiny_model import build_tiny_model
 from xling.app.main import create_app
 from xling.cli.launch import xling_command
-from xling.state.docstore import DocStore
+from xling.state.docstore import DocReader, DocStore
 from xling.state.embedded_redis import EmbeddedRedis, free_port
 from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
@@ -158,13 +158,23 @@ def run_xling(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     )
 
 
-def doc_store_call(redis_url: str, keys: RedisKeys, action: str, *args: Any) -> Any:
+TEST_KEYS = RedisKeys("test")  # Redis keys of the tests that use the stores directly (the database is flushed per test)
+
+
+@pytest.fixture
+def doc_reader(redis_url: str) -> Iterator[DocReader]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield DocReader(client, TEST_KEYS)
+    client.close()
+
+
+def doc_store_call(redis_url: str, action: str, *args: Any) -> Any:
     """One DocStore call (upsert, delete, get_many, ...) on its own event loop and client, as a route makes it."""
 
     async def call() -> Any:
         client = aredis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return await getattr(DocStore(client, keys), action)(*args)
+            return await getattr(DocStore(client, TEST_KEYS), action)(*args)
         finally:
             await client.aclose()
 

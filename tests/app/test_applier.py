@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from tests.conftest import doc_store_call
 from xling.app.applier import Applier, Watermark
@@ -19,10 +17,7 @@ from xling.models.encoder import Encoder
 from xling.models.index.vector_index import VectorIndex
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair
-from xling.state.keys import RedisKeys
 from xling.state.retention import LogTrimmed
-
-KEYS = RedisKeys("applier-test")
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +25,10 @@ def encoder(tiny_model: Path) -> Encoder:
     return Encoder(tiny_model, version="tiny", device="cpu")
 
 
-@pytest.fixture
-def reader(redis_url: str) -> Iterator[DocReader]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield DocReader(client, KEYS)
-    client.close()
-
 
 def store(redis_url: str, action: str, *args: object) -> None:
     """Write through the real DocStore (hash and log in one transaction), as the api's routes do."""
-    doc_store_call(redis_url, KEYS, action, *args)
+    doc_store_call(redis_url, action, *args)
 
 
 def fresh_pair(encoder: Encoder) -> ServingPair:
@@ -47,12 +36,12 @@ def fresh_pair(encoder: Encoder) -> ServingPair:
 
 
 def make_applier(
-    reader: DocReader, pair: ServingPair, tmp_path: Path, watermark: Watermark | None = None, **options: object
+    doc_reader: DocReader, pair: ServingPair, tmp_path: Path, watermark: Watermark | None = None, **options: object
 ) -> Applier:
     settings: dict[str, object] = {"batch": 2, "snapshot_every_entries": 1_000, "snapshot_interval_s": 3_600}
     settings.update(options)
     return Applier(
-        reader, lambda: pair, watermark or Watermark(), Metrics(), snapshot_dir=lambda v: tmp_path / v,
+        doc_reader, lambda: pair, watermark or Watermark(), Metrics(), snapshot_dir=lambda v: tmp_path / v,
         **settings,  # type: ignore[arg-type]
     )
 
@@ -67,33 +56,33 @@ def nearest(pair: ServingPair, text: str) -> str:
 
 
 def test_catch_up_applies_upserts_replacements_and_deletes(
-    redis_url: str, reader: DocReader, encoder: Encoder, tmp_path: Path
+    redis_url: str, doc_reader: DocReader, encoder: Encoder, tmp_path: Path
 ) -> None:
     store(redis_url, "upsert", [("a", StoredDoc("the cat sleeps", "en")), ("b", StoredDoc("der Hund bellt", "de"))])
     store(redis_url, "upsert", [("c", StoredDoc("a red car", "en"))])
     store(redis_url, "upsert", [("a", StoredDoc("a quiet library", "en"))])  # replaces a's text
     store(redis_url, "delete", ["b"])
     pair = fresh_pair(encoder)
-    applier = make_applier(reader, pair, tmp_path)
+    applier = make_applier(doc_reader, pair, tmp_path)
     assert applier.catch_up() == 5  # in batches of two
-    assert ids(pair) == ["a", "c"] and pair.applied_offset == reader.last_offset()
+    assert ids(pair) == ["a", "c"] and pair.applied_offset == doc_reader.last_offset()
     vector = pair.index.search(encoder.encode(["a quiet library"], "passage"), 1)[0][0]
     assert vector.ext_id == "a" and vector.score == pytest.approx(1.0, abs=1e-4)  # the new text, not the old
     assert applier.catch_up() == 0
 
 
 def test_replaying_the_log_again_converges_to_the_same_index(
-    redis_url: str, reader: DocReader, encoder: Encoder, tmp_path: Path
+    redis_url: str, doc_reader: DocReader, encoder: Encoder, tmp_path: Path
 ) -> None:
     store(redis_url, "upsert", [(f"d{i}", StoredDoc(f"document number {i}", "en")) for i in range(6)])
     store(redis_url, "delete", ["d2"])
     store(redis_url, "upsert", [("d3", StoredDoc("changed text", "en"))])
     once = fresh_pair(encoder)
-    make_applier(reader, once, tmp_path).catch_up()
+    make_applier(doc_reader, once, tmp_path).catch_up()
     twice = fresh_pair(encoder)
-    make_applier(reader, twice, tmp_path).catch_up()
+    make_applier(doc_reader, twice, tmp_path).catch_up()
     twice.applied_offset = START_OFFSET  # as a replay from an older snapshot would
-    make_applier(reader, twice, tmp_path).catch_up()
+    make_applier(doc_reader, twice, tmp_path).catch_up()
     assert ids(once) == ids(twice) == ["d0", "d1", "d3", "d4", "d5"]
     probe = encoder.encode(["changed text", "document number 4"], "query")
     np.testing.assert_allclose(
@@ -104,14 +93,14 @@ def test_replaying_the_log_again_converges_to_the_same_index(
 
 
 def test_the_running_applier_tails_new_writes_advances_the_watermark_and_snapshots(
-    redis_url: str, reader: DocReader, encoder: Encoder, tmp_path: Path
+    redis_url: str, doc_reader: DocReader, encoder: Encoder, tmp_path: Path
 ) -> None:
     pair, watermark = fresh_pair(encoder), Watermark()
-    applier = make_applier(reader, pair, tmp_path, watermark, snapshot_every_entries=3)
+    applier = make_applier(doc_reader, pair, tmp_path, watermark, snapshot_every_entries=3)
     applier.start()
     try:
         store(redis_url, "upsert", [(f"d{i}", StoredDoc(f"text {i}", "en")) for i in range(4)])
-        last = reader.last_offset()
+        last = doc_reader.last_offset()
         deadline = time.monotonic() + 30
         while pair.applied_offset != last or applier.snapshot_offset is None:
             assert time.monotonic() < deadline, "the applier did not apply the writes and snapshot"
@@ -124,7 +113,7 @@ def test_the_running_applier_tails_new_writes_advances_the_watermark_and_snapsho
 
 
 def test_a_log_trimmed_past_the_offset_hands_over_to_the_rebuild(
-    reader: DocReader, encoder: Encoder, tmp_path: Path
+    doc_reader: DocReader, encoder: Encoder, tmp_path: Path
 ) -> None:
     rebuilt = threading.Event()
 
@@ -132,7 +121,7 @@ def test_a_log_trimmed_past_the_offset_hands_over_to_the_rebuild(
         if not rebuilt.is_set():
             raise LogTrimmed(f"trimmed past {offset}")
 
-    applier = make_applier(reader, fresh_pair(encoder), tmp_path, check_log=trimmed, on_log_trimmed=rebuilt.set)
+    applier = make_applier(doc_reader, fresh_pair(encoder), tmp_path, check_log=trimmed, on_log_trimmed=rebuilt.set)
     applier.start()
     try:
         assert rebuilt.wait(10), "on_log_trimmed was not called"
