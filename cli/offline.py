@@ -158,6 +158,9 @@ def evaluate(
     ] = None,
     langs: Annotated[str | None, typer.Option(help="comma-separated languages to keep, e.g. en,de,zh")] = None,
     out: Annotated[Path, typer.Option(help="report folder: report.json, report.md, heatmaps")] = Path("report"),
+    centering: Annotated[
+        bool, typer.Option(help="also score LAReQA sets with vectors centred per language (on the set's candidates)")
+    ] = False,
 ) -> None:
     """Score a model with the LAReQA protocol (mono / cross / multi mAP, rank distance) and bitext accuracy."""
     from xling.models.data.text import DataError
@@ -178,12 +181,13 @@ def evaluate(
         with console.status("evaluating") as status:
             report = run_evaluate(
                 encoder.encode, source.version, sets, _split_langs(langs),
-                progress=lambda step: status.update(f"evaluating: {step}"),
+                progress=lambda step: status.update(f"evaluating: {step}"), centering=centering,
             )
     except (DataError, ModelNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     paths = write_evaluation_report(report, out)
     rows = [(ev.name, ev.result.metrics) for ev in report.lareqa]
+    rows += [(f"{ev.name}, centred", ev.centred.metrics) for ev in report.lareqa if ev.centred is not None]
     if rows:
         console.print(_summary_table(f"{source.version}: LAReQA", rows))
         for ev in report.lareqa:

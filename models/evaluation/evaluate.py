@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from xling.models.centering import center, language_means
 from xling.models.data.bitext import is_bitext, load_bitext
 from xling.models.data.lareqa import LareqaData, load_lareqa
 from xling.models.encoder import EncodeFn, TextKind
@@ -61,12 +62,14 @@ class LareqaEvaluation:
     result: LareqaResult
     encode_seconds: float
     metric_seconds: float
+    centred: LareqaResult | None = None  # the same vectors, centred per language (models/centering.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "data": self.data_size,
             **self.result.to_dict(),
+            **({"centred": self.centred.to_dict()} if self.centred is not None else {}),
             "timing": {
                 "encode_seconds": round(self.encode_seconds, 2),
                 "metric_seconds": round(self.metric_seconds, 2),
@@ -116,13 +119,24 @@ class EvaluationReport:
         }
 
 
-def evaluate_lareqa(encode: EncodeFn, data: LareqaData, name: str) -> LareqaEvaluation:
+def evaluate_lareqa(encode: EncodeFn, data: LareqaData, name: str, centering: bool = False) -> LareqaEvaluation:
+    """LAReQA metrics; with `centering`, also with every vector centred on its language's mean, estimated on the
+    set's own candidate pool (as a service estimates it on the corpus it holds). Queries are centred on the
+    candidate mean of their own language."""
     started = time.perf_counter()
     candidates = encode_distinct(encode, data.candidate_texts, "passage")
     queries = encode_distinct(encode, data.question_texts, "query")
     encoded = time.perf_counter()
     result = lareqa_metrics(data, queries, candidates)
-    return LareqaEvaluation(name, data.size, result, encoded - started, time.perf_counter() - encoded)
+    centred = None
+    if centering:
+        candidate_langs = [data.languages[i] for i in data.candidate_langs]
+        means = language_means(candidates, candidate_langs)
+        question_langs = [data.languages[i] for i in data.question_langs]
+        centred = lareqa_metrics(
+            data, center(queries, question_langs, means), center(candidates, candidate_langs, means)
+        )
+    return LareqaEvaluation(name, data.size, result, encoded - started, time.perf_counter() - encoded, centred)
 
 
 def evaluate(
@@ -131,7 +145,9 @@ def evaluate(
     sets: list[EvalSet],
     langs: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    centering: bool = False,
 ) -> EvaluationReport:
+    """Every set scored; with `centering`, LAReQA sets also centred per language (`evaluate_lareqa`)."""
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation set names must differ: {names}")
@@ -140,7 +156,7 @@ def evaluate(
         if progress:
             progress(f"{'LAReQA' if item.kind == 'lareqa' else 'bitext'} {item.name}")
         if item.kind == "lareqa":
-            report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name))
+            report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name, centering))
         else:
             report.bitext.append(BitextEvaluation(item.name, bitext_metrics(load_bitext(item.path, langs), encode)))
     return report

@@ -76,9 +76,11 @@ def evaluation_markdown(report: EvaluationReport) -> str:
         lines += ["| set | " + " | ".join(label for _, label in SUMMARY_COLUMNS) + " | R@1 multi | R@10 multi |"]
         lines += ["|---" * (len(SUMMARY_COLUMNS) + 3) + "|"]
         for ev in report.lareqa:
-            m = ev.result.metrics
-            cells = [_fmt(m[key], key) for key, _ in SUMMARY_COLUMNS] + [_fmt(m["multi_r@1"]), _fmt(m["multi_r@10"])]
-            lines.append(f"| {ev.name} | " + " | ".join(cells) + " |")
+            results = [(ev.name, ev.result)] + ([(f"{ev.name}, centred", ev.centred)] if ev.centred else [])
+            for label, result in results:
+                m = result.metrics
+                cells = [_fmt(m[k], k) for k, _ in SUMMARY_COLUMNS] + [_fmt(m["multi_r@1"]), _fmt(m["multi_r@10"])]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for ev in report.lareqa:
             lines += ["", f"## {ev.name}: per language ({ev.data_size})", ""]
             lines += [

@@ -106,13 +106,16 @@ def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
     (bitext / "t.deu-eng.eng").write_text("en01w en02w\nen03w en04w\n")
     result = run_xling(
         "evaluate", "--model", str(setup["model"]), "--lareqa", str(setup["eval"]), "--bitext", str(bitext),
-        "--out", str(tmp_path / "report"),
+        "--out", str(tmp_path / "report"), "--centering",
     )
     assert result.returncode == 0, result.stderr
     assert "Mono mAP" in result.stdout and "evalset" in result.stdout and "bitext accuracy@1" in result.stdout
+    assert "evalset, centred" in result.stdout  # --centering adds a row per LAReQA set
     assert (tmp_path / "report" / "heatmap_evalset.png").exists()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["lareqa"][0]["metrics"]["multi_map"] > 0
+    assert report["lareqa"][0]["centred"]["metrics"]["multi_map"] > 0
+    assert "| evalset, centred |" in (tmp_path / "report" / "report.md").read_text()
 
     missing = run_xling("evaluate", "--model", str(setup["model"]), "--lareqa", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no <lang>.json files" in missing.stderr

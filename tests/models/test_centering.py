@@ -1,0 +1,70 @@
+"""Per-language centring: means as numpy computes them, each vector centred with its own language's mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.synthetic import make_groups, smooth_fake_encoder, write_lareqa
+from xling.models.centering import center, language_means
+from xling.models.data.lareqa import load_lareqa
+from xling.models.evaluation.evaluate import evaluate_lareqa
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_means_equal_numpys_and_a_language_below_the_count_has_none() -> None:
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.standard_normal((9, 5)))
+    langs = ["en", "de", "en", "fr", "de", "en", "de", "en", "de"]
+    means = language_means(vectors, langs, min_count=2)
+    assert set(means) == {"en", "de"}  # one French row is below the count
+    for lang in means:
+        expected = vectors[[i for i, code in enumerate(langs) if code == lang]].mean(axis=0)
+        np.testing.assert_allclose(means[lang], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_each_row_is_centred_on_its_own_language_and_normalised_again() -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.standard_normal((4, 6)))
+    means = {"en": unit(rng.standard_normal((1, 6)))[0] * 0.3, "de": unit(rng.standard_normal((1, 6)))[0] * 0.3}
+    fallback = np.full(6, 0.1, dtype=np.float32)
+    langs = ["en", "de", "sw", "en"]
+    centred = center(vectors, langs, means, fallback)
+    offsets = [means["en"], means["de"], fallback, means["en"]]
+    for row, offset in enumerate(offsets):
+        expected = (vectors[row] - offset) / np.linalg.norm(vectors[row] - offset)
+        np.testing.assert_allclose(centred[row], expected, rtol=1e-5, atol=1e-6)
+    untouched = center(vectors[:1], ["xx"], {})  # no mean and no fallback: as it was
+    np.testing.assert_allclose(untouched, vectors[:1], rtol=1e-6)
+
+
+def test_centring_removes_a_per_language_offset_that_bias_put_there(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Vectors of a fake encoder plus a strong offset per language: the offset ruins multilingual retrieval
+    (every query's own language wins), and centring on the candidate pool takes it away again."""
+    folder = write_lareqa(tmp_path / "set", make_groups(24, seed=3))
+    data = load_lareqa(folder)
+    offsets = {lang: 2.0 * unit(np.random.default_rng(i).standard_normal((1, 16)))[0]
+               for i, lang in enumerate(data.languages)}  # fmt: skip
+
+    def biased(texts: list[str], kind: str) -> np.ndarray:
+        lang_of = {t: data.languages[i] for t, i in zip(data.candidate_texts, data.candidate_langs, strict=True)}
+        lang_of.update({t: data.languages[i] for t, i in zip(data.question_texts, data.question_langs, strict=True)})
+        clean = smooth_fake_encoder(texts, kind)
+        return unit(clean + np.stack([offsets[lang_of[t]] for t in texts]))
+
+    evaluation = evaluate_lareqa(biased, data, "biased", centering=True)
+    assert evaluation.centred is not None
+    raw, centred = evaluation.result.metrics, evaluation.centred.metrics
+    assert centred["multi_map"] > raw["multi_map"] + 0.1, (raw, centred)
+    assert centred["rank_distance"] < raw["rank_distance"], (raw, centred)
+    assert evaluate_lareqa(biased, data, "plain").centred is None
+    assert "centred" in evaluation.to_dict()
+
+
+@pytest.mark.parametrize("min_count", [0, 1])
+def test_every_language_present_has_a_mean_at_the_lowest_counts(min_count: int) -> None:
+    vectors = unit(np.eye(3, dtype=np.float32))
+    assert set(language_means(vectors, ["a", "b", "a"], min_count)) == {"a", "b"}
