@@ -88,7 +88,7 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
 def evaluate_job(request: EvaluateRequest, settings: Settings, registry: Registry) -> EvaluateJob:
     check_model(request.model, settings, registry)
     _check_eval_sets(request.datasets, settings)
-    return EvaluateJob(model=request.model, datasets=request.datasets)
+    return EvaluateJob(model=request.model, datasets=request.datasets, centering=request.centering)
 
 
 def experiment_job(request: ExperimentRequest, settings: Settings, registry: Registry) -> ExperimentJob:

@@ -176,6 +176,7 @@ class FinetuneRequest(_Strict):
 class EvaluateRequest(_Strict):
     model: str = Field("active", description="'active', a registry version, or a hub id")
     datasets: list[Name] = Field(min_length=1)
+    centering: bool = Field(False, description="also score LAReQA sets with vectors centred per language")
 
 
 class ExperimentRequest(_Strict):

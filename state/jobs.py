@@ -86,6 +86,7 @@ class EvaluateJob(JobSpec):
     kind: ClassVar[JobKind] = "evaluate"
     model: str = "active"
     datasets: list[str]
+    centering: bool = False  # also score LAReQA sets centred per language
 
     def dataset_names(self) -> set[str]:
         return set(self.datasets)

@@ -111,12 +111,15 @@ def _throttled_progress(ctx: JobContext) -> Callable[[Progress], None]:
     return report
 
 
-def _evaluate_version(ctx: JobContext, name: str, datasets: list[str], label: str) -> EvaluationReport:
+def _evaluate_version(
+    ctx: JobContext, name: str, datasets: list[str], label: str, centering: bool = False
+) -> EvaluationReport:
     """`name`: 'active', a registry version or a hub id, as a client gave it."""
     source = resolve_model(ctx.model_spec(name), ctx.settings.models_dir, allow_folder=ctx.folder_allowed(name))
     ctx.report("evaluating", model=source.version)
     encoder = load_encoder(source, ctx.settings)
-    report = evaluate(encoder.encode, source.version, [eval_set(ctx.dataset(d), name=d) for d in datasets])
+    sets = [eval_set(ctx.dataset(d), name=d) for d in datasets]
+    report = evaluate(encoder.encode, source.version, sets, centering=centering)
     write_evaluation_report(report, ctx.settings.reports_dir / ctx.job.id / label)
     return report
 
@@ -192,8 +195,11 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
 
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> dict[str, Any]:
-    report = _evaluate_version(ctx, job.model, job.datasets, "report")
+    report = _evaluate_version(ctx, job.model, job.datasets, "report", centering=job.centering)
     metrics = {f"{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
+    for ev in report.lareqa:
+        if ev.centred is not None:
+            metrics.update({f"{ev.name}:centred:{k}": v for k, v in ev.centred.metrics.items()})
     return {"metrics": metrics, "model_version": report.model_version}
 
 

@@ -413,10 +413,12 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
 
 def test_reports_are_served_and_artefacts_deleted(stack: dict[str, Any]) -> None:
     service: RunningService = stack["service"]
-    job_id = submit(service, "evaluate", datasets=["evalset", "english"])  # a LAReQA folder and JSONL QA groups
+    # a LAReQA folder and JSONL QA groups, each also scored centred per language
+    job_id = submit(service, "evaluate", datasets=["evalset", "english"], centering=True)
     job = wait_job(service, job_id, ("succeeded", "failed"))
     assert job["status"] == "succeeded", job
     assert 0 < job["metrics"]["english:mono_map"] <= 1
+    assert 0 < job["metrics"]["evalset:centred:multi_map"] <= 1 and job["params"]["centering"] is True
     report = service.client.get(f"/jobs/{job_id}/report")
     assert report.status_code == 200, report.text
     body = report.json()
