@@ -16,7 +16,6 @@ from xling.app.metrics import Metrics
 from xling.models.index.vector_index import IndexMismatchError, SnapshotError, VectorIndex
 from xling.models.resolve import ModelNotFoundError, ModelSource, resolve_model
 from xling.state.docstore import DocReader
-from xling.state.errors import NotReady
 from xling.state.indexing import ServingPair, build_index, catch_up, index_spec, load_encoder
 from xling.state.polling import OUTAGE_ERRORS, poll
 from xling.state.registry import Registry
@@ -50,9 +49,9 @@ class HotSwap:
         self.applier: Applier | None = None  # set once the first pair serves
         self._failed: tuple[str, float] | None = None  # (version, when)
 
-    def require_pair(self) -> ServingPair:
-        if self.pair is None:
-            raise NotReady("the model and index are still loading")
+    def _serving(self) -> ServingPair:
+        """The pair that serves; the watcher and the rebuild start only once the first one does."""
+        assert self.pair is not None, "no pair serves yet"
         return self.pair
 
     @cached_property
@@ -111,7 +110,7 @@ class HotSwap:
         wanted = self.registry.active()
         desired = wanted or self.default_version
         try:
-            if desired == self.require_pair().version or self._recently_failed(desired):
+            if desired == self._serving().version or self._recently_failed(desired):
                 return
             self.swap_to(wanted or self.settings.retrieval_model)
             self.error = self._failed = None
@@ -154,7 +153,7 @@ class HotSwap:
         """This replica fell behind the trimmed log (away longer than its hold lasted): rebuild its index from
         the document hash with the same encoder, replay, swap. Searches go on against the old index meanwhile."""
         assert self.applier is not None
-        pair = self.require_pair()
+        pair = self._serving()
         log.warning(
             "the doc log was trimmed past this replica's offset %s; rebuilding its index from the documents",
             pair.applied_offset,
