@@ -223,6 +223,13 @@ def experiment(
     report_only: Annotated[
         bool, typer.Option(help="write the report from the runs finished so far; train nothing")
     ] = False,
+    centering: Annotated[bool, typer.Option(help="add each model's row scored centred per language")] = False,
+    interpolate: Annotated[
+        bool, typer.Option(help="add hybrid interpolated toward the base (WiSE-FT), weight chosen on validation")
+    ] = False,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="training groups held out for validation; default 0.05 with --interpolate, else 0")
+    ] = None,
     out: Annotated[Path, typer.Option(help="report folder; a re-run with the same arguments resumes")] = Path(
         "experiment"
     ),
@@ -237,11 +244,14 @@ def experiment(
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
-    config = TrainConfig(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length, val_fraction=0.0,
-                         freeze_embeddings=freeze_embeddings)
+    if val_fraction is None:
+        val_fraction = 0.05 if interpolate else 0.0
+    config = TrainConfig(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length,
+                         val_fraction=val_fraction, freeze_embeddings=freeze_embeddings)
     spec = ExperimentSpec(
         train=train, evals=eval_sets, base=base or settings.retrieval_model, steps=steps, seeds=seed or [0],
         config=config, langs=_split_langs(langs), keep_models=keep_models, report_only=report_only,
+        centering=centering, interpolate=interpolate,
     )
     command = "xling experiment " + " ".join(sys.argv[2:])
     try:

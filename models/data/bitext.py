@@ -136,3 +136,17 @@ def bitext_groups(pairs: list[BitextPair]) -> list[ParallelGroup]:
             texts = {pair.src: src_text, pair.tgt: tgt_text}
             groups.append(ParallelGroup(f"{pair.name}#{line}", dict(texts), dict(texts), cross_only=True))
     return groups
+
+
+def pairs_from_groups(groups: list[ParallelGroup]) -> list[BitextPair]:
+    """The bitext pairs `bitext_groups` made these groups from (e.g. a validation split of them), in order."""
+    lines: dict[str, tuple[str, str, list[str], list[str]]] = {}
+    for group in groups:
+        if not group.cross_only or len(group.queries) != 2:
+            continue
+        (src, src_text), (tgt, tgt_text) = group.queries.items()
+        name = group.id.rsplit("#", 1)[0]
+        _, _, src_lines, tgt_lines = lines.setdefault(name, (src, tgt, [], []))
+        src_lines.append(src_text)
+        tgt_lines.append(tgt_text)
+    return [BitextPair(name, src, tgt, s, t) for name, (src, tgt, s, t) in lines.items()]

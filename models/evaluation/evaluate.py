@@ -51,6 +51,11 @@ class BitextEvaluation:
     def accuracy(self) -> float:
         return float(self.result["bitext_acc@1"])
 
+    @property
+    def centred_accuracy(self) -> float | None:
+        centred = self.result.get("centred")
+        return None if centred is None else float(centred["bitext_acc@1"])
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.result}
 
@@ -83,33 +88,49 @@ class EvaluationReport:
     lareqa: list[LareqaEvaluation] = field(default_factory=list)
     bitext: list[BitextEvaluation] = field(default_factory=list)
 
-    def score(self, on: str | None = None) -> tuple[str, float]:
+    def score(self, on: str | None = None, centred: bool = False) -> tuple[str, float]:
         """What `deploy: if_better` compares: (metric name, value).
 
         `on` None: the primary metric (Multi mAP) averaged over the LAReQA sets. `on` a set's name: that
-        LAReQA set's primary metric, or that bitext set's accuracy@1 (both directions, macro).
+        LAReQA set's primary metric, or that bitext set's accuracy@1 (both directions, macro). `centred`: as
+        scored with per-language centring (the evaluation must have computed it).
         """
+        metrics = self.set_metrics(centred)
         if on is None:
             if not self.lareqa:
                 raise ValueError("no LAReQA set to compare on; name a bitext set to compare on instead")
-            values = [ev.result.metrics[ev.result.primary_metric] for ev in self.lareqa]
-            return self.lareqa[0].result.primary_metric, float(np.mean(values))
+            primary = self.lareqa[0].result.primary_metric
+            return primary, float(np.mean([metrics[ev.name][primary] for ev in self.lareqa]))
         for ev in self.lareqa:
             if ev.name == on:
-                return ev.result.primary_metric, float(ev.result.metrics[ev.result.primary_metric])
+                return ev.result.primary_metric, metrics[on][ev.result.primary_metric]
         for bt in self.bitext:
             if bt.name == on:
-                return "bitext_acc@1", bt.accuracy
+                return "bitext_acc@1", metrics[on]["bitext_acc@1"]
         raise ValueError(f"no evaluation set named {on!r}")
 
     def primary(self) -> float:
         return self.score()[1]
 
-    def set_metrics(self) -> dict[str, dict[str, float]]:
-        """Headline metrics per set name: LAReQA summary metrics, bitext accuracy@1."""
-        found: dict[str, dict[str, float]] = {ev.name: dict(ev.result.metrics) for ev in self.lareqa}
-        found.update({bt.name: {"bitext_acc@1": bt.accuracy} for bt in self.bitext})
+    def set_metrics(self, centred: bool = False) -> dict[str, dict[str, float]]:
+        """Headline metrics per set name: LAReQA summary metrics, bitext accuracy@1; `centred`: as scored with
+        per-language centring."""
+        found: dict[str, dict[str, float]] = {}
+        for ev in self.lareqa:
+            result = ev.centred if centred else ev.result
+            if result is None:
+                raise ValueError(f"{ev.name} was not scored with centring")
+            found[ev.name] = dict(result.metrics)
+        for bt in self.bitext:
+            accuracy = bt.centred_accuracy if centred else bt.accuracy
+            if accuracy is None:
+                raise ValueError(f"{bt.name} was not scored with centring")
+            found[bt.name] = {"bitext_acc@1": accuracy}
         return found
+
+    def flat_metrics(self, centred: bool = False) -> dict[str, float]:
+        """`set_metrics` as {"<set>:<metric>": value}: the names guards and job outcomes use."""
+        return {f"{name}:{k}": v for name, values in self.set_metrics(centred).items() for k, v in values.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,7 +168,8 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     centering: bool = False,
 ) -> EvaluationReport:
-    """Every set scored; with `centering`, LAReQA sets also centred per language (`evaluate_lareqa`)."""
+    """Every set scored; with `centering`, every set also scored centred per language (`evaluate_lareqa`,
+    `bitext_metrics`)."""
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation set names must differ: {names}")
@@ -158,7 +180,8 @@ def evaluate(
         if item.kind == "lareqa":
             report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name, centering))
         else:
-            report.bitext.append(BitextEvaluation(item.name, bitext_metrics(load_bitext(item.path, langs), encode)))
+            pairs = load_bitext(item.path, langs)
+            report.bitext.append(BitextEvaluation(item.name, bitext_metrics(pairs, encode, centering=centering)))
     return report
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from xling.models.data.bitext import load_bitext
 from xling.models.data.lareqa import load_lareqa
-from xling.models.data.parallel import ParallelGroup, fingerprint
+from xling.models.data.parallel import ParallelGroup, fingerprint, split
 from xling.models.data.text import DataError
 from xling.models.data.training_data import load_training_data
 from xling.models.encoder import Encoder
@@ -40,9 +40,15 @@ from xling.models.evaluation.reports import (
 )
 from xling.models.files import write_json_atomic
 from xling.models.resolve import resolve_model
+from xling.models.training.interpolate import interpolate_on_validation
 from xling.models.training.trainer import TrainConfig, finetune
 
 STRATEGY_ROWS = [("monolingual", "X-X-mono"), ("crosslingual", "X-Y"), ("hybrid", "hybrid")]
+WISE_FT = ("hybrid-wise-ft", "hybrid + WiSE-FT")  # (run file stem, row label): hybrid interpolated toward the base
+CENTRED = ", centred"  # row label suffix: the same model scored with per-language centring
+# Row A minus row B, per seed: the paper's claim (hybrid against each single strategy), and what interpolation
+# gives back; each also between the centred rows when the experiment centres.
+COMPARISONS = [("hybrid", "X-X-mono"), ("hybrid", "X-Y"), (WISE_FT[1], "hybrid")]
 _PACKAGES = ["xling-search", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu-cu12", "numpy"]
 
 
@@ -57,6 +63,8 @@ class ExperimentSpec:
     langs: list[str] | None = None
     keep_models: bool = False
     report_only: bool = False  # report the finished runs; train and evaluate nothing
+    centering: bool = False  # every model also scored centred per language (rows "<label>, centred")
+    interpolate: bool = False  # add hybrid interpolated toward the base (WiSE-FT), weight chosen on validation
 
 
 def _train_paths(train: Path | list[Path]) -> list[Path]:
@@ -93,8 +101,17 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _metrics(report: EvaluationReport) -> dict[str, dict[str, float]]:
-    return report.set_metrics()
+def _metrics(report: EvaluationReport, centering: bool) -> dict[str, Any]:
+    """A run's scores: "sets" as evaluated, and "centred_sets" when the experiment centres."""
+    return {"sets": report.set_metrics(), **({"centred_sets": report.set_metrics(True)} if centering else {})}
+
+
+def _rows_of(run: dict[str, Any]) -> list[tuple[str, dict[str, dict[str, float]]]]:
+    """(row label, sets) for a finished run: its own row, and its centred row when it has one."""
+    rows = [(run["label"], run["sets"])]
+    if "centred_sets" in run:
+        rows.append((run["label"] + CENTRED, run["centred_sets"]))
+    return rows
 
 
 def summarise(runs: dict[str, list[dict[str, dict[str, float]]]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -111,25 +128,22 @@ def summarise(runs: dict[str, list[dict[str, dict[str, float]]]]) -> dict[str, d
     return summary
 
 
-def hybrid_differences(
-    runs_by_seed: dict[int, dict[str, dict[str, dict[str, float]]]], hybrid: str, others: list[str]
+def differences(
+    runs_by_seed: dict[int, dict[str, dict[str, dict[str, float]]]], pairs: list[tuple[str, str]]
 ) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
-    """seed -> other label -> set -> metric -> hybrid minus other (for rank distance, lower is better)."""
+    """seed -> "A − B" -> set -> metric -> A minus B, for each pair both of whose rows that seed has."""
     out: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
     for seed, labels in runs_by_seed.items():
-        if hybrid not in labels:
-            continue
-        out[seed] = {}
-        for other in others:
-            if other not in labels:
-                continue
-            out[seed][other] = {
-                set_name: {
-                    key: labels[hybrid][set_name][key] - labels[other][set_name][key]
-                    for key, _ in columns_for(labels[hybrid][set_name])
-                }
-                for set_name in labels[hybrid]
+        found = {
+            f"{a} − {b}": {
+                set_name: {key: labels[a][set_name][key] - labels[b][set_name][key] for key, _ in columns_for(values)}
+                for set_name, values in labels[a].items()
             }
+            for a, b in pairs
+            if a in labels and b in labels
+        }
+        if found:
+            out[seed] = found
     return out
 
 
@@ -144,6 +158,8 @@ def _spec_record(
         "train": fingerprint(train_groups),
         "evals": {folder.name: folder_fingerprint(folder) for folder in spec.evals},
         "langs": spec.langs,
+        "centering": spec.centering,
+        "interpolate": spec.interpolate,
     }
 
 
@@ -154,6 +170,7 @@ def _check_same_spec(out: Path, record: dict[str, Any]) -> None:
         # A setting added to TrainConfig after the earlier invocation ran at its default there.
         defaults = {k: v for k, v in asdict(TrainConfig()).items() if k in record["config"]}
         previous["config"] = {**defaults, **previous.get("config", {})}
+        previous = {"centering": False, "interpolate": False, **previous}  # experiments from before these flags
         if previous != record:
             changed = sorted(k for k in record.keys() | previous.keys() if record.get(k) != previous.get(k))
             raise ValueError(
@@ -184,6 +201,8 @@ def run_experiment(
     check_no_overlap(train_paths, train_groups, sets)
     base_config = spec.config or TrainConfig()
     base_config.validate()
+    if spec.interpolate and base_config.val_fraction == 0:
+        raise ValueError("interpolation chooses its weight on a validation split: set val_fraction > 0")
     started = time.monotonic()
     source = resolve_model(spec.base, registry_dir, allow_folder=allow_folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +212,7 @@ def run_experiment(
     def evaluate_model(folder: Path, version: str, name: str) -> EvaluationReport:
         say(f"evaluating {name}")
         encoder = Encoder(folder, version=version, device=device or "auto", name_hint=source.name)
-        report = evaluate(encoder.encode, version, sets, langs=spec.langs)
+        report = evaluate(encoder.encode, version, sets, langs=spec.langs, centering=spec.centering)
         write_evaluation_report(report, out / "models" / name)
         return report
 
@@ -210,7 +229,7 @@ def run_experiment(
 
     def base_run() -> dict[str, Any]:
         report = evaluate_model(source.path, source.version, "base")
-        return {"label": "base", "model_version": source.version, "sets": _metrics(report)}
+        return {"label": "base", "model_version": source.version, **_metrics(report, spec.centering)}
 
     def strategy_run(strategy: str, label: str, seed: int) -> dict[str, Any]:
         name = f"{label}-seed{seed}"
@@ -225,13 +244,38 @@ def run_experiment(
         assert result.path is not None and result.version is not None
         report = evaluate_model(result.path, result.version, name)
         training = json.loads((result.path / "xling.json").read_text(encoding="utf-8"))["training"]
-        if not spec.keep_models:
+        if not spec.keep_models and not (spec.interpolate and strategy == "hybrid"):  # wise_run reads hybrid's
             shutil.rmtree(model_dir, ignore_errors=True)
         return {
-            "label": label, "seed": seed, "model_version": result.version, "sets": _metrics(report),
+            "label": label, "seed": seed, "model_version": result.version, **_metrics(report, spec.centering),
             "train_metrics": result.metrics, "config": asdict(config),
             "prefixes": [training["query_prefix"], training["passage_prefix"]],
             "loss_curve": training.get("loss_curve", []),
+        }
+
+    def wise_run(seed: int) -> dict[str, Any]:
+        """Hybrid's weights of this seed, interpolated toward the base by the weight its validation split chose."""
+        name, tuned = f"{WISE_FT[0]}-seed{seed}", out / "models" / f"hybrid-seed{seed}" / "model"
+        if not (tuned / "xling.json").is_file():
+            raise ValueError(f"{tuned} is gone; remove {runs_dir / f'hybrid-seed{seed}.json'} to train it again")
+        config = replace(base_config, strategy="hybrid", max_steps=spec.steps, seed=seed)
+        _, val_groups = split(train_groups, config.val_fraction, config.seed)  # the split hybrid trained beside
+        model_dir = out / "models" / name / "model"
+        say(f"interpolating {name} on {len(val_groups)} validation groups")
+        started_at = time.monotonic()
+        choice = interpolate_on_validation(
+            source.path, tuned, val_groups, centering=spec.centering, weights=tuple(config.interpolation_weights),
+            max_drop=config.guard_max_drop, device=device or "auto", out=model_dir,
+        )
+        seconds = time.monotonic() - started_at
+        version = f"{source.version}-hybrid-seed{seed}-wise-ft-{choice.weight:g}"
+        report = evaluate_model(model_dir, version, name)
+        if not spec.keep_models:
+            shutil.rmtree(model_dir, ignore_errors=True)
+            shutil.rmtree(tuned, ignore_errors=True)
+        return {
+            "label": WISE_FT[1], "seed": seed, "model_version": version, **_metrics(report, spec.centering),
+            "interpolation": choice.to_dict(), "train_metrics": {"interpolation_seconds": round(seconds, 1)},
         }
 
     base = finished("base", base_run)
@@ -243,30 +287,39 @@ def run_experiment(
             run = finished(f"{label}-seed{seed}", partial(strategy_run, strategy, label, seed))
             if run is not None:
                 runs.append(run)
+        if spec.interpolate:
+            run = finished(f"{WISE_FT[0]}-seed{seed}", partial(wise_run, seed))
+            if run is not None:
+                runs.append(run)
 
-    labels = [label for _, label in STRATEGY_ROWS if any(run["label"] == label for run in runs)]
-    per_label = {label: [run["sets"] for run in runs if run["label"] == label] for label in labels}
-    summary = summarise({"base": [base["sets"]], **per_label})
+    per_label: dict[str, list[dict[str, dict[str, float]]]] = {}
+    for run in [base, *runs]:
+        for label, scores in _rows_of(run):
+            per_label.setdefault(label, []).append(scores)
+    summary = summarise(per_label)
     by_seed: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
     for run in runs:
-        by_seed.setdefault(run["seed"], {})[run["label"]] = run["sets"]
-    differences = hybrid_differences(by_seed, "hybrid", ["X-X-mono", "X-Y"])
+        by_seed.setdefault(run["seed"], {}).update(_rows_of(run))
+    pairs = COMPARISONS + [(a + CENTRED, b + CENTRED) for a, b in COMPARISONS] if spec.centering else COMPARISONS
+    per_seed_differences = differences(by_seed, pairs)
     set_names = list(base["sets"])
     mean_rows = [
         {"label": label, "sets": {s: {k: v["mean"] for k, v in summary[label][s].items()} for s in set_names}}
-        for label in ["base", *labels]
+        for label in per_label
     ]
     write_experiment_chart(mean_rows, set_names, out / "experiment.png")
     record = {
         "command": command,
+        "complete": len(runs) == len(spec.seeds) * _runs_per_seed({"interpolate": spec.interpolate}),
         "rows": mean_rows,
         "summary": summary,
-        "hybrid_minus_other": {str(seed): diff for seed, diff in differences.items()},
+        "differences": {str(seed): diff for seed, diff in per_seed_differences.items()},
         "runs": [base, *runs],
         "base_model": source.name,
         "steps": spec.steps,
         "seeds": spec.seeds,
-        "complete": len(runs) == len(spec.seeds) * len(STRATEGY_ROWS),
+        "centering": spec.centering,
+        "interpolate": spec.interpolate,
         "train_config": asdict(base_config),
         "data": {
             "train": {"path": [str(p) for p in train_paths], "fingerprint": fingerprint(train_groups)},
@@ -281,6 +334,10 @@ def run_experiment(
     return record
 
 
+def _runs_per_seed(record: dict[str, Any]) -> int:
+    return len(STRATEGY_ROWS) + (1 if record.get("interpolate") else 0)
+
+
 def _pm(stats: dict[str, float], key: str) -> str:
     if math.isnan(stats["mean"]):
         return "–"
@@ -290,7 +347,7 @@ def _pm(stats: dict[str, float], key: str) -> str:
 
 
 def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> str:
-    """Mean ± std table (best mean in bold), then hybrid's per-seed differences."""
+    """Mean ± std table (best mean in bold), then per-seed differences and the interpolation weights chosen."""
     summary = record["summary"]
     seeds = record["seeds"]
     lines = [
@@ -304,7 +361,7 @@ def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> 
         *(
             []
             if record["complete"]
-            else [f"**Partial**: {len(record['runs']) - 1} of {len(seeds) * len(STRATEGY_ROWS)} runs finished.", ""]
+            else [f"**Partial**: {len(record['runs']) - 1} of {len(seeds) * _runs_per_seed(record)} runs finished.", ""]
         ),
         "## Means",
         "",
@@ -321,17 +378,22 @@ def experiment_report_markdown(record: dict[str, Any], set_names: list[str]) -> 
             runs = str(sets[set_name][columns[0][0]]["n"])
             lines.append("| " + " | ".join([label, runs] + [_pm(sets[set_name][k], k) for k, _ in columns]) + " |")
         lines.append("")
-    lines += ["## Hybrid minus each other strategy, per seed", "",
-              "Positive is better for mAP; negative is better for rank distance.", ""]
+    lines += ["## Differences per seed", "",
+              "Row A minus row B in the same seed; positive is better for mAP, negative for rank distance.", ""]
     for set_name in set_names:
         columns = columns_for(summary["base"][set_name])
-        header = ["seed", "vs"] + [label for _, label in columns]
+        header = ["seed", "A − B"] + [label for _, label in columns]
         lines += [f"**{set_name}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        for seed, others in record["hybrid_minus_other"].items():
-            for other, sets in others.items():
+        for seed, comparisons in record["differences"].items():
+            for comparison, sets in comparisons.items():
                 cells = [f"{sets[set_name][k]:+.1f}" if k == "rank_distance" else f"{sets[set_name][k]:+.3f}"
                          for k, _ in columns]
-                lines.append("| " + " | ".join([seed, other, *cells]) + " |")
+                lines.append("| " + " | ".join([seed, comparison, *cells]) + " |")
         lines.append("")
+    weights = [(run["seed"], run["interpolation"]["weight"]) for run in record["runs"] if "interpolation" in run]
+    if weights:
+        lines += ["## Interpolation", "",
+                  "Weight on the tuned model chosen on each seed's validation split (0 = base, 1 = hybrid): "
+                  + ", ".join(f"seed {seed}: {weight:g}" for seed, weight in weights) + ".", ""]
     lines.append("![mAP by strategy](experiment.png)")
     return "\n".join(lines) + "\n"

@@ -32,8 +32,10 @@ from transformers.utils import logging as hf_logging
 from xling.models.data.parallel import ParallelGroup, all_pairs, check_strategy, fingerprint, split
 from xling.models.data.training_data import load_training_data
 from xling.models.encoder import FolderLayout, read_layout
+from xling.models.evaluation.guards import DEFAULT_MAX_DROP
 from xling.models.manifest import Manifest, write_manifest
 from xling.models.resolve import resolve_model, version_from_name
+from xling.models.training.interpolate import DEFAULT_WEIGHTS, interpolate_on_validation
 from xling.models.training.loss import InfoNCELoss
 from xling.models.training.samplers import STRATEGIES, HybridBatchSampler, make_sampler
 
@@ -70,6 +72,13 @@ class TrainConfig:
     checkpoint_steps: int = 500
     gradient_accumulation_steps: int = 1
     seed: int = 0
+    # WiSE-FT (models/training/interpolate.py): after training, move the weights back toward the base by the
+    # weight that scores best on the validation split without a guarded metric falling by more than
+    # guard_max_drop. Scored centred per language when centred_validation, as the service serves by default.
+    interpolate: bool = False
+    interpolation_weights: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHTS))
+    guard_max_drop: float = DEFAULT_MAX_DROP
+    centred_validation: bool = True
 
     def validate(self) -> None:
         problems = []
@@ -91,6 +100,12 @@ class TrainConfig:
             problems.append("max_length must be in [8, 8192]")
         if self.early_stopping_patience is not None and self.val_fraction == 0:
             problems.append("early stopping needs a validation split (val_fraction > 0)")
+        if self.interpolate and self.val_fraction == 0:
+            problems.append("interpolation chooses its weight on a validation split (val_fraction > 0)")
+        if not self.interpolation_weights or any(not 0 < w <= 1 for w in self.interpolation_weights):
+            problems.append(f"interpolation_weights must be in (0, 1], got {self.interpolation_weights}")
+        if self.guard_max_drop < 0:
+            problems.append("guard_max_drop must be >= 0")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -256,6 +271,8 @@ def finetune(
     check_strategy(groups, config.strategy, config.alpha)
     train_groups, val_groups = split(groups, config.val_fraction, config.seed)
     check_strategy(train_groups, config.strategy, config.alpha)
+    if config.interpolate and not val_groups:
+        raise ValueError(f"val_fraction {config.val_fraction} leaves no validation groups to choose a weight on")
     source = resolve_model(base, registry_dir, allow_folder=allow_folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     layout = read_layout(source.path, source.name)
@@ -378,4 +395,13 @@ def finetune(
     )
     write_manifest(out, manifest)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the version folder holds the final weights
+    if config.interpolate:
+        choice = interpolate_on_validation(
+            source.path, out, val_groups, centering=config.centred_validation,
+            weights=tuple(config.interpolation_weights), max_drop=config.guard_max_drop, device=device,
+        )
+        log.info("interpolated toward the base", extra={"weight": choice.weight, "objective": choice.objective})
+        metrics["interpolation_weight"] = choice.weight
+        manifest.training["interpolation"] = choice.to_dict()
+        write_manifest(out, manifest)
     return TrainResult(out, version, steps, cancelled=False, metrics=metrics)

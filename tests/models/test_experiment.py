@@ -51,12 +51,12 @@ def test_experiment_report_seeds_and_resume(setup: dict[str, Path]) -> None:
     assert stats["n"] == 2 and abs(stats["mean"] - sum(mono) / 2) < 1e-12
     assert abs(stats["std"] - abs(mono[0] - mono[1]) / 2**0.5) < 1e-12
     by = {(r["label"], r["seed"]): r["sets"]["evalset"] for r in runs}
-    diff = record["hybrid_minus_other"]["4"]["X-Y"]["evalset"]["cross_map"]
+    diff = record["differences"]["4"]["hybrid − X-Y"]["evalset"]["cross_map"]
     assert abs(diff - (by[("hybrid", 4)]["cross_map"] - by[("X-Y", 4)]["cross_map"])) < 1e-12
     assert record["data"]["train"]["fingerprint"].startswith("sha256:")
     assert "torch" in record["versions"] and record["command"] == "xling experiment (test)"
     markdown = (out / "experiment.md").read_text()
-    assert "±" in markdown and "**" in markdown and "Hybrid minus" in markdown
+    assert "±" in markdown and "**" in markdown and "| 4 | hybrid − X-Y |" in markdown
     assert (out / "experiment.png").stat().st_size > 0
     assert not (out / "models" / "hybrid-seed3" / "model").exists()  # weights only when asked
     assert (out / "models" / "hybrid-seed3" / "report.json").exists()
@@ -87,6 +87,34 @@ def test_experiment_report_seeds_and_resume(setup: dict[str, Path]) -> None:
     spec.steps = 5
     with pytest.raises(ValueError, match="steps"):
         run_experiment(spec, out)
+
+
+def test_experiment_centred_rows_and_interpolation(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "wise"
+    config = TrainConfig(batch_size=8, learning_rate=5e-3, max_length=32, val_fraction=0.2, warmup_ratio=0.0,
+                         interpolation_weights=[0.5, 1.0])
+    spec = ExperimentSpec(train=setup["train"], evals=[setup["eval"]], base=str(setup["model"]), steps=3, seeds=[0],
+                          config=config, centering=True, interpolate=True)
+    record = run_experiment(spec, out)
+    labels = [row["label"] for row in record["rows"]]
+    assert labels == ["base", "base, centred", "X-X-mono", "X-X-mono, centred", "X-Y", "X-Y, centred",
+                      "hybrid", "hybrid, centred", "hybrid + WiSE-FT", "hybrid + WiSE-FT, centred"]
+    assert record["complete"] is True
+    rows = {row["label"]: row["sets"]["evalset"] for row in record["rows"]}
+    assert rows["base, centred"] != rows["base"]  # centring changed the scores
+    wise = next(run for run in record["runs"] if run["label"] == "hybrid + WiSE-FT")
+    weight = wise["interpolation"]["weight"]
+    assert [t["weight"] for t in wise["interpolation"]["trials"]] == [0.5, 1.0]
+    if weight == 1.0:  # the interpolated model is hybrid's own weights: same scores
+        assert rows["hybrid + WiSE-FT"] == rows["hybrid"]
+    diff = record["differences"]["0"]["hybrid + WiSE-FT, centred − hybrid, centred"]["evalset"]["multi_map"]
+    assert diff == pytest.approx(rows["hybrid + WiSE-FT, centred"]["multi_map"] - rows["hybrid, centred"]["multi_map"])
+    markdown = (out / "experiment.md").read_text()
+    assert "| hybrid + WiSE-FT, centred |" in markdown and f"seed 0: {weight:g}" in markdown
+    assert not (out / "models" / "hybrid-seed0" / "model").exists()  # hybrid's weights go once interpolated
+    with pytest.raises(ValueError, match="validation split"):
+        run_experiment(ExperimentSpec(train=setup["train"], evals=[setup["eval"]], base=str(setup["model"]), steps=1,
+                                      config=TrainConfig(val_fraction=0.0), interpolate=True), out / "never")
 
 
 def test_experiment_refuses_to_train_on_evaluation_data(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -1,0 +1,48 @@
+"""Scores on a validation split of the training groups: what choices made after training (an interpolation
+weight, early stopping) are judged by, without touching the evaluation sets.
+
+QA groups are scored as LAReQA over their own passages (`lareqa_from_groups`), as set "val"; bitext groups as
+accuracy@1 over their own lines, as set "val-bitext". Both optionally centred per language, as served.
+"""
+
+from __future__ import annotations
+
+from xling.models.data.bitext import pairs_from_groups
+from xling.models.data.lareqa import lareqa_from_groups
+from xling.models.data.parallel import ParallelGroup
+from xling.models.encoder import EncodeFn
+from xling.models.evaluation.bitext import bitext_metrics
+from xling.models.evaluation.evaluate import evaluate_lareqa
+from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard
+
+QA_SET, BITEXT_SET = "val", "val-bitext"
+
+
+def validation_metrics(encode: EncodeFn, groups: list[ParallelGroup], centering: bool) -> dict[str, float]:
+    """Flat metrics ("val:multi_map", "val-bitext:bitext_acc@1", ...) of `encode` on the validation groups."""
+    found: dict[str, float] = {}
+    qa = [g for g in groups if not g.cross_only]
+    if qa:
+        evaluation = evaluate_lareqa(encode, lareqa_from_groups(qa), QA_SET, centering)
+        result = evaluation.centred if evaluation.centred is not None else evaluation.result
+        found.update({f"{QA_SET}:{k}": float(v) for k, v in result.metrics.items()})
+    pairs = pairs_from_groups(groups)
+    if pairs:
+        scored = bitext_metrics(pairs, encode, min_lines=0, centering=centering)
+        found[f"{BITEXT_SET}:bitext_acc@1"] = float((scored.get("centred") or scored)["bitext_acc@1"])
+    return found
+
+
+def validation_objective(groups: list[ParallelGroup]) -> str:
+    """What a choice on these groups maximises: bitext accuracy when the split has bitext (the languages a
+    user brought pairs for are what they tune for), else QA Multi mAP."""
+    if any(g.cross_only for g in groups):
+        return f"{BITEXT_SET}:bitext_acc@1"
+    if groups:
+        return f"{QA_SET}:multi_map"
+    raise ValueError("an empty validation split has no objective")
+
+
+def validation_guards(groups: list[ParallelGroup], max_drop: float = DEFAULT_MAX_DROP) -> list[Guard]:
+    """Monolingual QA retrieval on the split must not fall (when the split has QA groups)."""
+    return [Guard(f"{QA_SET}:mono_map", max_drop)] if any(not g.cross_only for g in groups) else []
