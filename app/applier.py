@@ -69,7 +69,7 @@ class Applier:
         watermark: Watermark,
         metrics: Metrics,
         *,
-        snapshot_dir: Callable[[str], Path],
+        snapshot_dir: Callable[[ServingPair], Path],
         batch: int,
         snapshot_every_entries: int,
         snapshot_interval_s: float,
@@ -126,7 +126,7 @@ class Applier:
 
     def snapshot(self) -> None:
         pair = self._get_pair()
-        pair.index.save(self._snapshot_dir(pair.version), pair.applied_offset)
+        pair.index.save(self._snapshot_dir(pair), pair.applied_offset)
         self.snapshot_offset = pair.applied_offset
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()

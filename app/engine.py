@@ -24,10 +24,12 @@ from xling.app.metrics import Metrics
 from xling.app.swap import HotSwap
 from xling.models.encoder import TextKind
 from xling.models.index.vector_index import Neighbour, Scalar
+from xling.state.centering import document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
 from xling.state.docstore import DocReader, DocStore, StoredDoc
 from xling.state.errors import NotFound, NotReady, WriteTimeout
 from xling.state.indexing import ServingPair
+from xling.state.jobs import ReindexJob
 from xling.state.jobstore import JobStore
 from xling.state.keys import RedisKeys
 from xling.state.polling import poll
@@ -44,6 +46,7 @@ class SearchQuery:
     k: int
     langs: tuple[str, ...] = ()
     where: tuple[tuple[str, Scalar], ...] = ()
+    query_lang: str | None = None  # the query's own language, when the caller knows it (centring)
 
     @property
     def filter_key(self) -> tuple[tuple[str, ...], str]:
@@ -63,6 +66,7 @@ class Embedded:
     model_version: str
     vectors: np.ndarray  # (len(texts), dim) float32, unit norm
     tokens: list[int]  # tokens the model read per text
+    centering_id: str | None = None  # the means the vectors were centred with (None: raw)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class Engine:
             serving_offsets=self._serving_offsets,
         )
         self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics)
+        self.swap.on_recalibrate = self._queue_recalibration
         self.load_error: str | None = None
         self.applier: Applier | None = None
         self.batcher: MicroBatcher[SearchQuery | EmbedTexts, tuple[str, list[Neighbour]] | Embedded] = MicroBatcher(
@@ -256,6 +261,8 @@ class Engine:
                 vectors[rows], counts = pair.encoder.encode_counted([flat[n][1] for n in rows], kind)
                 for row, count in zip(rows, counts, strict=True):
                     tokens[row] = count
+        if pair.centering is not None:
+            self._centre(pair, items, spans, vectors)
         searches = [i for i, item in enumerate(items) if isinstance(item, SearchQuery)]
         queries = [item for item in items if isinstance(item, SearchQuery)]
         found = self._search_vectors(pair, queries, vectors[[spans[i].start for i in searches]]) if queries else []
@@ -263,9 +270,39 @@ class Engine:
         return [
             (pair.version, neighbours[i])
             if i in neighbours
-            else Embedded(pair.version, vectors[spans[i]], tokens[spans[i]])
+            else Embedded(pair.version, vectors[spans[i]], tokens[spans[i]],
+                          pair.centering.id if pair.centering else None)
             for i in range(len(items))
         ]
+
+    @staticmethod
+    def _centre(
+        pair: ServingPair, items: list[SearchQuery | EmbedTexts], spans: list[slice], vectors: np.ndarray
+    ) -> None:
+        """In place: each text's vector centred as the index's documents are. Queries on their language's mean
+        (given, else detected among the languages with a mean, else the global query mean); passages as
+        documents are (`lang` unknown here, so detected)."""
+        centering = pair.centering
+        assert centering is not None
+        for item, span in zip(items, spans, strict=True):
+            if isinstance(item, SearchQuery):
+                lang = query_language(item.text, item.query_lang, centering)
+                vectors[span] = centering.queries(vectors[span], [lang])
+            elif item.kind == "query":
+                langs = [query_language(text, None, centering) for text in item.texts]
+                vectors[span] = centering.queries(vectors[span], langs)
+            else:
+                langs = document_languages([StoredDoc(text) for text in item.texts])
+                vectors[span] = centering.documents(vectors[span], langs)
+
+    def _queue_recalibration(self, version: str, reasons: list[str]) -> None:
+        """One `reindex` job with recalibration per version at a time, whichever replica asks first; at most one
+        every `centering_requeue_s` (a failed one is not retried on every poll)."""
+        requeue_s = self.settings.centering_requeue_s
+        if not self.sync_redis.set(self.keys.recalibration(version), "1", nx=True, ex=requeue_s):
+            return
+        job = self.job_queue.submit(ReindexJob(version=version, recalibrate=True))
+        log.warning("centring: recalibration queued", extra={"version": version, "job_id": job.id, "reasons": reasons})
 
     @staticmethod
     def _search_vectors(pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray) -> list[list[Neighbour]]:

@@ -18,6 +18,7 @@ def search_query(
     langs: Sequence[str] | None,
     where: dict[str, MetadataValue] | None,
     settings: Settings,
+    query_lang: str | None = None,
 ) -> SearchQuery:
     if not text.strip():
         raise InvalidInput("query is empty")
@@ -29,7 +30,9 @@ def search_query(
         raise InvalidInput(f"at most {settings.max_langs_per_query} languages per query")
     if where:
         metadata_size(where, settings)
-    return SearchQuery(text, k, tuple(dict.fromkeys(langs or ())), tuple(sorted((where or {}).items())))
+    return SearchQuery(
+        text, k, tuple(dict.fromkeys(langs or ())), tuple(sorted((where or {}).items())), query_lang or None
+    )
 
 
 def metadata_size(metadata: dict[str, MetadataValue], settings: Settings, doc_id: str | None = None) -> None:

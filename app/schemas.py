@@ -94,6 +94,9 @@ class SearchRequest(_Strict):
     k: int = 10
     langs: list[LangCode] | None = None
     filter: Metadata | None = Field(None, description="metadata equality: every key must match")
+    query_lang: LangCode | None = Field(
+        None, description="the query's own language, for centring (default: detected among the corpus's languages)"
+    )
 
 
 class HitOut(BaseModel):
@@ -132,6 +135,9 @@ class Health(BaseModel):
     detail: str | None = None
     redis: Literal["ok", "unreachable"] = "ok"
     workers: int | None = Field(None, description="workers seen consuming the job queue (None: Redis unreachable)")
+    centering: str = Field(
+        "off", description="off | uncalibrated (serving raw until enough documents) | calibrated:<means id>"
+    )
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -252,6 +258,9 @@ class ActiveModel(BaseModel):
     activated: str | None = Field(description="the version activated in Redis (None = configured default)")
     origin: str | None
     swap_error: str | None
+    centering: dict[str, Any] = Field(
+        default_factory=dict, description="the serving pair's centring: its means, and the drift since calibration"
+    )
 
 
 class Activation(BaseModel):
@@ -306,6 +315,10 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingOut]
     model: str
     usage: EmbeddingsUsage
+    centred: bool = Field(
+        description="whether the vectors are centred on their language's mean, as the served index's are"
+    )
+    centering: str | None = Field(None, description="the id of the means they were centred with")
 
 
 class ModelCard(BaseModel):

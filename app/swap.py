@@ -7,14 +7,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from xling.app.applier import Applier, Watermark
 from xling.app.holds import LogHolds
 from xling.app.metrics import Metrics
-from xling.models.index.vector_index import IndexMismatchError, SnapshotError, VectorIndex
+from xling.models.index.vector_index import SNAPSHOT_META, IndexMismatchError, SnapshotError, VectorIndex
 from xling.models.resolve import ModelNotFoundError, ModelSource, resolve_model
+from xling.state.centering import (
+    centering_stamp,
+    load_centering,
+    means_for_build,
+    snapshot_folder,
+    uncalibrated_status,
+)
 from xling.state.docstore import DocReader
 from xling.state.indexing import ServingPair, build_index, catch_up, index_spec, load_encoder
 from xling.state.polling import OUTAGE_ERRORS, poll
@@ -48,6 +57,9 @@ class HotSwap:
         self.error: str | None = None  # why the last swap failed (shown by /healthz and /models/active)
         self.applier: Applier | None = None  # set once the first pair serves
         self._failed: tuple[str, float] | None = None  # (version, when)
+        self._means_stamp: tuple[int, int] | None = None  # the serving version's means file, when last read
+        # Told when the serving pair's drift status advises recalibration: (version, reasons).
+        self.on_recalibrate: Callable[[str, list[str]], None] | None = None
 
     def _serving(self) -> ServingPair:
         """The pair that serves; the watcher and the rebuild start only once the first one does."""
@@ -64,8 +76,23 @@ class HotSwap:
         """The version of the configured model, served when none is activated."""
         return self.default_source.version
 
-    def snapshot_dir(self, version: str) -> Path:
-        return self.settings.indexes_dir / version
+    def snapshot_dir(self, pair: ServingPair) -> Path:
+        """Where this pair's snapshots go: its version's folder, and within it the folder of its means."""
+        return snapshot_folder(self.settings.indexes_dir, pair.version, pair.centering)
+
+    def has_snapshot(self, version: str) -> bool:
+        """Whether `version` can serve at once: a snapshot built with its current means exists."""
+        folder = snapshot_folder(self.settings.indexes_dir, version, load_centering(self.settings, version))
+        return (folder / SNAPSHOT_META).is_file()
+
+    def centering_status(self) -> dict[str, Any]:
+        """The serving pair's drift since its means were calibrated (empty when centring is off)."""
+        pair, settings = self.pair, self.settings
+        if pair is None or not settings.centering:
+            return {}
+        if pair.centering is None:
+            return uncalibrated_status(pair.index.languages(), len(pair.index), settings.centering_min_docs)
+        return pair.drift.status(pair.centering, settings.centering_min_docs, settings.centering_drift_threshold)
 
     def startup_source(self) -> ModelSource:
         """The activated version; if it cannot be loaded, the configured model (and say why)."""
@@ -82,13 +109,15 @@ class HotSwap:
         """The source's encoder with its version's snapshot if there is a valid one, else a full build from the
         documents. Pins the offset it replays from as "open" (unpinned by `serve` or when the swap fails)."""
         encoder = load_encoder(source, self.settings)
-        folder = self.snapshot_dir(encoder.version)
+        centering = load_centering(self.settings, encoder.version)
+        self._means_stamp = centering_stamp(self.settings, encoder.version)
+        folder = snapshot_folder(self.settings.indexes_dir, encoder.version, centering)
         try:
             index, offset = VectorIndex.load(folder, encoder.version, encoder.dim, index_spec(self.settings))
             self.holds.pin("open", offset)
             self.holds.retention.check(offset)
             log.info("snapshot loaded", extra={"path": str(folder), "vectors": len(index), "offset": offset})
-            return ServingPair(encoder, index, offset), True
+            return ServingPair(encoder, index, offset, centering), True
         except IndexMismatchError as exc:
             log.error("snapshot refused, rebuilding from documents: %s", exc)
         except LogTrimmed as exc:
@@ -96,7 +125,9 @@ class HotSwap:
         except SnapshotError as exc:
             log.info("no usable snapshot (%s); encoding all documents", exc)
         self.holds.pin("open", self.reader.last_offset())  # build_index replays from an offset at least this new
-        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048), False
+        centering = centering or means_for_build(self.reader, encoder, self.settings)
+        self._means_stamp = centering_stamp(self.settings, encoder.version)
+        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering), False
 
     def serve_first(self, pair: ServingPair, source: ModelSource, applier: Applier) -> None:
         """The pair loaded at start-up serves, with the applier that keeps it current."""
@@ -110,7 +141,11 @@ class HotSwap:
         wanted = self.registry.active()
         desired = wanted or self.default_version
         try:
-            if desired == self._serving().version or self._recently_failed(desired):
+            serving = self._serving()
+            if desired == serving.version and not self._means_replaced(serving):
+                self._advise_recalibration(serving)
+                return
+            if self._recently_failed(desired):
                 return
             self.swap_to(wanted or self.settings.retrieval_model)
             self.error = self._failed = None
@@ -120,6 +155,21 @@ class HotSwap:
             self.error = f"swap to {desired!r} failed: {type(exc).__name__}: {exc}"
             self._failed = (desired, time.monotonic())
             log.exception("hot swap failed; still serving the previous model")
+
+    def _means_replaced(self, serving: ServingPair) -> bool:
+        """Whether the serving version's means file now holds other means than the serving pair's (a
+        recalibration, or the first calibration another replica or the worker wrote): then swap to them."""
+        stamp = centering_stamp(self.settings, serving.version)
+        if stamp == self._means_stamp or not self.settings.centering:
+            return False
+        current = load_centering(self.settings, serving.version)
+        self._means_stamp = stamp
+        return (current.id if current else None) != (serving.centering.id if serving.centering else None)
+
+    def _advise_recalibration(self, serving: ServingPair) -> None:
+        status = self.centering_status()
+        if status.get("recalibrate") and self.on_recalibrate is not None:
+            self.on_recalibrate(serving.version, status["reasons"])
 
     def _recently_failed(self, version: str) -> bool:
         """A version whose swap failed is retried after SWAP_RETRY_S, not on every poll."""
@@ -160,7 +210,8 @@ class HotSwap:
         )
         self.holds.pin("rebuild", self.reader.last_offset())
         try:
-            rebuilt = build_index(self.reader, pair.encoder, index_spec(self.settings), chunk=2_048)
+            rebuilt = build_index(self.reader, pair.encoder, index_spec(self.settings), chunk=2_048,
+                                  centering=pair.centering)
             self._take_over(rebuilt, snapshot_offset=None)
         finally:
             self.holds.unpin("rebuild")

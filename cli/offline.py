@@ -228,7 +228,7 @@ def experiment(
         bool, typer.Option(help="add hybrid interpolated toward the base (WiSE-FT), weight chosen on validation")
     ] = False,
     val_fraction: Annotated[
-        float | None, typer.Option(help="training groups held out for validation; default 0.05 with --interpolate, else 0")
+        float | None, typer.Option(help="share of training groups held out (default 0.05 with --interpolate, else 0)")
     ] = None,
     out: Annotated[Path, typer.Option(help="report folder; a re-run with the same arguments resumes")] = Path(
         "experiment"

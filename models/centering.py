@@ -11,9 +11,18 @@ candidate pool of the set being scored.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from xling.models.encoder import EncodeFn
+from xling.models.files import write_json_atomic
 
 
 def language_means(vectors: np.ndarray, langs: Sequence[str], min_count: int = 1) -> dict[str, np.ndarray]:
@@ -44,3 +53,137 @@ def center(
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     normalised: np.ndarray = (centred / np.maximum(norms, 1e-12)).astype(np.float32)
     return normalised
+
+
+CENTERING_FILE = "centering.json"
+
+
+@dataclass(frozen=True)
+class Centering:
+    """The per-language means a model version serves with: documents are centred on their language's mean
+    (`fallback` for a language without one), queries on their language's document mean when the language is
+    known, else on `query_mean`. Identified by a hash of its numbers: an index built with one set of means is
+    only ever searched with queries centred by the same set."""
+
+    model_version: str
+    means: dict[str, np.ndarray]  # language -> mean of its calibration documents (raw, not normalised)
+    counts: dict[str, int]  # language -> calibration documents behind its mean
+    fallback: np.ndarray  # documents of a language without a mean: the average of the language means
+    query_mean: np.ndarray  # queries of unknown language: the calibration documents encoded as queries
+    corpus_fingerprint: str
+    min_count: int
+    calibrated_at: float = 0.0  # unix time
+    corpus_size: int = 0  # documents in the corpus when calibrated (the sample is at most this)
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha256(self.model_version.encode())
+        for lang in sorted(self.means):
+            digest.update(lang.encode() + b"\0" + self.means[lang].astype("<f4").tobytes())
+        digest.update(self.fallback.astype("<f4").tobytes() + self.query_mean.astype("<f4").tobytes())
+        return digest.hexdigest()[:12]
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self.means)
+
+    def documents(self, vectors: np.ndarray, langs: Sequence[str | None]) -> np.ndarray:
+        return center(vectors, [lang or "" for lang in langs], self.means, self.fallback)
+
+    def queries(self, vectors: np.ndarray, langs: Sequence[str | None]) -> np.ndarray:
+        """Each query on its language's document mean when it has one, else on the global query mean."""
+        return center(vectors, [lang or "" for lang in langs], self.means, self.query_mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        def floats(vector: np.ndarray) -> list[float]:
+            return [float(x) for x in vector.astype(np.float32)]
+
+        return {
+            "id": self.id,
+            "model_version": self.model_version,
+            "calibrated_at": self.calibrated_at,
+            "corpus_size": self.corpus_size,
+            "corpus_fingerprint": self.corpus_fingerprint,
+            "min_count": self.min_count,
+            "counts": dict(sorted(self.counts.items())),
+            "means": {lang: floats(self.means[lang]) for lang in sorted(self.means)},
+            "fallback": floats(self.fallback),
+            "query_mean": floats(self.query_mean),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Centering:
+        def array(values: list[float]) -> np.ndarray:
+            return np.asarray(values, dtype=np.float32)
+
+        centering = cls(
+            model_version=str(data["model_version"]),
+            means={lang: array(values) for lang, values in data["means"].items()},
+            counts={lang: int(n) for lang, n in data["counts"].items()},
+            fallback=array(data["fallback"]),
+            query_mean=array(data["query_mean"]),
+            corpus_fingerprint=str(data["corpus_fingerprint"]),
+            min_count=int(data["min_count"]),
+            calibrated_at=float(data.get("calibrated_at", 0.0)),
+            corpus_size=int(data.get("corpus_size", 0)),
+        )
+        if data.get("id") not in (None, centering.id):
+            raise ValueError(f"centring file says id {data['id']}, its numbers hash to {centering.id}")
+        return centering
+
+    def save(self, folder: Path) -> Path:
+        """Write `folder/centering.json` atomically (replacing any earlier means); returns its path."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / CENTERING_FILE
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> Centering | None:
+        path = folder / CENTERING_FILE
+        if not path.is_file():
+            return None
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def fingerprint_sample(items: Sequence[tuple[str, str, str]]) -> str:
+    """A hash of (doc id, language, text) triples: which documents a calibration saw."""
+    digest = hashlib.sha256()
+    for doc_id, lang, text in sorted(items):
+        digest.update(f"{doc_id}\0{lang}\0".encode() + hashlib.sha256(text.encode()).digest())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def calibrate(
+    encode: EncodeFn,
+    sample: Sequence[tuple[str, str, str]],
+    *,
+    model_version: str,
+    min_count: int,
+    corpus_size: int | None = None,
+    now: float | None = None,
+) -> Centering:
+    """Means from a calibration sample of (doc id, language, text): each language with at least `min_count`
+    documents gets the mean of their passage vectors; the fallback is the average of those means (each
+    language weighs the same); the query mean is the same texts encoded as queries, averaged per language first.
+    """
+    texts = [text for _, _, text in sample]
+    langs = [lang for _, lang, _ in sample]
+    passages = encode(texts, "passage")
+    means = language_means(passages, langs, min_count)
+    if not means:
+        raise ValueError(f"no language has {min_count} calibration documents (got {len(sample)} documents)")
+    kept = [i for i, lang in enumerate(langs) if lang in means]
+    query_means = language_means(encode([texts[i] for i in kept], "query"), [langs[i] for i in kept])
+    counts = {lang: langs.count(lang) for lang in means}
+    return Centering(
+        model_version=model_version,
+        means=means,
+        counts=counts,
+        fallback=np.mean(np.stack([means[lang] for lang in sorted(means)]), axis=0).astype(np.float32),
+        query_mean=np.mean(np.stack([query_means[lang] for lang in sorted(query_means)]), axis=0).astype(np.float32),
+        corpus_fingerprint=fingerprint_sample(sample),
+        min_count=min_count,
+        calibrated_at=time.time() if now is None else now,
+        corpus_size=len(sample) if corpus_size is None else corpus_size,
+    )

@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from xling.models.centering import Centering
 from xling.models.encoder import Encoder
 from xling.models.index.vector_index import IndexSpec, VectorIndex
 from xling.models.resolve import ModelSource
-from xling.state.docstore import DocReader, LogEntry
+from xling.state.centering import DriftTracker, document_languages
+from xling.state.docstore import DocReader, LogEntry, StoredDoc
 from xling.state.settings import Settings
 
 
 @dataclass
 class ServingPair:
-    """An encoder with the index it built, and the doc-log offset that index has applied."""
+    """An encoder with the index it built, the doc-log offset that index has applied, and the means its vectors
+    are centred with (None: raw vectors). Queries against the index are centred with the same means."""
 
     encoder: Encoder
     index: VectorIndex
     applied_offset: str
+    centering: Centering | None = None
+    drift: DriftTracker = field(default_factory=DriftTracker)  # documents applied since the index was built
 
     @property
     def version(self) -> str:
         return self.encoder.version
+
+    def document_vectors(self, docs: Sequence[StoredDoc], *, track: bool = False) -> np.ndarray:
+        """What the index stores for these documents: passage vectors, centred on their languages' means.
+        `track`: count them as written after the means were calibrated (the drift figure)."""
+        vectors = self.encoder.encode([doc.text for doc in docs], "passage")
+        if self.centering is None:
+            return vectors
+        langs = document_languages(docs)
+        if track:
+            self.drift.add(vectors, langs)
+        return self.centering.documents(vectors, langs)
 
 
 def load_encoder(source: ModelSource, settings: Settings) -> Encoder:
@@ -63,7 +81,7 @@ def apply_entries(entries: Sequence[LogEntry], reader: DocReader, pair: ServingP
     pair.index.remove(gone)
     if current:
         doc_ids = list(current)
-        vectors = pair.encoder.encode([current[d].text for d in doc_ids], "passage")
+        vectors = pair.document_vectors([current[d] for d in doc_ids], track=True)
         pair.index.upsert([current[d].entry(d) for d in doc_ids], vectors)
     pair.applied_offset = entries[-1].offset
 
@@ -74,19 +92,21 @@ def build_index(
     spec: IndexSpec,
     chunk: int = 1_000,
     progress: Callable[[int, int], None] | None = None,
+    centering: Centering | None = None,
 ) -> ServingPair:
-    """Encode every document; the returned pair's offset is where the log must be replayed from."""
+    """Encode every document (centred with `centering` when given); the returned pair's offset is where the log
+    must be replayed from."""
     # Read the offset first: writes that land during the scan are replayed afterwards (idempotently).
     offset = reader.last_offset()
-    index = VectorIndex(encoder.dim, encoder.version, spec)
+    pair = ServingPair(encoder, VectorIndex(encoder.dim, encoder.version, spec), offset, centering)
     total, done = reader.count(), 0
     for docs in reader.iter_all(chunk):
-        vectors = encoder.encode([doc.text for _, doc in docs], "passage")
-        index.upsert([doc.entry(doc_id) for doc_id, doc in docs], vectors)
+        vectors = pair.document_vectors([doc for _, doc in docs])
+        pair.index.upsert([doc.entry(doc_id) for doc_id, doc in docs], vectors)
         done += len(docs)
         if progress is not None:
             progress(done, total)
-    return ServingPair(encoder, index, offset)
+    return pair
 
 
 def catch_up(reader: DocReader, pair: ServingPair, batch: int) -> int:

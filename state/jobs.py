@@ -131,6 +131,9 @@ class ExperimentJob(JobSpec):
 class ReindexJob(JobSpec):
     kind: ClassVar[JobKind] = "reindex"
     version: str
+    # New means from the current corpus, a re-encode with them, no change of the active version: every api
+    # swaps to the new means when the worker has written them (state/centering.py).
+    recalibrate: bool = False
 
     def model_names(self) -> set[str]:
         return {self.version}

@@ -61,3 +61,7 @@ class RedisKeys:
     def job_events(self, job_id: str) -> str:
         """Stream: a job's progress and state changes, for server-sent events."""
         return f"{self.prefix}:job:{job_id}:events"
+
+    def recalibration(self, version: str) -> str:
+        """String with a TTL: a centring recalibration of this version was queued lately (one at a time)."""
+        return f"{self.prefix}:centering:recalibration:{version}"

@@ -79,6 +79,21 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how often the api hands freed heap memory back to the system (0: never)"
     )
 
+    # Centring (per-language bias removal; state/centering.py, README "Centring")
+    centering: bool = Field(True, description="centre documents and queries on their language's mean (off: raw)")
+    centering_min_docs: int = Field(
+        10, ge=1, description="documents a language needs for a mean of its own (fewer: the fallback mean)"
+    )
+    centering_sample_per_lang: int = Field(
+        1_000, ge=1, description="documents per language a calibration encodes for the means"
+    )
+    centering_drift_threshold: float = Field(
+        0.05, gt=0, description="recalibrate when a language's mean would move by more than this share of its length"
+    )
+    centering_requeue_s: int = Field(
+        600, ge=1, description="at most one automatic recalibration job per version within this many seconds"
+    )
+
     # Write path
     write_timeout_s: float = Field(30.0, gt=0, description="read-your-writes deadline; 503 past it")
     applier_batch: int = Field(512, ge=1, description="log entries applied (and encoded) together")

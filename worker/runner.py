@@ -22,8 +22,9 @@ from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluat
 from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
 from xling.models.evaluation.reports import write_evaluation_report
 from xling.models.manifest import read_manifest, write_manifest
-from xling.models.resolve import resolve_model
+from xling.models.resolve import ModelSource, resolve_model
 from xling.models.training.trainer import Progress, finetune
+from xling.state.centering import calibrate_corpus, centering_folder, means_for_build, snapshot_folder
 from xling.state.connections import redis_client
 from xling.state.datasets import dataset_path
 from xling.state.docstore import DocReader
@@ -124,10 +125,14 @@ def _evaluate_version(
     return report
 
 
-def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
+def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[str, Any]:
     """Hot swap, worker side (DESIGN §8): encode every document with `version` from log offset O, write
-    indexes/<version>/ at O, then activate; each api replays the log from O and swaps."""
-    source = resolve_model(version, ctx.settings.models_dir)
+    indexes/<version>/ at O, then activate; each api replays the log from O and swaps.
+
+    The index is centred with the version's means, calibrated on the corpus first if it has none
+    (state/centering.py). `recalibrate`: new means from the corpus as it is now, written only once the index
+    built with them is saved (an api that sees them finds their snapshot); the active version does not change."""
+    source = _served_source(ctx, version) if recalibrate else resolve_model(version, ctx.settings.models_dir)
     encoder = load_encoder(source, ctx.settings)
     reader = DocReader(ctx.redis, ctx.keys)
     started = time.monotonic()
@@ -141,13 +146,41 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
         retention.hold(holder, pinned, grace)
         ctx.report("reindexing", done=done, total=total)
 
-    pair = build_index(reader, encoder, index_spec(ctx.settings), progress=progress)
+    if recalibrate:
+        ctx.report("calibrating")
+        centering = calibrate_corpus(reader, encoder, ctx.settings) if ctx.settings.centering else None
+        if centering is None:
+            raise ValueError(f"nothing to calibrate on: centring is off, or no language has "
+                             f"{ctx.settings.centering_min_docs} documents")
+    else:
+        centering = means_for_build(reader, encoder, ctx.settings)
+    pair = build_index(reader, encoder, index_spec(ctx.settings), progress=progress, centering=centering)
     retention.hold(holder, pinned, grace)
-    pair.index.save(ctx.settings.indexes_dir / source.version, pair.applied_offset)
+    pair.index.save(snapshot_folder(ctx.settings.indexes_dir, source.version, centering), pair.applied_offset)
     seconds = time.monotonic() - started
+    outcome: dict[str, Any] = {"reindexed": len(pair.index), "reindex_seconds": round(seconds, 2),
+                               "offset": pair.applied_offset}
+    if centering is not None:
+        outcome.update(centering=centering.id, centred_languages=centering.languages)
+    if recalibrate:
+        assert centering is not None
+        centering.save(centering_folder(ctx.settings, source.version))  # the apis swap to it now
+        log.info("recalibrated", extra={"version": source.version, "centering": centering.id})
+        return outcome
     ctx.registry.activate(source.version)
     log.info("deployed", extra={"version": source.version, "vectors": len(pair.index), "seconds": round(seconds, 2)})
-    return {"reindexed": len(pair.index), "reindex_seconds": round(seconds, 2), "offset": pair.applied_offset}
+    return outcome
+
+
+def _served_source(ctx: JobContext, version: str) -> ModelSource:
+    """`version` as the apis serve it: a registry version, or the configured default (served from its own
+    folder, under its own version name)."""
+    if ctx.registry.has(version):
+        return resolve_model(version, ctx.settings.models_dir)
+    default = resolve_model(ctx.settings.retrieval_model, ctx.settings.models_dir)
+    if default.version != version:
+        raise ValueError(f"no registry version {version!r}, and the configured model is {default.version!r}")
+    return default
 
 
 def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
@@ -220,7 +253,7 @@ def run_experiment_job(ctx: JobContext, job: ExperimentJob) -> dict[str, Any]:
 
 
 def run_reindex(ctx: JobContext, job: ReindexJob) -> dict[str, Any]:
-    return {"metrics": deploy(ctx, job.version), "model_version": job.version}
+    return {"metrics": deploy(ctx, job.version, recalibrate=job.recalibrate), "model_version": job.version}
 
 
 def run_spec(ctx: JobContext, job: JobSpec) -> dict[str, Any]:

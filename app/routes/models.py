@@ -17,7 +17,7 @@ from xling.app.deps import (
 )
 from xling.app.schemas import NAME_PATTERN, Activation, ActiveModel, ModelsPage
 from xling.app.swap import HotSwap
-from xling.models.index.vector_index import SNAPSHOT_META
+from xling.state.centering import describe
 from xling.state.errors import Conflict, NotFound
 from xling.state.jobs import ReindexJob, parse_job
 from xling.state.registry import Registry
@@ -84,7 +84,10 @@ def delete_model(
 def active_model(engine: EngineDep, registry: RegistryDep, swap: SwapDep) -> ActiveModel:
     pair, source = engine.require_pair(), swap.source
     origin = source.origin if source else None
-    return ActiveModel(version=pair.version, activated=registry.active(), origin=origin, swap_error=swap.error)
+    return ActiveModel(
+        version=pair.version, activated=registry.active(), origin=origin, swap_error=swap.error,
+        centering={**describe(pair.centering, swap.settings), **swap.centering_status()},
+    )
 
 
 @router.post(
@@ -104,7 +107,7 @@ def activate(
         return JSONResponse(Activation(version=version).model_dump())
     if not registry.has(version):
         raise NotFound(f"no registry version {version!r} (GET /models)")
-    if (swap.snapshot_dir(version) / SNAPSHOT_META).is_file():
+    if swap.has_snapshot(version):
         registry.activate(version)
         return JSONResponse(Activation(version=version).model_dump())
     job = queue.submit(ReindexJob(version=version))

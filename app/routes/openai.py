@@ -60,7 +60,9 @@ def _card(engine: Engine, swap: HotSwap) -> ModelCard:
 async def embeddings(
     body: EmbeddingsRequest, engine: EngineDep, swap: SwapDep, settings: SettingsDep
 ) -> EmbeddingsResponse:
-    """Embed texts with the serving model (unit-norm vectors: dot product = cosine)."""
+    """Embed texts with the serving model (unit-norm vectors: dot product = cosine). When the service centres,
+    the vectors are centred as its index's are (`centred` says so): queries on their detected language's mean,
+    documents likewise."""
     texts = _texts(body, settings)
     if body.model not in _served_names(engine, swap):
         raise NotFound(f"model {body.model!r} is not served here; GET /v1/models lists the one that is")
@@ -79,7 +81,8 @@ async def embeddings(
     ]
     tokens = sum(result.tokens)
     return EmbeddingsResponse(
-        data=data, model=result.model_version, usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens)
+        data=data, model=result.model_version, usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens),
+        centred=result.centering_id is not None, centering=result.centering_id,
     )
 
 

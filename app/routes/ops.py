@@ -24,6 +24,7 @@ async def _health(engine: EngineDep, swap: SwapDep, queue: JobQueueDep, status: 
         model_version=pair.version if pair else None,
         model_origin=source.origin if source else None,
         detail=engine.load_error or (engine.applier.last_error if engine.applier else None),
+        centering=_centering_state(swap),
     )
     try:
         health.workers = len(await asyncio.to_thread(queue.live_workers))
@@ -33,6 +34,15 @@ async def _health(engine: EngineDep, swap: SwapDep, queue: JobQueueDep, status: 
     if health.workers == 0:
         health.warnings.append(NO_WORKER)
     return health
+
+
+def _centering_state(swap: SwapDep) -> str:
+    if not swap.settings.centering:
+        return "off"
+    pair = swap.pair
+    if pair is None or pair.centering is None:
+        return "uncalibrated"
+    return f"calibrated:{pair.centering.id}"
 
 
 @router.get("/healthz", response_model=Health)

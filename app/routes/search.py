@@ -37,7 +37,8 @@ async def _run(query: SearchQuery, engine: EngineDep, started: float) -> SearchR
 async def search_post(body: SearchRequest, engine: EngineDep, settings: SettingsDep) -> SearchResponse:
     """Top-k documents for a query in any language; `langs` and `filter` restrict the candidates."""
     started = time.perf_counter()
-    return await _run(limits.search_query(body.query, body.k, body.langs, body.filter, settings), engine, started)
+    query = limits.search_query(body.query, body.k, body.langs, body.filter, settings, body.query_lang)
+    return await _run(query, engine, started)
 
 
 @router.get("/search", response_model=SearchResponse)
@@ -50,10 +51,13 @@ async def search_get(
         list[Annotated[str, StringConstraints(pattern=LANG_LIST_PATTERN)]] | None,
         Query(description="repeat or comma-separate: lang=de&lang=fr, lang=de,fr"),
     ] = None,
+    query_lang: Annotated[
+        str | None, Query(pattern=LANG_PATTERN, description="the query's own language (default: detected)")
+    ] = None,
 ) -> SearchResponse:
     started = time.perf_counter()
     langs = [part for value in lang or [] for part in value.split(",") if part]
     bad = [code for code in langs if not _LANG.match(code)]
     if bad:
         raise InvalidInput(f"not a language code: {bad[0]!r} (expected e.g. 'de', 'zh-Hans')")
-    return await _run(limits.search_query(q, k, langs, None, settings), engine, started)
+    return await _run(limits.search_query(q, k, langs, None, settings, query_lang), engine, started)

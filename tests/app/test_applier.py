@@ -41,7 +41,7 @@ def make_applier(
     settings: dict[str, object] = {"batch": 2, "snapshot_every_entries": 1_000, "snapshot_interval_s": 3_600}
     settings.update(options)
     return Applier(
-        doc_reader, lambda: pair, watermark or Watermark(), Metrics(), snapshot_dir=lambda v: tmp_path / v,
+        doc_reader, lambda: pair, watermark or Watermark(), Metrics(), snapshot_dir=lambda p: tmp_path / p.version,
         **settings,  # type: ignore[arg-type]
     )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.synthetic import make_groups, smooth_fake_encoder, write_lareqa
-from xling.models.centering import center, language_means
+from xling.models.centering import Centering, calibrate, center, language_means
 from xling.models.data.lareqa import load_lareqa
 from xling.models.evaluation.evaluate import evaluate_lareqa
 
@@ -68,3 +68,32 @@ def test_centring_removes_a_per_language_offset_that_bias_put_there(tmp_path) ->
 def test_every_language_present_has_a_mean_at_the_lowest_counts(min_count: int) -> None:
     vectors = unit(np.eye(3, dtype=np.float32))
     assert set(language_means(vectors, ["a", "b", "a"], min_count)) == {"a", "b"}
+
+
+def test_calibrate_means_fallback_query_mean_and_file_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sample = [(f"d{i}", lang, f"{lang}{i:02d}w {lang}{i + 1:02d}w") for lang in ("en", "de") for i in range(6)]
+    sample.append(("s0", "sw", "sw01w"))  # one Swahili document: below min_count, no mean
+    centering = calibrate(smooth_fake_encoder, sample, model_version="v1", min_count=2, now=5.0)  # type: ignore[arg-type]
+    assert centering.languages == ["de", "en"] and centering.counts == {"de": 6, "en": 6}
+    for lang in ("en", "de"):
+        texts = [text for _, code, text in sample if code == lang]
+        np.testing.assert_allclose(centering.means[lang], smooth_fake_encoder(texts, "passage").mean(axis=0),
+                                   rtol=1e-6, atol=1e-7)
+        queries = smooth_fake_encoder(texts, "query").mean(axis=0)
+        assert centering.query_mean.shape == queries.shape
+    np.testing.assert_allclose(centering.fallback, (centering.means["en"] + centering.means["de"]) / 2, atol=1e-7)
+    centred = centering.documents(np.ones((1, 16), dtype=np.float32), ["sw"])  # no mean: the fallback
+    np.testing.assert_allclose(centred, center(np.ones((1, 16), dtype=np.float32), ["x"], {"x": centering.fallback}))
+
+    centering.save(tmp_path)
+    loaded = Centering.load(tmp_path)
+    assert loaded is not None and loaded.id == centering.id and loaded.counts == centering.counts
+    np.testing.assert_array_equal(loaded.means["en"], centering.means["en"])
+    other = calibrate(smooth_fake_encoder, sample[1:], model_version="v1", min_count=2)  # type: ignore[arg-type]
+    assert other.id != centering.id and other.corpus_fingerprint != centering.corpus_fingerprint
+    tampered = centering.to_dict()
+    tampered["means"]["en"][0] += 0.5
+    with pytest.raises(ValueError, match="hash to"):
+        Centering.from_dict(tampered)
+    with pytest.raises(ValueError, match="no language has 7"):
+        calibrate(smooth_fake_encoder, sample, model_version="v1", min_count=7)  # type: ignore[arg-type]

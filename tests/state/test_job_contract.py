@@ -39,7 +39,7 @@ def test_stored_parameters_keep_their_shape() -> None:
     finetune = SPECS[0].params()
     assert finetune["dataset"] == ["qa"] and finetune["config"] == dataclasses.asdict(TrainConfig(batch_size=8))
     assert SPECS[1].params() == {"model": "v1", "datasets": ["ev", "bitext"], "centering": False}
-    assert SPECS[3].params() == {"version": "v2"}
+    assert SPECS[3].params() == {"version": "v2", "recalibrate": False}
 
 
 def test_what_a_job_uses_is_known_without_string_keys() -> None:

@@ -1,0 +1,195 @@
+"""Serving-side centring (models/centering.py does the arithmetic): where a version's means live, calibrating
+them on the served corpus, the languages of documents and queries, and how far the corpus has drifted since.
+
+Policy (README, "Centring"; numbers in bench/RESULTS.md):
+- A version's means are calibrated once, from a sample of the served corpus (up to `centering_sample_per_lang`
+  documents per language), when its index is first built on a corpus where some language has
+  `centering_min_docs` documents; until then it serves uncentred. Then they are frozen: the index holds vectors
+  centred with them, and its snapshot folder is named after them (`snapshot_folder`), so every replica and
+  every restart pairs the index with the means it was built with.
+- Each api counts what it applies after that (`DriftTracker`). When a language without a mean reaches
+  `centering_min_docs` documents, or a language's mean would move by more than `centering_drift_threshold` of
+  its length, it advises recalibration; the api queues one `reindex` job with `recalibrate` (the worker samples
+  again, writes new means, re-encodes into a new snapshot, and every api swaps to it like to a new model).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xling.models.centering import CENTERING_FILE, Centering, calibrate
+from xling.models.encoder import Encoder
+from xling.models.files import write_json_atomic
+from xling.models.language import LanguageDetector
+from xling.state.docstore import DocReader, StoredDoc
+from xling.state.settings import Settings
+
+DETECTOR = LanguageDetector()
+
+
+def centering_folder(settings: Settings, version: str) -> Path:
+    """Beside the version's xling.json when it is a registry version; else (the configured default served from
+    its own folder) under DATA_DIR/centering/<version>/."""
+    registry_folder = settings.models_dir / version
+    if (registry_folder / "xling.json").is_file():
+        return registry_folder
+    return settings.data_dir / "centering" / version
+
+
+def load_centering(settings: Settings, version: str) -> Centering | None:
+    """The version's current means; None when centring is off or the version was never calibrated."""
+    if not settings.centering:
+        return None
+    return Centering.load(centering_folder(settings, version))
+
+
+def centering_stamp(settings: Settings, version: str) -> tuple[int, int] | None:
+    """(mtime, size) of the means file: a cheap test, each poll, of whether another process replaced it."""
+    try:
+        stat = (centering_folder(settings, version) / CENTERING_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def save_first(centering: Centering, folder: Path) -> Centering:
+    """Write the means unless another replica already has: the first file wins, and the winner's means are
+    returned, so replicas that calibrate at the same time still serve the same means."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{CENTERING_FILE}.{os.getpid()}.{threading.get_ident()}"
+    write_json_atomic(temporary, centering.to_dict())
+    try:
+        os.link(temporary, folder / CENTERING_FILE)  # fails if the file exists: no replica overwrites another
+        return centering
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+        existing = Centering.load(folder)
+        assert existing is not None
+        return existing
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def snapshot_folder(indexes_dir: Path, version: str, centering: Centering | None) -> Path:
+    """indexes/<version>/ for an uncentred index; indexes/<version>/centred-<means id>/ for a centred one."""
+    base = indexes_dir / version
+    return base if centering is None else base / f"centred-{centering.id}"
+
+
+def document_languages(docs: Sequence[StoredDoc]) -> list[str | None]:
+    """Each document's `lang`, or the detected one when it was indexed without."""
+    return [doc.lang or DETECTOR.detect(doc.text) for doc in docs]
+
+
+def query_language(text: str, given: str | None, centering: Centering) -> str | None:
+    """The query's language: given, else detected among the languages that have a mean (None: the global
+    query mean serves)."""
+    return given or DETECTOR.detect(text, centering.means.keys())
+
+
+def sample_corpus(reader: DocReader, per_lang: int) -> tuple[list[tuple[str, str, str]], int]:
+    """Up to `per_lang` documents of each language as (id, language, text), and how many documents there are."""
+    taken: dict[str, int] = {}
+    sample: list[tuple[str, str, str]] = []
+    total = 0
+    for docs in reader.iter_all(2_048):
+        total += len(docs)
+        for (doc_id, doc), lang in zip(docs, document_languages([d for _, d in docs]), strict=True):
+            if lang is not None and taken.get(lang, 0) < per_lang:
+                taken[lang] = taken.get(lang, 0) + 1
+                sample.append((doc_id, lang, doc.text))
+    return sample, total
+
+
+def calibrate_corpus(reader: DocReader, encoder: Encoder, settings: Settings) -> Centering | None:
+    """Means from a sample of the served corpus; None while no language has enough documents."""
+    sample, total = sample_corpus(reader, settings.centering_sample_per_lang)
+    counts: dict[str, int] = {}
+    for _, lang, _ in sample:
+        counts[lang] = counts.get(lang, 0) + 1
+    if not any(n >= settings.centering_min_docs for n in counts.values()):
+        return None
+    return calibrate(encoder.encode, sample, model_version=encoder.version, min_count=settings.centering_min_docs,
+                     corpus_size=total)
+
+
+def uncalibrated_status(declared: dict[str, int], total: int, min_docs: int) -> dict[str, Any]:
+    """An index served uncentred (no means yet): calibrate once a declared language, or the documents without
+    one (their languages are detected when calibrating), reach `min_docs`."""
+    undeclared = total - sum(declared.values())
+    reasons = [f"{lang} has {n} documents" for lang, n in sorted(declared.items()) if n >= min_docs]
+    if undeclared >= min_docs:
+        reasons.append(f"{undeclared} documents without a language")
+    return {"languages": {**declared, **({"unknown": undeclared} if undeclared else {})},
+            "recalibrate": bool(reasons), "reasons": reasons}
+
+
+@dataclass
+class DriftTracker:
+    """Running sums, per language, of the raw vectors of documents applied after the means were calibrated."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, vectors: np.ndarray, langs: Sequence[str | None]) -> None:
+        with self._lock:
+            for row, lang in enumerate(langs):
+                key = lang or ""
+                self.sums[key] = self.sums.get(key, np.zeros(vectors.shape[1])) + vectors[row].astype(np.float64)
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def status(self, centering: Centering, min_docs: int, threshold: float) -> dict[str, Any]:
+        """Per language: documents since calibration and how far its mean would move; and whether (and why)
+        recalibration is advised."""
+        with self._lock:
+            sums, counts = dict(self.sums), dict(self.counts)
+        reasons: list[str] = []
+        languages: dict[str, Any] = {}
+        for lang, added in sorted(counts.items()):
+            if lang in centering.means:
+                frozen, before = centering.means[lang].astype(np.float64), centering.counts[lang]
+                moved = (frozen * before + sums[lang]) / (before + added)
+                shift = float(np.linalg.norm(moved - frozen)) / max(float(np.linalg.norm(frozen)), 1e-12)
+                languages[lang] = {"since_calibration": added, "shift": round(shift, 4)}
+                if shift > threshold:
+                    reasons.append(f"{lang} mean moved {shift:.3f} (> {threshold:g})")
+            else:
+                languages[lang or "unknown"] = {"since_calibration": added, "has_mean": False}
+                if lang and added >= min_docs:
+                    reasons.append(f"{lang} has {added} documents and no mean")
+        return {"languages": languages, "recalibrate": bool(reasons), "reasons": reasons}
+
+
+def describe(centering: Centering | None, settings: Settings) -> dict[str, Any]:
+    """What /healthz and /models/active say about the serving pair's centring."""
+    if not settings.centering:
+        return {"enabled": False}
+    if centering is None:
+        return {"enabled": True, "state": "uncalibrated",
+                "detail": f"serving uncentred until a language has {settings.centering_min_docs} documents"}
+    return {"enabled": True, "state": "calibrated", "id": centering.id, "languages": centering.languages,
+            "calibrated_at": centering.calibrated_at, "corpus_size": centering.corpus_size,
+            "corpus_fingerprint": centering.corpus_fingerprint}
+
+
+def means_for_build(reader: DocReader, encoder: Encoder, settings: Settings) -> Centering | None:
+    """The means an index of this version is built with: the version's frozen ones, else a first calibration
+    on the corpus (kept only if no other replica wrote one first), else None (too few documents, or off)."""
+    if not settings.centering:
+        return None
+    folder = centering_folder(settings, encoder.version)
+    existing = Centering.load(folder)
+    if existing is not None:
+        return existing
+    fresh = calibrate_corpus(reader, encoder, settings)
+    return None if fresh is None else save_first(fresh, folder)

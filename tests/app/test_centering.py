@@ -1,0 +1,182 @@
+"""Serving-side centring: means calibrated on the served corpus, documents and queries centred with the right
+language's mean, the same means across restarts, rebuilds and swaps, and the recalibration the api asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as aredis
+
+from tests.conftest import RunningService, running_service
+from tests.synthetic import LANGS, corpus
+from xling.models.centering import Centering, center
+from xling.models.encoder import Encoder
+from xling.models.resolve import resolve_model
+from xling.state.centering import centering_folder, query_language
+from xling.state.docstore import DocStore, StoredDoc
+from xling.state.indexing import load_encoder
+from xling.state.keys import RedisKeys
+from xling.state.settings import Settings
+from xling.worker.runner import run_job
+
+PER_LANG = 8
+RARE = {"id": "sw-0", "text": "en01w de02w fr03w", "lang": "sw"}  # one Swahili document: below the count
+
+
+def write_corpus(settings: Settings, docs: list[dict[str, Any]]) -> None:
+    """Documents already in Redis when the service starts (a corpus it calibrates on while building)."""
+
+    async def write() -> None:
+        client = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        store = DocStore(client, RedisKeys(settings.key_prefix))
+        await store.upsert([(d["id"], StoredDoc(d["text"], d.get("lang"))) for d in docs])
+        await client.aclose()
+
+    asyncio.run(write())
+
+
+def served_encoder(settings: Settings) -> Encoder:
+    return load_encoder(resolve_model(settings.retrieval_model, settings.models_dir), settings)
+
+
+def served_means(settings: Settings, version: str) -> Centering:
+    centering = Centering.load(centering_folder(settings, version))
+    assert centering is not None, "no means file"
+    return centering
+
+
+def search(service: RunningService, query: str, **params: Any) -> dict[str, Any]:
+    response = service.client.post("/search", json={"query": query, "k": 100, **params})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_startup_calibrates_on_the_corpus_and_centres_documents_and_queries(make_settings: Any) -> None:
+    settings = make_settings(centering_min_docs=5)
+    docs = [*corpus(PER_LANG), RARE]
+    write_corpus(settings, docs)
+    with running_service(settings) as service:
+        version = service.client.get("/healthz").json()["model_version"]
+        centering = served_means(settings, version)
+        assert service.client.get("/healthz").json()["centering"] == f"calibrated:{centering.id}"
+        assert centering.languages == sorted(LANGS) and "sw" not in centering.means
+        assert centering.counts == {lang: PER_LANG for lang in LANGS} and centering.corpus_size == len(docs)
+
+        encoder = served_encoder(settings)
+        for lang in LANGS:  # each mean is numpy's mean of that language's passage vectors
+            texts = [d["text"] for d in docs if d["lang"] == lang]
+            np.testing.assert_allclose(centering.means[lang], encoder.encode(texts, "passage").mean(axis=0),
+                                       rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(centering.fallback, np.mean([centering.means[x] for x in LANGS], axis=0),
+                                   rtol=1e-5, atol=1e-6)
+
+        by_id = {d["id"]: d for d in docs}
+        query = docs[3]["text"]
+        raw_query = encoder.encode([query], "query")
+        for query_lang in ("de", "fr", None):
+            body = search(service, query, **({"query_lang": query_lang} if query_lang else {}))
+            lang = query_lang or query_language(query, None, centering)
+            expected_query = center(raw_query, [lang or ""], centering.means, centering.query_mean)[0]
+            assert len(body["hits"]) == len(docs)
+            for hit in body["hits"]:
+                doc = by_id[hit["id"]]
+                raw_doc = encoder.encode([doc["text"]], "passage")
+                # Swahili has no mean: its document is centred on the fallback.
+                mean = centering.means.get(doc["lang"], centering.fallback)
+                expected_doc = center(raw_doc, ["x"], {"x": mean})[0]
+                assert hit["score"] == pytest.approx(float(expected_query @ expected_doc), abs=2e-5), hit
+
+        embedded = service.client.post("/v1/embeddings", json={"input": [query], "model": version}).json()
+        assert embedded["centred"] is True and embedded["centering"] == centering.id
+        assert np.asarray(embedded["data"][0]["embedding"]) @ expected_query == pytest.approx(1.0, abs=1e-5)
+        active = service.client.get("/models/active").json()["centering"]
+        assert active["id"] == centering.id and active["recalibrate"] is False
+
+
+def test_restarts_and_rebuilds_keep_the_frozen_means(make_settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings(centering_min_docs=5)
+    write_corpus(settings, corpus(PER_LANG))
+    probes = [d["text"] for d in corpus(PER_LANG)[::7]]
+
+    def results(service: RunningService) -> tuple[str, list[list[tuple[str, float]]]]:
+        found = [[(h["id"], round(h["score"], 5)) for h in search(service, q)["hits"]] for q in probes]
+        return service.client.get("/healthz").json()["centering"], found
+
+    with running_service(settings) as first:
+        before = results(first)
+        version = first.client.get("/healthz").json()["model_version"]
+    assert before[0].startswith("calibrated:")
+    means_id = before[0].split(":", 1)[1]
+    assert (settings.indexes_dir / version / f"centred-{means_id}" / "snapshot.json").is_file()
+
+    with caplog.at_level("INFO"), running_service(settings) as second:
+        assert results(second) == before
+    assert "snapshot loaded" in caplog.text
+
+    # More documents in Redis, and no snapshot: the rebuild centres with the frozen means, not new ones.
+    write_corpus(settings, [{"id": f"extra-{i}", "text": f"en{i:02d}w en{i + 1:02d}w", "lang": "en"}
+                            for i in range(20)])
+    shutil.rmtree(settings.indexes_dir)
+    caplog.clear()
+    with caplog.at_level("INFO"), running_service(settings) as rebuilt:
+        state, found = results(rebuilt)
+        assert state == before[0]
+        assert [[hit for hit in hits if not hit[0].startswith("extra-")] for hits in found] == before[1]
+    assert "encoding all documents" in caplog.text
+
+
+def test_centering_off_serves_raw_vectors(make_settings: Any) -> None:
+    settings = make_settings(centering=False, centering_min_docs=2)
+    docs = corpus(4)
+    with running_service(settings) as service:
+        assert service.index(docs).status_code == 200
+        version = service.client.get("/healthz").json()["model_version"]
+        assert service.client.get("/healthz").json()["centering"] == "off"
+        encoder = served_encoder(settings)
+        hit = search(service, docs[0]["text"], k=1)["hits"][0]
+        raw = encoder.encode([docs[0]["text"]], "query") @ encoder.encode([docs[0]["text"]], "passage").T
+        assert hit["id"] == docs[0]["id"] and hit["score"] == pytest.approx(float(raw[0, 0]), abs=2e-5)
+        embedded = service.client.post("/v1/embeddings", json={"input": ["x"], "model": version}).json()
+        assert embedded["centred"] is False and embedded["centering"] is None
+    assert not centering_folder(settings, version).exists()
+
+
+def test_an_uncalibrated_service_asks_for_recalibration_and_swaps_to_the_workers_means(
+    make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started empty, the service serves raw vectors; once a language has enough documents it queues one
+    recalibration job. The worker's job (run here in-process) writes means and a snapshot built with them;
+    the api swaps to that snapshot instead of encoding again."""
+    settings = make_settings(centering_min_docs=5, swap_poll_s=0.2)
+    with caplog.at_level("INFO"), running_service(settings) as service:
+        assert service.client.get("/healthz").json()["centering"] == "uncalibrated"
+        assert service.index(corpus(6)).status_code == 200
+        job = wait(lambda: next(iter(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]), None))
+        assert job["params"]["recalibrate"] is True
+        time.sleep(1.0)  # later polls do not queue a second one
+        assert len(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]) == 1
+
+        run_job(job["id"], settings)
+        done = service.client.get(f"/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done
+        state = wait(lambda: (s := service.client.get("/healthz").json()["centering"]).startswith("calibrated:") and s)
+        version = service.client.get("/healthz").json()["model_version"]
+        assert state == f"calibrated:{served_means(settings, version).id}"
+        assert state == f"calibrated:{done['metrics']['centering']}"
+        assert service.client.get("/models/active").json()["version"] == version  # the same version, new means
+    assert caplog.text.count("snapshot loaded") == 1  # the swap loaded the worker's snapshot
+
+
+def wait(condition: Any, timeout_s: float = 30) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out")
