@@ -7,9 +7,11 @@ import re
 import uuid
 from typing import Any
 
-from xling.app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, ReindexRequest
+from xling.app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, GuardIn, ReindexRequest
 from xling.models.data.parallel import check_shape
 from xling.models.data.text import DataError
+from xling.models.evaluation.guards import BITEXT_METRICS, LAREQA_METRICS, Guard
+from xling.models.training.interpolate import DEFAULT_WEIGHTS
 from xling.models.training.trainer import TrainConfig
 from xling.state.datasets import dataset_info, training_shape
 from xling.state.errors import InvalidInput
@@ -73,16 +75,44 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
         epochs=request.epochs, max_steps=request.max_steps, max_length=request.max_length,
         val_fraction=request.val_fraction, checkpoint_steps=request.checkpoint_steps, seed=request.seed,
         freeze_embeddings=request.freeze_embeddings, query_prefix=request.query_prefix,
-        passage_prefix=request.passage_prefix,
+        passage_prefix=request.passage_prefix, interpolate=request.interpolate,
+        interpolation_weights=request.interpolation_weights or list(DEFAULT_WEIGHTS),
+        guard_max_drop=request.guard_max_drop, early_stopping_patience=request.early_stopping_patience,
+        eval_steps=request.eval_steps, mixing=request.mixing,
     )
+    if request.mixing is not None:
+        unknown = sorted(set(request.mixing) - set(datasets))
+        if unknown:
+            raise InvalidInput(f"mixing names {unknown}, which are not training datasets of this job {datasets}")
+        if not any(request.mixing.get(name, 0) > 0 for name in datasets):
+            raise InvalidInput("mixing gives every training dataset a share of 0")
     try:
         config.validate()
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
+    guards = None if request.guards is None else _guards(request.guards, request.eval_datasets, settings)
+    if guards and request.deploy != "if_better":
+        raise InvalidInput("guards decide deploy 'if_better'; with another deploy mode they would do nothing")
     return FinetuneJob(
         dataset=datasets, base=request.base, config=config, eval_datasets=request.eval_datasets,
-        deploy=request.deploy, compare_on=request.compare_on, version=version,
+        deploy=request.deploy, compare_on=request.compare_on, guards=guards, guard_max_drop=request.guard_max_drop,
+        version=version,
     )
+
+
+def _guards(requested: list[GuardIn], eval_datasets: list[str], settings: Settings) -> list[Guard]:
+    """Each guard names an eval dataset of this job and a metric that dataset's kind reports."""
+    guards = []
+    for guard in requested:
+        name, metric = guard.metric.rsplit(":", 1)
+        if name not in eval_datasets:
+            raise InvalidInput(f"guard {guard.metric!r}: {name!r} is not one of eval_datasets {eval_datasets}")
+        kind = "bitext" if _dataset(name, settings)["kind"] == "bitext" else "lareqa"
+        known = BITEXT_METRICS if kind == "bitext" else LAREQA_METRICS
+        if metric not in known:
+            raise InvalidInput(f"guard {guard.metric!r}: a {kind} set reports {', '.join(known)}")
+        guards.append(Guard(guard.metric, guard.max_drop))
+    return guards
 
 
 def evaluate_job(request: EvaluateRequest, settings: Settings, registry: Registry) -> EvaluateJob:

@@ -147,6 +147,14 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 StrategyName = Literal["monolingual", "crosslingual", "hybrid"]
 
 
+class GuardIn(_Strict):
+    metric: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[a-z_@0-9]+$",
+        description="<eval dataset>:<metric>, e.g. xquad:mono_map or tatoeba:bitext_acc@1",
+    )
+    max_drop: float = Field(0.005, ge=0, le=1, description="how far it may fall (rise, for rank_distance)")
+
+
 class FinetuneRequest(_Strict):
     dataset: Name | list[Name] = Field(
         description="a dataset under DATA_DIR/datasets (GET /datasets), or several: parallel QA and/or bitext"
@@ -175,6 +183,27 @@ class FinetuneRequest(_Strict):
         None,
         description="if_better compares on this eval dataset (Multi mAP of a LAReQA set, accuracy@1 of a bitext set);"
         " default: Multi mAP averaged over the LAReQA eval datasets",
+    )
+    guards: list[GuardIn] | None = Field(
+        None,
+        description="if_better deploys only if none of these fell by more than its max_drop; default: Mono mAP of"
+        " every LAReQA eval dataset and accuracy@1 of every bitext one, max_drop guard_max_drop; [] for none",
+    )
+    guard_max_drop: float = Field(0.005, ge=0, le=1, description="the default guards' bound")
+    interpolate: bool = Field(
+        False, description="WiSE-FT: move the tuned weights back toward the base by the weight that scores best on"
+        " the validation split without its Mono mAP falling by more than guard_max_drop",
+    )
+    interpolation_weights: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, min_length=1, max_length=20, description="weights on the tuned model to try; default 0.2 ... 1.0"
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many validation evaluations without improvement (needs eval_steps)"
+    )
+    eval_steps: int | None = Field(None, ge=1, description="validate every this many steps")
+    mixing: dict[Name, Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="share of cross-lingual batches per training dataset, e.g. {\"mlqa\": 0.5, \"bre\": 0.5};"
+        " default: proportional to each dataset's cross-lingual pairs",
     )
     version: Name | None = Field(None, description="name of the new version; default ft-<job id>")
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard
 from xling.models.training.trainer import TrainConfig
 from xling.state.settings import Settings
 
@@ -71,6 +72,10 @@ class FinetuneJob(JobSpec):
     eval_datasets: list[str] = []
     deploy: Deploy = "never"
     compare_on: str | None = None
+    # if_better also needs every guard kept; None: Mono mAP of every LAReQA eval set and accuracy@1 of every
+    # bitext eval set may fall by at most guard_max_drop (models/evaluation/guards.py).
+    guards: list[Guard] | None = None
+    guard_max_drop: float = DEFAULT_MAX_DROP
     version: str
 
     _one_or_many = field_validator("dataset", mode="before")(as_list)

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
 from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
 from xling.models.evaluation.reports import write_evaluation_report
@@ -191,22 +192,23 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
         registry_dir=ctx.settings.models_dir,
         version=version, device=None if ctx.settings.device == "auto" else ctx.settings.device,
         progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
-        resume_from=bool(ctx.job.retry_of) or None, allow_folder=ctx.folder_allowed(base),
+        resume_from=bool(ctx.job.retry_of) or None, allow_folder=ctx.folder_allowed(base), dataset_names=job.dataset,
     )
     if result.cancelled:
         raise Cancelled(f"cancelled at step {result.steps}")
     outcome: dict[str, Any] = {"metrics": dict(result.metrics), "model_version": version}
     eval_sets = job.eval_datasets
-    candidate_score, metric = None, None
     ctx.stop_if_cancelled("after training")
+    # Models are compared as they would be served: centred per language when the service centres.
+    centred = ctx.settings.centering
+    report = None
     if eval_sets:
-        report = _evaluate_version(ctx, version, eval_sets, "candidate")
-        metric, candidate_score = report.score(job.compare_on)
+        report = _evaluate_version(ctx, version, eval_sets, "candidate", centering=centred)
         if report.lareqa:  # the first LAReQA set's metrics at the top level, as before bitext sets existed
             outcome["metrics"].update({f"eval_{k}": v for k, v in report.lareqa[0].result.metrics.items()})
-        outcome["metrics"].update(
-            {f"eval:{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
-        )
+        outcome["metrics"].update({f"eval:{name}": v for name, v in report.flat_metrics().items()})
+        if centred:
+            outcome["metrics"].update({f"eval:centred:{name}": v for name, v in report.flat_metrics(True).items()})
         manifest = read_manifest(out)
         assert manifest is not None
         manifest.metrics.update({"evaluation": report.to_dict()})
@@ -214,10 +216,10 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
     mode = job.deploy
     decision: dict[str, Any] = {"mode": mode, "deployed": False}
     if mode == "if_better":
-        _, active_score = _evaluate_version(ctx, "active", eval_sets, "active").score(job.compare_on)
-        decision.update(metric=metric, compare_on=job.compare_on or "LAReQA eval sets (mean)",
-                        candidate=candidate_score, active=active_score)
-        decision["deployed"] = candidate_score is not None and candidate_score > active_score
+        assert report is not None  # if_better needs eval sets (checked when queued)
+        active = _evaluate_version(ctx, "active", eval_sets, "active", centering=centred)
+        decision.update(deploy_decision(report, active, job.compare_on, job.guards, centred=centred,
+                                        max_drop=job.guard_max_drop))
     elif mode == "always":
         decision["deployed"] = True
     if decision["deployed"]:
@@ -229,10 +231,10 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> dict[str, Any]:
     report = _evaluate_version(ctx, job.model, job.datasets, "report", centering=job.centering)
-    metrics = {f"{name}:{k}": v for name, values in report.set_metrics().items() for k, v in values.items()}
-    for ev in report.lareqa:
-        if ev.centred is not None:
-            metrics.update({f"{ev.name}:centred:{k}": v for k, v in ev.centred.metrics.items()})
+    metrics = report.flat_metrics()
+    if job.centering:
+        metrics.update({f"{name}:centred:{k}": v for name, values in report.set_metrics(True).items()
+                        for k, v in values.items()})
     return {"metrics": metrics, "model_version": report.model_version}
 
 

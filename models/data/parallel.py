@@ -27,6 +27,7 @@ class ParallelGroup:
     queries: dict[str, str]
     passages: dict[str, str]
     cross_only: bool = False  # bitext: the two sides are translations, not a question and its answer
+    source: str = ""  # the dataset it came from (what data mixing shares out cross-lingual batches by)
 
     def mono_langs(self) -> list[str]:
         """Languages with both a query and a passage (usable in a monolingual batch)."""

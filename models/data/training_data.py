@@ -10,20 +10,31 @@ from xling.models.data.parallel import DatasetSummary, ParallelGroup, load_paral
 from xling.models.data.text import DataError
 
 
-def load_training_data(
-    paths: Path | list[Path], with_context: bool = False
-) -> tuple[list[ParallelGroup], DatasetSummary]:
-    """Groups from one or more datasets, each parallel QA (LAReQA folder, JSONL groups) or bitext."""
+def source_name(path: Path) -> str:
+    """A dataset's name when none is given: its file or folder name, without `.jsonl`."""
+    return path.name.removesuffix(".jsonl")
 
+
+def load_training_data(
+    paths: Path | list[Path], with_context: bool = False, names: list[str] | None = None
+) -> tuple[list[ParallelGroup], DatasetSummary]:
+    """Groups from one or more datasets, each parallel QA (LAReQA folder, JSONL groups) or bitext; each group
+    remembers its dataset (`names`, default `source_name` of each path)."""
+    path_list = [paths] if isinstance(paths, Path) else list(paths)
+    labels = names or [source_name(path) for path in path_list]
+    if len(labels) != len(path_list) or len(set(labels)) != len(labels):
+        raise DataError(f"datasets need one distinct name each, got {labels}")
     groups: list[ParallelGroup] = []
     skipped: Counter[str] = Counter()
-    for path in [paths] if isinstance(paths, Path) else paths:
+    for path, label in zip(path_list, labels, strict=True):
         if is_bitext(path):
-            groups += bitext_groups(load_bitext(path))
+            loaded = bitext_groups(load_bitext(path))
         else:
-            qa_groups, summary = load_parallel(path, with_context)
-            groups += qa_groups
+            loaded, summary = load_parallel(path, with_context)
             skipped.update(summary.skipped)
+        for group in loaded:
+            group.source = label
+        groups += loaded
     ids = Counter(g.id for g in groups)
     repeated = sorted(i for i, n in ids.items() if n > 1)
     if repeated:

@@ -13,7 +13,9 @@ from typing import Any
 
 DEFAULT_MAX_DROP = 0.005
 LOWER_IS_BETTER = {"rank_distance"}
-GUARDED_BY_DEFAULT = ("mono_map", "bitext_acc@1")  # Mono mAP of every LAReQA set, accuracy of every bitext set
+GUARDED_BY_DEFAULT = ("mono_map", "bitext_acc@1")
+LAREQA_METRICS = ("mono_map", "cross_map", "multi_map", "rank_distance")  # what a guard may name, per set kind
+BITEXT_METRICS = ("bitext_acc@1",)  # Mono mAP of every LAReQA set, accuracy of every bitext set
 
 
 @dataclass(frozen=True)

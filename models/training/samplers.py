@@ -14,11 +14,18 @@ Guarantees, for every epoch:
 - a hybrid batch is monolingual with probability alpha, else cross-lingual (when one kind has no
   unused groups left, the other is used);
 - the batches depend only on (seed, epoch): same seed, same batches; a new epoch, a new order.
+
+Data mixing, when the groups come from several datasets (or `cross_shares` is given): a cross-lingual batch is
+drawn from one dataset, chosen with probability equal to its share (default: proportional to its cross-lingual
+groups), and each dataset's groups cycle on their own, reshuffled at each pass, so a small dataset (a rare
+language's few hundred pairs) is seen as often as its share says, and a group used in a monolingual batch can
+still appear in a cross-lingual one. An epoch then has as many batches as one pass over the groups would.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -50,6 +57,7 @@ class HybridBatchSampler(BatchSampler):
         alpha: float = 0.5,
         seed: int = 0,
         drop_last: bool = False,
+        cross_shares: dict[str, float] | None = None,
     ) -> None:
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -67,6 +75,7 @@ class HybridBatchSampler(BatchSampler):
         self._cross_pairs = [g.cross_pairs() for g in groups]
         self._languages = sorted({lang for langs in self._mono_langs for lang in langs})
         self._plans: dict[int, list[PlannedBatch]] = {}
+        self.cross_shares = _resolve_shares(groups, self._cross_pairs, cross_shares)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at the start of each epoch; the batches are reseeded from it."""
@@ -81,19 +90,32 @@ class HybridBatchSampler(BatchSampler):
         for batch in plan:
             yield batch.rows
 
-    def composition(self, epoch: int) -> dict[str, object]:
-        """Batch counts by kind and training pairs by language pair, for logs and manifests."""
-        plan = self.plan(epoch)
+    def composition(self, epoch: int, limit: int | None = None) -> dict[str, object]:
+        """Batch counts by kind, training pairs by language pair and, when mixing, cross-lingual batches and
+        pairs by dataset; of the epoch's plan, or of its first `limit` batches (a run that stops early)."""
+        plan = self.plan(epoch)[:limit]
         pairs: Counter[str] = Counter()
+        by_source: Counter[str] = Counter()
+        pairs_by_source: Counter[str] = Counter()
         for batch in plan:
             for row in batch.rows:
-                _, q, p = self._pairs[row]
+                group, q, p = self._pairs[row]
                 pairs[f"{q}->{p}"] += 1
-        return {
+                if batch.kind == "cross":
+                    pairs_by_source[self.groups[group].source] += 1
+            if batch.kind == "cross" and batch.rows:
+                by_source[self.groups[self._pairs[batch.rows[0]][0]].source] += 1
+        found: dict[str, object] = {
             "mono_batches": sum(b.kind == "mono" for b in plan),
             "cross_batches": sum(b.kind == "cross" for b in plan),
             "language_pairs": dict(sorted(pairs.items())),
         }
+        if self.cross_shares is not None:
+            found["cross_by_dataset"] = {
+                source: {"share": share, "batches": by_source[source], "pairs": pairs_by_source[source]}
+                for source, share in self.cross_shares.items()
+            }
+        return found
 
     def plan(self, epoch: int) -> list[PlannedBatch]:
         if epoch not in self._plans:
@@ -101,6 +123,8 @@ class HybridBatchSampler(BatchSampler):
         return self._plans[epoch]
 
     def _make_plan(self, epoch: int) -> list[PlannedBatch]:
+        if self.cross_shares is not None:
+            return self._make_mixed_plan(epoch)
         rng = random.Random(f"{self.seed}/{epoch}")
         mono_ok, cross_ok = self.alpha > 0, self.alpha < 1
         order = list(range(len(self.groups)))
@@ -150,6 +174,97 @@ class HybridBatchSampler(BatchSampler):
                 plan.append(PlannedBatch("mono" if mono else "cross", rows))
         return plan
 
+    def _make_mixed_plan(self, epoch: int) -> list[PlannedBatch]:
+        """Monolingual batches as in the plain plan (each group at most once per epoch); cross-lingual batches
+        from one dataset each, chosen by share, each dataset cycling through its own groups."""
+        assert self.cross_shares is not None
+        rng = random.Random(f"{self.seed}/{epoch}/mixed")
+        order = list(range(len(self.groups)))
+        rng.shuffle(order)
+        mono_ok, cross_ok = self.alpha > 0, self.alpha < 1
+        used_mono = [False] * len(self.groups)
+        mono_queue = {lang: [g for g in order if lang in self._mono_langs[g]] for lang in self._languages}
+        mono_left = {lang: len(queue) for lang, queue in mono_queue.items()} if mono_ok else {}
+        cursor: Counter[str] = Counter()
+        sources = [s for s, share in self.cross_shares.items() if share > 0] if cross_ok else []
+        cross_groups = {s: [g for g in order if self._cross_pairs[g] and self.groups[g].source == s] for s in sources}
+        cycles = {s: _Cycle(groups, rng) for s, groups in cross_groups.items()}
+        eligible = {g for g in order if (mono_ok and self._mono_langs[g]) or (cross_ok and self._cross_pairs[g])}
+        plan: list[PlannedBatch] = []
+        for _ in range(math.ceil(len(eligible) / self.batch_size)):
+            mono = rng.random() < self.alpha
+            can_mono = any(n > 0 for n in mono_left.values())
+            if mono and not can_mono:
+                mono = False
+            elif not mono and not sources:
+                mono = True
+            if (mono and not can_mono) or (not mono and not sources):
+                break  # nothing left to draw from in this epoch
+            if mono:
+                full = [lang for lang, n in mono_left.items() if n >= self.batch_size]
+                lang = rng.choice(full or [lang for lang, n in mono_left.items() if n > 0])
+                chosen: list[int] = []
+                queue = mono_queue[lang]
+                while len(chosen) < self.batch_size and cursor[lang] < len(queue):
+                    g = queue[cursor[lang]]
+                    cursor[lang] += 1
+                    if not used_mono[g]:
+                        chosen.append(g)
+                for g in chosen:
+                    used_mono[g] = True
+                    for other in self._mono_langs[g]:
+                        mono_left[other] -= 1
+                rows = [self._row_of[(g, lang, lang)] for g in chosen]
+            else:
+                source = rng.choices(sources, weights=[self.cross_shares[s] for s in sources])[0]
+                chosen = cycles[source].take(self.batch_size)
+                rows = [self._row_of[(g, *rng.choice(self._cross_pairs[g]))] for g in chosen]
+            if len(rows) == self.batch_size or not self.drop_last:
+                plan.append(PlannedBatch("mono" if mono else "cross", rows))
+        return plan
+
+
+class _Cycle:
+    """One dataset's cross-lingual groups, handed out in a shuffled order; a new order at each pass."""
+
+    def __init__(self, groups: list[int], rng: random.Random) -> None:
+        self.groups, self.rng = groups, rng
+        self.queue: list[int] = []
+        self.passes = 0
+
+    def take(self, n: int) -> list[int]:
+        """Up to n distinct groups (fewer only when the dataset has fewer)."""
+        taken: list[int] = []
+        while len(taken) < min(n, len(self.groups)):
+            if not self.queue:
+                self.queue = self.rng.sample(self.groups, len(self.groups))
+                self.passes += 1
+            g = self.queue.pop()
+            if g in taken:  # a pass ended inside this batch: the next pass's order may repeat a group
+                self.queue.insert(0, g)
+                continue
+            taken.append(g)
+        return taken
+
+
+def _resolve_shares(
+    groups: list[ParallelGroup], cross_pairs: list[list[tuple[str, str]]], shares: dict[str, float] | None
+) -> dict[str, float] | None:
+    """Normalised cross-lingual shares per dataset, or None for the plain plan (one dataset, no shares given).
+    Default: proportional to each dataset's groups with a cross-lingual pair."""
+    counts = Counter(g.source for g, pairs in zip(groups, cross_pairs, strict=True) if pairs)
+    if shares is None:
+        if len({g.source for g in groups}) < 2 or not counts:
+            return None
+        shares = {source: float(n) for source, n in counts.items()}
+    unknown = sorted(set(shares) - {g.source for g in groups})
+    if unknown:
+        raise ValueError(f"mixing names datasets not in the training data: {unknown}")
+    if any(value < 0 for value in shares.values()) or not any(shares.get(s, 0) > 0 for s in counts):
+        raise ValueError(f"mixing shares must be >= 0, with one > 0 for a dataset with cross-lingual pairs: {shares}")
+    total = sum(shares.get(s, 0.0) for s in counts)
+    return {source: shares.get(source, 0.0) / total for source in sorted(counts)}
+
 
 def make_sampler(
     strategy: str,
@@ -159,9 +274,11 @@ def make_sampler(
     alpha: float = 0.5,
     seed: int = 0,
     drop_last: bool = False,
+    cross_shares: dict[str, float] | None = None,
 ) -> HybridBatchSampler:
     """monolingual = hybrid with alpha 1 (X-X-mono), crosslingual = alpha 0 (X-Y), hybrid = the given alpha."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     effective = {"monolingual": 1.0, "crosslingual": 0.0}.get(strategy, alpha)
-    return HybridBatchSampler(groups, pairs, batch_size, alpha=effective, seed=seed, drop_last=drop_last)
+    return HybridBatchSampler(groups, pairs, batch_size, alpha=effective, seed=seed, drop_last=drop_last,
+                              cross_shares=cross_shares)

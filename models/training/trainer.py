@@ -79,6 +79,9 @@ class TrainConfig:
     interpolation_weights: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHTS))
     guard_max_drop: float = DEFAULT_MAX_DROP
     centred_validation: bool = True
+    # Share of cross-lingual batches per dataset name (samplers.py, "Data mixing"); None: proportional to each
+    # dataset's cross-lingual groups. Only used when the data comes from several datasets.
+    mixing: dict[str, float] | None = None
 
     def validate(self) -> None:
         problems = []
@@ -222,6 +225,30 @@ def _half_precision(device: str) -> tuple[bool, bool]:
     return bf16, not bf16
 
 
+def mixing_record(sampler: HybridBatchSampler, groups: list[ParallelGroup], batches: int) -> dict[str, Any]:
+    """Per dataset, over the batches the run will draw: its share, the cross-lingual pairs drawn and how many
+    times that is its cross-lingual groups (a rare language's few hundred pairs, seen N times)."""
+    if sampler.cross_shares is None:
+        return {}
+    drawn: dict[str, int] = {source: 0 for source in sampler.cross_shares}
+    epoch, left = 0, batches
+    while left > 0:
+        plan_length = len(sampler.plan(epoch))
+        if plan_length == 0:
+            break
+        found = sampler.composition(epoch, limit=min(left, plan_length))["cross_by_dataset"]
+        assert isinstance(found, dict)
+        for source, counts in found.items():
+            drawn[source] += counts["pairs"]
+        epoch, left = epoch + 1, left - plan_length
+    sizes = {source: sum(1 for g in groups if g.source == source and g.cross_pairs()) for source in drawn}
+    return {
+        source: {"share": round(share, 4), "cross_groups": sizes[source], "cross_pairs_drawn": drawn[source],
+                 "passes": round(drawn[source] / max(sizes[source], 1), 2)}
+        for source, share in sampler.cross_shares.items()
+    }
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint whose save finished; half-written ones (a worker killed mid-save) are removed.
 
@@ -255,6 +282,7 @@ def finetune(
     resume_from: Path | bool | None = None,
     logging_steps: int = 10,
     allow_folder: bool = True,
+    dataset_names: list[str] | None = None,
 ) -> TrainResult:
     """Fine-tune `base` on `data` (parallel QA and/or bitext datasets); writes a model version folder at `out`.
 
@@ -267,7 +295,7 @@ def finetune(
     config.validate()
     hf_logging.disable_progress_bar()  # progress goes through `progress`
     disable_progress_bars()
-    groups, summary = load_training_data(data, with_context=config.with_context)
+    groups, summary = load_training_data(data, with_context=config.with_context, names=dataset_names)
     check_strategy(groups, config.strategy, config.alpha)
     train_groups, val_groups = split(groups, config.val_fraction, config.seed)
     check_strategy(train_groups, config.strategy, config.alpha)
@@ -286,18 +314,23 @@ def finetune(
         transformer.get_input_embeddings().weight.requires_grad_(False)
     train_pairs = all_pairs(train_groups)
     samplers = {
-        "train": make_sampler(config.strategy, train_groups, train_pairs, config.batch_size, config.alpha, config.seed)
+        "train": make_sampler(config.strategy, train_groups, train_pairs, config.batch_size, config.alpha, config.seed,
+                              cross_shares=config.mixing)
     }
     eval_dataset = None
     if val_groups:
         val_pairs = all_pairs(val_groups)
         # A fixed seed: every evaluation sees the same batches, so validation losses compare.
+        # Validation batches mix by the split's own proportions: a small split may lack a dataset the shares name.
         samplers["eval"] = make_sampler(config.strategy, val_groups, val_pairs, config.batch_size, config.alpha, 12345)
         eval_dataset = pair_dataset(val_groups, val_pairs, config)
 
     steps_per_epoch = math.ceil(len(samplers["train"]) / config.gradient_accumulation_steps)
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     warmup_steps = round(config.warmup_ratio * total_steps)
+    mixing = mixing_record(samplers["train"], train_groups, total_steps * config.gradient_accumulation_steps)
+    if mixing:
+        log.info("data mixing over the run", extra={"mixing": mixing})
     checkpoints = out / "checkpoints"
     eval_steps = config.eval_steps or (config.checkpoint_steps if config.early_stopping_patience else None)
     save_steps = eval_steps if eval_steps and config.early_stopping_patience else config.checkpoint_steps
@@ -387,6 +420,7 @@ def finetune(
             "train_pairs": len(train_pairs),
             "dataset": summary.to_dict(),
             "batch_composition_epoch0": samplers["train"].composition(0),
+            **({"mixing": mixing} if mixing else {}),
             "loss_curve": reporter.losses,
         },
         data_fingerprint=fingerprint(groups),

@@ -1,4 +1,5 @@
-"""WiSE-FT interpolation and guards: exact ends, the weight chosen under guards, the manifest's record."""
+"""WiSE-FT interpolation and guards: exact ends, the weight chosen under guards, the manifest's record, and
+the deploy decision that guards make."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from safetensors.torch import load_file
 from tests.synthetic import make_groups, vocabulary_texts, write_jsonl
 from tests.tiny_model import build_tiny_model
 from xling.models.encoder import Encoder
+from xling.models.evaluation.decision import deploy_decision
+from xling.models.evaluation.evaluate import BitextEvaluation, EvaluationReport, LareqaEvaluation
 from xling.models.evaluation.guards import Guard, check_guards, default_guards
+from xling.models.evaluation.lareqa import LareqaResult
 from xling.models.training.interpolate import choose_weight, interpolate_state, write_interpolated
 from xling.models.training.trainer import TrainConfig, finetune
 
@@ -116,3 +120,27 @@ def test_finetune_interpolates_and_records_the_choice(models: tuple[Path, Path, 
         assert all(torch.equal(_weights(result.path)[k], v) for k, v in _weights(base).items())
     with pytest.raises(ValueError, match="validation split"):
         TrainConfig(interpolate=True, val_fraction=0.0).validate()
+
+
+def _report(version: str, multi: float, mono: float, accuracy: float) -> EvaluationReport:
+    metrics = {"mono_map": mono, "cross_map": 0.5, "multi_map": multi, "rank_distance": 10.0}
+    result = LareqaResult(metrics=metrics, pair_map={}, per_language={})
+    report = EvaluationReport(version, [LareqaEvaluation("xq", "", result, 0.0, 0.0, centred=result)])
+    report.bitext.append(BitextEvaluation("rare", {"bitext_acc@1": accuracy, "centred": {"bitext_acc@1": accuracy}}))
+    return report
+
+
+def test_a_candidate_better_on_compare_on_that_breaks_a_guard_is_not_deployed() -> None:
+    active = _report("a", multi=0.50, mono=0.80, accuracy=0.30)
+    gains_rare_loses_mono = _report("b", multi=0.55, mono=0.78, accuracy=0.60)
+    decision = deploy_decision(gains_rare_loses_mono, active, "rare", None, centred=True)
+    assert decision["candidate"] == 0.60 and decision["active"] == 0.30 and decision["deployed"] is False
+    mono = next(g for g in decision["guards"] if g["metric"] == "xq:mono_map")
+    assert (mono["baseline"], mono["candidate"], mono["passed"]) == (0.80, 0.78, False)
+    assert "a guard fell: xq:mono_map 0.8000 -> 0.7800" in decision["reason"]
+    # Within the bound, the same gain deploys; without guards, even the Mono loss does.
+    keeps_mono = _report("c", multi=0.55, mono=0.797, accuracy=0.60)
+    assert deploy_decision(keeps_mono, active, "rare", None, centred=True)["deployed"] is True
+    assert deploy_decision(gains_rare_loses_mono, active, "rare", [], centred=False)["deployed"] is True
+    worse = deploy_decision(active, gains_rare_loses_mono, None, None, centred=True)
+    assert worse["deployed"] is False and worse["reason"].startswith("not better on multi_map")

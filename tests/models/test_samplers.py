@@ -152,3 +152,52 @@ def test_bad_arguments() -> None:
         HybridBatchSampler(groups, all_pairs(groups), 4, alpha=1.5)
     with pytest.raises(ValueError, match="unknown strategy"):
         make_sampler("bilingual", groups, all_pairs(groups), 4)
+
+
+def two_datasets(qa: int = 120, bitext: int = 30) -> list[ParallelGroup]:
+    """QA groups in three languages beside a small de-en bitext: the rare-language user's mix."""
+    groups = [ParallelGroup(f"qa{i}", {x: f"q{i}{x}" for x in ("en", "de", "fr")},
+                            {x: f"p{i}{x}" for x in ("en", "de", "fr")}, source="qa") for i in range(qa)]
+    groups += [ParallelGroup(f"bt{i}", {"de": f"d{i}", "en": f"e{i}"}, {"de": f"d{i}", "en": f"e{i}"},
+                             cross_only=True, source="rare") for i in range(bitext)]
+    return groups
+
+
+def test_cross_lingual_batches_follow_the_dataset_shares_within_sampling_error() -> None:
+    groups = two_datasets()
+    shares = {"qa": 0.3, "rare": 0.7}
+    s = make_sampler("crosslingual", groups, all_pairs(groups), 4, cross_shares=shares)
+    drawn: list[str] = []
+    for epoch in range(8):
+        plan = s.plan(epoch)
+        assert len(plan) == math.ceil(len(groups) / 4)  # as long as one pass over the groups
+        for batch in plan:
+            sources = {groups[all_pairs(groups)[row][0]].source for row in batch.rows}
+            assert len(sources) == 1 and len(batch.rows) == 4  # one dataset per batch, no group twice
+            assert len({all_pairs(groups)[row][0] for row in batch.rows}) == 4
+            drawn.append(sources.pop())
+    share = drawn.count("rare") / len(drawn)
+    sigma = (0.7 * 0.3 / len(drawn)) ** 0.5
+    assert abs(share - 0.7) < 4 * sigma, (share, len(drawn))
+    # the 30 bitext pairs cycle: seen many times per epoch, which the composition states
+    composition = s.composition(0)
+    rare = composition["cross_by_dataset"]["rare"]  # type: ignore[index]
+    assert rare["share"] == 0.7 and rare["pairs"] == 4 * rare["batches"]
+    assert rare["pairs"] > 30  # more than one pass over the rare dataset within an epoch
+
+
+def test_default_shares_are_proportional_and_one_dataset_keeps_the_plain_plan() -> None:
+    groups = two_datasets(qa=90, bitext=30)
+    s = make_sampler("hybrid", groups, all_pairs(groups), 6, alpha=0.5)
+    assert s.cross_shares == {"qa": 0.75, "rare": 0.25}
+    qa_only = [g for g in groups if g.source == "qa"]
+    plain = make_sampler("hybrid", qa_only, all_pairs(qa_only), 6, alpha=0.5)
+    assert plain.cross_shares is None and "cross_by_dataset" not in plain.composition(0)
+    seen = [row for batch in plain.plan(0) for row in batch.rows]
+    assert len({all_pairs(qa_only)[row][0] for row in seen}) == len(seen) == len(qa_only)  # once each
+    try:
+        make_sampler("hybrid", groups, all_pairs(groups), 6, cross_shares={"nope": 1.0})
+    except ValueError as exc:
+        assert "not in the training data" in str(exc)
+    else:
+        raise AssertionError("an unknown dataset in the shares was accepted")

@@ -221,3 +221,23 @@ def test_frozen_embeddings_stay_fixed_while_the_rest_trains(base_model: Path, da
     np.testing.assert_array_equal(before[word], after[word])
     query = next(k for k in before if k.endswith("layer.0.attention.self.query.weight"))
     assert not np.allclose(before[query], after[query])
+
+
+def test_two_datasets_mix_by_the_shares_and_the_manifest_states_the_passes(base_model: Path, tmp_path: Path) -> None:
+    qa = write_jsonl(tmp_path / "qa.jsonl", make_groups(80, seed=4))
+    rare = tmp_path / "rare"
+    rare.mkdir()
+    lines = make_groups(12, seed=8)
+    (rare / "t.de-en.de").write_text("".join(g["query"]["de"] + "\n" for g in lines))
+    (rare / "t.de-en.en").write_text("".join(g["query"]["en"] + "\n" for g in lines))
+    config = fast(strategy="crosslingual", max_steps=20, batch_size=4, mixing={"qa": 0.5, "rare": 0.5})
+    result = finetune(str(base_model), [qa, rare], tmp_path / "mixed", config, dataset_names=["qa", "rare"])
+    assert result.path is not None
+    mixing = json.loads((result.path / "xling.json").read_text())["training"]["mixing"]
+    assert mixing["qa"]["share"] == 0.5 and mixing["rare"]["cross_groups"] == 12
+    drawn = mixing["qa"]["cross_pairs_drawn"] + mixing["rare"]["cross_pairs_drawn"]
+    assert drawn == 20 * 4  # every step a cross-lingual batch of 4, from one dataset or the other
+    assert mixing["rare"]["passes"] == round(mixing["rare"]["cross_pairs_drawn"] / 12, 2) > 1
+    with pytest.raises(ValueError, match="not in the training data"):
+        finetune(str(base_model), [qa, rare], tmp_path / "bad", fast(mixing={"other": 1.0}),
+                 dataset_names=["qa", "rare"])

@@ -416,8 +416,18 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
     assert job["status"] == "succeeded", job
     decision = job["decision"]
     assert decision["metric"] == "bitext_acc@1" and decision["compare_on"] == "bt-held"
-    assert decision["candidate"] == job["metrics"]["eval:bt-held:bitext_acc@1"]
-    assert decision["deployed"] == (decision["candidate"] > decision["active"])
+    # Compared as served: centred per language (the service centres by default).
+    assert decision["centred"] is True
+    assert decision["candidate"] == job["metrics"]["eval:centred:bt-held:bitext_acc@1"]
+    # The default guards: Mono mAP of the LAReQA set, accuracy of the bitext set, each with both values.
+    guards = {g["metric"]: g for g in decision["guards"]}
+    assert set(guards) == {"evalset:mono_map", "bt-held:bitext_acc@1"}
+    assert guards["evalset:mono_map"]["candidate"] == job["metrics"]["eval:centred:evalset:mono_map"]
+    assert all(g["max_drop"] == 0.005 and g["passed"] == (g["baseline"] - g["candidate"] <= 0.005 + 1e-12)
+               for g in guards.values())
+    kept = all(g["passed"] for g in guards.values())
+    assert decision["deployed"] == (decision["candidate"] > decision["active"] and kept), decision
+    assert ("guard fell" in decision["reason"]) == (decision["candidate"] > decision["active"] and not kept)
     manifest = service.client.get("/models").json()
     trained = next(m for m in manifest["data"] if m["version"] == "bt-v1")
     assert set(trained["training"]["dataset"]["languages"]) == {"de", "en", "es", "fr"}
@@ -427,6 +437,14 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
         ({"dataset": "bt-train", "strategy": "hybrid"}, "bitext pairs are cross-lingual only"),
         ({"dataset": "train", "eval_datasets": ["bt-held"], "deploy": "if_better"}, "compare_on"),
         ({"dataset": "train", "eval_datasets": ["evalset"], "compare_on": "bt-held"}, "must be one of eval_datasets"),
+        ({"dataset": "train", "eval_datasets": ["evalset"], "deploy": "if_better",
+          "guards": [{"metric": "bt-held:mono_map"}]}, "is not one of eval_datasets"),
+        ({"dataset": "train", "eval_datasets": ["bt-held"], "deploy": "if_better", "compare_on": "bt-held",
+          "guards": [{"metric": "bt-held:mono_map"}]}, "a bitext set reports bitext_acc@1"),
+        ({"dataset": "train", "eval_datasets": ["evalset"], "guards": [{"metric": "evalset:mono_map"}]},
+         "guards decide deploy 'if_better'"),
+        ({"dataset": ["train", "bt-train"], "mixing": {"nope": 1.0}}, "not training datasets of this job"),
+        ({"dataset": ["train", "bt-train"], "mixing": {"train": 0.0}}, "a share of 0"),
     ]
     for body, reason in cases:
         response = service.client.post("/jobs/finetune", json=body)
