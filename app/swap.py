@@ -57,7 +57,8 @@ class HotSwap:
         self.error: str | None = None  # why the last swap failed (shown by /healthz and /models/active)
         self.applier: Applier | None = None  # set once the first pair serves
         self._failed: tuple[str, float] | None = None  # (version, when)
-        self._means_stamp: tuple[int, int] | None = None  # the serving version's means file, when last read
+        # ((means file stamp, serving means id), whether the file holds other means): read the file only on change
+        self._means_checked: tuple[tuple[tuple[int, int] | None, str | None], bool] | None = None
         # Told when the serving pair's drift status advises recalibration: (version, reasons).
         self.on_recalibrate: Callable[[str, list[str]], None] | None = None
 
@@ -110,7 +111,6 @@ class HotSwap:
         documents. Pins the offset it replays from as "open" (unpinned by `serve` or when the swap fails)."""
         encoder = load_encoder(source, self.settings)
         centering = load_centering(self.settings, encoder.version)
-        self._means_stamp = centering_stamp(self.settings, encoder.version)
         folder = snapshot_folder(self.settings.indexes_dir, encoder.version, centering)
         try:
             index, offset = VectorIndex.load(folder, encoder.version, encoder.dim, index_spec(self.settings))
@@ -126,7 +126,6 @@ class HotSwap:
             log.info("no usable snapshot (%s); encoding all documents", exc)
         self.holds.pin("open", self.reader.last_offset())  # build_index replays from an offset at least this new
         centering = centering or means_for_build(self.reader, encoder, self.settings)
-        self._means_stamp = centering_stamp(self.settings, encoder.version)
         return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering), False
 
     def serve_first(self, pair: ServingPair, source: ModelSource, applier: Applier) -> None:
@@ -158,18 +157,26 @@ class HotSwap:
 
     def _means_replaced(self, serving: ServingPair) -> bool:
         """Whether the serving version's means file now holds other means than the serving pair's (a
-        recalibration, or the first calibration another replica or the worker wrote): then swap to them."""
-        stamp = centering_stamp(self.settings, serving.version)
-        if stamp == self._means_stamp or not self.settings.centering:
+        recalibration, or the first calibration another replica or the worker wrote): then swap to them. Until
+        that swap succeeds the answer stays yes, so a failed one is retried like a failed model swap."""
+        if not self.settings.centering:
             return False
-        current = load_centering(self.settings, serving.version)
-        self._means_stamp = stamp
-        return (current.id if current else None) != (serving.centering.id if serving.centering else None)
+        key = (centering_stamp(self.settings, serving.version), serving.centering.id if serving.centering else None)
+        if self._means_checked is None or self._means_checked[0] != key:
+            current = load_centering(self.settings, serving.version)
+            self._means_checked = (key, (current.id if current else None) != key[1])
+        return self._means_checked[1]
 
     def _advise_recalibration(self, serving: ServingPair) -> None:
         status = self.centering_status()
-        if status.get("recalibrate") and self.on_recalibrate is not None:
+        if not status.get("recalibrate") or self.on_recalibrate is None:
+            return
+        try:
             self.on_recalibrate(serving.version, status["reasons"])
+        except OUTAGE_ERRORS:
+            raise
+        except Exception:  # not a swap failure: log it, serve on, ask again after the requeue interval
+            log.exception("centring: could not queue a recalibration")
 
     def _recently_failed(self, version: str) -> bool:
         """A version whose swap failed is retried after SWAP_RETRY_S, not on every poll."""

@@ -66,6 +66,9 @@ def search(
     lang: Annotated[
         list[str] | None, typer.Option("--lang", help="only documents in this language (repeatable)")
     ] = None,
+    query_lang: Annotated[
+        str | None, typer.Option(help="the query's own language, for centring (default: detected)")
+    ] = None,
     url: UrlOption = "http://127.0.0.1:8000",
     as_json: Annotated[bool, typer.Option("--json", help="print the raw response")] = False,
 ) -> None:
@@ -73,6 +76,8 @@ def search(
     body: dict[str, Any] = {"query": text, "k": k}
     if lang:
         body["langs"] = lang
+    if query_lang:
+        body["query_lang"] = query_lang
     with _client(url) as client:
         result = _fail_on_error(client.post("/search", json=body))
     if as_json:
