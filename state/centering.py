@@ -176,7 +176,8 @@ def describe(centering: Centering | None, settings: Settings) -> dict[str, Any]:
         return {"enabled": False}
     if centering is None:
         return {"enabled": True, "state": "uncalibrated",
-                "detail": f"serving uncentred until a language has {settings.centering_min_docs} documents"}
+                "detail": "serving raw vectors until the means are calibrated: once a language has "
+                          f"{settings.centering_min_docs} documents, a recalibration job is queued"}
     return {"enabled": True, "state": "calibrated", "id": centering.id, "languages": centering.languages,
             "calibrated_at": centering.calibrated_at, "corpus_size": centering.corpus_size,
             "corpus_fingerprint": centering.corpus_fingerprint}
