@@ -7,7 +7,13 @@ model and the model tuned on the training pairs (X-Y batches, since bitext has n
 are scored on the held-out pairs (accuracy@1, both directions) and on XQuAD-R (zero-shot LAReQA).
 Results go to --out as each part finishes; a re-run skips the parts already there.
 
+`--variant keep` tunes so as to keep what the base had: hybrid batches over the bitext and MLQA-R's QA
+groups (without the held-out ids), the bitext's share of cross-lingual batches set by --bitext-share, then
+WiSE-FT interpolation chosen on a validation split (bitext accuracy, under a QA Mono guard). Every model is
+also scored centred per language, as the service serves it.
+
     python -m bench.bitext_holdout --lang zh --steps 150 --batch-size 32 --out bench/results/bitext_holdout_zh
+    python -m bench.bitext_holdout --lang zh --variant keep --steps 200 --out bench/results/bitext_holdout_zh
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ def write_bitext(data: Path, lang: str, pivot: str, holdout: float, seed: int, o
     (held_dir / f"mlqa.{lang}-{pivot}.{lang}").write_text("".join(f"{a}\n" for a, _ in pairs), encoding="utf-8")
     (held_dir / f"mlqa.{lang}-{pivot}.{pivot}").write_text("".join(f"{b}\n" for _, b in pairs), encoding="utf-8")
     (out / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    held_ids = {g.id for g in held}
+    qa = [{"id": g.id, "query": g.queries, "passage": g.passages} for g in groups if g.id not in held_ids]
+    (out / "qa.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in qa), encoding="utf-8")
     return {"question_ids": len(usable), "heldout_ids": len(held), "heldout_pairs": len(pairs),
             "train_pairs": len(rows)}
 
@@ -62,6 +71,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=["xy", "keep"], default="xy")
+    parser.add_argument("--bitext-share", type=float, default=0.5, help="keep: bitext share of cross-lingual batches")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="keep: held out for choosing λ")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     data = bench_data_dir(args.data)
@@ -71,9 +83,9 @@ def main() -> None:
     results["command"] = (
         f"python -m bench.bitext_holdout --lang {args.lang} --pivot {args.pivot} --holdout {args.holdout} "
         f"--steps {args.steps} --batch-size {args.batch_size} --max-length {args.max_length} --seed {args.seed} "
-        f"--out {args.out}"
+        f"--variant {args.variant} --out {args.out}"
     )
-    if "split" not in results:
+    if "split" not in results or not (args.out / "qa.jsonl").is_file():  # deterministic: the same split again
         results["split"] = write_bitext(data, args.lang, args.pivot, args.holdout, args.seed, args.out)
         write_json_atomic(results_path, results)
     source = default_model()
@@ -84,34 +96,56 @@ def main() -> None:
         if label in results:
             return
         started = time.monotonic()
-        report = evaluate(Encoder(folder, version=version, device="cpu").encode, version, sets)
+        report = evaluate(Encoder(folder, version=version, device="cpu").encode, version, sets, centering=True)
         write_evaluation_report(report, args.out / label)
-        results[label] = {"sets": report.set_metrics(), "seconds": round(time.monotonic() - started, 1)}
+        results[label] = {"sets": report.set_metrics(), "centred_sets": report.set_metrics(True),
+                          "seconds": round(time.monotonic() - started, 1)}
         write_json_atomic(results_path, results)
         print(label, json.dumps(results[label]["sets"], indent=1))
 
+    if "centred_sets" not in results.get("before", {}):
+        results.pop("before", None)  # scored before centring existed: score it again, centred too
     score(source.path, source.version, "before")
-    if "after" not in results:
+    label = "after" if args.variant == "xy" else f"after-{args.variant}"
+    if label not in results:
         tuned = args.out / "model"
         shutil.rmtree(tuned, ignore_errors=True)
-        config = TrainConfig(
-            strategy="crosslingual", batch_size=args.batch_size, max_steps=args.steps, max_length=args.max_length,
-            val_fraction=0.0, seed=args.seed, freeze_embeddings=True, checkpoint_steps=10**9,
-        )
-        result = finetune(str(source.path), args.out / "train.jsonl", tuned, config, device="cpu")
+        if args.variant == "xy":
+            config = TrainConfig(
+                strategy="crosslingual", batch_size=args.batch_size, max_steps=args.steps,
+                max_length=args.max_length, val_fraction=0.0, seed=args.seed, freeze_embeddings=True,
+                checkpoint_steps=10**9,
+            )
+            data_paths, names = [args.out / "train.jsonl"], ["bitext"]
+        else:
+            config = TrainConfig(
+                strategy="hybrid", batch_size=args.batch_size, max_steps=args.steps, max_length=args.max_length,
+                val_fraction=args.val_fraction, seed=args.seed, freeze_embeddings=True, checkpoint_steps=10**9,
+                mixing={"bitext": args.bitext_share, "qa": 1 - args.bitext_share}, interpolate=True,
+            )
+            data_paths, names = [args.out / "train.jsonl", args.out / "qa.jsonl"], ["bitext", "qa"]
+        result = finetune(str(source.path), data_paths, tuned, config, device="cpu", dataset_names=names)
         assert result.path is not None and result.version is not None
-        results["training"] = {"config": asdict(config), "metrics": result.metrics}
-        score(result.path, result.version, "after")
+        manifest = json.loads((result.path / "xling.json").read_text(encoding="utf-8"))["training"]
+        results[f"training-{label}"] = {
+            "config": asdict(config), "metrics": result.metrics,
+            "mixing": manifest.get("mixing"), "interpolation": manifest.get("interpolation"),
+        }
+        score(result.path, result.version, label)
         shutil.rmtree(tuned, ignore_errors=True)  # weights are not kept in the repository
     write_json_atomic(results_path, results)
     held = f"heldout-{args.lang}"
-    for label in ("before", "after"):
-        sets_ = results[label]["sets"]
-        x = sets_["xquad-r"]
-        print(
-            f"{label:6s} {held} acc@1 {sets_[held]['bitext_acc@1']:.3f} | XQuAD-R mono {x['mono_map']:.3f} "
-            f"cross {x['cross_map']:.3f} multi {x['multi_map']:.3f} rank distance {x['rank_distance']:.1f}"
-        )
+    for name in [n for n in ("before", "after", "after-keep") if n in results]:
+        for kind in ("sets", "centred_sets"):
+            if kind not in results[name]:
+                continue
+            sets_ = results[name][kind]
+            x = sets_["xquad-r"]
+            print(
+                f"{name:10s} {kind:12s} {held} acc@1 {sets_[held]['bitext_acc@1']:.3f} | XQuAD-R mono "
+                f"{x['mono_map']:.3f} cross {x['cross_map']:.3f} multi {x['multi_map']:.3f} "
+                f"rank distance {x['rank_distance']:.1f}"
+            )
 
 
 if __name__ == "__main__":
