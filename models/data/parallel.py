@@ -192,16 +192,33 @@ def fingerprint(groups: list[ParallelGroup]) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def _split_one(
+    groups: list[ParallelGroup], val_fraction: float, seed: int, minimum: int = 0
+) -> tuple[list[ParallelGroup], list[ParallelGroup]]:
+    order = sorted(groups, key=lambda g: g.id)
+    random.Random(seed).shuffle(order)
+    n_val = max(round(len(order) * val_fraction), minimum if val_fraction > 0 else 0)
+    return order[n_val:], order[:n_val]
+
+
 def split(
     groups: list[ParallelGroup], val_fraction: float, seed: int
 ) -> tuple[list[ParallelGroup], list[ParallelGroup]]:
-    """Split by group (never one translation in train and another in validation)."""
+    """Split by group (never one translation in train and another in validation). With several datasets, each
+    gives `val_fraction` of its own groups (at least one, if it has two), so a few hundred pairs of a rare
+    language beside thousands of QA groups still have a validation share of their own."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    order = sorted(groups, key=lambda g: g.id)
-    random.Random(seed).shuffle(order)
-    n_val = round(len(order) * val_fraction)
-    train, val = order[n_val:], order[:n_val]
+    sources = sorted({g.source for g in groups})
+    if len(sources) > 1:
+        train, val = [], []
+        for source in sources:
+            own = [g for g in groups if g.source == source]
+            part_train, part_val = _split_one(own, val_fraction, seed, minimum=1 if len(own) > 1 else 0)
+            train += part_train
+            val += part_val
+    else:
+        train, val = _split_one(groups, val_fraction, seed)
     if not train:
         raise DataError(f"a validation fraction of {val_fraction} leaves no training groups out of {len(groups)}")
     if val_fraction > 0 and not val:

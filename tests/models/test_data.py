@@ -106,3 +106,19 @@ def test_split_by_group_and_empty_sides(tmp_path: Path) -> None:
         split(groups[:1], 0.2, seed=0)
     with pytest.raises(DataError, match="leaves no training groups"):
         split(groups[:1], 0.9, seed=0)
+
+
+def test_split_gives_each_dataset_its_own_validation_share(tmp_path: Path) -> None:
+    many, _ = load_parallel(write_jsonl(tmp_path / "qa.jsonl", make_groups(200, seed=0)))
+    few, _ = load_parallel(write_jsonl(tmp_path / "rare.jsonl", make_groups(12, seed=5)))
+    for group in few:
+        group.id, group.source = f"rare-{group.id}", "rare"
+    for group in many:
+        group.source = "qa"
+    train, val = split(many + few, 0.05, seed=0)
+    # 5% of each: 10 of 200 QA groups, and 1 of the 12 rare ones (round(0.6) = 1; at least one anyway)
+    assert sum(g.source == "qa" for g in val) == 10 and sum(g.source == "rare" for g in val) == 1
+    assert len(train) + len(val) == 212 and not {g.id for g in train} & {g.id for g in val}
+    tiny = [few[0]]
+    _, val = split(many + tiny, 0.05, seed=0)
+    assert sum(g.source == "rare" for g in val) == 0  # one group only: it trains
