@@ -159,7 +159,7 @@ def evaluate(
     langs: Annotated[str | None, typer.Option(help="comma-separated languages to keep, e.g. en,de,zh")] = None,
     out: Annotated[Path, typer.Option(help="report folder: report.json, report.md, heatmaps")] = Path("report"),
     centering: Annotated[
-        bool, typer.Option(help="also score LAReQA sets with vectors centred per language (on the set's candidates)")
+        bool, typer.Option(help="also score every set with vectors centred per language (on the set's own texts)")
     ] = False,
 ) -> None:
     """Score a model with the LAReQA protocol (mono / cross / multi mAP, rank distance) and bitext accuracy."""
@@ -196,10 +196,15 @@ def evaluate(
                 f"{ev.name}: encoding {ev.encode_seconds:.1f} s, metrics {ev.metric_seconds:.1f} s ({share:.1%})"
             )
     for bt in report.bitext:
-        console.print(f"{bt.name}: bitext accuracy@1 (macro, both directions): {bt.accuracy:.3f}")
-        for row in bt.result["pairs"]:
+        centred = bt.result.get("centred")
+        console.print(f"{bt.name}: bitext accuracy@1 (macro, both directions): {bt.accuracy:.3f}"
+                      + (f", centred {bt.centred_accuracy:.3f}" if centred else ""))
+        for index, row in enumerate(bt.result["pairs"]):
             forward, backward = f"{row['src']}->{row['tgt']}", f"{row['tgt']}->{row['src']}"
-            console.print(f"  {row['pair']}: {forward} {row[forward]:.3f}, {backward} {row[backward]:.3f}")
+            line = f"  {row['pair']}: {forward} {row[forward]:.3f}, {backward} {row[backward]:.3f}"
+            if centred:
+                line += f" (centred {centred['pairs'][index]['mean']:.3f})"
+            console.print(line)
     console.print(f"report: {paths['markdown']}")
 
 

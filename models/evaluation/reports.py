@@ -95,19 +95,23 @@ def evaluation_markdown(report: EvaluationReport) -> str:
             lines += ["", f"![X->Y mAP]({heatmap_name(ev.name)})", ""]
             lines.append(f"Encoding {ev.encode_seconds:.1f} s, metrics {ev.metric_seconds:.1f} s. Ties: pessimistic.")
     for bt in report.bitext:
+        centred = bt.result.get("centred")
         lines += [
             "",
             f"## {bt.name}: bitext retrieval (accuracy@1)",
             "",
-            "| pair | lines | → | ← | mean |",
-            "|---|---|---|---|---|",
+            "| pair | lines | → | ← | mean |" + (" centred → | centred ← | centred mean |" if centred else ""),
+            "|---|---|---|---|---|" + ("---|---|---|" if centred else ""),
         ]
-        for row in bt.result["pairs"]:
+        for index, row in enumerate(bt.result["pairs"]):
             flag = " ⚑ few lines" if row["flagged"] else ""
             forward, backward = f"{row['src']}->{row['tgt']}", f"{row['tgt']}->{row['src']}"
-            scores = " | ".join(_fmt(row[key]) for key in (forward, backward, "mean"))
+            rows = [row, centred["pairs"][index]] if centred else [row]
+            scores = " | ".join(_fmt(r[key]) for r in rows for key in (forward, backward, "mean"))
             lines.append(f"| {row['pair']}{flag} | {row['lines']} | {scores} |")
-        lines.append(f"\nMacro average: {_fmt(bt.accuracy)}")
+        centred_macro = bt.centred_accuracy
+        lines.append(f"\nMacro average: {_fmt(bt.accuracy)}"
+                     + (f", centred {_fmt(centred_macro)}" if centred_macro is not None else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from tests.synthetic import make_groups, smooth_fake_encoder, write_lareqa
 from xling.models.centering import Centering, calibrate, center, language_means
+from xling.models.data.bitext import BitextPair
 from xling.models.data.lareqa import load_lareqa
+from xling.models.evaluation.bitext import accuracy_at_1, bitext_metrics
 from xling.models.evaluation.evaluate import evaluate_lareqa
 
 
@@ -97,3 +99,21 @@ def test_calibrate_means_fallback_query_mean_and_file_round_trip(tmp_path) -> No
         Centering.from_dict(tampered)
     with pytest.raises(ValueError, match="no language has 7"):
         calibrate(smooth_fake_encoder, sample, model_version="v1", min_count=7)  # type: ignore[arg-type]
+
+
+def test_bitext_centring_uses_each_sides_own_passage_mean() -> None:
+    """A bitext pair scored centred: each side's vectors minus the mean of that side's passage vectors."""
+    src = [f"de{i:02d}w de{i + 1:02d}w" for i in range(0, 20, 2)]
+    tgt = [f"en{i:02d}w en{i + 1:02d}w" for i in range(0, 20, 2)]
+    pair = BitextPair("t.de-en", "de", "en", src, tgt)
+    scored = bitext_metrics([pair], smooth_fake_encoder, min_lines=0, centering=True)  # type: ignore[arg-type]
+    encode = smooth_fake_encoder
+    src_mean, tgt_mean = encode(src, "passage").mean(axis=0), encode(tgt, "passage").mean(axis=0)
+    forward = accuracy_at_1(center(encode(src, "query"), ["x"] * 10, {"x": src_mean}),
+                            center(encode(tgt, "passage"), ["x"] * 10, {"x": tgt_mean}))
+    backward = accuracy_at_1(center(encode(tgt, "query"), ["x"] * 10, {"x": tgt_mean}),
+                             center(encode(src, "passage"), ["x"] * 10, {"x": src_mean}))
+    row = scored["centred"]["pairs"][0]
+    assert (row["de->en"], row["en->de"]) == (pytest.approx(forward), pytest.approx(backward))
+    assert scored["centred"]["bitext_acc@1"] == pytest.approx((forward + backward) / 2)
+    assert "centred" not in bitext_metrics([pair], smooth_fake_encoder)  # type: ignore[arg-type]

@@ -144,6 +144,12 @@ def test_cli_evaluate(setup: dict[str, Path], tmp_path: Path) -> None:
     assert report["lareqa"][0]["metrics"]["multi_map"] > 0
     assert report["lareqa"][0]["centred"]["metrics"]["multi_map"] > 0
     assert "| evalset, centred |" in (tmp_path / "report" / "report.md").read_text()
+    assert "bitext accuracy@1 (macro, both directions):" in result.stdout and "(centred " in result.stdout
+    bitext_report = report["bitext"][0]
+    assert bitext_report["centred"]["bitext_acc@1"] == pytest.approx(
+        sum(row["mean"] for row in bitext_report["centred"]["pairs"]) / len(bitext_report["centred"]["pairs"])
+    )
+    assert "centred mean |" in (tmp_path / "report" / "report.md").read_text()
 
     missing = run_xling("evaluate", "--model", str(setup["model"]), "--lareqa", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no <lang>.json files" in missing.stderr
