@@ -206,9 +206,7 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
         report = _evaluate_version(ctx, version, eval_sets, "candidate", centering=centred)
         if report.lareqa:  # the first LAReQA set's metrics at the top level, as before bitext sets existed
             outcome["metrics"].update({f"eval_{k}": v for k, v in report.lareqa[0].result.metrics.items()})
-        outcome["metrics"].update({f"eval:{name}": v for name, v in report.flat_metrics().items()})
-        if centred:
-            outcome["metrics"].update({f"eval:centred:{name}": v for name, v in report.flat_metrics(True).items()})
+        outcome["metrics"].update({f"eval:{name}": v for name, v in report.job_metrics(centred).items()})
         manifest = read_manifest(out)
         assert manifest is not None
         manifest.metrics.update({"evaluation": report.to_dict()})
@@ -231,11 +229,7 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> dict[str, Any]:
     report = _evaluate_version(ctx, job.model, job.datasets, "report", centering=job.centering)
-    metrics = report.flat_metrics()
-    if job.centering:
-        metrics.update({f"{name}:centred:{k}": v for name, values in report.set_metrics(True).items()
-                        for k, v in values.items()})
-    return {"metrics": metrics, "model_version": report.model_version}
+    return {"metrics": report.job_metrics(job.centering), "model_version": report.model_version}
 
 
 def run_experiment_job(ctx: JobContext, job: ExperimentJob) -> dict[str, Any]:

@@ -132,6 +132,14 @@ class EvaluationReport:
         """`set_metrics` as {"<set>:<metric>": value}: the names guards and job outcomes use."""
         return {f"{name}:{k}": v for name, values in self.set_metrics(centred).items() for k, v in values.items()}
 
+    def job_metrics(self, with_centred: bool) -> dict[str, float]:
+        """What a job reports: "<set>:<metric>", and "<set>:centred:<metric>" when scored centred too."""
+        found = self.flat_metrics()
+        if with_centred:
+            found.update({f"{name}:centred:{k}": v for name, values in self.set_metrics(True).items()
+                          for k, v in values.items()})
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,

@@ -418,11 +418,11 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
     assert decision["metric"] == "bitext_acc@1" and decision["compare_on"] == "bt-held"
     # Compared as served: centred per language (the service centres by default).
     assert decision["centred"] is True
-    assert decision["candidate"] == job["metrics"]["eval:centred:bt-held:bitext_acc@1"]
+    assert decision["candidate"] == job["metrics"]["eval:bt-held:centred:bitext_acc@1"]
     # The default guards: Mono mAP of the LAReQA set, accuracy of the bitext set, each with both values.
     guards = {g["metric"]: g for g in decision["guards"]}
     assert set(guards) == {"evalset:mono_map", "bt-held:bitext_acc@1"}
-    assert guards["evalset:mono_map"]["candidate"] == job["metrics"]["eval:centred:evalset:mono_map"]
+    assert guards["evalset:mono_map"]["candidate"] == job["metrics"]["eval:evalset:centred:mono_map"]
     assert all(g["max_drop"] == 0.005 and g["passed"] == (g["baseline"] - g["candidate"] <= 0.005 + 1e-12)
                for g in guards.values())
     kept = all(g["passed"] for g in guards.values())
