@@ -139,7 +139,11 @@ def experiment_job(request: ExperimentRequest, settings: Settings, registry: Reg
     )
 
 
-def reindex_job(request: ReindexRequest, registry: Registry) -> ReindexJob:
-    if not registry.has(request.version):
+def reindex_job(request: ReindexRequest, registry: Registry, settings: Settings, default_version: str) -> ReindexJob:
+    """A recalibration may also name the configured default (it serves without being in the registry)."""
+    if request.recalibrate and not settings.centering:
+        raise InvalidInput("recalibrate needs centring on (XLING_CENTERING)")
+    known = registry.has(request.version) or (request.recalibrate and request.version == default_version)
+    if not known:
         raise InvalidInput(f"{request.version!r} is not a registry version (GET /models)")
-    return ReindexJob(version=request.version)
+    return ReindexJob(version=request.version, recalibrate=request.recalibrate)

@@ -230,6 +230,10 @@ class ExperimentRequest(_Strict):
 
 class ReindexRequest(_Strict):
     version: Name = Field(description="a registry version to encode the corpus with and activate")
+    recalibrate: bool = Field(
+        False, description="new centring means from the corpus as it is now, then a re-encode with them; the"
+        " version (a registry version or the configured default) keeps serving, and is not activated",
+    )
 
 
 class JobAccepted(BaseModel):

@@ -13,7 +13,15 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from xling.app import job_requests
-from xling.app.deps import JobQueueDep, JobStoreDep, RegistryDep, SettingsDep, require_read_key, require_write_key
+from xling.app.deps import (
+    JobQueueDep,
+    JobStoreDep,
+    RegistryDep,
+    SettingsDep,
+    SwapDep,
+    require_read_key,
+    require_write_key,
+)
 from xling.app.job_queue import JobQueue
 from xling.app.schemas import (
     EvaluateRequest,
@@ -73,9 +81,12 @@ def experiment(
 
 
 @router.post("/reindex", status_code=202, response_model=JobAccepted, dependencies=guard)
-def reindex(body: ReindexRequest, queue: JobQueueDep, registry: RegistryDep) -> JobAccepted:
-    """Encode the corpus with a registry version on the worker, then activate it (hot swap)."""
-    return _accepted(queue.submit(job_requests.reindex_job(body, registry)))
+def reindex(
+    body: ReindexRequest, queue: JobQueueDep, registry: RegistryDep, settings: SettingsDep, swap: SwapDep
+) -> JobAccepted:
+    """Encode the corpus with a registry version on the worker, then activate it (hot swap); with `recalibrate`,
+    calibrate new centring means first and keep the version serving (every api swaps to the new means)."""
+    return _accepted(queue.submit(job_requests.reindex_job(body, registry, settings, swap.default_version)))
 
 
 @router.get("", response_model=JobsPage)

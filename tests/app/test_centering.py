@@ -180,3 +180,17 @@ def wait(condition: Any, timeout_s: float = 30) -> Any:
             return found
         time.sleep(0.1)
     raise AssertionError("timed out")
+
+
+def test_a_recalibration_can_be_asked_for_by_hand(make_settings: Any) -> None:
+    with running_service(make_settings()) as service:
+        version = service.client.get("/healthz").json()["model_version"]  # the configured default: no registry
+        response = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
+        assert response.status_code == 202, response.text
+        job = service.client.get(f"/jobs/{response.json()['job_id']}").json()
+        assert job["type"] == "reindex" and job["params"] == {"version": version, "recalibrate": True}
+        plain = service.client.post("/jobs/reindex", json={"version": version})
+        assert plain.status_code == 422 and "not a registry version" in plain.text
+    with running_service(make_settings(centering=False)) as service:
+        refused = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
+        assert refused.status_code == 422 and "needs centring on" in refused.text
