@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from xling.state.docstore import DocReader, DocStore, StoredDoc
 from xling.state.errors import NotFound, NotReady, WriteTimeout
 from xling.state.indexing import ServingPair
 from xling.state.jobs import ReindexJob
-from xling.state.jobstore import JobStore
+from xling.state.jobstore import JobNotFound, JobStore
 from xling.state.keys import RedisKeys
 from xling.state.polling import poll
 from xling.state.registry import Registry
@@ -279,9 +280,9 @@ class Engine:
     def _centre(
         pair: ServingPair, items: list[SearchQuery | EmbedTexts], spans: list[slice], vectors: np.ndarray
     ) -> None:
-        """In place: each text's vector centred as the index's documents are. Queries on their language's mean
-        (given, else detected among the languages with a mean, else the global query mean); passages as
-        documents are (`lang` unknown here, so detected)."""
+        """In place: each text's vector centred as the index's are. A query on the document mean of its language
+        (given, else detected among the languages with a mean), else on the global query mean; a passage as a
+        document (its language detected)."""
         centering = pair.centering
         assert centering is not None
         for item, span in zip(items, spans, strict=True):
@@ -296,12 +297,23 @@ class Engine:
                 vectors[span] = centering.documents(vectors[span], langs)
 
     def _queue_recalibration(self, version: str, reasons: list[str]) -> None:
-        """One `reindex` job with recalibration per version at a time, whichever replica asks first; at most one
-        every `centering_requeue_s` (a failed one is not retried on every poll)."""
-        requeue_s = self.settings.centering_requeue_s
-        if not self.sync_redis.set(self.keys.recalibration(version), "1", nx=True, ex=requeue_s):
+        """One `reindex` job with recalibration per version at a time, whichever replica asks first: none while
+        the last one is queued or running (a large corpus takes a while), and at most one every
+        `centering_requeue_s` (a failed one is not retried on every poll)."""
+        last_job, throttle = self.keys.recalibration(version), self.keys.recalibration_throttle(version)
+        if self.sync_redis.exists(throttle):
             return
+        previous: Any = self.sync_redis.get(last_job)
+        if previous:
+            try:
+                if self.jobs.get(str(previous)).status in ("queued", "running"):
+                    return
+            except JobNotFound:
+                pass  # deleted since: ask again
+        if not self.sync_redis.set(throttle, "1", nx=True, ex=self.settings.centering_requeue_s):
+            return  # another replica claimed it a moment ago
         job = self.job_queue.submit(ReindexJob(version=version, recalibrate=True))
+        self.sync_redis.set(last_job, job.id)
         log.warning("centring: recalibration queued", extra={"version": version, "job_id": job.id, "reasons": reasons})
 
     @staticmethod

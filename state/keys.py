@@ -63,5 +63,9 @@ class RedisKeys:
         return f"{self.prefix}:job:{job_id}:events"
 
     def recalibration(self, version: str) -> str:
-        """String with a TTL: a centring recalibration of this version was queued lately (one at a time)."""
+        """String: the id of the last centring recalibration job queued for this version."""
         return f"{self.prefix}:centering:recalibration:{version}"
+
+    def recalibration_throttle(self, version: str) -> str:
+        """String with a TTL: a centring recalibration of this version was queued lately."""
+        return f"{self.prefix}:centering:recalibration-throttle:{version}"

@@ -152,13 +152,13 @@ def test_an_uncalibrated_service_asks_for_recalibration_and_swaps_to_the_workers
     """Started empty, the service serves raw vectors; once a language has enough documents it queues one
     recalibration job. The worker's job (run here in-process) writes means and a snapshot built with them;
     the api swaps to that snapshot instead of encoding again."""
-    settings = make_settings(centering_min_docs=5, swap_poll_s=0.2)
+    settings = make_settings(centering_min_docs=5, swap_poll_s=0.2, centering_requeue_s=1)
     with caplog.at_level("INFO"), running_service(settings) as service:
         assert service.client.get("/healthz").json()["centering"] == "uncalibrated"
         assert service.index(corpus(6)).status_code == 200
         job = wait(lambda: next(iter(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]), None))
         assert job["params"]["recalibrate"] is True
-        time.sleep(1.0)  # later polls do not queue a second one
+        time.sleep(2.0)  # later polls queue no second one: the throttle lapsed, but the first is still queued
         assert len(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]) == 1
 
         run_job(job["id"], settings)
