@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,8 @@ class Centering:
     calibrated_at: float = 0.0  # unix time
     corpus_size: int = 0  # documents in the corpus when calibrated (the sample is at most this)
 
-    @property
-    def id(self) -> str:
+    @cached_property
+    def id(self) -> str:  # hashed once: searches, snapshots and the swap watcher ask for it often
         digest = hashlib.sha256(self.model_version.encode())
         for lang in sorted(self.means):
             digest.update(lang.encode() + b"\0" + self.means[lang].astype("<f4").tobytes())
