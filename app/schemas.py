@@ -168,6 +168,10 @@ class FinetuneRequest(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     epochs: float = Field(1.0, gt=0, le=100)
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    bitext_passes: float | None = Field(
+        None, gt=0, le=10_000, description="instead of max_steps: as many steps as it takes to see each bitext"
+        " training dataset this many times (from alpha and the mixing shares)",
+    )
     max_length: int = Field(128, ge=8, le=8192)
     val_fraction: float = Field(0.05, ge=0, lt=1)
     checkpoint_steps: int = Field(500, ge=1)

@@ -17,6 +17,20 @@ from xling.state.logs import configure_logging
 from xling.state.settings import Settings
 
 
+def _shares(given: list[str] | None) -> dict[str, float] | None:
+    """--mixing NAME=SHARE options as a dict."""
+    if not given:
+        return None
+    shares: dict[str, float] = {}
+    for item in given:
+        name, _, value = item.partition("=")
+        try:
+            shares[name] = float(value)
+        except ValueError:
+            fail(f"--mixing takes NAME=SHARE (a number), got {item!r}", 2)
+    return shares
+
+
 def finetune(
     data: Annotated[
         list[Path],
@@ -29,6 +43,9 @@ def finetune(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder; default DATA_DIR/models/<strategy>-<time>")] = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (overrides --epochs)")] = None,
+    bitext_passes: Annotated[
+        float | None, typer.Option(help="instead of --max-steps: steps enough to see each bitext set this many times")
+    ] = None,
     epochs: Annotated[float, typer.Option()] = 1.0,
     batch_size: Annotated[int, typer.Option()] = 100,
     grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps (effective batch = B x this)")] = 1,
@@ -50,6 +67,14 @@ def finetune(
     patience: Annotated[int | None, typer.Option(help="early stopping: evaluations without improvement")] = None,
     checkpoint_steps: Annotated[int, typer.Option()] = 500,
     seed: Annotated[int, typer.Option()] = 0,
+    interpolate: Annotated[
+        bool, typer.Option(help="WiSE-FT: weights moved back toward the base, by the weight chosen on validation")
+    ] = False,
+    mixing: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=SHARE (repeatable): share of cross-lingual batches per --data set (its folder or"
+                          " file name without extension)"),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint under --out")] = False,
 ) -> None:
     """Fine-tune an encoder with hybrid batch training; writes a model version the service can serve."""
@@ -70,6 +95,7 @@ def finetune(
         freeze_embeddings=freeze_embeddings,
         val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
         checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
+        bitext_passes=bitext_passes, interpolate=interpolate, mixing=_shares(mixing),
     )
     if out is None:
         out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"

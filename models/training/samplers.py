@@ -117,6 +117,30 @@ class HybridBatchSampler(BatchSampler):
             }
         return found
 
+    def steps_for_passes(self, passes: float) -> int:
+        """Batches after which each bitext dataset (groups that are translations only) is expected to have been
+        seen `passes` times: the slowest one sets the number. A batch is cross-lingual with probability 1 − alpha
+        and, when mixing, from dataset s with probability share(s); each such batch holds min(batch, |s|) of s."""
+        if passes <= 0:
+            raise ValueError(f"passes must be > 0, got {passes}")
+        sizes = Counter(g.source for g in self.groups if g.cross_only)
+        if not sizes:
+            raise ValueError("counting passes over bitext needs a bitext dataset in the training data")
+        if self.alpha >= 1:
+            raise ValueError("monolingual batches never draw bitext: passes over it cannot be counted")
+        shares = self.cross_shares or {source: 1.0 for source in sizes}
+        if self.cross_shares is None:
+            # Plain plan: cross-lingual batches come from one queue over every cross-lingual group.
+            everyone = sum(1 for pairs in self._cross_pairs if pairs)
+            shares = {source: n / everyone for source, n in sizes.items()}
+        needed = [
+            passes * n / ((1 - self.alpha) * shares[source] * min(self.batch_size, n))
+            for source, n in sizes.items() if shares.get(source, 0) > 0
+        ]
+        if not needed:
+            raise ValueError("mixing gives every bitext dataset a share of 0: passes over it cannot be counted")
+        return math.ceil(max(needed))
+
     def plan(self, epoch: int) -> list[PlannedBatch]:
         if epoch not in self._plans:
             self._plans = {epoch: self._make_plan(epoch)}  # keep one epoch: plans can be large

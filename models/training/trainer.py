@@ -56,6 +56,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
+    # Instead of max_steps: as many steps as it takes to see each bitext dataset this many times (expected,
+    # from alpha and the mixing shares; HybridBatchSampler.steps_for_passes). Suits a few hundred pairs.
+    bitext_passes: float | None = None
     max_length: int = 128
     scale: float = 20.0
     # None: the base model's own prefixes when it declares any, else the paper's (PAPER_PREFIXES).
@@ -97,6 +100,10 @@ class TrainConfig:
             problems.append("gradient_accumulation_steps must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be >= 1")
+        if self.bitext_passes is not None and self.bitext_passes <= 0:
+            problems.append("bitext_passes must be > 0")
+        if self.bitext_passes is not None and self.max_steps is not None:
+            problems.append("give max_steps or bitext_passes, not both")
         if self.max_steps is None and self.epochs <= 0:
             problems.append("epochs must be > 0")
         if not 8 <= self.max_length <= 8192:
@@ -325,6 +332,10 @@ def finetune(
         samplers["eval"] = make_sampler(config.strategy, val_groups, val_pairs, config.batch_size, config.alpha, 12345)
         eval_dataset = pair_dataset(val_groups, val_pairs, config)
 
+    if config.bitext_passes is not None:
+        batches = samplers["train"].steps_for_passes(config.bitext_passes)
+        config = replace(config, max_steps=math.ceil(batches / config.gradient_accumulation_steps))
+        log.info("steps from passes over the bitext", extra={"passes": config.bitext_passes, "steps": config.max_steps})
     steps_per_epoch = math.ceil(len(samplers["train"]) / config.gradient_accumulation_steps)
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     warmup_steps = round(config.warmup_ratio * total_steps)

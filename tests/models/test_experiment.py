@@ -190,3 +190,9 @@ def test_cli_experiment_and_finetune_errors(setup: dict[str, Path], tmp_path: Pa
     )
     assert refused.returncode == 2 and "at least two languages" in refused.stderr
     assert not (tmp_path / "never").exists()
+    for flags, reason in ((["--mixing", "train=lots"], "NAME=SHARE"),
+                          (["--bitext-passes", "3", "--max-steps", "5"], "not both")):
+        refused = run_xling("finetune", "--data", str(setup["train"]), "--base", str(setup["model"]),
+                            "--out", str(tmp_path / "never"), *flags)
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+    assert not (tmp_path / "never").exists()

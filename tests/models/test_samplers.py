@@ -201,3 +201,28 @@ def test_default_shares_are_proportional_and_one_dataset_keeps_the_plain_plan() 
         assert "not in the training data" in str(exc)
     else:
         raise AssertionError("an unknown dataset in the shares was accepted")
+
+
+def test_steps_for_passes_sees_the_bitext_that_many_times_within_sampling_error() -> None:
+    from xling.models.training.trainer import mixing_record
+
+    groups = two_datasets(qa=120, bitext=30)
+    s = make_sampler("hybrid", groups, all_pairs(groups), 4, alpha=0.5, cross_shares={"qa": 0.3, "rare": 0.7})
+    steps = s.steps_for_passes(5)
+    assert steps == math.ceil(5 * 30 / (0.5 * 0.7 * 4))  # a cross batch half the time, the rare set's 70% of those
+    passes = mixing_record(s, groups, steps)["rare"]["passes"]
+    rare_batches_sd = (steps * 0.35 * 0.65) ** 0.5
+    assert abs(passes - 5) < 4 * rare_batches_sd * 4 / 30, passes
+    # one dataset (no mixing): the bitext's share of the cross-lingual queue
+    rare_only = [g for g in groups if g.source == "rare"]
+    assert make_sampler("crosslingual", rare_only, all_pairs(rare_only), 8).steps_for_passes(2) == math.ceil(2 * 30 / 8)
+    qa_only = [g for g in groups if g.source == "qa"]
+    no_bitext = make_sampler("hybrid", qa_only, all_pairs(qa_only), 4)
+    bitext_unused = make_sampler("hybrid", groups, all_pairs(groups), 4, cross_shares={"qa": 1.0})
+    for bad, message in ((no_bitext, "needs a bitext"), (bitext_unused, "share of 0")):
+        try:
+            bad.steps_for_passes(1)
+        except ValueError as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"{message}: accepted")

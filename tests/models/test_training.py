@@ -230,13 +230,15 @@ def test_two_datasets_mix_by_the_shares_and_the_manifest_states_the_passes(base_
     lines = make_groups(12, seed=8)
     (rare / "t.de-en.de").write_text("".join(g["query"]["de"] + "\n" for g in lines))
     (rare / "t.de-en.en").write_text("".join(g["query"]["en"] + "\n" for g in lines))
-    config = fast(strategy="crosslingual", max_steps=20, batch_size=4, mixing={"qa": 0.5, "rare": 0.5})
+    # The budget in passes over the bitext: 3 passes over 12 pairs, in half of the batches of 4 -> 18 steps.
+    config = fast(strategy="crosslingual", max_steps=None, bitext_passes=3, batch_size=4,
+                  mixing={"qa": 0.5, "rare": 0.5})
     result = finetune(str(base_model), [qa, rare], tmp_path / "mixed", config, dataset_names=["qa", "rare"])
-    assert result.path is not None
+    assert result.path is not None and result.steps == 18
     mixing = json.loads((result.path / "xling.json").read_text())["training"]["mixing"]
     assert mixing["qa"]["share"] == 0.5 and mixing["rare"]["cross_groups"] == 12
     drawn = mixing["qa"]["cross_pairs_drawn"] + mixing["rare"]["cross_pairs_drawn"]
-    assert drawn == 20 * 4  # every step a cross-lingual batch of 4, from one dataset or the other
+    assert drawn == 18 * 4  # every step a cross-lingual batch of 4, from one dataset or the other
     assert mixing["rare"]["passes"] == round(mixing["rare"]["cross_pairs_drawn"] / 12, 2) > 1
     with pytest.raises(ValueError, match="not in the training data"):
         finetune(str(base_model), [qa, rare], tmp_path / "bad", fast(mixing={"other": 1.0}),

@@ -445,6 +445,8 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
          "guards decide deploy 'if_better'"),
         ({"dataset": ["train", "bt-train"], "mixing": {"nope": 1.0}}, "not training datasets of this job"),
         ({"dataset": ["train", "bt-train"], "mixing": {"train": 0.0}}, "a share of 0"),
+        ({"dataset": "train", "bitext_passes": 4}, "this job has none"),
+        ({"dataset": ["train", "bt-train"], "bitext_passes": 4, "max_steps": 10}, "not both"),
     ]
     for body, reason in cases:
         response = service.client.post("/jobs/finetune", json=body)
