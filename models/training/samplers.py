@@ -128,8 +128,8 @@ class HybridBatchSampler(BatchSampler):
             raise ValueError("counting passes over bitext needs a bitext dataset in the training data")
         if self.alpha >= 1:
             raise ValueError("monolingual batches never draw bitext: passes over it cannot be counted")
-        shares = self.cross_shares or {source: 1.0 for source in sizes}
-        if self.cross_shares is None:
+        shares = self.cross_shares
+        if shares is None:
             # Plain plan: cross-lingual batches come from one queue over every cross-lingual group.
             everyone = sum(1 for pairs in self._cross_pairs if pairs)
             shares = {source: n / everyone for source, n in sizes.items()}
