@@ -332,12 +332,13 @@ def finetune(
         samplers["eval"] = make_sampler(config.strategy, val_groups, val_pairs, config.batch_size, config.alpha, 12345)
         eval_dataset = pair_dataset(val_groups, val_pairs, config)
 
+    max_steps = config.max_steps
     if config.bitext_passes is not None:
         batches = samplers["train"].steps_for_passes(config.bitext_passes)
-        config = replace(config, max_steps=math.ceil(batches / config.gradient_accumulation_steps))
-        log.info("steps from passes over the bitext", extra={"passes": config.bitext_passes, "steps": config.max_steps})
+        max_steps = math.ceil(batches / config.gradient_accumulation_steps)
+        log.info("steps from passes over the bitext", extra={"passes": config.bitext_passes, "steps": max_steps})
     steps_per_epoch = math.ceil(len(samplers["train"]) / config.gradient_accumulation_steps)
-    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    total_steps = max_steps or math.ceil(config.epochs * steps_per_epoch)
     warmup_steps = round(config.warmup_ratio * total_steps)
     mixing = mixing_record(samplers["train"], train_groups, total_steps * config.gradient_accumulation_steps)
     if mixing:
@@ -354,7 +355,7 @@ def finetune(
         weight_decay=config.weight_decay,
         warmup_steps=warmup_steps,
         num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
+        max_steps=max_steps or -1,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         eval_strategy="steps" if eval_steps and eval_dataset is not None else "no",
         eval_steps=eval_steps,
