@@ -79,6 +79,7 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
         interpolation_weights=request.interpolation_weights or list(DEFAULT_WEIGHTS),
         guard_max_drop=request.guard_max_drop, early_stopping_patience=request.early_stopping_patience,
         eval_steps=request.eval_steps, mixing=request.mixing, bitext_passes=request.bitext_passes,
+        anchor_distillation=request.anchor_distillation,
     )
     if request.bitext_passes is not None and not any(_dataset(n, settings)["kind"] == "bitext" for n in datasets):
         raise InvalidInput("bitext_passes counts passes over a bitext training dataset; this job has none")

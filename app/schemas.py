@@ -209,6 +209,10 @@ class FinetuneRequest(_Strict):
         None, description="share of cross-lingual batches per training dataset, e.g. {\"mlqa\": 0.5, \"bre\": 0.5};"
         " default: proportional to each dataset's cross-lingual pairs",
     )
+    anchor_distillation: float = Field(
+        0.0, ge=0, le=100, description="weight of a term that keeps the monolingual batches' texts where the base"
+        " embedded them (1 − cosine to a frozen copy of the base), so tuning keeps what the base did well; 0 = off",
+    )
     version: Name | None = Field(None, description="name of the new version; default ft-<job id>")
 
 

@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--variant", choices=["xy", "keep"], default="xy")
     parser.add_argument("--bitext-share", type=float, default=0.5, help="keep: bitext share of cross-lingual batches")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="keep: held out for choosing λ")
+    parser.add_argument("--anchor", type=float, default=0.0,
+                        help="keep: anchor_distillation (QA texts kept near the base); results as after-keep-anchorW")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     data = bench_data_dir(args.data)
@@ -83,7 +85,7 @@ def main() -> None:
     results["command"] = (
         f"python -m bench.bitext_holdout --lang {args.lang} --pivot {args.pivot} --holdout {args.holdout} "
         f"--steps {args.steps} --batch-size {args.batch_size} --max-length {args.max_length} --seed {args.seed} "
-        f"--variant {args.variant} --out {args.out}"
+        f"--variant {args.variant}" + (f" --anchor {args.anchor:g}" if args.anchor else "") + f" --out {args.out}"
     )
     if "split" not in results or not (args.out / "qa.jsonl").is_file():  # deterministic: the same split again
         results["split"] = write_bitext(data, args.lang, args.pivot, args.holdout, args.seed, args.out)
@@ -107,6 +109,7 @@ def main() -> None:
         results.pop("before", None)  # scored before centring existed: score it again, centred too
     score(source.path, source.version, "before")
     label = "after" if args.variant == "xy" else f"after-{args.variant}"
+    label += f"-anchor{args.anchor:g}" if args.anchor else ""
     if label not in results:
         tuned = args.out / "model"
         shutil.rmtree(tuned, ignore_errors=True)
@@ -122,6 +125,7 @@ def main() -> None:
                 strategy="hybrid", batch_size=args.batch_size, max_steps=args.steps, max_length=args.max_length,
                 val_fraction=args.val_fraction, seed=args.seed, freeze_embeddings=True, checkpoint_steps=10**9,
                 mixing={"bitext": args.bitext_share, "qa": 1 - args.bitext_share}, interpolate=True,
+                anchor_distillation=args.anchor,
             )
             data_paths, names = [args.out / "train.jsonl", args.out / "qa.jsonl"], ["bitext", "qa"]
         result = finetune(str(source.path), data_paths, tuned, config, device="cpu", dataset_names=names)
@@ -135,7 +139,7 @@ def main() -> None:
         shutil.rmtree(tuned, ignore_errors=True)  # weights are not kept in the repository
     write_json_atomic(results_path, results)
     held = f"heldout-{args.lang}"
-    for name in [n for n in ("before", "after", "after-keep") if n in results]:
+    for name in [n for n in results if n == "before" or n.startswith("after")]:
         for kind in ("sets", "centred_sets"):
             if kind not in results[name]:
                 continue

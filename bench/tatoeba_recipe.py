@@ -113,9 +113,13 @@ def main() -> None:
         for lang in LANGS:
             for half in ("train", "test"):
                 folder = staging / f"{lang}-{half}"
-                folder.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
                 for path in (data / "tatoeba-dev" / half).glob(f"tatoeba.{lang}-eng.*"):
-                    shutil.copy(path, folder / path.name)
+                    # English as MLQA-R codes it ("en", Tatoeba says "eng"): the same language to the trainer, so
+                    # an anchor (anchor_distillation) keeps the English side where the base put it.
+                    side = "en" if path.suffix == ".eng" else lang
+                    shutil.copy(path, folder / f"tatoeba.{lang}-en.{side}")
                 upload(client, f"tat-{lang}-{half}", zipped(folder))
         tests = [f"tat-{lang}-test" for lang in LANGS]
         if "base" not in results:

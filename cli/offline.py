@@ -75,6 +75,9 @@ def finetune(
         typer.Option(help="NAME=SHARE (repeatable): share of cross-lingual batches per --data set (its folder or"
                           " file name without extension)"),
     ] = None,
+    anchor_distillation: Annotated[
+        float, typer.Option(help="weight of the term keeping the monolingual batches' texts where the base put them")
+    ] = 0.0,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint under --out")] = False,
 ) -> None:
     """Fine-tune an encoder with hybrid batch training; writes a model version the service can serve."""
@@ -96,6 +99,7 @@ def finetune(
         val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
         checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
         bitext_passes=bitext_passes, interpolate=interpolate, mixing=_shares(mixing),
+        anchor_distillation=anchor_distillation,
     )
     if out is None:
         out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"

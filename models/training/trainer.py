@@ -85,6 +85,10 @@ class TrainConfig:
     # Share of cross-lingual batches per dataset name (samplers.py, "Data mixing"); None: proportional to each
     # dataset's cross-lingual groups. Only used when the data comes from several datasets.
     mixing: dict[str, float] | None = None
+    # Weight of the anchor term (models/training/loss.py): texts in the languages of the monolingual batches are
+    # pulled back toward a frozen copy of the base's embeddings, wherever they occur (a bitext's English side too,
+    # when its code is the QA data's "en"), so tuning for new pairs keeps what the base did well. 0 = off.
+    anchor_distillation: float = 0.0
 
     def validate(self) -> None:
         problems = []
@@ -116,6 +120,11 @@ class TrainConfig:
             problems.append(f"interpolation_weights must be in (0, 1], got {self.interpolation_weights}")
         if self.guard_max_drop < 0:
             problems.append("guard_max_drop must be >= 0")
+        if self.anchor_distillation < 0:
+            problems.append("anchor_distillation must be >= 0")
+        no_monolingual_batches = self.strategy == "crosslingual" or (self.strategy == "hybrid" and self.alpha == 0)
+        if self.anchor_distillation > 0 and no_monolingual_batches:
+            problems.append("anchor_distillation anchors the monolingual batches' texts: this run has none")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -216,12 +225,30 @@ class _HybridTrainer(SentenceTransformerTrainer):
 
 
 def pair_dataset(groups: list[ParallelGroup], pairs: list[tuple[int, str, str]], config: TrainConfig) -> Dataset:
-    return Dataset.from_dict(
-        {
-            "query": [f"{config.query_prefix or ''}{groups[g].queries[q]}" for g, q, _ in pairs],
-            "passage": [f"{config.passage_prefix or ''}{groups[g].passages[p]}" for g, _, p in pairs],
-        }
-    )
+    """Columns query and passage; with the anchor on, a label per row: [query anchored, passage anchored], a text
+    being anchored when its language is one that monolingual batches use (`anchor_languages`)."""
+    columns: dict[str, list[Any]] = {
+        "query": [f"{config.query_prefix or ''}{groups[g].queries[q]}" for g, q, _ in pairs],
+        "passage": [f"{config.passage_prefix or ''}{groups[g].passages[p]}" for g, _, p in pairs],
+    }
+    if config.anchor_distillation > 0:
+        anchored = anchor_languages(groups)
+        columns["label"] = [[float(q in anchored), float(p in anchored)] for _, q, p in pairs]
+    return Dataset.from_dict(columns)
+
+
+def anchor_languages(groups: list[ParallelGroup]) -> set[str]:
+    """The languages the anchor keeps: those with monolingual pairs (QA data), where the base is to stay."""
+    return {lang for group in groups for lang in group.mono_langs()}
+
+
+def anchored_loss(model: SentenceTransformer, source_path: Path, config: TrainConfig, device: str) -> InfoNCELoss:
+    """InfoNCE, with a frozen copy of the base as the anchor when config.anchor_distillation > 0."""
+    anchor = None
+    if config.anchor_distillation > 0:
+        anchor = SentenceTransformer(str(source_path), device=device)
+        anchor.max_seq_length = config.max_length
+    return InfoNCELoss(model, scale=config.scale, anchor=anchor, anchor_weight=config.anchor_distillation)
 
 
 def _half_precision(device: str) -> tuple[bool, bool]:
@@ -383,7 +410,7 @@ def finetune(
         args=args,
         train_dataset=pair_dataset(train_groups, train_pairs, config),
         eval_dataset=eval_dataset,
-        loss=InfoNCELoss(model, scale=config.scale),
+        loss=anchored_loss(model, source.path, config, device),
         callbacks=callbacks,
         samplers=samplers,
     )

@@ -45,4 +45,41 @@ def test_module_runs_the_model_on_each_column() -> None:
     p = {"x": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
     loss = InfoNCELoss(Embed(), scale=5.0)
     assert loss([q, p], None).item() == pytest.approx(info_nce(q["x"], p["x"], 5.0).item())
-    assert loss.get_config_dict() == {"scale": 5.0}
+    assert loss.get_config_dict() == {"scale": 5.0, "anchor_weight": 0.0}
+
+
+class _Column(torch.nn.Module):
+    """A stand-in encoder: the embedding is the feature "x" times a factor (the anchor: the base's factor)."""
+
+    def __init__(self, factor: torch.Tensor) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": features["x"] * self.factor}
+
+
+def test_anchor_adds_the_mean_drift_of_the_anchored_texts_only() -> None:
+    q = {"x": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])}
+    p = {"x": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])}
+    student, base = _Column(torch.tensor([1.0, 2.0])), _Column(torch.tensor([1.0, 1.0]))
+    loss = InfoNCELoss(student, scale=5.0, anchor=base, anchor_weight=0.5)
+    contrastive = info_nce(q["x"] * student.factor, p["x"] * student.factor, 5.0).item()
+    # Row 1: [0, 2] vs [0, 1], cosine 1 on both sides. Row 2: query [1, 2] vs [1, 1], passage [1, -2] vs [1, -1].
+    moved = 1 - (1 + 2) / (math.sqrt(5) * math.sqrt(2))
+    # labels: [query anchored, passage anchored] per row; row 0 not at all, row 1's query only, row 2 both.
+    labels = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    assert loss([q, p], labels).item() == pytest.approx(contrastive + 0.5 * (0 + moved + moved) / 3, rel=1e-5)
+    only_passages = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # row 0 both: two texts that did not move
+    expected = contrastive + 0.5 * (0 + 0 + 0 + moved) / 4
+    assert loss([q, p], only_passages).item() == pytest.approx(expected, rel=1e-5)
+    assert loss([q, p], torch.zeros(3, 2)).item() == pytest.approx(contrastive, rel=1e-5)
+    assert loss.get_config_dict() == {"scale": 5.0, "anchor_weight": 0.5}
+
+
+def test_anchor_needs_a_model_and_a_non_negative_weight() -> None:
+    column = _Column(torch.ones(2))
+    with pytest.raises(ValueError, match="needs an anchor"):
+        InfoNCELoss(column, anchor_weight=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        InfoNCELoss(column, anchor=column, anchor_weight=-1.0)

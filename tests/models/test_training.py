@@ -243,3 +243,39 @@ def test_two_datasets_mix_by_the_shares_and_the_manifest_states_the_passes(base_
     with pytest.raises(ValueError, match="not in the training data"):
         finetune(str(base_model), [qa, rare], tmp_path / "bad", fast(mixing={"other": 1.0}),
                  dataset_names=["qa", "rare"])
+
+
+def passage_drift(base: Path, model: Path) -> float:
+    """Mean 1 − cosine between the base's and the model's embeddings of the training passages."""
+    texts = [text for g in GROUPS for text in g["passage"].values()]
+    before = Encoder(base, version="base", device="cpu").encode(texts, "passage")
+    after = Encoder(model, version="probe", device="cpu").encode(texts, "passage")
+    return float(np.mean(1.0 - np.sum(before * after, axis=1)))
+
+
+def test_the_anchor_keeps_the_monolingual_texts_near_the_base(base_model: Path, data: Path, tmp_path: Path) -> None:
+    free = finetune(str(base_model), data, tmp_path / "free", fast(strategy="monolingual", max_steps=30))
+    anchored = finetune(str(base_model), data, tmp_path / "anchored",
+                        fast(strategy="monolingual", max_steps=30, anchor_distillation=20.0))
+    assert free.path is not None and anchored.path is not None
+    moved, kept = passage_drift(base_model, free.path), passage_drift(base_model, anchored.path)
+    assert kept < 0.5 * moved, (kept, moved)
+    assert json.loads((anchored.path / "xling.json").read_text())["training"]["anchor_distillation"] == 20.0
+    with pytest.raises(ValueError, match="monolingual batches"):
+        finetune(str(base_model), data, tmp_path / "bad", fast(strategy="crosslingual", anchor_distillation=1.0))
+
+
+def test_anchored_texts_are_those_in_the_languages_of_the_monolingual_pairs() -> None:
+    from xling.models.data.parallel import ParallelGroup, all_pairs
+    from xling.models.training.trainer import pair_dataset
+
+    qa = ParallelGroup("q1", {"de": "frage", "en": "question"}, {"de": "antwort", "en": "answer"})
+    bitext = ParallelGroup("b1", {"kzj": "kadazan", "en": "english"}, {"kzj": "kadazan", "en": "english"},
+                           cross_only=True)
+    groups = [qa, bitext]
+    pairs = all_pairs(groups)
+    rows = pair_dataset(groups, pairs, TrainConfig(anchor_distillation=1.0))
+    labels = {(groups[g].id, q, p): label for (g, q, p), label in zip(pairs, rows["label"], strict=True)}
+    assert labels[("q1", "de", "de")] == [1.0, 1.0] and labels[("q1", "de", "en")] == [1.0, 1.0]
+    assert labels[("b1", "kzj", "en")] == [0.0, 1.0] and labels[("b1", "en", "kzj")] == [1.0, 0.0]
+    assert "label" not in pair_dataset(groups, pairs, TrainConfig()).column_names

@@ -447,6 +447,8 @@ def test_bitext_datasets_evaluate_train_and_decide(stack: dict[str, Any]) -> Non
         ({"dataset": ["train", "bt-train"], "mixing": {"train": 0.0}}, "a share of 0"),
         ({"dataset": "train", "bitext_passes": 4}, "this job has none"),
         ({"dataset": ["train", "bt-train"], "bitext_passes": 4, "max_steps": 10}, "not both"),
+        ({"dataset": "train", "strategy": "crosslingual", "anchor_distillation": 1.0}, "this run has none"),
+        ({"dataset": "train", "anchor_distillation": -1.0}, "anchor_distillation"),
     ]
     for body, reason in cases:
         response = service.client.post("/jobs/finetune", json=body)
