@@ -210,8 +210,9 @@ class FinetuneRequest(_Strict):
         " default: proportional to each dataset's cross-lingual pairs",
     )
     anchor_distillation: float = Field(
-        0.0, ge=0, le=100, description="weight of a term that keeps the monolingual batches' texts where the base"
-        " embedded them (1 − cosine to a frozen copy of the base), so tuning keeps what the base did well; 0 = off",
+        0.0, ge=0, le=100, description="weight of a term that keeps texts in the monolingual batches' languages"
+        " (a bitext's side in one of them too) where the base embedded them (1 − cosine to a frozen copy of the"
+        " base), so tuning keeps what the base did well; needs monolingual batches; 0 = off",
     )
     version: Name | None = Field(None, description="name of the new version; default ft-<job id>")
 

@@ -76,7 +76,8 @@ def finetune(
                           " file name without extension)"),
     ] = None,
     anchor_distillation: Annotated[
-        float, typer.Option(help="weight of the term keeping the monolingual batches' texts where the base put them")
+        float, typer.Option(help="weight of the term keeping texts in the monolingual batches' languages where the"
+                                 " base put them (1 - cosine to a frozen base); 0 = off")
     ] = 0.0,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint under --out")] = False,
 ) -> None:
