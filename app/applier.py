@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xling.app.metrics import Metrics
+from xling.models.index.lexical import LexicalIndex
 from xling.state.docstore import START_OFFSET, DocReader, offset_key
 from xling.state.indexing import ServingPair, apply_entries
 from xling.state.polling import poll
@@ -75,9 +76,11 @@ class Applier:
         snapshot_interval_s: float,
         check_log: Callable[[str], None] = lambda offset: None,
         on_log_trimmed: Callable[[], None] = lambda: None,
+        lexical: LexicalIndex | None = None,
     ) -> None:
         """`check_log(offset)` raises LogTrimmed when the log no longer reaches back to `offset`;
-        `on_log_trimmed` then rebuilds the index from the documents (xling.state.retention)."""
+        `on_log_trimmed` then rebuilds the index from the documents (xling.state.retention). The same entries
+        go to `lexical`, which a model swap leaves alone."""
         self._reader = reader
         self._get_pair = get_pair
         self._watermark = watermark
@@ -93,6 +96,7 @@ class Applier:
         self.last_error: str | None = None
         self._check_log = check_log
         self._on_log_trimmed = on_log_trimmed
+        self._lexical = lexical
         self.snapshot_offset: str | None = None  # the offset of this replica's last snapshot of its version
         # Held for a whole step; a hot swap holds it for its final catch-up and the swap itself.
         self.lock = threading.Lock()
@@ -100,15 +104,16 @@ class Applier:
     def step(self, block_ms: int | None) -> int:
         """Apply at most one batch; returns the number of log entries applied."""
         if block_ms:
-            self._reader.wait_for_log(self._get_pair().applied_offset, block_ms)  # wait outside the lock
+            self._reader.wait_for_log(self._start(self._get_pair()), block_ms)  # wait outside the lock
         with self.lock:
             pair = self._get_pair()
-            self._check_log(pair.applied_offset)
-            entries = self._reader.read_log(pair.applied_offset, self._batch)
+            start = self._start(pair)
+            self._check_log(start)
+            entries = self._reader.read_log(start, self._batch)
             if not entries:
                 self._metrics.applier_lag.set(0)
                 return 0
-            apply_entries(entries, self._reader, pair)
+            apply_entries(entries, self._reader, pair, self._lexical)
         self._watermark.advance(pair.applied_offset)
         self._since_snapshot += len(entries)
         self._metrics.applied_entries.inc(len(entries))
@@ -116,6 +121,14 @@ class Applier:
         newest_ms = offset_key(entries[-1].offset)[0]
         self._metrics.applier_lag.set(max(0.0, time.time() - newest_ms / 1000) if len(entries) == self._batch else 0)
         return len(entries)
+
+    def _start(self, pair: ServingPair) -> str:
+        """Where the next batch starts: the older of the two indexes' offsets. They differ only after a start-up
+        (each index was loaded or built on its own) and meet at the first batch; applying an entry an index
+        already holds again changes nothing."""
+        if self._lexical is None or self._lexical.applied_offset is None:
+            return pair.applied_offset
+        return min(pair.applied_offset, self._lexical.applied_offset, key=offset_key)
 
     def catch_up(self) -> int:
         """Apply everything in the log now; used before the service reports ready."""

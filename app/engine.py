@@ -11,8 +11,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 import numpy as np
 
@@ -24,12 +24,15 @@ from xling.app.memory import limit_kernel_cache, release_free_memory
 from xling.app.metrics import Metrics
 from xling.app.swap import HotSwap
 from xling.models.encoder import TextKind
+from xling.models.files import claim_folder
+from xling.models.index.fusion import FusedHit, Fusion, SearchMode, fuse_rrf, fuse_weighted
+from xling.models.index.lexical import LexicalIndex
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
 from xling.state.docstore import DocReader, DocStore, StoredDoc
-from xling.state.errors import NotFound, NotReady, WriteTimeout
-from xling.state.indexing import ServingPair
+from xling.state.errors import InvalidInput, NotFound, NotReady, WriteTimeout
+from xling.state.indexing import ServingPair, catch_up_lexical
 from xling.state.jobs import ReindexJob
 from xling.state.jobstore import JobNotFound, JobStore
 from xling.state.keys import RedisKeys
@@ -48,6 +51,7 @@ class SearchQuery:
     langs: tuple[str, ...] = ()
     where: tuple[tuple[str, Scalar], ...] = ()
     query_lang: str | None = None  # the query's own language, when the caller knows it (centring)
+    mode: SearchMode = "dense"
 
     @property
     def filter_key(self) -> tuple[tuple[str, ...], str]:
@@ -71,11 +75,21 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class DenseAnswer:
+    """A query's dense neighbours, with what a hybrid search needs to score more documents on the same pair."""
+
+    pair: ServingPair
+    neighbours: list[Neighbour]
+    vector: np.ndarray  # the query's vector, centred as the index's are
+
+
+@dataclass(frozen=True)
 class SearchHit:
     id: str
     score: float
     rank: int
     doc: StoredDoc
+    ranks: dict[str, int] = field(default_factory=dict)  # ranking (dense, lexical) -> rank, for those that found it
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,10 @@ class Engine:
         self.swap.on_recalibrate = self._queue_recalibration
         self.load_error: str | None = None
         self.applier: Applier | None = None
-        self.batcher: MicroBatcher[SearchQuery | EmbedTexts, tuple[str, list[Neighbour]] | Embedded] = MicroBatcher(
+        self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical)
+        self._lexical_claim: IO[bytes] | None = None  # holds its folder while this process runs
+        self.fusion = Fusion(settings.fusion, settings.fusion_weight, settings.fusion_rrf_k, settings.fusion_window)
+        self.batcher: MicroBatcher[SearchQuery | EmbedTexts, DenseAnswer | Embedded] = MicroBatcher(
             self._run_batch,
             max_size=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
@@ -147,6 +164,7 @@ class Engine:
 
     def _load_blocking(self) -> None:
         started = time.monotonic()
+        lexical_replayed = self._open_lexical() if self.settings.lexical else 0
         source = self.swap.startup_source()
         pair, from_snapshot = self.swap.open_index(source)
         self.applier = Applier(
@@ -159,7 +177,8 @@ class Engine:
             snapshot_every_entries=self.settings.snapshot_every_entries,
             snapshot_interval_s=self.settings.snapshot_interval_s,
             check_log=self.holds.retention.check,
-            on_log_trimmed=self.swap.rebuild,
+            on_log_trimmed=self._rebuild_after_trim,
+            lexical=self.lexical,
         )
         self.swap.serve_first(pair, source, self.applier)
         self.applier.snapshot_offset = pair.applied_offset if from_snapshot else None
@@ -179,9 +198,25 @@ class Engine:
                 "vectors": len(pair.index),
                 "replayed_entries": replayed,
                 "from_snapshot": from_snapshot,
+                "lexical_documents": len(self.lexical) if self.lexical is not None else None,
+                "lexical_replayed_entries": lexical_replayed,
                 "seconds": round(time.monotonic() - started, 2),
             },
         )
+
+    def _open_lexical(self) -> int:
+        """This replica's lexical index, brought up to the end of the log (a model swap never touches it)."""
+        folder, self._lexical_claim = claim_folder(self.settings.lexical_dir)
+        self.lexical = LexicalIndex(folder)
+        return catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check)
+
+    def _rebuild_after_trim(self) -> None:
+        """The log was trimmed past this replica's offset: rebuild the vector index and the lexical one."""
+        self.swap.rebuild()
+        if self.lexical is not None:
+            assert self.applier is not None
+            with self.applier.lock:
+                catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check)
 
     def _spawn(self, target: Callable[[threading.Event], None], name: str) -> None:
         thread = threading.Thread(target=target, args=(self._stopping,), name=name, daemon=True)
@@ -193,6 +228,8 @@ class Engine:
         offsets = [self.swap.pair.applied_offset] if self.swap.pair is not None else []
         if self.applier is not None and self.applier.snapshot_offset is not None:
             offsets.append(self.applier.snapshot_offset)
+        if self.lexical is not None and self.lexical.applied_offset is not None:
+            offsets.append(self.lexical.applied_offset)
         return offsets
 
     def _retain_log(self, stop: threading.Event) -> None:
@@ -211,6 +248,10 @@ class Engine:
         if self.applier is not None:
             await asyncio.to_thread(self.applier.stop)
         await self.batcher.stop()
+        if self.lexical is not None:
+            self.lexical.close()
+        if self._lexical_claim is not None:
+            self._lexical_claim.close()
         await self.async_redis.aclose()
         self.sync_redis.close()
 
@@ -226,15 +267,60 @@ class Engine:
 
     # Search -------------------------------------------------------------------------------------
     async def search(self, query: SearchQuery) -> SearchResult:
-        self.require_pair()
-        answer = await self.batcher.submit(query)
-        assert isinstance(answer, tuple)
-        version, neighbours = answer
-        docs = await self.docs.get_many([n.ext_id for n in neighbours])
-        # A document deleted after the vector search is dropped rather than shown without text.
-        kept = [(n, doc) for n, doc in zip(neighbours, docs, strict=True) if doc is not None]
-        hits = [SearchHit(n.ext_id, n.score, rank, doc) for rank, (n, doc) in enumerate(kept, start=1)]
+        pair = self.require_pair()
+        if query.mode == "dense":
+            answer = await self._dense(query)
+            ranked = [FusedHit(n.ext_id, n.score, {"dense": rank}) for rank, n in enumerate(answer.neighbours, 1)]
+            version = answer.pair.version
+        elif query.mode == "lexical":
+            ranked, version = await asyncio.to_thread(self._lexical_ranking, query), pair.version
+        else:
+            answer = await self._dense(query)
+            ranked, version = await asyncio.to_thread(self._fuse, query, answer), answer.pair.version
+        docs = await self.docs.get_many([hit.ext_id for hit in ranked])
+        # A document deleted after the index search is dropped rather than shown without text.
+        kept = [(hit, doc) for hit, doc in zip(ranked, docs, strict=True) if doc is not None]
+        hits = [SearchHit(hit.ext_id, hit.score, rank, doc, hit.ranks) for rank, (hit, doc) in enumerate(kept, 1)]
         return SearchResult(hits, version)
+
+    async def _dense(self, query: SearchQuery) -> DenseAnswer:
+        answer = await self.batcher.submit(query)
+        assert isinstance(answer, DenseAnswer)
+        return answer
+
+    def _require_lexical(self) -> LexicalIndex:
+        if self.lexical is None:
+            raise InvalidInput("lexical and hybrid search are off on this service (XLING_LEXICAL=false)")
+        return self.lexical
+
+    def _lexical_ranking(self, query: SearchQuery) -> list[FusedHit]:
+        found = self._require_lexical().search(query.text, query.k, query.langs, dict(query.where))
+        return [FusedHit(hit.ext_id, hit.score, {"lexical": rank}) for rank, hit in enumerate(found, 1)]
+
+    def _fuse(self, query: SearchQuery, answer: DenseAnswer) -> list[FusedHit]:
+        """The exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion)."""
+        lexical, pair, where = self._require_lexical(), answer.pair, dict(query.where)
+
+        def dense_top(depth: int) -> list[tuple[str, float]]:
+            found = answer.neighbours
+            if depth > len(found) and len(found) >= self._dense_depth(query):  # the batch fetched too few
+                found = pair.index.search(answer.vector[None, :], depth, query.langs, where)[0]
+            return [(n.ext_id, n.score) for n in found[:depth]]
+
+        def lexical_top(depth: int) -> list[tuple[str, float]]:
+            return [(hit.ext_id, hit.score) for hit in lexical.search(query.text, depth, query.langs, where)]
+
+        if self.fusion.method == "rrf":
+            return fuse_rrf(dense_top(self.fusion.window), lexical_top(self.fusion.window), query.k, self.fusion)
+        return fuse_weighted(
+            query.k, self.fusion, dense_top, lexical_top,
+            dense_of=lambda ids: pair.index.scores(answer.vector, ids),
+            lexical_of=lambda ids: lexical.scores(query.text, ids),
+        )
+
+    def _dense_depth(self, query: SearchQuery) -> int:
+        """How many neighbours the micro-batch fetches: k, or a fused ranking's first window."""
+        return query.k if query.mode == "dense" else max(query.k, self.fusion.window)
 
     async def embed(self, texts: list[str], kind: TextKind) -> Embedded:
         self.require_pair()
@@ -242,7 +328,7 @@ class Engine:
         assert isinstance(answer, Embedded)
         return answer
 
-    def _run_batch(self, items: list[SearchQuery | EmbedTexts]) -> list[tuple[str, list[Neighbour]] | Embedded]:
+    def _run_batch(self, items: list[SearchQuery | EmbedTexts]) -> list[DenseAnswer | Embedded]:
         """Searches and embedding requests that arrived together share the encoder's forwards."""
         pair = self.require_pair()  # read once: a swap mid-batch cannot mix two models
         flat: list[tuple[TextKind, str]] = []  # every text of the batch, with its kind
@@ -266,10 +352,11 @@ class Engine:
             self._centre(pair, items, spans, vectors)
         searches = [i for i, item in enumerate(items) if isinstance(item, SearchQuery)]
         queries = [item for item in items if isinstance(item, SearchQuery)]
-        found = self._search_vectors(pair, queries, vectors[[spans[i].start for i in searches]]) if queries else []
-        neighbours = dict(zip(searches, found, strict=True))
+        query_vectors = vectors[[spans[i].start for i in searches]]
+        found = self._search_vectors(pair, queries, query_vectors) if queries else []
+        neighbours = dict(zip(searches, zip(found, query_vectors, strict=True), strict=True))
         return [
-            (pair.version, neighbours[i])
+            DenseAnswer(pair, *neighbours[i])
             if i in neighbours
             else Embedded(pair.version, vectors[spans[i]], tokens[spans[i]],
                           pair.centering.id if pair.centering else None)
@@ -316,8 +403,9 @@ class Engine:
         self.sync_redis.set(last_job, job.id)
         log.warning("centring: recalibration queued", extra={"version": version, "job_id": job.id, "reasons": reasons})
 
-    @staticmethod
-    def _search_vectors(pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray) -> list[list[Neighbour]]:
+    def _search_vectors(
+        self, pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray
+    ) -> list[list[Neighbour]]:
         """One FAISS search per distinct filter among the queries."""
         groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
         for row, query in enumerate(queries):
@@ -325,9 +413,10 @@ class Engine:
         results: list[list[Neighbour]] = [[] for _ in queries]
         for rows in groups.values():
             first = queries[rows[0]]
-            found = pair.index.search(vectors[rows], max(queries[r].k for r in rows), first.langs, dict(first.where))
+            depth = max(self._dense_depth(queries[r]) for r in rows)
+            found = pair.index.search(vectors[rows], depth, first.langs, dict(first.where))
             for row, neighbours in zip(rows, found, strict=True):
-                results[row] = neighbours[: queries[row].k]
+                results[row] = neighbours[: self._dense_depth(queries[row])]
         return results
 
     # Writes -------------------------------------------------------------------------------------

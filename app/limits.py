@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from xling.app.engine import SearchQuery
 from xling.app.schemas import DocumentIn, MetadataValue
+from xling.models.index.fusion import SearchMode
 from xling.state.docstore import StoredDoc
 from xling.state.errors import InvalidInput
 from xling.state.settings import Settings
@@ -19,6 +20,7 @@ def search_query(
     where: dict[str, MetadataValue] | None,
     settings: Settings,
     query_lang: str | None = None,
+    mode: SearchMode | None = None,
 ) -> SearchQuery:
     if not text.strip():
         raise InvalidInput("query is empty")
@@ -30,8 +32,11 @@ def search_query(
         raise InvalidInput(f"at most {settings.max_langs_per_query} languages per query")
     if where:
         metadata_size(where, settings)
+    mode = mode or settings.search_mode
+    if mode != "dense" and not settings.lexical:
+        raise InvalidInput(f"mode {mode!r} needs the lexical index, which is off here (XLING_LEXICAL=false)")
     return SearchQuery(
-        text, k, tuple(dict.fromkeys(langs or ())), tuple(sorted((where or {}).items())), query_lang or None
+        text, k, tuple(dict.fromkeys(langs or ())), tuple(sorted((where or {}).items())), query_lang or None, mode
     )
 
 

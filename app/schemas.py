@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
+from xling.models.index.fusion import SearchMode
+
 
 class FieldError(BaseModel):
     field: str = Field(description="e.g. documents[0].id, or k for a query parameter")
@@ -97,15 +99,21 @@ class SearchRequest(_Strict):
     query_lang: LangCode | None = Field(
         None, description="the query's own language, for centring (default: detected among the corpus's languages)"
     )
+    mode: SearchMode | None = Field(
+        None, description="dense, lexical (BM25) or hybrid (both, fused); default: the service's XLING_SEARCH_MODE"
+    )
 
 
 class HitOut(BaseModel):
     id: str
-    score: float
+    score: float = Field(description="dense: cosine; lexical: BM25; hybrid: the fused score")
     rank: int
     text: str
     lang: str | None
     metadata: dict[str, MetadataValue]
+    ranks: dict[str, int] = Field(
+        default_factory=dict, description="the rankings that found this hit (dense, lexical) and its rank in each"
+    )
 
 
 class SearchResponse(BaseModel):

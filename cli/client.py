@@ -69,11 +69,16 @@ def search(
     query_lang: Annotated[
         str | None, typer.Option(help="the query's own language, for centring (default: detected)")
     ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="dense | lexical | hybrid (default: the service's XLING_SEARCH_MODE)")
+    ] = None,
     url: UrlOption = "http://127.0.0.1:8000",
     as_json: Annotated[bool, typer.Option("--json", help="print the raw response")] = False,
 ) -> None:
     """Search the service and print the hits."""
     body: dict[str, Any] = {"query": text, "k": k}
+    if mode:
+        body["mode"] = mode
     if lang:
         body["langs"] = lang
     if query_lang:
@@ -84,9 +89,10 @@ def search(
         console.print_json(data=result)
         return
     table = Table(title=f"{len(result['hits'])} hits · model {result['model_version']} · {result['took_ms']} ms")
-    for column in ("rank", "score", "lang", "id", "text"):
+    for column in ("rank", "score", "found by", "lang", "id", "text"):
         table.add_column(column, overflow="fold")
     for hit in result["hits"]:
         text_preview = hit["text"] if len(hit["text"]) < 200 else hit["text"][:197] + "..."
-        table.add_row(str(hit["rank"]), f"{hit['score']:.3f}", hit["lang"] or "", hit["id"], text_preview)
+        found_by = " ".join(f"{name} #{rank}" for name, rank in hit.get("ranks", {}).items())
+        table.add_row(str(hit["rank"]), f"{hit['score']:.3f}", found_by, hit["lang"] or "", hit["id"], text_preview)
     console.print(table)

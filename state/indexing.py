@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from xling.models.centering import Centering
 from xling.models.encoder import Encoder
+from xling.models.index.lexical import LexicalDoc, LexicalIndex
 from xling.models.index.vector_index import IndexSpec, VectorIndex
 from xling.models.resolve import ModelSource
 from xling.state.centering import DriftTracker, document_languages
 from xling.state.docstore import DocReader, LogEntry, StoredDoc
+from xling.state.retention import LogTrimmed
 from xling.state.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,8 +72,11 @@ def index_spec(settings: Settings) -> IndexSpec:
     )
 
 
-def apply_entries(entries: Sequence[LogEntry], reader: DocReader, pair: ServingPair) -> None:
-    """Make the index agree with the document hash for every id the entries touch.
+def apply_entries(
+    entries: Sequence[LogEntry], reader: DocReader, pair: ServingPair | None, lexical: LexicalIndex | None = None
+) -> None:
+    """Make the index (and the lexical index, when given) agree with the document hash for every id the
+    entries touch.
 
     The hash's current state wins over each entry's op, so applying a log twice, or out of a
     snapshot taken mid-stream, converges to the same index (replicas and replays agree).
@@ -78,12 +86,44 @@ def apply_entries(entries: Sequence[LogEntry], reader: DocReader, pair: ServingP
     ids = list(dict.fromkeys(e.doc_id for e in entries))
     current = reader.get_many(ids)
     gone = [doc_id for doc_id in ids if doc_id not in current]
-    pair.index.remove(gone)
-    if current:
-        doc_ids = list(current)
-        vectors = pair.document_vectors([current[d] for d in doc_ids], track=True)
-        pair.index.upsert([current[d].entry(d) for d in doc_ids], vectors)
-    pair.applied_offset = entries[-1].offset
+    if pair is not None:
+        pair.index.remove(gone)
+        if current:
+            doc_ids = list(current)
+            vectors = pair.document_vectors([current[d] for d in doc_ids], track=True)
+            pair.index.upsert([current[d].entry(d) for d in doc_ids], vectors)
+        pair.applied_offset = entries[-1].offset
+    if lexical is not None:
+        lexical.remove(gone)
+        lexical.upsert(lexical_docs(current.items()))
+        lexical.commit(entries[-1].offset)
+
+
+def lexical_docs(docs: Iterable[tuple[str, StoredDoc]]) -> list[LexicalDoc]:
+    return [LexicalDoc(doc_id, doc.text, doc.lang, doc.metadata) for doc_id, doc in docs]
+
+
+def catch_up_lexical(reader: DocReader, lexical: LexicalIndex, batch: int, check_log: Callable[[str], None]) -> int:
+    """Bring the lexical index up to the end of the log: replay from its offset, or rebuild it from the
+    documents when it has none or the log no longer reaches back to it. Returns the entries replayed."""
+    try:
+        if lexical.applied_offset is None:
+            raise LogTrimmed("the lexical index is new")
+        check_log(lexical.applied_offset)
+    except LogTrimmed as why:
+        log.info("building the lexical index from the documents (%s)", why)
+        offset = reader.last_offset()  # read first: writes during the scan are replayed afterwards
+        lexical.clear()
+        for docs in reader.iter_all(2_048):
+            lexical.upsert(lexical_docs(docs))
+            lexical.commit(None)  # each chunk committed, so an id HSCAN repeats in a later chunk replaces itself
+        lexical.commit(offset)
+    replayed = 0
+    assert lexical.applied_offset is not None
+    while entries := reader.read_log(lexical.applied_offset, batch):
+        apply_entries(entries, reader, None, lexical)
+        replayed += len(entries)
+    return replayed
 
 
 def build_index(

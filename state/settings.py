@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from xling.models.index.fusion import SearchMode
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XLING_", env_file=".env", extra="ignore")
@@ -94,6 +96,18 @@ class Settings(BaseSettings):
         600, ge=1, description="at most one automatic recalibration job per version within this many seconds"
     )
 
+    # Lexical index and fusion (models/index/lexical.py, models/index/fusion.py; README "Lexical and hybrid search")
+    lexical: bool = Field(True, description="keep a BM25 index beside the vector index (off: only mode=dense works)")
+    search_mode: SearchMode = Field(
+        "dense", description="the mode of a search that names none"
+    )
+    fusion: Literal["weighted", "rrf"] = Field(
+        "weighted", description="hybrid: cosine + weight x max-normalised BM25, or reciprocal-rank fusion"
+    )
+    fusion_weight: float = Field(0.05, ge=0, le=10, description="weighted fusion: the BM25 share")
+    fusion_rrf_k: int = Field(60, ge=1, description="rrf: the rank offset k in 1 / (k + rank)")
+    fusion_window: int = Field(100, ge=1, le=10_000, description="rrf: the depth of each ranking that counts")
+
     # Write path
     write_timeout_s: float = Field(30.0, gt=0, description="read-your-writes deadline; 503 past it")
     applier_batch: int = Field(512, ge=1, description="log entries applied (and encoded) together")
@@ -161,6 +175,10 @@ class Settings(BaseSettings):
     @cached_property
     def indexes_dir(self) -> Path:
         return self.data_dir / "indexes"
+
+    @cached_property
+    def lexical_dir(self) -> Path:
+        return self.indexes_dir / "lexical"
 
     @cached_property
     def reports_dir(self) -> Path:

@@ -13,6 +13,7 @@ from xling.app import limits
 from xling.app.deps import EngineDep, SettingsDep, require_search_key
 from xling.app.engine import SearchQuery, SearchResult
 from xling.app.schemas import LANG_LIST_PATTERN, LANG_PATTERN, HitOut, SearchRequest, SearchResponse
+from xling.models.index.fusion import SearchMode
 from xling.state.errors import InvalidInput
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
@@ -21,7 +22,8 @@ _LANG = re.compile(LANG_PATTERN)
 
 def _response(result: SearchResult, started: float) -> SearchResponse:
     hits = [
-        HitOut(id=h.id, score=h.score, rank=h.rank, text=h.doc.text, lang=h.doc.lang, metadata=h.doc.metadata)
+        HitOut(id=h.id, score=h.score, rank=h.rank, text=h.doc.text, lang=h.doc.lang, metadata=h.doc.metadata,
+               ranks=h.ranks)
         for h in result.hits
     ]
     return SearchResponse(
@@ -35,9 +37,9 @@ async def _run(query: SearchQuery, engine: EngineDep, started: float) -> SearchR
 
 @router.post("/search", response_model=SearchResponse)
 async def search_post(body: SearchRequest, engine: EngineDep, settings: SettingsDep) -> SearchResponse:
-    """Top-k documents for a query in any language; `langs` and `filter` restrict the candidates."""
+    """Top-k documents for a query in any language; `langs` and `filter` restrict the candidates, in every mode."""
     started = time.perf_counter()
-    query = limits.search_query(body.query, body.k, body.langs, body.filter, settings, body.query_lang)
+    query = limits.search_query(body.query, body.k, body.langs, body.filter, settings, body.query_lang, body.mode)
     return await _run(query, engine, started)
 
 
@@ -54,10 +56,13 @@ async def search_get(
     query_lang: Annotated[
         str | None, Query(pattern=LANG_PATTERN, description="the query's own language (default: detected)")
     ] = None,
+    mode: Annotated[
+        SearchMode | None, Query(description="dense | lexical | hybrid (default: the service's XLING_SEARCH_MODE)")
+    ] = None,
 ) -> SearchResponse:
     started = time.perf_counter()
     langs = [part for value in lang or [] for part in value.split(",") if part]
     bad = [code for code in langs if not _LANG.match(code)]
     if bad:
         raise InvalidInput(f"not a language code: {bad[0]!r} (expected e.g. 'de', 'zh-Hans')")
-    return await _run(limits.search_query(q, k, langs, None, settings, query_lang), engine, started)
+    return await _run(limits.search_query(q, k, langs, None, settings, query_lang, mode), engine, started)

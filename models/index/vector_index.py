@@ -110,6 +110,14 @@ class VectorIndex:
         with self._lock:
             return self._store.search(queries, k, langs, where)
 
+    def scores(self, query: np.ndarray, ext_ids: Sequence[str]) -> dict[str, float]:
+        """One query's inner product with each of these documents; ids the index does not hold are left out."""
+        assert query.shape == (self.dim,), query.shape
+        with self._lock:
+            held = [ext_id for ext_id in dict.fromkeys(ext_ids) if ext_id in self._store.slot_of]
+            vectors = self._store.vectors([self._store.slot_of[ext_id] for ext_id in held])
+        return dict(zip(held, (vectors @ query.astype(np.float32)).tolist(), strict=True))
+
     # Compaction (hnsw) ----------------------------------------------------------------------------
     def _maybe_compact(self) -> None:
         store = self._store

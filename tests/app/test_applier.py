@@ -14,9 +14,10 @@ from tests.conftest import doc_store_call
 from xling.app.applier import Applier, Watermark
 from xling.app.metrics import Metrics
 from xling.models.encoder import Encoder
+from xling.models.index.lexical import LexicalIndex
 from xling.models.index.vector_index import VectorIndex
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
-from xling.state.indexing import ServingPair
+from xling.state.indexing import ServingPair, catch_up_lexical
 from xling.state.retention import LogTrimmed
 
 
@@ -128,3 +129,21 @@ def test_a_log_trimmed_past_the_offset_hands_over_to_the_rebuild(
     finally:
         applier.stop(final_snapshot=False)
     assert applier.last_error is None
+
+
+def test_a_lexical_index_behind_the_vector_index_is_caught_up_too(
+    redis_url: str, doc_reader: DocReader, encoder: Encoder, tmp_path: Path
+) -> None:
+    """At start-up each index is loaded or built on its own, so their offsets may differ: the applier starts at
+    the older one, and both end up holding the same documents."""
+    store(redis_url, "upsert", [("early", StoredDoc("the early bird", "en"))])
+    lexical = LexicalIndex(tmp_path / "lexical")
+    catch_up_lexical(doc_reader, lexical, 10, check_log=lambda offset: None)
+    store(redis_url, "upsert", [("late", StoredDoc("a late harvest", "en"))])
+    store(redis_url, "delete", ["early"])
+    pair = fresh_pair(encoder)
+    make_applier(doc_reader, pair, tmp_path).catch_up()  # the vector index alone reaches the end of the log
+    applier = make_applier(doc_reader, pair, tmp_path, lexical=lexical)
+    applier.catch_up()
+    assert [hit.ext_id for hit in lexical.search("late harvest early bird", 10)] == ["late"]
+    assert ids(pair) == ["late"] and lexical.applied_offset == pair.applied_offset == doc_reader.last_offset()

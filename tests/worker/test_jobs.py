@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -193,6 +194,8 @@ def test_deploy_always_swaps_without_failures_or_lost_writes(stack: dict[str, An
     probe = {"query": base_docs[3]["text"], "k": 5, "langs": ["en"]}  # French documents are written meanwhile
     before = service.client.post("/search", json=probe).json()
     old_version = before["model_version"]
+    lexical_probe = {**probe, "mode": "lexical"}  # BM25 owes nothing to the model: a swap must not change it
+    lexical_before = service.client.post("/search", json=lexical_probe).json()["hits"]
 
     stop = threading.Event()
     failures: list[str] = []
@@ -201,8 +204,10 @@ def test_deploy_always_swaps_without_failures_or_lost_writes(stack: dict[str, An
 
     def searcher() -> None:
         with httpx.Client(base_url=service.url, timeout=30) as client:
-            while not stop.is_set():
-                response = client.post("/search", json={"query": "en01w en02w", "k": 5})
+            for mode in itertools.cycle(("dense", "lexical", "hybrid")):
+                if stop.is_set():
+                    break
+                response = client.post("/search", json={"query": "en01w en02w", "k": 5, "mode": mode})
                 if response.status_code != 200:
                     failures.append(response.text)
                 else:
@@ -245,9 +250,12 @@ def test_deploy_always_swaps_without_failures_or_lost_writes(stack: dict[str, An
     assert stats["index"]["kind"] == stack["settings"].index  # the worker built the kind the api serves
     assert written, "the writer wrote nothing during the swap"
     for doc in written:  # each is in the new index: the filter leaves it as the only candidate
-        body = {"query": doc["text"], "k": 1, "filter": {"seq": doc["metadata"]["seq"]}}
-        hits = service.client.post("/search", json=body).json()["hits"]
-        assert [h["id"] for h in hits] == [doc["id"]], doc
+        for mode in ("dense", "lexical"):
+            body = {"query": doc["text"], "k": 1, "filter": {"seq": doc["metadata"]["seq"]}, "mode": mode}
+            hits = service.client.post("/search", json=body).json()["hits"]
+            assert [h["id"] for h in hits] == [doc["id"]], (doc, mode)
+    lexical_after = service.client.post("/search", json=lexical_probe).json()["hits"]
+    assert [(h["id"], h["score"]) for h in lexical_after] == [(h["id"], h["score"]) for h in lexical_before]
     assert swap_count(service) == swaps_before + 1
 
     # rollback: the configured default serves again, with its old results (and its old means)

@@ -1,0 +1,113 @@
+"""Fusing the dense and the lexical ranking of one query into one top-k.
+
+Two forms:
+- `weighted`: score = cosine + weight × BM25 / (the query's best BM25 among the filtered documents). A document
+  no query term reaches has lexical score 0, so across languages the dense score decides alone: a lexical
+  ranking says nothing about documents in other languages, and a small weight keeps it from lifting the
+  query's own language over the rest.
+- `rrf`: reciprocal-rank fusion, Σ 1 / (rrf_k + rank) over each ranking's first `window` documents.
+
+Both are exact among the filtered documents: `weighted` fetches both rankings to a depth n, fills in the
+missing score of every candidate (a dense score for a lexical-only one, a BM25 for a dense-only one), and stops
+once no unseen document can beat the k-th fused score (the threshold algorithm); otherwise it looks four times
+deeper. `rrf` is defined on each ranking's exact top `window`, as search engines define it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+SearchMode = Literal["dense", "lexical", "hybrid"]
+FusionMethod = Literal["weighted", "rrf"]
+Ranked = Sequence[tuple[str, float]]  # (document id, score), best first
+
+
+@dataclass(frozen=True)
+class Fusion:
+    method: FusionMethod = "weighted"
+    weight: float = 0.05  # weighted: the lexical score's weight against the cosine
+    rrf_k: int = 60
+    window: int = 100  # rrf: the depth of each ranking that counts; weighted: the first fetch
+
+    def __post_init__(self) -> None:
+        if self.method not in ("weighted", "rrf"):
+            raise ValueError(f"unknown fusion method {self.method!r} (weighted, rrf)")
+        if self.weight < 0 or self.rrf_k < 1 or self.window < 1:
+            raise ValueError("fusion needs weight >= 0, rrf_k >= 1 and window >= 1")
+
+
+@dataclass(frozen=True)
+class FusedHit:
+    ext_id: str
+    score: float
+    ranks: dict[str, int] = field(default_factory=dict)  # ranking -> 1-based rank, for the rankings that found it
+
+
+def _ranks(ranked: Ranked) -> dict[str, int]:
+    return {ext_id: rank for rank, (ext_id, _) in enumerate(ranked, start=1)}
+
+
+def _top(scored: dict[str, float], k: int) -> list[tuple[str, float]]:
+    """Best first; ties by id, so a result never depends on the order candidates were met in."""
+    return sorted(scored.items(), key=lambda item: (-item[1], item[0]))[:k]
+
+
+def fuse_rrf(dense: Ranked, lexical: Ranked, k: int, fusion: Fusion) -> list[FusedHit]:
+    """RRF over the two rankings as given (each the exact top `window` among the filtered documents)."""
+    dense_ranks, lexical_ranks = _ranks(dense[: fusion.window]), _ranks(lexical[: fusion.window])
+    scored: dict[str, float] = {}
+    for ranks in (dense_ranks, lexical_ranks):
+        for ext_id, rank in ranks.items():
+            scored[ext_id] = scored.get(ext_id, 0.0) + 1.0 / (fusion.rrf_k + rank)
+    return [_hit(ext_id, score, dense_ranks, lexical_ranks) for ext_id, score in _top(scored, k)]
+
+
+def _hit(ext_id: str, score: float, dense_ranks: dict[str, int], lexical_ranks: dict[str, int]) -> FusedHit:
+    ranks = {name: table[ext_id] for name, table in (("dense", dense_ranks), ("lexical", lexical_ranks))
+             if ext_id in table}
+    return FusedHit(ext_id, score, ranks)
+
+
+def weighted_scores(dense: dict[str, float], lexical: dict[str, float], weight: float, best_lexical: float
+                    ) -> dict[str, float]:
+    """cosine + weight × BM25 / best BM25, for every document in `dense` (absent from `lexical`: BM25 0)."""
+    scale = weight / best_lexical if best_lexical > 0 else 0.0
+    return {ext_id: score + scale * lexical.get(ext_id, 0.0) for ext_id, score in dense.items()}
+
+
+def fuse_weighted(
+    k: int,
+    fusion: Fusion,
+    dense_top: Callable[[int], Ranked],
+    lexical_top: Callable[[int], Ranked],
+    dense_of: Callable[[Sequence[str]], dict[str, float]],
+    lexical_of: Callable[[Sequence[str]], dict[str, float]],
+) -> list[FusedHit]:
+    """The exact top-k of the weighted fusion among the filtered documents, which the four callables see:
+    each ranking's top n, and each side's score of given documents (dense_of: every document it is asked
+    about that passes the filter; lexical_of: those that match a query term)."""
+    if k <= 0:
+        return []
+    depth = max(k, fusion.window)
+    while True:
+        dense, lexical = list(dense_top(depth)), list(lexical_top(depth))
+        dense_scores, lexical_scores = dict(dense), dict(lexical)
+        missing_dense = [ext_id for ext_id in lexical_scores if ext_id not in dense_scores]
+        missing_lexical = [ext_id for ext_id in dense_scores if ext_id not in lexical_scores]
+        dense_scores.update(dense_of(missing_dense) if missing_dense else {})
+        lexical_scores.update(lexical_of(missing_lexical) if missing_lexical else {})
+        best_lexical = lexical[0][1] if lexical else 0.0
+        fused = weighted_scores(dense_scores, lexical_scores, fusion.weight, best_lexical)
+        top = _top(fused, k)
+        if len(dense) < depth:  # the dense side returned every filtered document: nothing is unseen
+            break
+        # An unseen document has a cosine of at most the dense floor and a BM25 of at most the lexical floor.
+        lexical_floor = lexical[-1][1] if len(lexical) == depth else 0.0
+        bound = weighted_scores({"": dense[-1][1]}, {"": lexical_floor}, fusion.weight, best_lexical)[""]
+        if len(top) == k and top[-1][1] > bound:
+            break
+        depth *= 4
+    dense_ranks, lexical_ranks = _ranks(dense), _ranks(lexical)
+    return [_hit(ext_id, score, dense_ranks, lexical_ranks) for ext_id, score in top]

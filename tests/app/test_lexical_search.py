@@ -1,0 +1,118 @@
+"""Search modes on a running service: lexical (real tantivy), hybrid fusion, filters, writes, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as aredis
+
+from tests.conftest import RunningService, running_service
+from tests.synthetic import LANGS, corpus
+from tests.tiny_model import random_sentences
+from xling.state.docstore import DocStore, StoredDoc
+from xling.state.keys import RedisKeys
+
+MODES = ("dense", "lexical", "hybrid")
+
+
+def _hits(service: RunningService, query: str, **params: Any) -> list[dict[str, Any]]:
+    response = service.client.post("/search", json={"query": query, **params})
+    assert response.status_code == 200, response.text
+    return list(response.json()["hits"])
+
+
+def test_each_mode_answers_and_says_which_rankings_found_a_hit(service: RunningService) -> None:
+    docs = corpus(10)
+    docs.append({"id": "part", "text": "replacement part XK-4471-B for the pump", "lang": "en"})
+    assert service.index(docs).status_code == 200
+    lexical = _hits(service, "XK-4471-B", mode="lexical", k=3)
+    assert [h["id"] for h in lexical] == ["part"] and lexical[0]["ranks"] == {"lexical": 1}
+    dense = _hits(service, docs[4]["text"], mode="dense", k=3)
+    assert dense[0]["id"] == docs[4]["id"] and dense[0]["ranks"] == {"dense": 1}
+    hybrid = _hits(service, "XK-4471-B pump", mode="hybrid", k=5)
+    assert hybrid[0]["id"] == "part" and hybrid[0]["ranks"]["lexical"] == 1 and "dense" in hybrid[0]["ranks"]
+    got = service.client.get("/search", params={"q": "XK-4471-B", "mode": "lexical", "k": 2}).json()
+    assert [h["id"] for h in got["hits"]] == ["part"]
+    bad = service.client.post("/search", json={"query": "x", "mode": "sparse"})
+    assert bad.status_code == 422 and "mode" in bad.text
+
+
+@pytest.mark.parametrize("fusion", [{}, {"fusion_window": 4, "fusion_weight": 0.5}], ids=["default", "deep"])
+def test_hybrid_with_a_filter_equals_brute_force_over_the_filtered_documents(
+    make_settings: Any, fusion: dict[str, Any]
+) -> None:
+    """'deep': a first fetch of 4 with a heavy lexical weight, so the search has to look deeper to be exact."""
+    with running_service(make_settings(**fusion)) as service:
+        _check_hybrid_against_brute_force(service)
+
+
+def _check_hybrid_against_brute_force(service: RunningService) -> None:
+    docs = corpus(30)
+    service.index(docs)
+    weight = service.settings.fusion_weight
+    rng = np.random.default_rng(5)
+    for trial in range(8):
+        langs = [str(x) for x in rng.choice(LANGS, size=int(rng.integers(1, 3)), replace=False)]
+        where = {"parity": 1} if trial % 2 == 0 else None
+        passing = [d for d in docs if d["lang"] in langs and (where is None or d["metadata"]["parity"] == 1)]
+        # Half a filtered document's words beside a random sentence: both rankings have something to say.
+        words = passing[trial]["text"].split()
+        query = random_sentences(str(rng.choice(LANGS)), 1, seed=200 + trial)[0] + " " + " ".join(words[::2])
+        params: dict[str, Any] = {"k": 100, "langs": langs, **({"filter": where} if where else {})}
+        # Each ranking over every filtered document, as the service computes it (tests above and
+        # tests/models/test_lexical.py check each against its own reference); fused here by hand.
+        cosine = {h["id"]: h["score"] for h in _hits(service, query, mode="dense", **params)}
+        bm25 = {h["id"]: h["score"] for h in _hits(service, query, mode="lexical", **params)}
+        assert bm25 and set(bm25) <= set(cosine)
+        fused = {i: score + weight * bm25.get(i, 0.0) / max(bm25.values()) for i, score in cosine.items()}
+        expected = sorted(fused, key=lambda i: (-fused[i], i))[:7]
+        got = _hits(service, query, mode="hybrid", **{**params, "k": 7})
+        assert [h["id"] for h in got] == expected, (langs, where)
+        assert [h["score"] for h in got] == pytest.approx([fused[i] for i in expected], abs=1e-5)
+
+
+def test_replace_and_delete_never_return_old_text_in_any_mode(service: RunningService) -> None:
+    service.index([{"id": "doc", "text": "the lighthouse keeper painted the tower", "lang": "en"},
+                   {"id": "other", "text": "a ship passed the harbour", "lang": "en"}])
+    service.index([{"id": "doc", "text": "der Leuchtturmwärter las ein Buch", "lang": "de"}])
+    for mode in MODES:
+        hits = _hits(service, "lighthouse keeper painted tower", mode=mode, k=10)
+        assert all("lighthouse" not in h["text"] for h in hits), mode
+    assert [h["id"] for h in _hits(service, "Leuchtturmwärter", mode="lexical")] == ["doc"]
+    service.client.delete("/index/doc")
+    for mode in MODES:
+        assert "doc" not in [h["id"] for h in _hits(service, "der Leuchtturmwärter las ein Buch", mode=mode)], mode
+
+
+def test_restart_replays_what_was_written_while_down_into_the_lexical_index(make_settings: Any) -> None:
+    settings = make_settings()
+    with running_service(settings) as first:
+        first.index(corpus(5))
+        before = _hits(first, "en01w en02w", mode="lexical", k=20)
+
+    async def write_while_down() -> None:
+        client = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        store = DocStore(client, RedisKeys(settings.key_prefix))
+        await store.upsert([("late", StoredDoc("Quantenschaumstoff entdeckt", "de"))])
+        await store.delete(["en-0"])
+        await client.aclose()
+
+    asyncio.run(write_while_down())
+    with running_service(settings) as second:
+        assert [h["id"] for h in _hits(second, "quantenschaumstoff", mode="lexical")] == ["late"]
+        after = _hits(second, "en01w en02w", mode="lexical", k=20)
+        assert [h["id"] for h in after] == [h["id"] for h in before if h["id"] != "en-0"]
+    assert (settings.lexical_dir / "0" / "de").is_dir()  # the same folder, reopened: not a second copy
+    assert not (settings.lexical_dir / "1").exists()
+
+
+def test_lexical_off_refuses_the_modes_that_need_it(make_settings: Any) -> None:
+    with running_service(make_settings(lexical=False)) as service:
+        service.index(corpus(2))
+        assert _hits(service, "en01w", mode="dense")
+        response = service.client.post("/search", json={"query": "en01w", "mode": "hybrid"})
+        assert response.status_code in (400, 422) and "XLING_LEXICAL" in response.text
+        assert not service.settings.lexical_dir.exists()

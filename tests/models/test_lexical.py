@@ -1,0 +1,107 @@
+"""The lexical index on real tantivy and ICU: analysis, BM25 against a hand computation, writes, filters."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from xling.models.files import claim_folder
+from xling.models.index.analysis import terms, words
+from xling.models.index.lexical import LexicalDoc, LexicalIndex
+
+
+def _bm25(tf: int, doc_len: int, avg_len: float, docs: int, docs_with_term: int) -> float:
+    """Okapi BM25 with tantivy's constants (k1 1.2, b 0.75) and its idf, ln(1 + (N - n + 0.5) / (n + 0.5))."""
+    idf = math.log(1 + (docs - docs_with_term + 0.5) / (docs_with_term + 0.5))
+    return idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * doc_len / avg_len))
+
+
+def test_thai_and_chinese_are_segmented_into_words() -> None:
+    assert words("ผมชื่อสมชาย") == ["ผม", "ชื่อ", "สมชาย"]
+    assert words("我们在北京大学学习中文。") == ["我们", "在", "北京", "大学", "学习", "中文"]
+    # Spaces and punctuation go; case and compatibility forms fold; numbers stay whole.
+    assert words("Die STRASSE, ＡＢＣ 3.14!") == ["die", "strasse", "abc", "3.14"]
+
+
+def test_stemming_only_where_the_language_has_a_stemmer() -> None:
+    assert terms("Running dogs", "en") == ["run", "dog"]
+    assert terms("Running dogs", "pt-BR") == terms("Running dogs", "pt")  # a region uses its language's stemmer
+    assert terms("Running dogs", "kzj") == ["running", "dogs"]  # none for Coastal Kadazan: words as written
+
+
+def test_bm25_matches_a_hand_computation_with_statistics_per_language(tmp_path: Path) -> None:
+    index = LexicalIndex(tmp_path)
+    index.upsert([
+        LexicalDoc("a", "river bank money", "kzj"),
+        LexicalDoc("b", "river fish", "kzj"),
+        LexicalDoc("c", "mountain snow lake cold", "kzj"),
+        # 'river' is in every one of these: in their partition it is worth little, in kzj's it keeps its weight.
+        LexicalDoc("x", "river river", "sw"),
+        LexicalDoc("y", "river", "sw"),
+    ])
+    index.commit("1-0")
+    found = {hit.ext_id: hit.score for hit in index.search("river", 10)}
+    avg = (3 + 2 + 4) / 3
+    assert found["a"] == pytest.approx(_bm25(1, 3, avg, 3, 2), rel=1e-5)
+    assert found["b"] == pytest.approx(_bm25(1, 2, avg, 3, 2), rel=1e-5)
+    assert found["x"] == pytest.approx(_bm25(2, 2, 1.5, 2, 2), rel=1e-5)
+    assert found["y"] == pytest.approx(_bm25(1, 1, 1.5, 2, 2), rel=1e-5)
+    assert [hit.ext_id for hit in index.search("river", 10)][:2] == ["b", "a"]
+    assert set(found) == {"a", "b", "x", "y"}  # 'c' has no query term: not a hit at all
+    assert index.scores("river money", ["a", "c", "gone"]) == {
+        "a": pytest.approx(_bm25(1, 3, avg, 3, 2) + _bm25(1, 3, avg, 3, 1), rel=1e-5)
+    }
+
+
+def test_replace_and_delete_never_return_the_old_text(tmp_path: Path) -> None:
+    index = LexicalIndex(tmp_path)
+    index.upsert([LexicalDoc("doc", "the old harbour crane", "en"), LexicalDoc("other", "a quiet harbour", "en")])
+    index.commit("1-0")
+    index.upsert([LexicalDoc("doc", "der neue Kran im Hafen", "de")])  # a new text in another language's partition
+    index.commit("2-0")
+    assert "doc" not in [hit.ext_id for hit in index.search("old crane", 10)]
+    assert [hit.ext_id for hit in index.search("Kran", 10)] == ["doc"]
+    assert index.partitions == {"de": 1, "en": 1}
+    index.remove(["doc"])
+    index.commit("3-0")
+    assert index.search("Kran", 10) == [] and len(index) == 1
+
+
+def test_filters_restrict_to_declared_languages_and_metadata(tmp_path: Path) -> None:
+    index = LexicalIndex(tmp_path)
+    index.upsert([
+        LexicalDoc("en1", "solar panel prices", "en", {"year": 2024}),
+        LexicalDoc("en2", "solar eclipse", "en", {"year": 2023}),
+        LexicalDoc("gb", "solar farm", "en-GB", {"year": 2024}),
+        LexicalDoc("none", "solar power everywhere", None),  # detected as English, declared as nothing
+    ])
+    index.commit("1-0")
+    assert {hit.ext_id for hit in index.search("solar", 10)} == {"en1", "en2", "gb", "none"}
+    assert {hit.ext_id for hit in index.search("solar", 10, langs=["en"])} == {"en1", "en2"}
+    assert {hit.ext_id for hit in index.search("solar", 10, langs=["en-GB"])} == {"gb"}
+    assert {hit.ext_id for hit in index.search("solar", 10, where={"year": 2024})} == {"en1", "gb"}
+    assert {hit.ext_id for hit in index.search("solar", 10, langs=["en"], where={"year": 2024})} == {"en1"}
+    # The filter does not change a score: BM25 is the same with and without it.
+    unfiltered = {hit.ext_id: hit.score for hit in index.search("solar", 10)}
+    filtered = {hit.ext_id: hit.score for hit in index.search("solar", 10, langs=["en"])}
+    assert filtered == {ext_id: pytest.approx(unfiltered[ext_id]) for ext_id in ("en1", "en2")}
+
+
+def test_reopening_keeps_documents_and_offset_and_folders_are_claimed_per_process(tmp_path: Path) -> None:
+    first, claim = claim_folder(tmp_path)
+    second, other_claim = claim_folder(tmp_path)
+    assert first != second
+    index = LexicalIndex(first)
+    assert index.applied_offset is None
+    index.upsert([LexicalDoc("a", "eine kleine Nachtmusik", "de")])
+    index.commit("5-1")
+    index.close()
+    claim.close()
+    again, claim = claim_folder(tmp_path)
+    assert again == first  # released: the next process takes it back, with what it holds
+    reopened = LexicalIndex(again)
+    assert reopened.applied_offset == "5-1" and [h.ext_id for h in reopened.search("Nachtmusik", 3)] == ["a"]
+    claim.close()
+    other_claim.close()
