@@ -25,7 +25,7 @@ from xling.app.metrics import Metrics
 from xling.app.swap import HotSwap
 from xling.models.encoder import TextKind
 from xling.models.files import claim_folder
-from xling.models.index.fusion import FusedHit, Fusion, SearchMode, fuse_rrf, fuse_weighted
+from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
 from xling.models.index.lexical import LexicalIndex
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import document_languages, query_language
@@ -128,7 +128,7 @@ class Engine:
         self.applier: Applier | None = None
         self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical)
         self._lexical_claim: IO[bytes] | None = None  # holds its folder while this process runs
-        self.fusion = Fusion(settings.fusion, settings.fusion_weight, settings.fusion_rrf_k, settings.fusion_window)
+        self.fusion = settings.fusion_config()
         self.batcher: MicroBatcher[SearchQuery | EmbedTexts, DenseAnswer | Embedded] = MicroBatcher(
             self._run_batch,
             max_size=settings.batch_max_size,

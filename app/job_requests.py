@@ -121,7 +121,7 @@ def _guards(requested: list[GuardIn], eval_datasets: list[str], settings: Settin
 def evaluate_job(request: EvaluateRequest, settings: Settings, registry: Registry) -> EvaluateJob:
     check_model(request.model, settings, registry)
     _check_eval_sets(request.datasets, settings)
-    return EvaluateJob(model=request.model, datasets=request.datasets, centering=request.centering)
+    return EvaluateJob(model=request.model, datasets=request.datasets, centering=request.centering, mode=request.mode)
 
 
 def experiment_job(request: ExperimentRequest, settings: Settings, registry: Registry) -> ExperimentJob:

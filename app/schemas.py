@@ -229,6 +229,7 @@ class EvaluateRequest(_Strict):
     model: str = Field("active", description="'active', a registry version, or a hub id")
     datasets: list[Name] = Field(min_length=1)
     centering: bool = Field(False, description="also score LAReQA sets with vectors centred per language")
+    mode: SearchMode = Field("dense", description="retrieval to score: dense, lexical, or hybrid (service's fusion)")
 
 
 class ExperimentRequest(_Strict):

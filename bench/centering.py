@@ -34,6 +34,7 @@ from xling.models.encoder import TextKind
 from xling.models.evaluation.lareqa import lareqa_metrics
 from xling.models.files import write_json_atomic
 from xling.models.language import LanguageDetector
+from xling.models.resolve import ModelSource
 from xling.state.indexing import load_encoder
 from xling.state.settings import Settings
 
@@ -45,8 +46,9 @@ HEADLINE = ("mono_map", "cross_map", "multi_map", "rank_distance")
 class CachedEncoder:
     """The served encoder's vectors, each (text, kind) encoded once and kept in an .npz beside the results."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: ModelSource | None = None) -> None:
         self.path = path
+        self.source = source
         self.vectors: dict[tuple[str, str], np.ndarray] = {}
         if path.is_file():
             stored = np.load(path, allow_pickle=False)
@@ -59,7 +61,7 @@ class CachedEncoder:
         missing = list(dict.fromkeys(t for t in texts if (kind, t) not in self.vectors))
         if missing:
             if self._encoder is None:
-                self._encoder = load_encoder(default_model(), Settings())
+                self._encoder = load_encoder(self.source or default_model(), Settings())
             print(f"encoding {len(missing)} {kind} texts", flush=True)
             self.vectors.update(zip(((kind, t) for t in missing), self._encoder.encode(missing, kind), strict=True))
             self.save()

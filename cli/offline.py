@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -15,6 +15,9 @@ from rich.table import Table
 from xling.cli.output import console, err_console, fail
 from xling.state.logs import configure_logging
 from xling.state.settings import Settings
+
+if TYPE_CHECKING:
+    from xling.models.evaluation.modes import RetrievalMode
 
 
 def _shares(given: list[str] | None) -> dict[str, float] | None:
@@ -172,6 +175,17 @@ def _summary_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Tabl
     return table
 
 
+def _retrieval_mode(settings: Settings, mode: str, fusion: str | None, weight: float | None) -> RetrievalMode:
+    """What --mode, --fusion and --fusion-weight ask for; the service's fusion settings fill in the rest."""
+    from xling.models.evaluation.modes import RetrievalMode
+
+    if mode not in ("dense", "lexical", "hybrid"):
+        raise ValueError(f"--mode must be dense, lexical or hybrid, got {mode!r}")
+    if mode != "hybrid":
+        return RetrievalMode(mode)  # type: ignore[arg-type]  # checked just above
+    return RetrievalMode("hybrid", settings.fusion_config(fusion, weight))
+
+
 def _split_langs(langs: str | None) -> list[str] | None:
     return [code.strip() for code in langs.split(",") if code.strip()] if langs else None
 
@@ -192,6 +206,13 @@ def evaluate(
     centering: Annotated[
         bool, typer.Option(help="also score every set with vectors centred per language (on the set's own texts)")
     ] = False,
+    mode: Annotated[
+        str, typer.Option(help="dense | lexical (BM25) | hybrid (fused as the service fuses; see --fusion)")
+    ] = "dense",
+    fusion: Annotated[str | None, typer.Option(help="hybrid: weighted | rrf (default: XLING_FUSION)")] = None,
+    fusion_weight: Annotated[
+        float | None, typer.Option(help="hybrid weighted: the BM25 share (default: XLING_FUSION_WEIGHT)")
+    ] = None,
 ) -> None:
     """Score a model with the LAReQA protocol (mono / cross / multi mAP, rank distance) and bitext accuracy."""
     from xling.models.data.text import DataError
@@ -206,13 +227,14 @@ def evaluate(
     if not lareqa and not bitext:
         fail("give --lareqa and/or --bitext", 2)
     try:
+        retrieval = _retrieval_mode(settings, mode, fusion, fusion_weight)
         sets = [eval_set(p, kind="lareqa") for p in lareqa or []] + [eval_set(p, kind="bitext") for p in bitext or []]
         source = resolve_model(model or settings.retrieval_model, settings.models_dir)
         encoder = load_encoder(source, settings)
         with console.status("evaluating") as status:
             report = run_evaluate(
                 encoder.encode, source.version, sets, _split_langs(langs),
-                progress=lambda step: status.update(f"evaluating: {step}"), centering=centering,
+                progress=lambda step: status.update(f"evaluating: {step}"), centering=centering, mode=retrieval,
             )
     except (DataError, ModelNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
@@ -220,7 +242,7 @@ def evaluate(
     rows = [(ev.name, ev.result.metrics) for ev in report.lareqa]
     rows += [(f"{ev.name}, centred", ev.centred.metrics) for ev in report.lareqa if ev.centred is not None]
     if rows:
-        console.print(_summary_table(f"{source.version}: LAReQA", rows))
+        console.print(_summary_table(f"{source.version}: LAReQA, {report.retrieval} retrieval", rows))
         for ev in report.lareqa:
             share = ev.metric_seconds / max(ev.encode_seconds + ev.metric_seconds, 1e-9)
             console.print(

@@ -10,6 +10,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard
+from xling.models.index.fusion import SearchMode
 from xling.models.training.trainer import TrainConfig
 from xling.state.settings import Settings
 
@@ -92,6 +93,7 @@ class EvaluateJob(JobSpec):
     model: str = "active"
     datasets: list[str]
     centering: bool = False  # also score LAReQA sets centred per language
+    mode: SearchMode = "dense"  # retrieval to score: hybrid fuses as the service's settings say
 
     def dataset_names(self) -> set[str]:
         return set(self.datasets)

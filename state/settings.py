@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from xling.models.index.fusion import SearchMode
+from xling.models.index.fusion import Fusion, SearchMode
 
 
 class Settings(BaseSettings):
@@ -175,6 +175,13 @@ class Settings(BaseSettings):
     @cached_property
     def indexes_dir(self) -> Path:
         return self.data_dir / "indexes"
+
+    def fusion_config(self, method: str | None = None, weight: float | None = None) -> Fusion:
+        """How hybrid search fuses, from the settings; `method` and `weight` override them (the CLI's options)."""
+        return Fusion(
+            method or self.fusion,  # type: ignore[arg-type]  # Fusion refuses an unknown name
+            self.fusion_weight if weight is None else weight, self.fusion_rrf_k, self.fusion_window,
+        )
 
     @cached_property
     def lexical_dir(self) -> Path:

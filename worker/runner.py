@@ -21,7 +21,9 @@ import redis
 from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
 from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
+from xling.models.evaluation.modes import RetrievalMode
 from xling.models.evaluation.reports import write_evaluation_report
+from xling.models.index.fusion import SearchMode
 from xling.models.manifest import read_manifest, write_manifest
 from xling.models.resolve import ModelSource, resolve_model
 from xling.models.training.trainer import Progress, finetune
@@ -114,14 +116,15 @@ def _throttled_progress(ctx: JobContext) -> Callable[[Progress], None]:
 
 
 def _evaluate_version(
-    ctx: JobContext, name: str, datasets: list[str], label: str, centering: bool = False
+    ctx: JobContext, name: str, datasets: list[str], label: str, centering: bool = False, mode: SearchMode = "dense"
 ) -> EvaluationReport:
-    """`name`: 'active', a registry version or a hub id, as a client gave it."""
+    """`name`: 'active', a registry version or a hub id, as a client gave it. `mode`: the retrieval scored."""
     source = resolve_model(ctx.model_spec(name), ctx.settings.models_dir, allow_folder=ctx.folder_allowed(name))
     ctx.report("evaluating", model=source.version)
     encoder = load_encoder(source, ctx.settings)
     sets = [eval_set(ctx.dataset(d), name=d) for d in datasets]
-    report = evaluate(encoder.encode, source.version, sets, centering=centering)
+    retrieval = RetrievalMode(mode, ctx.settings.fusion_config() if mode == "hybrid" else None)
+    report = evaluate(encoder.encode, source.version, sets, centering=centering, mode=retrieval)
     write_evaluation_report(report, ctx.settings.reports_dir / ctx.job.id / label)
     return report
 
@@ -228,8 +231,9 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
 
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> dict[str, Any]:
-    report = _evaluate_version(ctx, job.model, job.datasets, "report", centering=job.centering)
-    return {"metrics": report.job_metrics(job.centering), "model_version": report.model_version}
+    report = _evaluate_version(ctx, job.model, job.datasets, "report", centering=job.centering, mode=job.mode)
+    return {"metrics": report.job_metrics(job.centering), "model_version": report.model_version,
+            "retrieval": report.retrieval}
 
 
 def run_experiment_job(ctx: JobContext, job: ExperimentJob) -> dict[str, Any]:

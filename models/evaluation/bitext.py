@@ -14,11 +14,15 @@ import numpy as np
 from xling.models.centering import center
 from xling.models.data.bitext import BitextPair
 from xling.models.encoder import EncodeFn
+from xling.models.evaluation.modes import Rescore, RetrievalMode, bm25_matrix, rescorer
 
 
-def accuracy_at_1(queries: np.ndarray, targets: np.ndarray) -> float:
-    """Share of rows i whose target i scores strictly above every other target."""
+def accuracy_at_1(queries: np.ndarray, targets: np.ndarray, rescore: Rescore | None = None) -> float:
+    """Share of rows i whose target i scores strictly above every other target; `rescore(rows, cosines)` turns
+    the cosines into the scores that rank (lexical or fused retrieval)."""
     scores = queries @ targets.T
+    if rescore is not None:
+        scores = rescore(np.arange(len(scores)), scores)
     own = np.diag(scores)
     others = scores.copy()
     np.fill_diagonal(others, -np.inf)
@@ -47,21 +51,29 @@ def _centred_side(queries: np.ndarray, passages: np.ndarray) -> tuple[np.ndarray
 
 
 def bitext_metrics(
-    pairs: list[BitextPair], encode: EncodeFn, min_lines: int = 100, centering: bool = False
+    pairs: list[BitextPair],
+    encode: EncodeFn,
+    min_lines: int = 100,
+    centering: bool = False,
+    mode: RetrievalMode | None = None,
 ) -> dict[str, Any]:
     """accuracy@1 per pair in both directions, and the macro average over both directions of all pairs; with
-    `centering`, the same under "centred", every vector centred on its language's passage mean."""
+    `centering`, the same under "centred", every vector centred on its language's passage mean. `mode`:
+    lexical or fused retrieval instead of dense (models/evaluation/modes.py)."""
+    mode = mode or RetrievalMode()
     rows: list[dict[str, Any]] = []
     centred_rows: list[dict[str, Any]] = []
     for pair in pairs:
         src_q, tgt_p = encode(pair.src_lines, "query"), encode(pair.tgt_lines, "passage")
         tgt_q, src_p = encode(pair.tgt_lines, "query"), encode(pair.src_lines, "passage")
-        rows.append(_pair_row(pair, accuracy_at_1(src_q, tgt_p), accuracy_at_1(tgt_q, src_p), min_lines))
+        forward, backward = _rescorers(pair, mode)
+        rows.append(_pair_row(pair, accuracy_at_1(src_q, tgt_p, forward), accuracy_at_1(tgt_q, src_p, backward),
+                              min_lines))
         if centering:
             (src_qc, src_pc), (tgt_qc, tgt_pc) = _centred_side(src_q, src_p), _centred_side(tgt_q, tgt_p)
-            centred_rows.append(
-                _pair_row(pair, accuracy_at_1(src_qc, tgt_pc), accuracy_at_1(tgt_qc, src_pc), min_lines)
-            )
+            centred_rows.append(_pair_row(
+                pair, accuracy_at_1(src_qc, tgt_pc, forward), accuracy_at_1(tgt_qc, src_pc, backward), min_lines
+            ))
     result: dict[str, Any] = {
         "bitext_acc@1": float(np.mean([r["mean"] for r in rows])),
         "pairs": rows,
@@ -70,4 +82,15 @@ def bitext_metrics(
     }
     if centering:
         result["centred"] = {"bitext_acc@1": float(np.mean([r["mean"] for r in centred_rows])), "pairs": centred_rows}
+    if mode.mode != "dense":
+        result["retrieval"] = mode.label
     return result
+
+
+def _rescorers(pair: BitextPair, mode: RetrievalMode) -> tuple[Rescore | None, Rescore | None]:
+    """Each direction's rescoring: the BM25 of one side's lines against the other side's, in its language."""
+    if mode.mode == "dense":
+        return None, None
+    forward = bm25_matrix(pair.src_lines, [(line, pair.tgt) for line in pair.tgt_lines])
+    backward = bm25_matrix(pair.tgt_lines, [(line, pair.src) for line in pair.src_lines])
+    return rescorer(mode, forward), rescorer(mode, backward)

@@ -17,6 +17,7 @@ from xling.models.data.lareqa import LareqaData, load_lareqa
 from xling.models.encoder import EncodeFn, TextKind
 from xling.models.evaluation.bitext import bitext_metrics
 from xling.models.evaluation.lareqa import LareqaResult, lareqa_metrics
+from xling.models.evaluation.modes import RetrievalMode, lexical_matrix, rescorer
 
 
 def encode_distinct(encode: EncodeFn, texts: list[str], kind: TextKind) -> np.ndarray:
@@ -87,6 +88,7 @@ class EvaluationReport:
     model_version: str
     lareqa: list[LareqaEvaluation] = field(default_factory=list)
     bitext: list[BitextEvaluation] = field(default_factory=list)
+    retrieval: str = "dense"  # the retrieval mode the sets were scored with (RetrievalMode.label)
 
     def score(self, on: str | None = None, centred: bool = False) -> tuple[str, float]:
         """What `deploy: if_better` compares: (metric name, value).
@@ -143,27 +145,31 @@ class EvaluationReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,
+            "retrieval": self.retrieval,
             "lareqa": [e.to_dict() for e in self.lareqa],
             "bitext": [b.to_dict() for b in self.bitext],
         }
 
 
-def evaluate_lareqa(encode: EncodeFn, data: LareqaData, name: str, centering: bool = False) -> LareqaEvaluation:
+def evaluate_lareqa(
+    encode: EncodeFn, data: LareqaData, name: str, centering: bool = False, mode: RetrievalMode | None = None
+) -> LareqaEvaluation:
     """LAReQA metrics; with `centering`, also with every vector centred on its language's mean, estimated on the
     set's own candidate pool (as a service estimates it on the corpus it holds). Queries are centred on the
-    candidate mean of their own language."""
+    candidate mean of their own language. `mode`: lexical or fused retrieval instead of dense."""
     started = time.perf_counter()
     candidates = encode_distinct(encode, data.candidate_texts, "passage")
     queries = encode_distinct(encode, data.question_texts, "query")
     encoded = time.perf_counter()
-    result = lareqa_metrics(data, queries, candidates)
+    rescore = rescorer(mode, lexical_matrix(data)) if mode is not None and mode.mode != "dense" else None
+    result = lareqa_metrics(data, queries, candidates, rescore=rescore)
     centred = None
     if centering:
         candidate_langs = [data.languages[i] for i in data.candidate_langs]
         means = language_means(candidates, candidate_langs)
         question_langs = [data.languages[i] for i in data.question_langs]
         centred = lareqa_metrics(
-            data, center(queries, question_langs, means), center(candidates, candidate_langs, means)
+            data, center(queries, question_langs, means), center(candidates, candidate_langs, means), rescore=rescore
         )
     return LareqaEvaluation(name, data.size, result, encoded - started, time.perf_counter() - encoded, centred)
 
@@ -175,21 +181,24 @@ def evaluate(
     langs: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
     centering: bool = False,
+    mode: RetrievalMode | None = None,
 ) -> EvaluationReport:
     """Every set scored; with `centering`, every set also scored centred per language (`evaluate_lareqa`,
-    `bitext_metrics`)."""
+    `bitext_metrics`); with `mode`, by lexical or fused retrieval instead of dense."""
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation set names must differ: {names}")
-    report = EvaluationReport(model_version)
+    report = EvaluationReport(model_version, retrieval=(mode or RetrievalMode()).label)
     for item in sets:
         if progress:
             progress(f"{'LAReQA' if item.kind == 'lareqa' else 'bitext'} {item.name}")
         if item.kind == "lareqa":
-            report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name, centering))
+            report.lareqa.append(evaluate_lareqa(encode, load_lareqa(item.path, langs), item.name, centering, mode))
         else:
             pairs = load_bitext(item.path, langs)
-            report.bitext.append(BitextEvaluation(item.name, bitext_metrics(pairs, encode, centering=centering)))
+            report.bitext.append(
+                BitextEvaluation(item.name, bitext_metrics(pairs, encode, centering=centering, mode=mode))
+            )
     return report
 
 

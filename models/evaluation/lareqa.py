@@ -21,6 +21,7 @@ A result therefore never benefits from ties (a constant encoder scores near zero
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,9 +83,14 @@ def _pessimistic_ranks(scores: np.ndarray, candidate_ids: np.ndarray, relevant: 
 
 
 def lareqa_metrics(
-    data: LareqaData, query_vectors: np.ndarray, candidate_vectors: np.ndarray, chunk: int = 256
+    data: LareqaData,
+    query_vectors: np.ndarray,
+    candidate_vectors: np.ndarray,
+    chunk: int = 256,
+    rescore: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> LareqaResult:
-    """Every setting from one (chunk x N) score matrix at a time; memory O(chunk x N)."""
+    """Every setting from one (chunk x N) score matrix at a time; memory O(chunk x N). `rescore(rows, cosines)`
+    turns a chunk's cosines into the scores that rank (lexical or fused retrieval: models/evaluation/modes.py)."""
     assert query_vectors.shape[0] == len(data.question_texts), query_vectors.shape
     assert candidate_vectors.shape[0] == len(data.candidate_texts), candidate_vectors.shape
     n_langs = len(data.languages)
@@ -101,6 +107,8 @@ def lareqa_metrics(
         for start in range(0, rows_x.size, chunk):
             rows = rows_x[start : start + chunk]
             scores = query_vectors[rows] @ candidate_vectors.T  # (n, N)
+            if rescore is not None:
+                scores = rescore(rows, scores)
             relevant = data.relevant[rows]  # (n, L)
             for y in range(n_langs):
                 single = relevant[:, y : y + 1]

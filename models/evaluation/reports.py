@@ -71,7 +71,7 @@ def write_heatmap(pair_map: dict[str, dict[str, float]], path: Path, title: str)
 
 
 def evaluation_markdown(report: EvaluationReport) -> str:
-    lines = [f"# Evaluation of `{report.model_version}`", ""]
+    lines = [f"# Evaluation of `{report.model_version}`", "", f"Retrieval: {report.retrieval}.", ""]
     if report.lareqa:
         lines += ["| set | " + " | ".join(label for _, label in SUMMARY_COLUMNS) + " | R@1 multi | R@10 multi |"]
         lines += ["|---" * (len(SUMMARY_COLUMNS) + 3) + "|"]

@@ -38,7 +38,9 @@ def test_a_stored_job_parses_back_to_the_same_spec(spec: object) -> None:
 def test_stored_parameters_keep_their_shape() -> None:
     finetune = SPECS[0].params()
     assert finetune["dataset"] == ["qa"] and finetune["config"] == dataclasses.asdict(TrainConfig(batch_size=8))
-    assert SPECS[1].params() == {"model": "v1", "datasets": ["ev", "bitext"], "centering": False}
+    assert SPECS[1].params() == {"model": "v1", "datasets": ["ev", "bitext"], "centering": False, "mode": "dense"}
+    # A job stored before a field existed still parses, with the field's default.
+    assert parse_job("evaluate", {"model": "v1", "datasets": ["ev", "bitext"], "centering": False}) == SPECS[1]
     assert SPECS[3].params() == {"version": "v2", "recalibrate": False}
 
 
