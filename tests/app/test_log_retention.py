@@ -80,6 +80,10 @@ def test_a_replica_behind_the_trim_point_rebuilds_and_converges(make_settings: A
             assert time.monotonic() < deadline, "replica b did not rebuild and catch up"
             time.sleep(0.05)
         assert b.client.get("/index/stats").json()["vectors"] == a.client.get("/index/stats").json()["vectors"] == 13
+        # b's lexical index was behind the trim point too: rebuilt, it holds the same documents as a's.
+        lexical = {"query": "bibliothèque portes", "mode": "lexical", "k": 20}
+        assert [h["id"] for h in b.client.post("/search", json=lexical).json()["hits"]][:1] == ["late"]
+        assert len(engine_b.lexical) == len(a.app.state.engine.lexical) == 13
 
 
 def test_a_snapshot_older_than_the_trim_point_is_not_replayed(
@@ -107,4 +111,7 @@ def test_a_snapshot_older_than_the_trim_point_is_not_replayed(
         assert second.search_ids("ein neues Museum hat eröffnet", k=1) == ["after"]
         assert second.client.get("/index/stats").json()["vectors"] == 8
         assert gone not in second.search_ids(corpus(2)[0]["text"], k=8)
+        for mode in ("lexical", "hybrid"):  # the lexical index was rebuilt from the documents as well
+            assert second.search_ids("neues Museum", k=8, mode=mode)[0] == "after"
+            assert gone not in second.search_ids(corpus(2)[0]["text"], k=8, mode=mode)
     client.close()
