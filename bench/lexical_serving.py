@@ -22,10 +22,19 @@ from typing import Any
 
 import redis
 
-from bench.common import bench_data_dir, closed_loop, default_model, lareqa_questions, server_process, xling_serve_args
+from bench.common import (
+    bench_data_dir,
+    closed_loop,
+    default_model,
+    lareqa_questions,
+    lareqa_sentences,
+    server_process,
+    xling_serve_args,
+)
+from bench.million import rss_mb
 from bench.search import seed_corpus
 from xling.models.files import write_json_atomic
-from xling.models.index.lexical import LexicalIndex
+from xling.models.index.lexical import LexicalDoc, LexicalIndex
 from xling.state.docstore import StoredDoc
 from xling.state.embedded_redis import EmbeddedRedis, free_port
 from xling.state.indexing import lexical_docs
@@ -55,6 +64,30 @@ def ingest(redis_url: str, folder: Path) -> dict[str, Any]:
             "disk_mb": round(folder_bytes(folder) / 2**20, 1), "batch": BATCH}
 
 
+def memory_at(count: int, data: Path, folder: Path, questions: list[str]) -> dict[str, Any]:
+    """The lexical index of `count` documents (LAReQA sentences with a copy number, in their languages) built in
+    this process: resident memory before, after the build and after 200 searches; ingest rate; size on disk."""
+    pool = lareqa_sentences(data / "mlqa-r") + lareqa_sentences(data / "xquad-r")
+    before = rss_mb(os.getpid())["rss_mb"]
+    index = LexicalIndex(folder)
+    started = time.perf_counter()
+    for start in range(0, count, BATCH):
+        rows = range(start, min(count, start + BATCH))
+        docs = [LexicalDoc(f"d{i}", f"{pool[i % len(pool)][1]} ({i // len(pool)})", pool[i % len(pool)][0])
+                for i in rows]
+        index.upsert(docs)
+        index.commit(f"{start}-0")
+    seconds = time.perf_counter() - started
+    built = rss_mb(os.getpid())["rss_mb"]
+    for question in questions[:200]:
+        index.search(question, 10)
+    searched = rss_mb(os.getpid())
+    index.close()
+    return {"docs": count, "seconds": round(seconds, 1), "docs_per_s": round(count / seconds),
+            "rss_before_mb": before, "rss_built_mb": built, "rss_searched_mb": searched["rss_mb"],
+            "peak_mb": searched["peak_mb"], "disk_mb": round(folder_bytes(folder) / 2**20, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data")
@@ -63,9 +96,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench/results/lexical_serving.json"))
+    parser.add_argument("--memory-docs", type=int, help="only build a lexical index of this many documents in-process"
+                        " and report its memory, ingest rate and size")
     args = parser.parse_args()
     data = bench_data_dir(args.data)
     questions = lareqa_questions(data / "xquad-r" / "en.json")
+    if args.memory_docs:
+        with tempfile.TemporaryDirectory(prefix="xling-bench-") as tmp:
+            found = memory_at(args.memory_docs, data, Path(tmp), questions)
+        found.update(command=f"python -m bench.lexical_serving --memory-docs {args.memory_docs}",
+                     date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {os.cpu_count()} cores")
+        write_json_atomic(args.out, found)
+        print(json.dumps(found, indent=2))
+        return
     results: dict[str, Any] = {
         "command": f"python -m bench.lexical_serving --docs {args.docs} --clients {args.clients} "
                    f"--seconds {args.seconds:g}",
