@@ -9,7 +9,7 @@ import pytest
 
 from xling.models.files import claim_folder
 from xling.models.index.analysis import terms, words
-from xling.models.index.lexical import LexicalDoc, LexicalIndex
+from xling.models.index.lexical import LexicalDoc, LexicalIndex, partition_of
 
 
 def _bm25(tf: int, doc_len: int, avg_len: float, docs: int, docs_with_term: int) -> float:
@@ -105,3 +105,17 @@ def test_reopening_keeps_documents_and_offset_and_folders_are_claimed_per_proces
     assert reopened.applied_offset == "5-1" and [h.ext_id for h in reopened.search("Nachtmusik", 3)] == ["a"]
     claim.close()
     other_claim.close()
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    ("Wo ist der nächste Bahnhof, bitte?", "de"),
+    ("Où se trouve la gare la plus proche ?", "fr"),
+    ("¿Dónde está la estación de tren más cercana?", "es"),
+    ("Где находится ближайший вокзал?", "ru"),
+    ("最近的火车站在哪里？", "zh"),
+    ("สถานีรถไฟที่ใกล้ที่สุดอยู่ที่ไหน", "th"),
+    ("Where is the nearest railway station?", "en"),
+])
+def test_a_document_without_a_language_goes_to_the_detected_languages_partition(text: str, lang: str) -> None:
+    assert partition_of(LexicalDoc("x", text, None)) == lang
+    assert partition_of(LexicalDoc("x", text, "pt-BR")) == "pt"  # a declared language wins, by its base
