@@ -40,6 +40,7 @@ def modes() -> list[RetrievalMode]:
         RetrievalMode("dense"),
         RetrievalMode("lexical"),
         *(RetrievalMode("hybrid", Fusion("weighted", weight=w)) for w in WEIGHTS),
+        *(RetrievalMode("hybrid", Fusion("weighted", weight=w, normalise="language")) for w in WEIGHTS),
         *(RetrievalMode("hybrid", Fusion("rrf", rrf_k=60, window=n)) for n in RRF_WINDOWS),
     ]
 
@@ -88,7 +89,8 @@ def main() -> None:
                 key = f"{name} | {'centred' if centred else 'raw'} | {mode.label}"
                 if key in rows:
                     continue
-                metrics = lareqa_metrics(data, queries, docs, rescore=rescorer(mode, bm25)).metrics
+                rescore = rescorer(mode, bm25, data.candidate_langs)
+                metrics = lareqa_metrics(data, queries, docs, rescore=rescore).metrics
                 rows[key] = {metric: round(float(metrics[metric]), 4) for metric in HEADLINE}
                 print(key, rows[key], flush=True)
                 write_json_atomic(results_path, results)

@@ -161,7 +161,9 @@ def evaluate_lareqa(
     candidates = encode_distinct(encode, data.candidate_texts, "passage")
     queries = encode_distinct(encode, data.question_texts, "query")
     encoded = time.perf_counter()
-    rescore = rescorer(mode, lexical_matrix(data)) if mode is not None and mode.mode != "dense" else None
+    rescore = None
+    if mode is not None and mode.mode != "dense":
+        rescore = rescorer(mode, lexical_matrix(data), data.candidate_langs)
     result = lareqa_metrics(data, queries, candidates, rescore=rescore)
     centred = None
     if centering:

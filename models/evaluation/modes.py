@@ -37,7 +37,8 @@ class RetrievalMode:
         assert self.fusion is not None
         if self.fusion.method == "rrf":
             return f"hybrid rrf k{self.fusion.rrf_k} window {self.fusion.window}"
-        return f"hybrid weighted {self.fusion.weight:g}"
+        per = ", per language" if self.fusion.normalise == "language" else ""
+        return f"hybrid weighted {self.fusion.weight:g}{per}"
 
 
 def bm25_matrix(queries: Sequence[str], candidates: Sequence[tuple[str, str | None]]) -> np.ndarray:
@@ -66,8 +67,9 @@ def lexical_matrix(data: LareqaData) -> np.ndarray:
     return bm25_matrix(data.question_texts, list(zip(data.candidate_texts, langs, strict=True)))
 
 
-def rescorer(mode: RetrievalMode, bm25: np.ndarray | None) -> Rescore | None:
-    """What turns a chunk's cosines into the mode's scores (None: dense, the cosines themselves)."""
+def rescorer(mode: RetrievalMode, bm25: np.ndarray | None, column_langs: np.ndarray | None = None) -> Rescore | None:
+    """What turns a chunk's cosines into the mode's scores (None: dense, the cosines themselves). `column_langs`:
+    each candidate's language, which per-language normalisation needs."""
     if mode.mode == "dense":
         return None
     assert bm25 is not None, "lexical and hybrid modes need the BM25 matrix"
@@ -76,14 +78,25 @@ def rescorer(mode: RetrievalMode, bm25: np.ndarray | None) -> Rescore | None:
     fusion = mode.fusion
     assert fusion is not None
     if fusion.method == "weighted":
+        if fusion.normalise == "language":
+            if column_langs is None:
+                raise ValueError("per-language normalisation needs the candidates' languages")
+            groups = [np.flatnonzero(column_langs == lang) for lang in np.unique(column_langs)]
+            return lambda rows, cosines: weighted(cosines, bm25[rows], fusion.weight, groups)
         return lambda rows, cosines: weighted(cosines, bm25[rows], fusion.weight)
     return lambda rows, cosines: rrf(cosines, bm25[rows], fusion.rrf_k, fusion.window)
 
 
-def weighted(cosines: np.ndarray, bm25: np.ndarray, weight: float) -> np.ndarray:
-    best = bm25.max(axis=1, keepdims=True)
-    scale = np.divide(weight, best, out=np.zeros_like(best), where=best > 0)
-    fused: np.ndarray = cosines + scale * bm25
+def weighted(
+    cosines: np.ndarray, bm25: np.ndarray, weight: float, groups: list[np.ndarray] | None = None
+) -> np.ndarray:
+    """cosine + weight x BM25 / best BM25, the best taken per row over all columns, or within each group of
+    columns (each language's candidates) when `groups` are given."""
+    fused: np.ndarray = cosines.astype(np.float64, copy=True)
+    for columns in groups if groups is not None else [np.arange(bm25.shape[1])]:
+        part = bm25[:, columns]
+        best = part.max(axis=1, keepdims=True)
+        fused[:, columns] += np.divide(weight * part, best, out=np.zeros_like(part, dtype=np.float64), where=best > 0)
     return fused
 
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
 FusionMethod = Literal["weighted", "rrf"]
+Normalise = Literal["query", "language"]
 Ranked = Sequence[tuple[str, float]]  # (document id, score), best first
 
 
@@ -30,10 +31,15 @@ class Fusion:
     weight: float = 0.05  # weighted: the lexical score's weight against the cosine
     rrf_k: int = 60
     window: int = 100  # rrf: the depth of each ranking that counts; weighted: the first fetch
+    # weighted: BM25 divided by the query's best over all documents, or by its best in each document's language
+    # (so that no language's documents are lifted as a whole: measured in evaluation, bench.lexical)
+    normalise: Normalise = "query"
 
     def __post_init__(self) -> None:
         if self.method not in ("weighted", "rrf"):
             raise ValueError(f"unknown fusion method {self.method!r} (weighted, rrf)")
+        if self.normalise not in ("query", "language"):
+            raise ValueError(f"unknown normalisation {self.normalise!r} (query, language)")
         if self.weight < 0 or self.rrf_k < 1 or self.window < 1:
             raise ValueError("fusion needs weight >= 0, rrf_k >= 1 and window >= 1")
 

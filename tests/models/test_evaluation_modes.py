@@ -56,6 +56,18 @@ def test_weighted_fusion_adds_normalised_bm25_and_weight_zero_is_dense() -> None
     assert weighted(cosines, bm25, 0.0) == pytest.approx(cosines)
 
 
+def test_per_language_normalisation_gives_each_languages_best_the_full_weight() -> None:
+    cosines = np.zeros((1, 4))
+    bm25 = np.array([[8.0, 4.0, 2.0, 0.0]])  # columns 0-1 one language, 2-3 another
+    groups = [np.array([0, 1]), np.array([2, 3])]
+    assert weighted(cosines, bm25, 0.1, groups)[0] == pytest.approx([0.1, 0.05, 0.1, 0.0])
+    assert weighted(cosines, bm25, 0.1)[0] == pytest.approx([0.1, 0.05, 0.025, 0.0])  # one best for all
+    mode = RetrievalMode("hybrid", Fusion("weighted", weight=0.1, normalise="language"))
+    assert mode.label == "hybrid weighted 0.1, per language"
+    with pytest.raises(ValueError, match="languages"):
+        rescorer(mode, bm25)
+
+
 def test_rrf_by_hand() -> None:
     cosines = np.array([[0.9, 0.5, 0.7, 0.1]])
     bm25 = np.array([[0.0, 3.0, 1.0, 0.0]])
