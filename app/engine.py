@@ -307,15 +307,14 @@ class Engine:
                 found = pair.index.search(answer.vector[None, :], depth, query.langs, where)[0]
             return [(n.ext_id, n.score) for n in found[:depth]]
 
-        def lexical_top(depth: int) -> list[tuple[str, float]]:
-            return [(hit.ext_id, hit.score) for hit in lexical.search(query.text, depth, query.langs, where)]
-
         if self.fusion.method == "rrf":
-            return fuse_rrf(dense_top(self.fusion.window), lexical_top(self.fusion.window), query.k, self.fusion)
+            ranked = lexical.search(query.text, self.fusion.window, query.langs, where)
+            lexical_ranking = [(hit.ext_id, hit.score) for hit in ranked]
+            return fuse_rrf(dense_top(self.fusion.window), lexical_ranking, query.k, self.fusion)
+        scaled = lexical.scaled(query.text, query.langs, where, per_language=self.fusion.normalise == "language")
         return fuse_weighted(
-            query.k, self.fusion, dense_top, lexical_top,
-            dense_of=lambda ids: pair.index.scores(answer.vector, ids),
-            lexical_of=lambda ids: lexical.scores(query.text, ids),
+            query.k, self.fusion, dense_top, scaled.top,
+            dense_of=lambda ids: pair.index.scores(answer.vector, ids), lexical_of=scaled.of,
         )
 
     def _dense_depth(self, query: SearchQuery) -> int:

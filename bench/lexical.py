@@ -31,7 +31,7 @@ from xling.models.index.fusion import Fusion
 from xling.models.resolve import resolve_model
 
 HEADLINE = ("mono_map", "cross_map", "multi_map", "rank_distance")
-WEIGHTS = (0.02, 0.03, 0.05, 0.1, 0.2)
+WEIGHTS = (0.02, 0.03, 0.05, 0.06, 0.07, 0.1, 0.2)
 RRF_WINDOWS = (100, 1000)
 
 

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         "weighted", description="hybrid: cosine + weight x max-normalised BM25, or reciprocal-rank fusion"
     )
     fusion_weight: float = Field(0.05, ge=0, le=10, description="weighted fusion: the BM25 share")
+    fusion_normalise: Literal["query", "language"] = Field(
+        "query", description="weighted fusion: BM25 over the query's best overall, or its best in each language"
+    )
     fusion_rrf_k: int = Field(60, ge=1, description="rrf: the rank offset k in 1 / (k + rank)")
     fusion_window: int = Field(100, ge=1, le=10_000, description="rrf: the depth of each ranking that counts")
 
@@ -181,6 +184,7 @@ class Settings(BaseSettings):
         return Fusion(
             method or self.fusion,  # type: ignore[arg-type]  # Fusion refuses an unknown name
             self.fusion_weight if weight is None else weight, self.fusion_rrf_k, self.fusion_window,
+            self.fusion_normalise,
         )
 
     @cached_property

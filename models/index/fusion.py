@@ -1,10 +1,10 @@
 """Fusing the dense and the lexical ranking of one query into one top-k.
 
 Two forms:
-- `weighted`: score = cosine + weight × BM25 / (the query's best BM25 among the filtered documents). A document
-  no query term reaches has lexical score 0, so across languages the dense score decides alone: a lexical
-  ranking says nothing about documents in other languages, and a small weight keeps it from lifting the
-  query's own language over the rest.
+- `weighted`: score = cosine + weight × BM25 / (the query's best BM25 among the filtered documents, over all
+  of them or in each document's language: `normalise`). A document no query term reaches has lexical score 0,
+  so across languages the dense score decides alone: a lexical ranking says nothing about documents in other
+  languages, and a small weight keeps it from lifting the query's own language over the rest.
 - `rrf`: reciprocal-rank fusion, Σ 1 / (rrf_k + rank) over each ranking's first `window` documents.
 
 Both are exact among the filtered documents: `weighted` fetches both rankings to a depth n, fills in the
@@ -76,11 +76,9 @@ def _hit(ext_id: str, score: float, dense_ranks: dict[str, int], lexical_ranks: 
     return FusedHit(ext_id, score, ranks)
 
 
-def weighted_scores(dense: dict[str, float], lexical: dict[str, float], weight: float, best_lexical: float
-                    ) -> dict[str, float]:
-    """cosine + weight × BM25 / best BM25, for every document in `dense` (absent from `lexical`: BM25 0)."""
-    scale = weight / best_lexical if best_lexical > 0 else 0.0
-    return {ext_id: score + scale * lexical.get(ext_id, 0.0) for ext_id, score in dense.items()}
+def weighted_scores(dense: dict[str, float], lexical: dict[str, float], weight: float) -> dict[str, float]:
+    """cosine + weight × normalised BM25, for every document in `dense` (absent from `lexical`: 0)."""
+    return {ext_id: score + weight * lexical.get(ext_id, 0.0) for ext_id, score in dense.items()}
 
 
 def fuse_weighted(
@@ -93,7 +91,8 @@ def fuse_weighted(
 ) -> list[FusedHit]:
     """The exact top-k of the weighted fusion among the filtered documents, which the four callables see:
     each ranking's top n, and each side's score of given documents (dense_of: every document it is asked
-    about that passes the filter; lexical_of: those that match a query term)."""
+    about that passes the filter; lexical_of: those that match a query term). The lexical side's scores come
+    normalised, in [0, 1] (xling.models.index.lexical.ScaledLexical)."""
     if k <= 0:
         return []
     depth = max(k, fusion.window)
@@ -104,14 +103,13 @@ def fuse_weighted(
         missing_lexical = [ext_id for ext_id in dense_scores if ext_id not in lexical_scores]
         dense_scores.update(dense_of(missing_dense) if missing_dense else {})
         lexical_scores.update(lexical_of(missing_lexical) if missing_lexical else {})
-        best_lexical = lexical[0][1] if lexical else 0.0
-        fused = weighted_scores(dense_scores, lexical_scores, fusion.weight, best_lexical)
+        fused = weighted_scores(dense_scores, lexical_scores, fusion.weight)
         top = _top(fused, k)
         if len(dense) < depth:  # the dense side returned every filtered document: nothing is unseen
             break
         # An unseen document has a cosine of at most the dense floor and a BM25 of at most the lexical floor.
         lexical_floor = lexical[-1][1] if len(lexical) == depth else 0.0
-        bound = weighted_scores({"": dense[-1][1]}, {"": lexical_floor}, fusion.weight, best_lexical)[""]
+        bound = weighted_scores({"": dense[-1][1]}, {"": lexical_floor}, fusion.weight)[""]
         if len(top) == k and top[-1][1] > bound:
             break
         depth *= 4

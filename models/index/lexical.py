@@ -176,33 +176,48 @@ class LexicalIndex:
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> list[LexicalHit]:
         """The k best BM25 scores among documents passing the filter, over every partition that may hold one."""
+        hits = [hit for found in self.per_partition(text, k, langs, where).values() for hit in found]
+        return _best_first(hits)[:k]
+
+    def per_partition(
+        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
+    ) -> dict[str, list[LexicalHit]]:
+        """Each partition's k best BM25 scores among documents passing the filter (partitions without a hit left
+        out), best first."""
+        found: dict[str, list[LexicalHit]] = {}
         if k <= 0:
-            return []
-        hits: list[LexicalHit] = []
+            return found
         for name, part in self._candidates(langs):
             query = self._query(text, name, langs, where)
             if query is None:
                 continue
             searcher = part.index.searcher()
-            for score, address in searcher.search(query, limit=k, count=False).hits:
-                hits.append(LexicalHit(str(searcher.doc(address)["id"][0]), float(score), name))
-        hits.sort(key=lambda hit: (-hit.score, hit.ext_id))
-        return hits[:k]
+            hits = [LexicalHit(str(searcher.doc(address)["id"][0]), float(score), name)
+                    for score, address in searcher.search(query, limit=k, count=False).hits]
+            if hits:
+                found[name] = _best_first(hits)
+        return found
 
-    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, float]:
+    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
         """BM25 of these documents for the query (absent: no term matched, or no such document)."""
         if not ext_ids:
             return {}
         only = tantivy.Query.const_score_query(tantivy.Query.term_set_query(self.schema, "id", list(ext_ids)), 0.0)
-        found: dict[str, float] = {}
+        found: dict[str, LexicalHit] = {}
         for name, part in self._table().items():
             query = self._query(text, name, None, None, also=only)
             if query is None:
                 continue
             searcher = part.index.searcher()
             for score, address in searcher.search(query, limit=len(ext_ids), count=False).hits:
-                found[str(searcher.doc(address)["id"][0])] = float(score)
+                ext_id = str(searcher.doc(address)["id"][0])
+                found[ext_id] = LexicalHit(ext_id, float(score), name)
         return found
+
+    def scaled(
+        self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool
+    ) -> ScaledLexical:
+        return ScaledLexical(self, text, langs, where, per_language)
 
     def _candidates(self, langs: Sequence[str] | None) -> list[tuple[str, _Partition]]:
         table = self._table()
@@ -234,6 +249,46 @@ class LexicalIndex:
         if also is not None:
             clauses.append((tantivy.Occur.Must, also))
         return tantivy.Query.boolean_query(clauses)
+
+
+class ScaledLexical:
+    """One query's BM25 divided by its best among the filtered documents: the best over all of them, or (with
+    `per_language`) the best in each document's language partition, so that no language's documents are lifted
+    as a whole. What weighted fusion adds to the cosine (xling.models.index.fusion)."""
+
+    def __init__(
+        self,
+        index: LexicalIndex,
+        text: str,
+        langs: Sequence[str] | None,
+        where: dict[str, Scalar] | None,
+        per_language: bool,
+    ) -> None:
+        self.index, self.text, self.langs, self.where, self.per_language = index, text, langs, where, per_language
+        self._best: dict[str, float] | None = None  # partition -> the query's best BM25 there
+
+    def top(self, depth: int) -> list[tuple[str, float]]:
+        """The exact `depth` best scaled scores: each partition's best by BM25 are its best scaled, so merging
+        every partition's first `depth` and cutting at `depth` misses none."""
+        found = self.index.per_partition(self.text, max(depth, 1), self.langs, self.where)
+        if self._best is None:
+            self._best = {name: hits[0].score for name, hits in found.items()}
+        scaled = [(hit.ext_id, self._scale(hit)) for hits in found.values() for hit in hits]
+        return sorted(scaled, key=lambda item: (-item[1], item[0]))[:depth]
+
+    def of(self, ext_ids: Sequence[str]) -> dict[str, float]:
+        if self._best is None:
+            self.top(1)
+        return {ext_id: self._scale(hit) for ext_id, hit in self.index.scores(self.text, ext_ids).items()}
+
+    def _scale(self, hit: LexicalHit) -> float:
+        assert self._best is not None
+        best = self._best.get(hit.partition, 0.0) if self.per_language else max(self._best.values(), default=0.0)
+        return hit.score / best if best > 0 else 0.0
+
+
+def _best_first(hits: list[LexicalHit]) -> list[LexicalHit]:
+    return sorted(hits, key=lambda hit: (-hit.score, hit.ext_id))
 
 
 def _unscored(query: tantivy.Query) -> tantivy.Query:

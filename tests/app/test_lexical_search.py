@@ -40,7 +40,12 @@ def test_each_mode_answers_and_says_which_rankings_found_a_hit(service: RunningS
     assert bad.status_code == 422 and "mode" in bad.text
 
 
-@pytest.mark.parametrize("fusion", [{}, {"fusion_window": 4, "fusion_weight": 0.5}], ids=["default", "deep"])
+@pytest.mark.parametrize(
+    "fusion",
+    [{}, {"fusion_window": 4, "fusion_weight": 0.5}, {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise":
+                                                      "language"}],
+    ids=["default", "deep", "deep-per-language"],
+)
 def test_hybrid_with_a_filter_equals_brute_force_over_the_filtered_documents(
     make_settings: Any, fusion: dict[str, Any]
 ) -> None:
@@ -52,7 +57,7 @@ def test_hybrid_with_a_filter_equals_brute_force_over_the_filtered_documents(
 def _check_hybrid_against_brute_force(service: RunningService) -> None:
     docs = corpus(30)
     service.index(docs)
-    weight = service.settings.fusion_weight
+    weight, per_language = service.settings.fusion_weight, service.settings.fusion_normalise == "language"
     rng = np.random.default_rng(5)
     for trial in range(8):
         langs = [str(x) for x in rng.choice(LANGS, size=int(rng.integers(1, 3)), replace=False)]
@@ -65,9 +70,12 @@ def _check_hybrid_against_brute_force(service: RunningService) -> None:
         # Each ranking over every filtered document, as the service computes it (tests above and
         # tests/models/test_lexical.py check each against its own reference); fused here by hand.
         cosine = {h["id"]: h["score"] for h in _hits(service, query, mode="dense", **params)}
-        bm25 = {h["id"]: h["score"] for h in _hits(service, query, mode="lexical", **params)}
+        lexical = _hits(service, query, mode="lexical", **params)
+        bm25, lang_of = {h["id"]: h["score"] for h in lexical}, {h["id"]: h["lang"] for h in lexical}
         assert bm25 and set(bm25) <= set(cosine)
-        fused = {i: score + weight * bm25.get(i, 0.0) / max(bm25.values()) for i, score in cosine.items()}
+        best = {lang: max(bm25[i] for i in bm25 if lang_of[i] == lang or not per_language) for lang in LANGS
+                if any(lang_of[i] == lang for i in bm25) or not per_language}
+        fused = {i: score + weight * (bm25[i] / best[lang_of[i]] if i in bm25 else 0.0) for i, score in cosine.items()}
         expected = sorted(fused, key=lambda i: (-fused[i], i))[:7]
         got = _hits(service, query, mode="hybrid", **{**params, "k": 7})
         assert [h["id"] for h in got] == expected, (langs, where)

@@ -41,15 +41,17 @@ def test_weighted_fusion_with_a_filter_equals_brute_force(seed: int, weight: flo
     def dense_of(wanted: Sequence[str]) -> dict[str, float]:
         return {d: float(cosine[ids.index(d)]) for d in wanted if keep[ids.index(d)]}
 
+    best = bm25[keep].max()  # the lexical side comes normalised by the best among the filtered documents
+    scaled = bm25 / best
+
     def lexical_of(wanted: Sequence[str]) -> dict[str, float]:
-        return {d: float(bm25[ids.index(d)]) for d in wanted if keep[ids.index(d)] and bm25[ids.index(d)] > 0}
+        return {d: float(scaled[ids.index(d)]) for d in wanted if keep[ids.index(d)] and bm25[ids.index(d)] > 0}
 
     fusion = Fusion("weighted", weight=weight, window=10)
     hits = fuse_weighted(
-        10, fusion, dense_top, lambda depth: _ranking(ids, bm25, keep, depth, positive=True), dense_of, lexical_of
+        10, fusion, dense_top, lambda depth: _ranking(ids, scaled, keep, depth, positive=True), dense_of, lexical_of
     )
-    best = bm25[keep].max()
-    fused = cosine + weight * bm25 / best
+    fused = cosine + weight * scaled
     expected = sorted((i for i in range(len(ids)) if keep[i]), key=lambda i: (-fused[i], ids[i]))[:10]
     assert [hit.ext_id for hit in hits] == [ids[i] for i in expected]
     assert [hit.score for hit in hits] == pytest.approx([fused[i] for i in expected])

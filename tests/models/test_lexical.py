@@ -50,9 +50,18 @@ def test_bm25_matches_a_hand_computation_with_statistics_per_language(tmp_path: 
     assert found["y"] == pytest.approx(_bm25(1, 1, 1.5, 2, 2), rel=1e-5)
     assert [hit.ext_id for hit in index.search("river", 10)][:2] == ["b", "a"]
     assert set(found) == {"a", "b", "x", "y"}  # 'c' has no query term: not a hit at all
-    assert index.scores("river money", ["a", "c", "gone"]) == {
-        "a": pytest.approx(_bm25(1, 3, avg, 3, 2) + _bm25(1, 3, avg, 3, 1), rel=1e-5)
-    }
+    found_a = index.scores("river money", ["a", "c", "gone"])
+    assert list(found_a) == ["a"] and found_a["a"].partition == "kzj"
+    assert found_a["a"].score == pytest.approx(_bm25(1, 3, avg, 3, 2) + _bm25(1, 3, avg, 3, 1), rel=1e-5)
+    # Scaled for fusion: by the best over all documents, or by the best in each document's language.
+    overall = index.scaled("river", None, None, per_language=False)
+    assert dict(overall.top(10)) == pytest.approx({i: s / max(found.values()) for i, s in found.items()})
+    per_language = index.scaled("river", None, None, per_language=True)
+    best = {"kzj": max(found["a"], found["b"]), "sw": max(found["x"], found["y"])}
+    expected = {i: s / best["kzj" if i in "ab" else "sw"] for i, s in found.items()}
+    assert dict(per_language.top(10)) == pytest.approx(expected)
+    assert per_language.of(["a", "y", "c"]) == pytest.approx({"a": expected["a"], "y": expected["y"]})
+    assert [i for i, _ in per_language.top(2)] == ["b", "x"]  # each language's best first, then the rest
 
 
 def test_replace_and_delete_never_return_the_old_text(tmp_path: Path) -> None:
