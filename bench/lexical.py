@@ -31,7 +31,7 @@ from xling.models.index.fusion import Fusion
 from xling.models.resolve import resolve_model
 
 HEADLINE = ("mono_map", "cross_map", "multi_map", "rank_distance")
-WEIGHTS = (0.02, 0.03, 0.05, 0.06, 0.07, 0.1, 0.2)
+WEIGHTS = (0.02, 0.03, 0.05, 0.055, 0.06, 0.07, 0.1, 0.2)
 RRF_WINDOWS = (100, 1000)
 
 
@@ -39,7 +39,7 @@ def modes() -> list[RetrievalMode]:
     return [
         RetrievalMode("dense"),
         RetrievalMode("lexical"),
-        *(RetrievalMode("hybrid", Fusion("weighted", weight=w)) for w in WEIGHTS),
+        *(RetrievalMode("hybrid", Fusion("weighted", weight=w, normalise="query")) for w in WEIGHTS),
         *(RetrievalMode("hybrid", Fusion("weighted", weight=w, normalise="language")) for w in WEIGHTS),
         *(RetrievalMode("hybrid", Fusion("rrf", rrf_k=60, window=n)) for n in RRF_WINDOWS),
     ]

@@ -99,14 +99,14 @@ class Settings(BaseSettings):
     # Lexical index and fusion (models/index/lexical.py, models/index/fusion.py; README "Lexical and hybrid search")
     lexical: bool = Field(True, description="keep a BM25 index beside the vector index (off: only mode=dense works)")
     search_mode: SearchMode = Field(
-        "dense", description="the mode of a search that names none"
+        "hybrid", description="the mode of a search that names none (README: why hybrid)"
     )
     fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="hybrid: cosine + weight x max-normalised BM25, or reciprocal-rank fusion"
     )
-    fusion_weight: float = Field(0.05, ge=0, le=10, description="weighted fusion: the BM25 share")
+    fusion_weight: float = Field(0.055, ge=0, le=10, description="weighted fusion: the BM25 share")
     fusion_normalise: Literal["query", "language"] = Field(
-        "query", description="weighted fusion: BM25 over the query's best overall, or its best in each language"
+        "language", description="weighted fusion: BM25 over the query's best in each language, or overall"
     )
     fusion_rrf_k: int = Field(60, ge=1, description="rrf: the rank offset k in 1 / (k + rank)")
     fusion_window: int = Field(100, ge=1, le=10_000, description="rrf: the depth of each ranking that counts")

@@ -69,6 +69,7 @@ def module_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Embe
             "key_prefix": name,
             "log_json": False,
             "encoder_precision": FP32,
+            "search_mode": "dense",  # the dense ranking unless a test asks (tests/app/test_lexical_search.py)
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -86,6 +87,7 @@ def make_settings(tmp_path: Path, redis_url: str, tiny_model: Path) -> Any:
             "log_json": False,
             "batch_max_wait_ms": 2.0,
             "encoder_precision": FP32,
+            "search_mode": "dense",  # the dense ranking unless a test asks (tests/app/test_lexical_search.py)
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -28,12 +28,12 @@ Ranked = Sequence[tuple[str, float]]  # (document id, score), best first
 @dataclass(frozen=True)
 class Fusion:
     method: FusionMethod = "weighted"
-    weight: float = 0.05  # weighted: the lexical score's weight against the cosine
+    weight: float = 0.055  # weighted: the lexical score's weight against the cosine (the service's default)
     rrf_k: int = 60
     window: int = 100  # rrf: the depth of each ranking that counts; weighted: the first fetch
     # weighted: BM25 divided by the query's best over all documents, or by its best in each document's language
     # (so that no language's documents are lifted as a whole: measured in evaluation, bench.lexical)
-    normalise: Normalise = "query"
+    normalise: Normalise = "language"
 
     def __post_init__(self) -> None:
         if self.method not in ("weighted", "rrf"):

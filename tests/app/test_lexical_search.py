@@ -14,6 +14,7 @@ from tests.synthetic import LANGS, corpus
 from tests.tiny_model import random_sentences
 from xling.state.docstore import DocStore, StoredDoc
 from xling.state.keys import RedisKeys
+from xling.state.settings import Settings
 
 MODES = ("dense", "lexical", "hybrid")
 
@@ -124,3 +125,12 @@ def test_lexical_off_refuses_the_modes_that_need_it(make_settings: Any) -> None:
         response = service.client.post("/search", json={"query": "en01w", "mode": "hybrid"})
         assert response.status_code in (400, 422) and "XLING_LEXICAL" in response.text
         assert not service.settings.lexical_dir.exists()
+
+
+def test_a_search_that_names_no_mode_gets_the_services_default(make_settings: Any) -> None:
+    default = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (default.search_mode, default.fusion, default.fusion_normalise) == ("hybrid", "weighted", "language")
+    with running_service(make_settings(search_mode=default.search_mode)) as service:
+        service.index([{"id": "part", "text": "replacement part XK-4471-B for the pump", "lang": "en"}])
+        hit = _hits(service, "XK-4471-B")[0]
+        assert hit["id"] == "part" and set(hit["ranks"]) == {"dense", "lexical"}
