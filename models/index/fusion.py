@@ -96,15 +96,21 @@ def fuse_weighted(
     if k <= 0:
         return []
     depth = max(k, fusion.window)
+    known_dense: dict[str, float] = {}  # every score learnt so far, so a deeper round asks only for new ones
+    known_lexical: dict[str, float] = {}
+    asked_lexical: set[str] = set()  # asked, whether or not a term matched (no answer: 0)
     while True:
         dense, lexical = list(dense_top(depth)), list(lexical_top(depth))
-        dense_scores, lexical_scores = dict(dense), dict(lexical)
-        missing_dense = [ext_id for ext_id in lexical_scores if ext_id not in dense_scores]
-        missing_lexical = [ext_id for ext_id in dense_scores if ext_id not in lexical_scores]
-        dense_scores.update(dense_of(missing_dense) if missing_dense else {})
-        lexical_scores.update(lexical_of(missing_lexical) if missing_lexical else {})
-        fused = weighted_scores(dense_scores, lexical_scores, fusion.weight)
-        top = _top(fused, k)
+        known_dense.update(dense)
+        known_lexical.update(lexical)
+        asked_lexical.update(ext_id for ext_id, _ in lexical)
+        missing_dense = [ext_id for ext_id, _ in lexical if ext_id not in known_dense]
+        missing_lexical = [ext_id for ext_id, _ in dense if ext_id not in asked_lexical]
+        known_dense.update(dense_of(missing_dense) if missing_dense else {})
+        known_lexical.update(lexical_of(missing_lexical) if missing_lexical else {})
+        asked_lexical.update(missing_lexical)
+        candidates = {ext_id: known_dense[ext_id] for ext_id in (*dict(dense), *dict(lexical)) if ext_id in known_dense}
+        top = _top(weighted_scores(candidates, known_lexical, fusion.weight), k)
         if len(dense) < depth:  # the dense side returned every filtered document: nothing is unseen
             break
         # An unseen document has a cosine of at most the dense floor and a BM25 of at most the lexical floor.

@@ -202,16 +202,20 @@ class LexicalIndex:
         """BM25 of these documents for the query (absent: no term matched, or no such document)."""
         if not ext_ids:
             return {}
-        only = tantivy.Query.const_score_query(tantivy.Query.term_set_query(self.schema, "id", list(ext_ids)), 0.0)
+        # The id set must match and the words only score: tantivy then walks the few ids, not every document
+        # holding a common query word. An id no word reaches scores 0 and is left out.
+        only = (tantivy.Occur.Must, _unscored(tantivy.Query.term_set_query(self.schema, "id", list(ext_ids))))
         found: dict[str, LexicalHit] = {}
         for name, part in self._table().items():
-            query = self._query(text, name, None, None, also=only)
-            if query is None:
+            words = self._words(text, name)
+            if not words:
                 continue
+            query = tantivy.Query.boolean_query([only, *((tantivy.Occur.Should, word) for word in words)])
             searcher = part.index.searcher()
             for score, address in searcher.search(query, limit=len(ext_ids), count=False).hits:
-                ext_id = str(searcher.doc(address)["id"][0])
-                found[ext_id] = LexicalHit(ext_id, float(score), name)
+                if score > 0:
+                    ext_id = str(searcher.doc(address)["id"][0])
+                    found[ext_id] = LexicalHit(ext_id, float(score), name)
         return found
 
     def scaled(
@@ -227,27 +231,27 @@ class LexicalIndex:
         wanted = {base_language(lang) for lang in langs}
         return sorted((name, part) for name, part in table.items() if name in wanted)
 
+    def _words(self, text: str, partition: str) -> list[tantivy.Query]:
+        """One term query per distinct term of the text as `partition` analyses it."""
+        return [tantivy.Query.term_query(self.schema, "terms", term) for term in dict.fromkeys(terms(text, partition))]
+
     def _query(
         self,
         text: str,
         partition: str,
         langs: Sequence[str] | None,
         where: dict[str, Scalar] | None,
-        also: tantivy.Query | None = None,
     ) -> tantivy.Query | None:
-        words = list(dict.fromkeys(terms(text, partition)))
+        words = self._words(text, partition)
         if not words:
             return None
-        should = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "terms", word)) for word in words]
-        clauses = [(tantivy.Occur.Must, tantivy.Query.boolean_query(should))]
+        clauses = [(tantivy.Occur.Must, tantivy.Query.boolean_query([(tantivy.Occur.Should, w) for w in words]))]
         if langs:
             declared = tantivy.Query.term_set_query(self.schema, "lang", list(langs))
             clauses.append((tantivy.Occur.Must, _unscored(declared)))
         for key, value in (where or {}).items():
             term = tantivy.Query.term_query(self.schema, "meta", filter_key(key, value))
             clauses.append((tantivy.Occur.Must, _unscored(term)))
-        if also is not None:
-            clauses.append((tantivy.Occur.Must, also))
         return tantivy.Query.boolean_query(clauses)
 
 
