@@ -74,9 +74,6 @@ class _Partition:
         self.writer = self.index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
         self.dirty = False
 
-    def holds(self, ext_id: str) -> bool:
-        return bool(self.index.searcher().doc_freq("id", ext_id))
-
     def commit(self) -> None:
         if self.dirty:
             self.writer.commit()
@@ -140,8 +137,9 @@ class LexicalIndex:
     def remove(self, ext_ids: Iterable[str]) -> None:
         ids = list(ext_ids)
         for part in self._table().values():
+            searcher = part.index.searcher()  # one per partition: the committed state the ids are looked up in
             for ext_id in ids:
-                if part.holds(ext_id):
+                if searcher.doc_freq("id", ext_id):
                     part.writer.delete_documents_by_term("id", ext_id)
                     part.dirty = True
 
