@@ -134,6 +134,10 @@ class IndexStats(BaseModel):
     log_offset: str
     log_entries: int = Field(description="entries in the doc log; trimmed behind what replicas still need")
     log_trimmed_to: str = Field(description="entries before this offset may have been trimmed")
+    lexical: dict[str, Any] | None = Field(
+        None, description="this replica's lexical index: documents, documents per language partition, applied offset"
+        " (null: XLING_LEXICAL=false)"
+    )
 
 
 class Health(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends, Path
 
@@ -25,6 +26,7 @@ from xling.app.schemas import (
     IndexResponse,
     IndexStats,
 )
+from xling.models.index.lexical import LexicalIndex
 from xling.state.errors import NotFound
 
 router = APIRouter(prefix="/index", tags=["documents"])
@@ -64,7 +66,15 @@ async def index_stats(engine: EngineDep, docs: DocStoreDep, holds: HoldsDep) -> 
         log_offset=await docs.last_offset(),
         log_entries=await docs.log_length(),
         log_trimmed_to=await asyncio.to_thread(holds.trimmed_to),
+        lexical=await asyncio.to_thread(_lexical_stats, engine.lexical),
     )
+
+
+def _lexical_stats(lexical: LexicalIndex | None) -> dict[str, Any] | None:
+    if lexical is None:
+        return None
+    partitions = lexical.partitions
+    return {"documents": sum(partitions.values()), "partitions": partitions, "applied_offset": lexical.applied_offset}
 
 
 DocIdPath = Path(pattern=DOC_ID_PATTERN)

@@ -114,6 +114,9 @@ def test_restart_replays_what_was_written_while_down_into_the_lexical_index(make
         assert [h["id"] for h in _hits(second, "quantenschaumstoff", mode="lexical")] == ["late"]
         after = _hits(second, "en01w en02w", mode="lexical", k=20)
         assert [h["id"] for h in after] == [h["id"] for h in before if h["id"] != "en-0"]
+        stats = second.client.get("/index/stats").json()
+        assert stats["lexical"]["documents"] == stats["documents"] == 20
+        assert stats["lexical"]["applied_offset"] == stats["log_offset"] and stats["lexical"]["partitions"]["de"] == 6
     assert (settings.lexical_dir / "0" / "de").is_dir()  # the same folder, reopened: not a second copy
     assert not (settings.lexical_dir / "1").exists()
 
@@ -125,6 +128,7 @@ def test_lexical_off_refuses_the_modes_that_need_it(make_settings: Any) -> None:
         response = service.client.post("/search", json={"query": "en01w", "mode": "hybrid"})
         assert response.status_code in (400, 422) and "XLING_LEXICAL" in response.text
         assert not service.settings.lexical_dir.exists()
+        assert service.client.get("/index/stats").json()["lexical"] is None
 
 
 def test_a_search_that_names_no_mode_gets_the_services_default(make_settings: Any) -> None:
