@@ -9,8 +9,8 @@ Two forms:
 
 Both are exact among the filtered documents: `weighted` fetches both rankings to a depth n, fills in the
 missing score of every candidate (a dense score for a lexical-only one, a BM25 for a dense-only one), and stops
-once no unseen document can beat the k-th fused score (the threshold algorithm); otherwise it looks four times
-deeper. `rrf` is defined on each ranking's exact top `window`, as search engines define it.
+once no unseen document can beat the k-th fused score (the threshold algorithm); otherwise it fetches the dense
+ranking four times deeper. `rrf` is defined on each ranking's exact top `window`, as search engines define it.
 """
 
 from __future__ import annotations
@@ -96,25 +96,24 @@ def fuse_weighted(
     if k <= 0:
         return []
     depth = max(k, fusion.window)
-    known_dense: dict[str, float] = {}  # every score learnt so far, so a deeper round asks only for new ones
-    known_lexical: dict[str, float] = {}
-    asked_lexical: set[str] = set()  # asked, whether or not a term matched (no answer: 0)
+    # The lexical ranking is fetched once: deepening it costs a stored-document read per hit and language, while
+    # a deeper dense fetch is one more scan. Only the dense floor then falls from round to round, which suffices:
+    # once the dense side is exhausted, every filtered document has been seen.
+    lexical = list(lexical_top(depth))
+    lexical_floor = lexical[-1][1] if len(lexical) == depth else 0.0  # an unseen document scores at most this
+    known_lexical: dict[str, float] = dict(lexical)
+    asked_lexical: set[str] = set(known_lexical)  # asked, whether or not a term matched (no answer: 0)
+    known_dense = dense_of([ext_id for ext_id, _ in lexical]) if lexical else {}
     while True:
-        dense, lexical = list(dense_top(depth)), list(lexical_top(depth))
+        dense = list(dense_top(depth))
         known_dense.update(dense)
-        known_lexical.update(lexical)
-        asked_lexical.update(ext_id for ext_id, _ in lexical)
-        missing_dense = [ext_id for ext_id, _ in lexical if ext_id not in known_dense]
         missing_lexical = [ext_id for ext_id, _ in dense if ext_id not in asked_lexical]
-        known_dense.update(dense_of(missing_dense) if missing_dense else {})
         known_lexical.update(lexical_of(missing_lexical) if missing_lexical else {})
         asked_lexical.update(missing_lexical)
-        candidates = {ext_id: known_dense[ext_id] for ext_id in (*dict(dense), *dict(lexical)) if ext_id in known_dense}
-        top = _top(weighted_scores(candidates, known_lexical, fusion.weight), k)
+        top = _top(weighted_scores(known_dense, known_lexical, fusion.weight), k)
         if len(dense) < depth:  # the dense side returned every filtered document: nothing is unseen
             break
         # An unseen document has a cosine of at most the dense floor and a BM25 of at most the lexical floor.
-        lexical_floor = lexical[-1][1] if len(lexical) == depth else 0.0
         bound = weighted_scores({"": dense[-1][1]}, {"": lexical_floor}, fusion.weight)[""]
         if len(top) == k and top[-1][1] > bound:
             break
