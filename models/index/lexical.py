@@ -19,6 +19,7 @@ import shutil
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import tantivy
@@ -231,7 +232,7 @@ class LexicalIndex:
 
     def _words(self, text: str, partition: str) -> list[tantivy.Query]:
         """One term query per distinct term of the text as `partition` analyses it."""
-        return [tantivy.Query.term_query(self.schema, "terms", term) for term in dict.fromkeys(terms(text, partition))]
+        return [tantivy.Query.term_query(self.schema, "terms", term) for term in _query_terms(text, partition)]
 
     def _query(
         self,
@@ -287,6 +288,12 @@ class ScaledLexical:
         assert self._best is not None
         best = self._best.get(hit.partition, 0.0) if self.per_language else max(self._best.values(), default=0.0)
         return hit.score / best if best > 0 else 0.0
+
+
+@lru_cache(maxsize=1024)
+def _query_terms(text: str, partition: str) -> tuple[str, ...]:
+    """A query's distinct terms in a partition: a hybrid search asks for them in every partition, twice."""
+    return tuple(dict.fromkeys(terms(text, partition)))
 
 
 def _best_first(hits: list[LexicalHit]) -> list[LexicalHit]:
