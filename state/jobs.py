@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard
 from xling.models.index.fusion import SearchMode
 from xling.models.training.trainer import TrainConfig
+from xling.state.connections import broker
 from xling.state.settings import Settings
 
 QUEUE = "gpu"
@@ -25,18 +26,18 @@ def task_name(kind: str) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """What the api (sending) and the worker (consuming) must agree on to meet on the same queue."""
+    url, transport_options = broker(settings)
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": url,
         "task_default_queue": QUEUE,
         "task_ignore_result": True,  # the job store is the record, not Celery's result backend
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"global_keyprefix": f"{settings.key_prefix}:celery:"},
+        "broker_transport_options": {**transport_options, "global_keyprefix": f"{settings.key_prefix}:celery:"},
     }
 
 
 def celery_sender(settings: Settings) -> Celery:
     """A Celery app that only sends tasks: the api queues jobs by name, without importing the worker."""
-    assert settings.redis_url is not None, "Celery needs XLING_REDIS_URL"
     app = Celery("xling")
     app.conf.update(celery_config(settings))
     return app

@@ -13,11 +13,37 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from xling.models.index.fusion import Fusion, SearchMode
 
 
+def parse_addresses(value: str) -> list[tuple[str, int]]:
+    """"host:port,host:port" as [(host, port), ...]; an IPv6 host goes in brackets ("[::1]:26379")."""
+    addresses = []
+    for item in (part.strip() for part in value.split(",")):
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not host:port: {item!r} (in {value!r})")
+        addresses.append((host, int(port)))
+    return addresses
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XLING_", env_file=".env", extra="ignore")
 
     # Where state lives
     redis_url: str | None = Field(None, description="Redis to use; unset = `xling serve` starts an embedded one")
+    redis_sentinels: str | None = Field(
+        None, description="host:port,host:port of Sentinels that name the master (instead of XLING_REDIS_URL)"
+    )
+    redis_master_name: str = Field("xling", description="with Sentinels: the name they monitor the master by")
+    redis_password: SecretStr | None = Field(
+        None, description="with Sentinels: the master's and replicas' password (with a URL, it goes in the URL)"
+    )
+    redis_wait_replicas: int = Field(
+        1, ge=0, description="a document write is acknowledged once this many replicas hold it (WAIT), or all the "
+        "master has if fewer; 0 = never wait"
+    )
+    redis_wait_timeout_ms: int = Field(
+        2_000, ge=1, description="how long a write waits for its replicas before it is answered 503"
+    )
     data_dir: Path = Field(Path("./data"), description="models/, indexes/, datasets/, reports/, redis/")
     key_prefix: str = Field("xling", description="namespace of every Redis key")
 
@@ -149,6 +175,28 @@ class Settings(BaseSettings):
         if self.log_hold_ttl_s <= 2 * self.log_trim_interval_s:
             raise ValueError("log_hold_ttl_s must exceed twice log_trim_interval_s, or live replicas lose their hold")
         return self
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_addresses(value)  # raises on a malformed list
+        return value
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> Settings:
+        if self.redis_url is not None and self.redis_sentinels is not None:
+            raise ValueError("set XLING_REDIS_URL or XLING_REDIS_SENTINELS, not both")
+        return self
+
+    @property
+    def redis_configured(self) -> bool:
+        """A Redis was named (a URL or Sentinels); unset, `xling serve` starts an embedded one."""
+        return self.redis_url is not None or self.redis_sentinels is not None
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return parse_addresses(self.redis_sentinels) if self.redis_sentinels else []
 
     @field_validator("key_prefix")
     @classmethod

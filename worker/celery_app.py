@@ -9,7 +9,6 @@ from xling.state.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
-    assert settings.redis_url is not None, "Celery needs XLING_REDIS_URL"
     app = Celery("xling")
     app.conf.update(
         celery_config(settings),

@@ -31,8 +31,7 @@ def worker_name(pid: int | None = None) -> str:
 
 def forget_worker(settings: Settings, pid: int) -> None:
     """Drop a worker that is known dead from the list at once, rather than when its beats lapse."""
-    assert settings.redis_url is not None
-    client = redis_client(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings, socket_timeout=5)
     try:
         JobStore(client, RedisKeys(settings.key_prefix)).worker_gone(worker_name(pid))
     except redis.RedisError as exc:
@@ -63,8 +62,7 @@ def _alive(pid: int) -> bool:
 @contextmanager
 def presence(settings: Settings) -> Iterator[str]:
     """Beat every `heartbeat_interval_s` from a daemon thread while the block runs; remove the entry after."""
-    assert settings.redis_url is not None
-    client = redis_client(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings, socket_timeout=5)
     store = JobStore(client, RedisKeys(settings.key_prefix))
     name, stop = worker_name(), threading.Event()
     try:

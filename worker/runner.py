@@ -271,8 +271,7 @@ def run_spec(ctx: JobContext, job: JobSpec) -> dict[str, Any]:
 
 def run_job(job_id: str, settings: Settings) -> None:
     """Run one job to a final state; never raises (failures are recorded in the job)."""
-    assert settings.redis_url is not None
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     keys = RedisKeys(settings.key_prefix)
     store = JobStore(client, keys)
     store.sweep_lost(settings.heartbeat_timeout_s)  # the next worker notices a predecessor's lost jobs

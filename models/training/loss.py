@@ -14,20 +14,54 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def info_nce(queries: Tensor, passages: Tensor, scale: float = 20.0, hard_negatives: Tensor | None = None) -> Tensor:
-    """Mean cross-entropy of each query against every passage in the batch (its own is the target).
+def info_nce(
+    queries: Tensor, passages: Tensor, scale: float = 20.0, hard_negatives: Tensor | None = None, first_target: int = 0
+) -> Tensor:
+    """Mean cross-entropy of each query against every passage (query i's own is passage first_target + i).
 
-    queries, passages: (B, d); hard_negatives: (B*h, d) extra candidates shared by all queries.
+    queries: (b, d); passages: (B, d), B >= b (with several ranks, every rank's passages; this rank's queries start
+    at first_target); hard_negatives: (n, d) extra candidates shared by all queries.
     """
-    assert queries.shape == passages.shape, (queries.shape, passages.shape)
+    assert queries.shape[1] == passages.shape[1] and first_target + len(queries) <= len(passages), (
+        queries.shape, passages.shape, first_target)
     candidates = passages if hard_negatives is None else torch.cat([passages, hard_negatives])
     logits = scale * F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T
-    targets = torch.arange(queries.shape[0], device=queries.device)
+    targets = torch.arange(first_target, first_target + queries.shape[0], device=queries.device)
     return F.cross_entropy(logits, targets)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) outside it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def row_counts(local: int, device: torch.device) -> list[int]:
+    """How many rows each rank holds, in rank order ([local] outside torch.distributed)."""
+    _, size = world()
+    if size == 1:
+        return [local]
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([local], device=device))
+    return [int(c.item()) for c in counts]
+
+
+def gather_rows(rows: Tensor, counts: list[int]) -> Tensor:
+    """Every rank's rows, in rank order, with gradients flowing back to the rank each row came from (so a
+    passage encoded on one device is a negative for the queries of every device). `counts`: rows per rank
+    (`row_counts`); ranks may hold different numbers, so rows travel padded to the largest."""
+    if len(counts) == 1:
+        return rows
+    padded = F.pad(rows, (0, 0, 0, max(counts) - len(rows)))
+    parts = dist_nn.all_gather(padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
 
 def _rows(features: dict[str, Any], keep: Tensor) -> dict[str, Any]:
@@ -66,7 +100,8 @@ class InfoNCELoss(nn.Module):
         loss = self.compute_loss_from_embeddings(embeddings)
         if self.anchor is not None and self.anchor_weight > 0 and labels is not None:
             keep = labels.to(torch.bool).reshape(len(embeddings[0]), -1)
-            if bool(keep.any()):
+            # With several ranks every rank takes part (the count is summed over them), anchored texts or not.
+            if bool(keep.any()) or world()[1] > 1:
                 loss = loss + self.anchor_weight * self.anchor_drift(features, embeddings, keep)
         return loss
 
@@ -80,12 +115,24 @@ class InfoNCELoss(nn.Module):
                 with torch.no_grad():
                     target = self.anchor(_rows(columns, rows))["sentence_embedding"]
                 drifts.append(1.0 - F.cosine_similarity(student[rows], target, dim=-1))
-        return torch.cat(drifts).mean()
+        drift = torch.cat(drifts) if drifts else embeddings[0][:0, 0]  # no anchored text on this rank
+        # The mean over every rank's anchored texts: the ranks' gradients are averaged (DDP), so each rank's
+        # share is its sum over the global count, times the number of ranks.
+        _, size = world()
+        return drift.sum() * size / max(sum(row_counts(len(drift), drift.device)), 1)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        """InfoNCE over the global batch: this rank's queries against every rank's passages (and hard negatives).
+
+        DDP averages the ranks' gradients, so each rank's loss is the sum over its queries times the number of
+        ranks over the global number of queries: the ranks' average is then the mean over all queries, and its
+        gradient the one a single device would compute on the whole batch."""
         queries, passages, *negatives = embeddings
-        hard = torch.cat(negatives) if negatives else None
-        return info_nce(queries, passages, self.scale, hard)
+        rank, size = world()
+        counts = row_counts(len(queries), queries.device)
+        hard = gather_rows(torch.cat(negatives), [c * len(negatives) for c in counts]) if negatives else None
+        loss = info_nce(queries, gather_rows(passages, counts), self.scale, hard, first_target=sum(counts[:rank]))
+        return loss * (len(queries) * size / sum(counts))
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "anchor_weight": self.anchor_weight}

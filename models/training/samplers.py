@@ -306,3 +306,37 @@ def make_sampler(
     effective = {"monolingual": 1.0, "crosslingual": 0.0}.get(strategy, alpha)
     return HybridBatchSampler(groups, pairs, batch_size, alpha=effective, seed=seed, drop_last=drop_last,
                               cross_shares=cross_shares)
+
+
+class RankSlices(BatchSampler):
+    """One rank's part of each global batch of `sampler` (several processes training as one, torch.distributed):
+    rank r takes the r-th of `world` contiguous, near-equal slices. Every rank builds the same sampler with the
+    same seed, so the ranks split the same batch: a monolingual batch is one language on every rank, and a
+    cross-lingual batch's pairs are divided among them. A batch with fewer rows than ranks is skipped (every
+    rank needs a row; at most a partial last batch is affected)."""
+
+    def __init__(self, sampler: HybridBatchSampler, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world}")
+        if sampler.batch_size < world:
+            raise ValueError(f"a global batch of {sampler.batch_size} cannot be split over {world} processes")
+        super().__init__(range(0), sampler.batch_size // world, False)
+        self.global_batches = sampler
+        self.rank = rank
+        self.world = world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.global_batches.set_epoch(epoch)
+
+    def _slice(self, rows: list[int]) -> list[int]:
+        base, extra = divmod(len(rows), self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return rows[start : start + base + (1 if self.rank < extra else 0)]
+
+    def __len__(self) -> int:
+        return sum(1 for batch in self.global_batches.plan(self.global_batches.epoch) if len(batch.rows) >= self.world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for rows in self.global_batches:
+            if len(rows) >= self.world:
+                yield self._slice(rows)

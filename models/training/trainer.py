@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from accelerate.data_loader import prepare_data_loader
 from datasets import Dataset, disable_progress_bars
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from torch.utils.data import BatchSampler, DataLoader
 from transformers import (
     EarlyStoppingCallback,
     PreTrainedModel,
@@ -36,8 +38,8 @@ from xling.models.evaluation.guards import DEFAULT_MAX_DROP
 from xling.models.manifest import Manifest, write_manifest
 from xling.models.resolve import resolve_model, version_from_name
 from xling.models.training.interpolate import DEFAULT_WEIGHTS, interpolate_on_validation
-from xling.models.training.loss import InfoNCELoss
-from xling.models.training.samplers import STRATEGIES, HybridBatchSampler, make_sampler
+from xling.models.training.loss import InfoNCELoss, world
+from xling.models.training.samplers import STRATEGIES, HybridBatchSampler, RankSlices, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    path: Path | None  # None when cancelled
+    path: Path | None  # None when cancelled, and on every rank but the first of a distributed run
     version: str | None
     steps: int
     cancelled: bool
@@ -193,7 +195,7 @@ class _Reporter(TrainerCallback):
                 self._report(args, state)
 
     def _report(self, args: TrainingArguments, state: TrainerState) -> None:
-        if self.progress is not None:
+        if self.progress is not None and state.is_world_process_zero:
             done = state.global_step - self._first_step
             elapsed = max(time.monotonic() - self._started, 1e-9)
             per_step = elapsed / max(done, 1)
@@ -210,18 +212,45 @@ class _Reporter(TrainerCallback):
 
 
 class _HybridTrainer(SentenceTransformerTrainer):
-    """Uses our batch samplers for the train and validation datasets."""
+    """Uses our batch samplers for the train and validation datasets.
+
+    Under torch.distributed (torchrun), every rank takes its slice of each global batch (`RankSlices`), and the
+    data loaders are not sharded again by accelerate, which would give each rank whole batches of its own (a
+    monolingual batch of a different language on each device, mixed once negatives are gathered)."""
 
     def __init__(self, *args: Any, samplers: dict[str, HybridBatchSampler], **kwargs: Any) -> None:
         self._samplers = samplers
         super().__init__(*args, **kwargs)
 
-    def get_batch_sampler(self, dataset: Any, *args: Any, **kwargs: Any) -> HybridBatchSampler:
+    def get_batch_sampler(self, dataset: Any, *args: Any, **kwargs: Any) -> BatchSampler:
         if dataset is self.train_dataset:
-            return self._samplers["train"]
-        if dataset is self.eval_dataset:
-            return self._samplers["eval"]
-        raise ValueError("no batch sampler for this dataset")
+            sampler = self._samplers["train"]
+        elif dataset is self.eval_dataset:
+            sampler = self._samplers["eval"]
+        else:
+            raise ValueError("no batch sampler for this dataset")
+        rank, size = world()
+        return sampler if size == 1 else RankSlices(sampler, rank, size)
+
+    def get_train_dataloader(self) -> DataLoader[Any]:
+        if world()[1] == 1:
+            return super().get_train_dataloader()
+        loader = self._build_dataloader(self.train_dataset, self.args.train_batch_size, dataset_kind="train")
+        placed = self._placed(loader)
+        self._train_dataloader = placed
+        return placed
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader[Any]:
+        if world()[1] == 1:
+            return super().get_eval_dataloader(eval_dataset)
+        loader = self._build_dataloader(eval_dataset or self.eval_dataset, self.args.eval_batch_size,
+                                        dataset_kind="eval")
+        return self._placed(loader)
+
+    def _placed(self, loader: DataLoader[Any]) -> DataLoader[Any]:
+        """Batches moved to this rank's device, without accelerate's own sharding (the sampler did it)."""
+        placed = prepare_data_loader(loader, self.accelerator.device, num_processes=1, process_index=0)
+        return cast("DataLoader[Any]", placed)
 
 
 def pair_dataset(groups: list[ParallelGroup], pairs: list[tuple[int, str, str]], config: TrainConfig) -> Dataset:
@@ -439,6 +468,8 @@ def finetune(
         metrics["final_logged_loss"] = reporter.last_loss
     if eval_dataset is not None:
         metrics["val_loss"] = float(trainer.evaluate()["eval_loss"])
+    if not trainer.is_world_process_zero():
+        return TrainResult(None, None, steps, cancelled=False, metrics=metrics)  # rank 0 writes the version
 
     version = version or version_from_name(out.name)
     model.prompts = {"query": query_prefix, "document": passage_prefix}

@@ -1,3 +1,6 @@
+"""FAISS-specific behaviour: snapshots, compaction, formats. What every index kind shares (top-k, filters,
+replace and delete, restart) is in test_index_conformance.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,53 +47,6 @@ def filled(spec: IndexSpec) -> tuple[VectorIndex, list[DocEntry], np.ndarray]:
     index = VectorIndex(16, "v1", spec)
     index.upsert(docs, vectors)
     return index, docs, vectors
-
-
-def _brute_force(query: np.ndarray, docs: list[DocEntry], vectors: np.ndarray, keep: list[bool], k: int) -> list[str]:
-    scores = vectors @ query
-    order = [i for i in np.argsort(-scores, kind="stable") if keep[i]]
-    return [docs[i].ext_id for i in order[:k]]
-
-
-def test_search_returns_exact_top_k(filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
-    index, docs, vectors = filled
-    query = vectors[7]
-    hits = index.search(query[None], 5)[0]
-    assert hits[0].ext_id == "d7" and hits[0].score == pytest.approx(1.0, abs=1e-5)
-    assert [h.ext_id for h in hits] == _brute_force(query, docs, vectors, [True] * len(docs), 5)
-
-
-def test_filters_give_the_true_top_k(filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
-    index, docs, vectors = filled
-    rng = np.random.default_rng(1)
-    for trial in range(25):
-        langs = list(rng.choice(LANGS, size=int(rng.integers(1, 3)), replace=False))
-        where = {"topic": "b"} if trial % 2 else {}
-        if trial % 5 == 0:
-            where["year"] = 2003
-        keep = [d.lang in langs and all(d.metadata[k] == v for k, v in where.items()) for d in docs]
-        query = _unit(rng, 1, 16)[0]
-        got = [h.ext_id for h in index.search(query[None], 10, langs, where)[0]]
-        assert got == _brute_force(query, docs, vectors, keep, 10), (langs, where)
-
-
-def test_unknown_language_filter_finds_nothing(filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
-    index, _, vectors = filled
-    assert index.search(vectors[:2], 5, ["xx"]) == [[], []]
-    assert index.search(vectors[:2], 5, ["en"], {"topic": "zz"}) == [[], []]
-
-
-def test_upsert_replaces_and_remove_deletes(filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
-    index, docs, vectors = filled
-    index.upsert([DocEntry("d0", "fr", {})], vectors[1:2])
-    assert len(index) == 300
-    assert {h.ext_id for h in index.search(vectors[1:2], 2)[0]} == {"d0", "d1"}
-    assert [h.ext_id for h in index.search(vectors[1:2], 1, ["fr"])[0]] == ["d0"]
-    assert "d0" not in [h.ext_id for h in index.search(vectors[0:1], 300, ["en"])[0]]
-    assert index.languages()["fr"] == 76  # 75 French documents plus d0, moved from English
-    assert index.remove(["d0", "d1", "missing"]) == 2
-    assert len(index) == 298 and "d0" not in index
-    assert all(h.ext_id not in ("d0", "d1") for h in index.search(vectors[:2], 300)[0])
 
 
 def test_snapshot_round_trip(tmp_path: Path, filled: tuple[VectorIndex, list[DocEntry], np.ndarray]) -> None:
@@ -151,41 +107,6 @@ def test_damaged_documents_file_is_a_snapshot_error(
     docs_file.write_bytes(docs_file.read_bytes()[:-40])
     with pytest.raises(SnapshotError, match="unreadable|inconsistent"):
         VectorIndex.load(tmp_path, "v1", 16, index.spec)
-
-
-def _reference_search(
-    truth: dict[str, tuple[DocEntry, np.ndarray]], query: np.ndarray, k: int, langs: list[str] | None = None
-) -> list[str]:
-    items = [(doc, vec) for doc, vec in truth.values() if not langs or doc.lang in langs]
-    scores = np.array([float(vec @ query) for _, vec in items])
-    return [items[i][0].ext_id for i in np.argsort(-scores, kind="stable")[:k]]
-
-
-def test_random_writes_match_a_brute_force_reference(spec: IndexSpec) -> None:
-    """Inserts, replacements (some changing language) and deletes in random order, then searches:
-    the index finds what a brute-force scan of the expected documents finds, and never a deleted id."""
-    rng = np.random.default_rng(7)
-    index = VectorIndex(16, "v1", spec)
-    truth: dict[str, tuple[DocEntry, np.ndarray]] = {}
-    deleted: set[str] = set()
-    for _ in range(40):
-        ids = [f"d{i}" for i in rng.choice(120, size=int(rng.integers(1, 12)), replace=False)]
-        if rng.random() < 0.35:
-            index.remove(ids)
-            for doc_id in ids:
-                if truth.pop(doc_id, None) is not None:
-                    deleted.add(doc_id)
-        else:
-            docs = [DocEntry(doc_id, str(rng.choice(LANGS)), {}) for doc_id in ids]
-            vectors = _unit(rng, len(docs), 16)
-            index.upsert(docs, vectors)
-            truth.update({d.ext_id: (d, v) for d, v in zip(docs, vectors, strict=True)})
-            deleted -= set(ids)
-    assert len(index) == len(truth)
-    for query in _unit(rng, 10, 16):
-        assert [h.ext_id for h in index.search(query[None], 10)[0]] == _reference_search(truth, query, 10)
-        assert [h.ext_id for h in index.search(query[None], 5, ["de"])[0]] == _reference_search(truth, query, 5, ["de"])
-        assert not deleted & {h.ext_id for h in index.search(query[None], 200)[0]}
 
 
 def test_hnsw_compaction_drops_tombstones_and_keeps_results(monkeypatch: pytest.MonkeyPatch) -> None:
