@@ -36,6 +36,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+REINDEX_RANGE_TASK = "xling.reindex_range"  # a helper: encodes ranges of a running reindex (worker/reindex.py)
+
+
+def queue_range_helpers(settings: Settings, job_id: str, count: int) -> None:
+    """Ask `count` more workers to encode ranges of this reindex; whichever take the tasks join in."""
+    app = celery_sender(settings)
+    for _ in range(count):
+        app.send_task(REINDEX_RANGE_TASK, args=[job_id], queue=QUEUE)
+
+
 def celery_sender(settings: Settings) -> Celery:
     """A Celery app that only sends tasks: the api queues jobs by name, without importing the worker."""
     app = Celery("xling")

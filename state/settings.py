@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     worker_nice: int = Field(
         10, ge=0, le=19, description="the worker lowers its CPU priority by this much, so serving wins shared cores"
     )
+    reindex_ranges: int = Field(
+        8, ge=1, le=10_000, description="a reindex is split into this many ranges, encoded by any worker of the queue"
+    )
+    reindex_lease_s: float = Field(
+        30.0, gt=0, description="a range whose worker has not reported for this long is taken over by another"
+    )
     log_trim_interval_s: float = Field(10.0, gt=0, description="how often an api trims the doc log behind all holds")
     log_hold_ttl_s: float = Field(
         120.0, gt=0, description="a replica's hold on the doc log lapses this long after it stops refreshing it"

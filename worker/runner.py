@@ -7,6 +7,7 @@ tested and reasoned about on its own.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import traceback
@@ -18,12 +19,15 @@ from typing import Any
 
 import redis
 
+from xling.models.centering import Centering
+from xling.models.encoder import Encoder
 from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
 from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
 from xling.models.evaluation.modes import RetrievalMode
 from xling.models.evaluation.reports import write_evaluation_report
 from xling.models.index.fusion import SearchMode
+from xling.models.index.vector_index import VectorIndex
 from xling.models.manifest import read_manifest, write_manifest
 from xling.models.resolve import ModelSource, resolve_model
 from xling.models.training.trainer import Progress, finetune
@@ -31,13 +35,24 @@ from xling.state.centering import calibrate_corpus, centering_folder, means_for_
 from xling.state.connections import redis_client
 from xling.state.datasets import dataset_path
 from xling.state.docstore import DocReader
-from xling.state.indexing import build_index, index_spec, load_encoder
-from xling.state.jobs import EvaluateJob, ExperimentJob, FinetuneJob, JobSpec, ReindexJob, parse_job
+from xling.state.indexing import ServingPair, index_spec, load_encoder
+from xling.state.jobs import (
+    EvaluateJob,
+    ExperimentJob,
+    FinetuneJob,
+    JobSpec,
+    ReindexJob,
+    parse_job,
+    queue_range_helpers,
+)
 from xling.state.jobstore import Job, JobStore
 from xling.state.keys import RedisKeys
 from xling.state.registry import Registry
+from xling.state.reindex_ranges import RangeBoard
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
+from xling.worker.presence import worker_name
+from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # bound on job-store writes from a fast training loop
@@ -141,14 +156,14 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
     reader = DocReader(ctx.redis, ctx.keys)
     started = time.monotonic()
     # Keep the log from O on while encoding, and for a grace period after activation: every api replays
-    # from O when it swaps (xling.state.retention). build_index reads O after this, so O is at least this new.
+    # from O when it swaps (xling.state.retention). the range plan reads O after this, so O is at least this new.
     retention, holder, grace = LogRetention(ctx.redis, ctx.keys), f"reindex:{ctx.job.id}", ctx.settings.log_swap_grace_s
     pinned = reader.last_offset()
     retention.hold(holder, pinned, grace)
 
     def progress(done: int, total: int) -> None:
         retention.hold(holder, pinned, grace)
-        ctx.report("reindexing", done=done, total=total)
+        ctx.report("reindexing", done=done, total=total, worker=worker_name())
 
     if recalibrate:
         ctx.report("calibrating")
@@ -158,7 +173,7 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
                              f"{ctx.settings.centering_min_docs} documents")
     else:
         centering = means_for_build(reader, encoder, ctx.settings)
-    pair = build_index(reader, encoder, index_spec(ctx.settings), progress=progress, centering=centering)
+    pair = build_spread(ctx, reader, source, encoder, centering, progress)
     retention.hold(holder, pinned, grace)
     pair.index.save(snapshot_folder(ctx.settings.indexes_dir, source.version, centering), pair.applied_offset)
     seconds = time.monotonic() - started
@@ -174,6 +189,35 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
     ctx.registry.activate(source.version)
     log.info("deployed", extra={"version": source.version, "vectors": len(pair.index), "seconds": round(seconds, 2)})
     return outcome
+
+
+def build_spread(
+    ctx: JobContext, reader: DocReader, source: ModelSource, encoder: Encoder, centering: Centering | None,
+    progress: Callable[[int, int], None],
+) -> ServingPair:
+    """Encode the corpus in ranges that this worker and every other live one take (worker/reindex.py), then
+    merge them into the index, at the offset read before the ids were listed."""
+    settings, job_id = ctx.settings, ctx.job.id
+    folder = ranges_folder(settings, job_id)
+    plan = write_plan(reader, folder, job_id, source, settings.reindex_ranges, centering)
+    board = RangeBoard(ctx.redis, ctx.keys, job_id, plan.ranges, settings.reindex_lease_s)
+    board.clear()  # a retried job starts its ranges afresh
+    others = len(ctx.store.live_workers(settings.heartbeat_timeout_s)) - 1
+    if others > 0 and plan.ranges > 1:
+        queue_range_helpers(settings, job_id, min(others, plan.ranges - 1))
+    encoding = ServingPair(encoder, VectorIndex(encoder.dim, encoder.version), plan.offset, centering)
+    total = sum(plan.sizes)
+
+    def tick(done: int) -> None:
+        ctx.stop_if_cancelled("while reindexing")
+        progress(done, total)
+
+    try:
+        wait_for_ranges(reader, board, folder, plan, encoding, worker_name(), tick)
+        return merge_ranges(folder, plan, encoding, index_spec(settings))
+    finally:
+        board.clear()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _served_source(ctx: JobContext, version: str) -> ModelSource:

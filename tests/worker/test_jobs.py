@@ -5,10 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import re
-import signal
-import subprocess
 import threading
 import time
 import zipfile
@@ -23,14 +20,9 @@ import redis
 from tests.conftest import RunningService, running_service
 from tests.synthetic import make_groups, vocabulary_texts, write_lareqa
 from tests.tiny_model import build_tiny_model
-from xling.cli.launch import xling_command
+from tests.worker.workers import FAST, Worker
 from xling.state.settings import Settings
 
-# Float32 encoders (see tests/conftest.py FP32), in the api and the worker alike.
-FAST = {
-    "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0, "sweep_interval_s": 0.5, "swap_poll_s": 0.2,
-    "encoder_precision": "fp32",
-}
 TRAIN = {"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "val_fraction": 0.0, "warmup_ratio": 0.0}
 
 
@@ -40,35 +32,6 @@ INDEX_KINDS: dict[str, dict[str, Any]] = {
     "flat": {},
     "hnsw": {"index": "hnsw", "hnsw_ef_search": 1024, "hnsw_exact_filter_max": 0},
 }
-
-
-class Worker:
-    def __init__(self, settings: Settings, log: Path, extra: dict[str, Any]) -> None:
-        self.settings = settings
-        self.log = log
-        self.extra = extra
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
-        env.update({f"XLING_{k.upper()}": str(v) for k, v in {**FAST, **self.extra}.items()})
-        env.update(
-            XLING_REDIS_URL=str(self.settings.redis_url), XLING_DATA_DIR=str(self.settings.data_dir),
-            XLING_RETRIEVAL_MODEL=str(self.settings.retrieval_model), XLING_LOG_JSON="false", XLING_DEVICE="cpu",
-        )
-        self.process = subprocess.Popen(
-            xling_command("worker"), env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module", params=list(INDEX_KINDS))

@@ -1,0 +1,101 @@
+"""A reindex spread over two real Celery workers: both encode ranges, and `kill -9` of the helper mid-way still
+yields every document exactly once (its range's lease lapses and the job's worker encodes it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import RunningService, running_service
+from tests.synthetic import vocabulary_texts
+from tests.tiny_model import build_tiny_model, random_sentences
+from tests.worker.workers import FAST, Worker
+from xling.state.keys import RedisKeys
+from xling.state.reindex_ranges import RangeBoard
+from xling.state.settings import Settings
+
+DOCS_PER_LANG = 1_500
+RANGES = 24
+# Small encoder batches make the tiny model slow enough for a kill to land mid-way.
+SLOW = {"reindex_ranges": RANGES, "reindex_lease_s": 5.0, "encode_batch_size": 4}
+
+
+@pytest.fixture
+def setup(redis_server: Any, tmp_path: Path) -> Iterator[tuple[RunningService, list[Worker], Settings]]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    model = build_tiny_model(tmp_path / "tiny", extra_texts=vocabulary_texts())
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_server.url, data_dir=tmp_path / "data", retrieval_model=str(model), log_json=False,
+        device="cpu", **FAST, **SLOW,
+    )
+    workers = [Worker(settings, tmp_path / f"worker{n}.log", SLOW) for n in range(2)]
+    with running_service(settings) as service:
+        for lang in ("en", "de", "fr"):
+            texts = random_sentences(lang, DOCS_PER_LANG, seed=len(lang) + ord(lang[0]))
+            for start in range(0, DOCS_PER_LANG, 500):
+                docs = [{"id": f"{lang}-{i}", "text": texts[i], "lang": lang}
+                        for i in range(start, start + 500)]
+                assert service.client.post("/index", json={"documents": docs}).status_code == 200
+        for worker in workers:
+            worker.start()
+        yield service, workers, settings
+    for worker in workers:
+        worker.stop()
+
+
+def test_killing_a_helper_mid_reindex_loses_and_doubles_nothing(
+    setup: tuple[RunningService, list[Worker], Settings],
+) -> None:
+    service, workers, settings = setup
+    total = 3 * DOCS_PER_LANG
+    deadline = time.monotonic() + 60
+    while service.client.get("/healthz").json().get("workers", 0) < 2:
+        assert time.monotonic() < deadline, "the two workers did not come up"
+        time.sleep(0.2)
+    # The api calibrates the new corpus by itself (a recalibration job): let it finish, so the reindex below is
+    # the only one running.
+    deadline = time.monotonic() + 300
+    while any(job["status"] in ("queued", "running") for job in service.client.get("/jobs").json()["data"]):
+        assert time.monotonic() < deadline, "the api's own recalibration did not finish"
+        time.sleep(0.5)
+    version = service.client.get("/healthz").json()["model_version"]
+    response = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    board = RangeBoard(redis.Redis.from_url(str(settings.redis_url), decode_responses=True),
+                       RedisKeys(settings.key_prefix), job_id, RANGES, settings.reindex_lease_s)
+    # Wait until the worker that does not run the job holds a range, then kill it.
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None:
+        assert time.monotonic() < deadline, "the helper never took a range"
+        coordinator = service.client.get(f"/jobs/{job_id}").json()["progress"].get("worker")
+        helpers = {name for name in board.holders().values() if coordinator and name != coordinator}
+        victim = next((w for w in workers for name in helpers if w.process and name.endswith(f":{w.process.pid}")),
+                      None)
+        time.sleep(0.02)
+    victim.kill()
+    killed_at = time.monotonic()
+    while (job := service.client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < killed_at + 300, job
+        time.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    assert job["metrics"]["reindexed"] == total  # every document, once
+    # The job finished only after the killed worker's lease lapsed and its range was encoded again.
+    assert time.monotonic() - killed_at >= settings.reindex_lease_s
+    deadline = time.monotonic() + 60
+    while service.client.get("/healthz").json().get("centering", "").split(":")[-1] != job["metrics"]["centering"]:
+        assert time.monotonic() < deadline, "the api did not swap to the recalibrated index"
+        time.sleep(0.2)
+    stats = service.client.get("/index/stats").json()
+    assert stats["vectors"] == stats["documents"] == total
+    assert stats["languages"] == {"en": DOCS_PER_LANG, "de": DOCS_PER_LANG, "fr": DOCS_PER_LANG}
+    assert not (settings.indexes_dir / ".ranges" / job_id).exists()  # the parts are cleaned up
