@@ -45,7 +45,7 @@ from xling.state.jobs import (
     parse_job,
     queue_range_helpers,
 )
-from xling.state.jobstore import Job, JobStore
+from xling.state.jobstore import Job, JobNotFound, JobStore
 from xling.state.keys import RedisKeys
 from xling.state.registry import Registry
 from xling.state.reindex_ranges import RangeBoard
@@ -199,6 +199,7 @@ def build_spread(
     merge them into the index, at the offset read before the ids were listed."""
     settings, job_id = ctx.settings, ctx.job.id
     folder = ranges_folder(settings, job_id)
+    _remove_stale_ranges(ctx, folder.parent)
     plan = write_plan(reader, folder, job_id, source, settings.reindex_ranges, centering)
     board = RangeBoard(ctx.redis, ctx.keys, job_id, plan.ranges, settings.reindex_lease_s)
     board.clear()  # a retried job starts its ranges afresh
@@ -218,6 +219,17 @@ def build_spread(
     finally:
         board.clear()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_ranges(ctx: JobContext, parent: Path) -> None:
+    """Part files of reindexes no longer running (their worker died before cleaning up)."""
+    for folder in parent.glob("*") if parent.is_dir() else []:
+        try:
+            running = ctx.store.get(folder.name).status == "running"
+        except JobNotFound:
+            running = False
+        if not running:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _served_source(ctx: JobContext, version: str) -> ModelSource:
