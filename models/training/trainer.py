@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -366,6 +367,9 @@ def finetune(
         raise ValueError(f"val_fraction {config.val_fraction} leaves no validation groups to choose a weight on")
     source = resolve_model(base, registry_dir, allow_folder=allow_folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # Under torchrun each rank trains on its own GPU: the model and the anchor go there, not all to cuda:0.
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     layout = read_layout(source.path, source.name)
     query_prefix, passage_prefix = resolve_prefixes(config, layout)
     config = replace(config, query_prefix=query_prefix, passage_prefix=passage_prefix)
