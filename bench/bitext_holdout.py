@@ -23,16 +23,18 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from bench.common import bench_data_dir, default_model
-from xling.models.data.parallel import load_lareqa_folder
+from xling.models.data.parallel import load_lareqa_folder, split
+from xling.models.data.training_data import load_training_data
 from xling.models.encoder import Encoder
 from xling.models.evaluation.evaluate import eval_set, evaluate
 from xling.models.evaluation.reports import write_evaluation_report
 from xling.models.files import write_json_atomic
+from xling.models.training.interpolate import interpolate_on_validation
 from xling.models.training.trainer import TrainConfig, finetune
 
 
@@ -76,6 +78,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="keep: held out for choosing λ")
     parser.add_argument("--anchor", type=float, default=0.0,
                         help="keep: anchor_distillation (QA texts kept near the base); results as after-keep-anchorW")
+    parser.add_argument("--score-full", action="store_true",
+                        help="keep: also score the tuned model at full weight (label suffix -full) before WiSE-FT")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     data = bench_data_dir(args.data)
@@ -85,7 +89,8 @@ def main() -> None:
     results["command"] = (
         f"python -m bench.bitext_holdout --lang {args.lang} --pivot {args.pivot} --holdout {args.holdout} "
         f"--steps {args.steps} --batch-size {args.batch_size} --max-length {args.max_length} --seed {args.seed} "
-        f"--variant {args.variant}" + (f" --anchor {args.anchor:g}" if args.anchor else "") + f" --out {args.out}"
+        f"--variant {args.variant}" + (f" --anchor {args.anchor:g}" if args.anchor else "")
+        + (" --score-full" if args.score_full else "") + f" --out {args.out}"
     )
     if "split" not in results or not (args.out / "qa.jsonl").is_file():  # deterministic: the same split again
         results["split"] = write_bitext(data, args.lang, args.pivot, args.holdout, args.seed, args.out)
@@ -128,12 +133,24 @@ def main() -> None:
                 anchor_distillation=args.anchor,
             )
             data_paths, names = [args.out / "train.jsonl", args.out / "qa.jsonl"], ["bitext", "qa"]
-        result = finetune(str(source.path), data_paths, tuned, config, device="cpu", dataset_names=names)
+        score_full = args.score_full and config.interpolate
+        # With --score-full the trainer stops before WiSE-FT; the weight is then chosen here, on the same split.
+        result = finetune(str(source.path), data_paths, tuned, replace(config, interpolate=not score_full),
+                          device="cpu", dataset_names=names)
         assert result.path is not None and result.version is not None
         manifest = json.loads((result.path / "xling.json").read_text(encoding="utf-8"))["training"]
+        interpolation = manifest.get("interpolation")
+        if score_full:
+            score(result.path, result.version, f"{label}-full")
+            groups, _ = load_training_data(data_paths, names=names)
+            choice = interpolate_on_validation(
+                source.path, result.path, split(groups, config.val_fraction, config.seed)[1],
+                centering=config.centred_validation, max_drop=config.guard_max_drop, device="cpu",
+            )
+            interpolation = choice.to_dict()
         results[f"training-{label}"] = {
             "config": asdict(config), "metrics": result.metrics,
-            "mixing": manifest.get("mixing"), "interpolation": manifest.get("interpolation"),
+            "mixing": manifest.get("mixing"), "interpolation": interpolation,
         }
         score(result.path, result.version, label)
         shutil.rmtree(tuned, ignore_errors=True)  # weights are not kept in the repository
