@@ -171,11 +171,12 @@ def help_reindex(job_id: str, settings: Settings, client: redis.Redis, worker: s
     plan = read_plan(folder)
     if plan is None:
         return 0
-    board = RangeBoard(client, RedisKeys(settings.key_prefix), job_id, plan.ranges, settings.reindex_lease_s)
+    keys = RedisKeys(settings.key_prefix)
+    board = RangeBoard(client, keys, job_id, plan.ranges, settings.reindex_lease_s)
     if len(board.done()) == plan.ranges:
         return 0
     try:
-        return encode_ranges(DocReader(client, RedisKeys(settings.key_prefix)), board, folder,
+        return encode_ranges(DocReader(client, keys), board, folder,
                              plan_encoder(plan, folder, settings), worker)
     except FileNotFoundError:
         return 0  # the job finished (or was cancelled) and removed the ranges meanwhile
