@@ -21,7 +21,12 @@ from safetensors.torch import load_file, save_file
 from xling.models.data.parallel import ParallelGroup
 from xling.models.encoder import Encoder, read_layout
 from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard, GuardCheck, all_passed, check_guards
-from xling.models.evaluation.validation import validation_guards, validation_metrics, validation_objective
+from xling.models.evaluation.validation import (
+    validation_guards,
+    validation_metrics,
+    validation_objective,
+    validation_tie_break,
+)
 
 DEFAULT_WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
 WEIGHTS_FILE = "model.safetensors"
@@ -91,10 +96,11 @@ class InterpolationChoice:
     objective: str
     base_metrics: dict[str, float]
     trials: list[WeightTrial] = field(default_factory=list)
+    tie_break: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": "wise-ft", "weight": self.weight, "objective": self.objective,
+            "method": "wise-ft", "weight": self.weight, "objective": self.objective, "tie_break": self.tie_break,
             "base_metrics": self.base_metrics, "trials": [t.to_dict() for t in self.trials],
         }
 
@@ -104,25 +110,32 @@ def choose_weight(
     objective: str,
     guards: list[Guard],
     weights: tuple[float, ...] = DEFAULT_WEIGHTS,
+    tie_break: str | None = None,
 ) -> InterpolationChoice:
     """Measure the base (λ = 0) and each weight; pick the best `objective` among weights that keep every guard.
 
-    `measure(λ)` returns flat metrics ("<set>:<metric>") of the model interpolated at λ. Ties go to the smaller
-    weight (closer to the base). When no weight keeps the guards, or none beats the base, the choice is 0.
+    `measure(λ)` returns flat metrics ("<set>:<metric>") of the model interpolated at λ. Weights with the same
+    objective are told apart by `tie_break` (higher wins) when given; remaining ties go to the smaller weight
+    (closer to the base). When no weight keeps the guards, or none beats the base, the choice is 0.
     """
     if not weights or any(not 0.0 < w <= 1.0 for w in weights):
         raise ValueError(f"interpolation weights must be in (0, 1], got {weights}")
     base_metrics = measure(0.0)
-    if objective not in base_metrics:
-        raise ValueError(f"objective {objective!r} is not measured (have {', '.join(sorted(base_metrics))})")
-    choice = InterpolationChoice(0.0, objective, base_metrics)
-    best = base_metrics[objective]
+    for metric in (objective, tie_break):
+        if metric is not None and metric not in base_metrics:
+            raise ValueError(f"objective {metric!r} is not measured (have {', '.join(sorted(base_metrics))})")
+
+    def rank(metrics: dict[str, float]) -> tuple[float, float]:
+        return metrics[objective], metrics[tie_break] if tie_break is not None else 0.0
+
+    choice = InterpolationChoice(0.0, objective, base_metrics, tie_break=tie_break)
+    best = rank(base_metrics)
     for weight in sorted(set(weights)):
         metrics = measure(weight)
         trial = WeightTrial(weight, metrics, check_guards(guards, base_metrics, metrics))
         choice.trials.append(trial)
-        if trial.passed and metrics[objective] > best:
-            choice.weight, best = weight, metrics[objective]
+        if trial.passed and rank(metrics) > best:
+            choice.weight, best = weight, rank(metrics)
     return choice
 
 
@@ -148,7 +161,8 @@ def interpolate_on_validation(
         return validation_metrics(encoder.encode, groups, centering)
 
     try:
-        choice = choose_weight(measure, validation_objective(groups), validation_guards(groups, max_drop), weights)
+        choice = choose_weight(measure, validation_objective(groups), validation_guards(groups, max_drop), weights,
+                               tie_break=validation_tie_break(groups))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     target = out or tuned

@@ -58,6 +58,12 @@ def test_accuracy_by_hand(bitext_dir: Path) -> None:
     assert row["eng->afr"] == pytest.approx(2 / 3)
     assert row["mean"] == pytest.approx((1 + 2 / 3) / 2)
     assert row["flagged"] is True and row["lines"] == 3
+    # the margin: own translation's cosine minus the best other line's, per row, averaged per direction
+    forward = [sims[i, i] - np.delete(sims[i], i).max() for i in range(3)]
+    backward = [sims[i, i] - np.delete(sims[:, i], i).max() for i in range(3)]
+    assert forward[0] > 0 > backward[0]  # "one" loses to twee: a negative margin
+    assert row["margin"] == pytest.approx((np.mean(forward) + np.mean(backward)) / 2, abs=1e-6)
+    assert result["bitext_margin"] == pytest.approx(row["margin"])
     assert result["bitext_acc@1"] == pytest.approx(row["mean"])
 
 

@@ -11,13 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.synthetic import make_groups, vocabulary_texts, write_jsonl
+from tests.models.test_bitext_reports import make_parallel_groups
+from tests.synthetic import make_groups, smooth_fake_encoder, vocabulary_texts, write_jsonl
 from tests.tiny_model import build_tiny_model
+from xling.models.data.parallel import ParallelGroup
 from xling.models.encoder import Encoder
 from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import BitextEvaluation, EvaluationReport, LareqaEvaluation
 from xling.models.evaluation.guards import Guard, check_guards, default_guards
 from xling.models.evaluation.lareqa import LareqaResult
+from xling.models.evaluation.validation import validation_metrics, validation_objective, validation_tie_break
 from xling.models.training.interpolate import choose_weight, interpolate_state, write_interpolated
 from xling.models.training.trainer import TrainConfig, finetune
 
@@ -97,6 +100,30 @@ def test_choose_weight_takes_the_best_objective_that_keeps_the_guards() -> None:
     assert strict.weight == 0.0  # no weight kept every guard: the base
     with pytest.raises(ValueError, match="objective"):
         choose_weight(measure, "val:nothing", [])
+
+
+def test_a_saturated_objective_is_decided_by_the_tie_break() -> None:
+    def measure(weight: float) -> dict[str, float]:
+        # Accuracy saturates from 0.4 up; the margin keeps rising until 0.8, then falls.
+        accuracy = 0.9 if weight < 0.4 else 0.99
+        return {"acc": accuracy, "margin": 0.1 + weight - (0.3 if weight == 1.0 else 0.0), "mono": 0.8}
+
+    assert choose_weight(measure, "acc", [Guard("mono")]).weight == 0.4  # no tie-break: the smallest weight
+    choice = choose_weight(measure, "acc", [Guard("mono")], tie_break="margin")
+    assert choice.weight == 0.8 and choice.to_dict()["tie_break"] == "margin"
+    # the objective still comes first: a higher margin never buys a lower accuracy
+    assert choose_weight(lambda w: {"acc": 1.0 - w / 10, "margin": w}, "acc", [], tie_break="margin").weight == 0.0
+    with pytest.raises(ValueError, match="not measured"):
+        choose_weight(measure, "acc", [], tie_break="nothing")
+
+
+def test_validation_on_bitext_breaks_ties_on_the_margin() -> None:
+    lines = [{"kzj": f"kzword{i}", "en": f"enword{i}"} for i in range(6)]
+    groups = [ParallelGroup(f"tatoeba.kzj-en#{i}", line, line, cross_only=True) for i, line in enumerate(lines)]
+    metrics = validation_metrics(smooth_fake_encoder, groups, centering=False)
+    assert validation_objective(groups) in metrics and validation_tie_break(groups) in metrics
+    assert 0 < metrics["val-bitext:bitext_margin"] <= 2  # a line and its translation share a word
+    assert validation_tie_break([g for g in make_parallel_groups()]) is None  # QA Multi mAP does not saturate so
 
 
 def test_finetune_interpolates_and_records_the_choice(models: tuple[Path, Path, Path], tmp_path: Path) -> None:
