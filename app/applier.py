@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from xling.app.metrics import Metrics
 from xling.models.index.lexical import LexicalIndex
@@ -70,7 +69,7 @@ class Applier:
         watermark: Watermark,
         metrics: Metrics,
         *,
-        snapshot_dir: Callable[[ServingPair], Path],
+        persist: Callable[[ServingPair], None],
         batch: int,
         snapshot_every_entries: int,
         snapshot_interval_s: float,
@@ -78,14 +77,15 @@ class Applier:
         on_log_trimmed: Callable[[], None] = lambda: None,
         lexical: LexicalIndex | None = None,
     ) -> None:
-        """`check_log(offset)` raises LogTrimmed when the log no longer reaches back to `offset`;
+        """`persist(pair)` snapshots the pair (HotSwap.persist); `check_log(offset)` raises LogTrimmed when
+        the log no longer reaches back to `offset`;
         `on_log_trimmed` then rebuilds the index from the documents (xling.state.retention). The same entries
         go to `lexical`, which a model swap leaves alone."""
         self._reader = reader
         self._get_pair = get_pair
         self._watermark = watermark
         self._metrics = metrics
-        self._snapshot_dir = snapshot_dir
+        self._persist = persist
         self._batch = batch
         self._snapshot_every = snapshot_every_entries
         self._snapshot_interval = snapshot_interval_s
@@ -139,7 +139,7 @@ class Applier:
 
     def snapshot(self) -> None:
         pair = self._get_pair()
-        pair.index.save(self._snapshot_dir(pair), pair.applied_offset)
+        self._persist(pair)
         self.snapshot_offset = pair.applied_offset
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from xling.state.polling import poll
 from xling.state.registry import Registry
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
+
+if TYPE_CHECKING:
+    from xling.state.qdrant_store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,8 @@ class Engine:
             ttl_s=settings.log_hold_ttl_s,
             serving_offsets=self._serving_offsets,
         )
-        self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics)
+        self.qdrant = self._qdrant_store() if settings.index == "qdrant" else None
+        self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics, self.qdrant)
         self.swap.on_recalibrate = self._queue_recalibration
         self.load_error: str | None = None
         self.applier: Applier | None = None
@@ -174,7 +178,7 @@ class Engine:
             self.require_pair,
             self.watermark,
             self.metrics,
-            snapshot_dir=self.swap.snapshot_dir,
+            persist=self.swap.persist,
             batch=self.settings.applier_batch,
             snapshot_every_entries=self.settings.snapshot_every_entries,
             snapshot_interval_s=self.settings.snapshot_interval_s,
@@ -254,8 +258,15 @@ class Engine:
             self.lexical.close()
         if self._lexical_claim is not None:
             self._lexical_claim.close()
+        if self.qdrant is not None:
+            self.qdrant.close()  # local mode: frees the folder's lock for the next process
         await self.async_redis.aclose()
         self.sync_redis.close()
+
+    def _qdrant_store(self) -> QdrantStore:
+        from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
+
+        return QdrantStore(self.settings, self.sync_redis, self.keys)
 
     @property
     def ready(self) -> bool:

@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xling.app.applier import Applier, Watermark
 from xling.app.holds import LogHolds
 from xling.app.metrics import Metrics
+from xling.models.centering import Centering
+from xling.models.encoder import Encoder
 from xling.models.index.vector_index import SNAPSHOT_META, IndexMismatchError, SnapshotError, VectorIndex
 from xling.models.resolve import ModelNotFoundError, ModelSource, resolve_model
 from xling.state.centering import (
@@ -31,6 +33,9 @@ from xling.state.registry import Registry
 from xling.state.retention import LogTrimmed
 from xling.state.settings import Settings
 
+if TYPE_CHECKING:
+    from xling.state.qdrant_store import QdrantStore
+
 log = logging.getLogger(__name__)
 SWAP_RETRY_S = 30.0
 
@@ -44,8 +49,12 @@ class HotSwap:
         holds: LogHolds,
         watermark: Watermark,
         metrics: Metrics,
+        qdrant: QdrantStore | None = None,
     ) -> None:
+        """`qdrant`: with XLING_INDEX=qdrant, the collections that take the place of in-memory indexes and their
+        snapshots (state/qdrant_store.py)."""
         self.settings = settings
+        self.qdrant = qdrant
         self.registry = registry
         self.reader = reader
         self.holds = holds
@@ -82,9 +91,22 @@ class HotSwap:
         return snapshot_folder(self.settings.indexes_dir, pair.version, pair.centering)
 
     def has_snapshot(self, version: str) -> bool:
-        """Whether `version` can serve at once: a snapshot built with its current means exists."""
-        folder = snapshot_folder(self.settings.indexes_dir, version, load_centering(self.settings, version))
+        """Whether `version` can serve at once: a snapshot (or Qdrant collection) built with its current means
+        exists."""
+        centering = load_centering(self.settings, version)
+        if self.qdrant is not None:
+            return self.qdrant.has(version, centering)
+        folder = snapshot_folder(self.settings.indexes_dir, version, centering)
         return (folder / SNAPSHOT_META).is_file()
+
+    def persist(self, pair: ServingPair) -> None:
+        """Make the pair's state survive a restart: a snapshot of the in-memory index, or, on Qdrant (whose
+        writes are already durable), the offset its collection has applied."""
+        if self.qdrant is not None:
+            self.qdrant.record(pair)
+        else:
+            assert isinstance(pair.index, VectorIndex)
+            pair.index.save(self.snapshot_dir(pair), pair.applied_offset)
 
     def centering_status(self) -> dict[str, Any]:
         """The serving pair's drift since its means were calibrated (empty when centring is off)."""
@@ -111,6 +133,8 @@ class HotSwap:
         documents. Pins the offset it replays from as "open" (unpinned by `serve` or when the swap fails)."""
         encoder = load_encoder(source, self.settings)
         centering = load_centering(self.settings, encoder.version)
+        if self.qdrant is not None:
+            return self._open_collection(encoder, centering)
         folder = snapshot_folder(self.settings.indexes_dir, encoder.version, centering)
         try:
             index, offset = VectorIndex.load(folder, encoder.version, encoder.dim, index_spec(self.settings))
@@ -128,9 +152,34 @@ class HotSwap:
         centering = centering or means_for_build(self.reader, encoder, self.settings)
         return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering), False
 
+    def _open_collection(self, encoder: Encoder, centering: Centering | None) -> tuple[ServingPair, bool]:
+        """open_index on Qdrant: the version's current collection at its recorded offset, or a new one built
+        from the documents (the worker builds it first against a server; in local mode, this process does)."""
+        assert self.qdrant is not None
+        found = self.qdrant.open(encoder.version, encoder.dim, centering)
+        if found is not None:
+            index, offset = found
+            try:
+                self.holds.pin("open", offset)
+                self.holds.retention.check(offset)
+                log.info("qdrant collection opened", extra={"collection": index.collection, "offset": offset})
+                return ServingPair(encoder, index, offset, centering), True
+            except LogTrimmed as exc:
+                log.warning("collection %s is older than the doc log (%s); building a new one", index.collection, exc)
+        self.holds.pin("open", self.reader.last_offset())
+        centering = centering or means_for_build(self.reader, encoder, self.settings)
+        into = self.qdrant.create(encoder.version, encoder.dim, centering)
+        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering,
+                           into=into), False
+
     def serve_first(self, pair: ServingPair, source: ModelSource, applier: Applier) -> None:
         """The pair loaded at start-up serves, with the applier that keeps it current."""
         self.pair, self.source, self.since, self.applier = pair, source, time.time(), applier
+        self._point_alias(pair)
+
+    def _point_alias(self, pair: ServingPair) -> None:
+        if self.qdrant is not None:
+            self.qdrant.serve(pair)
 
     def watch(self, stop: threading.Event) -> None:
         """Poll which version should serve; swap when it differs from the serving one."""
@@ -193,6 +242,8 @@ class HotSwap:
             source = resolve_model(spec, self.settings.models_dir)
             pair, from_snapshot = self.open_index(source)
             old = self._take_over(pair, pair.applied_offset if from_snapshot else None, source)
+            if self.qdrant is not None and not from_snapshot:
+                self.persist(pair)  # one Redis write: a restart opens the collection just built
         finally:
             self.holds.unpin("open")  # also when the swap fails: a pin left behind would stop all trimming
         self.metrics.swaps.inc()
@@ -217,8 +268,9 @@ class HotSwap:
         )
         self.holds.pin("rebuild", self.reader.last_offset())
         try:
+            into = None if self.qdrant is None else self.qdrant.create(pair.version, pair.encoder.dim, pair.centering)
             rebuilt = build_index(self.reader, pair.encoder, index_spec(self.settings), chunk=2_048,
-                                  centering=pair.centering)
+                                  centering=pair.centering, into=into)
             self._take_over(rebuilt, snapshot_offset=None)
         finally:
             self.holds.unpin("rebuild")
@@ -238,4 +290,6 @@ class HotSwap:
                 self.source, self.since = source, time.time()
             self.applier.snapshot_offset = snapshot_offset
             self.watermark.advance(pair.applied_offset)
+        self._point_alias(pair)
         return old
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from xling.state.docstore import DocReader, LogEntry, StoredDoc
 from xling.state.retention import LogTrimmed
 from xling.state.settings import Settings
 
+if TYPE_CHECKING:  # qdrant-client takes over a second to import; only XLING_INDEX=qdrant needs it
+    from xling.models.index.qdrant_index import QdrantIndex
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +31,7 @@ class ServingPair:
     are centred with (None: raw vectors). Queries against the index are centred with the same means."""
 
     encoder: Encoder
-    index: VectorIndex
+    index: VectorIndex | QdrantIndex
     applied_offset: str
     centering: Centering | None = None
     drift: DriftTracker = field(default_factory=DriftTracker)  # documents applied since the index was built
@@ -47,6 +51,16 @@ class ServingPair:
             self.drift.add(vectors, langs)
         return self.centering.documents(vectors, langs)
 
+    def store(self, ids: Sequence[str], docs: Sequence[StoredDoc], *, track: bool = False) -> None:
+        """Encode these documents and upsert them under `ids`; a Qdrant collection keeps their text too (the
+        payload that makes it searchable by other clients and readable without Redis)."""
+        vectors = self.document_vectors(docs, track=track)
+        entries = [doc.entry(doc_id) for doc_id, doc in zip(ids, docs, strict=True)]
+        if isinstance(self.index, VectorIndex):
+            self.index.upsert(entries, vectors)
+        else:
+            self.index.upsert(entries, vectors, texts=[doc.text for doc in docs])
+
 
 def load_encoder(source: ModelSource, settings: Settings) -> Encoder:
     """The one way api, worker and CLI build an encoder, so an index never mixes truncation or batching policies."""
@@ -63,8 +77,9 @@ def load_encoder(source: ModelSource, settings: Settings) -> Encoder:
 
 
 def index_spec(settings: Settings) -> IndexSpec:
+    """How an in-memory index is built (with XLING_INDEX=qdrant, only the worker's transient one: flat)."""
     return IndexSpec(
-        kind=settings.index,
+        kind="flat" if settings.index == "qdrant" else settings.index,
         hnsw_m=settings.hnsw_m,
         ef_construction=settings.hnsw_ef_construction,
         ef_search=settings.hnsw_ef_search,
@@ -90,8 +105,7 @@ def apply_entries(
         pair.index.remove(gone)
         if current:
             doc_ids = list(current)
-            vectors = pair.document_vectors([current[d] for d in doc_ids], track=True)
-            pair.index.upsert([current[d].entry(d) for d in doc_ids], vectors)
+            pair.store(doc_ids, [current[d] for d in doc_ids], track=True)
         pair.applied_offset = entries[-1].offset
     if lexical is not None:
         lexical.remove(gone)
@@ -133,16 +147,17 @@ def build_index(
     chunk: int = 1_000,
     progress: Callable[[int, int], None] | None = None,
     centering: Centering | None = None,
+    into: QdrantIndex | None = None,
 ) -> ServingPair:
-    """Encode every document (centred with `centering` when given); the returned pair's offset is where the log
-    must be replayed from."""
+    """Encode every document (centred with `centering` when given) into a new in-memory index of `spec`, or
+    into the empty collection `into`; the returned pair's offset is where the log must be replayed from."""
     # Read the offset first: writes that land during the scan are replayed afterwards (idempotently).
     offset = reader.last_offset()
-    pair = ServingPair(encoder, VectorIndex(encoder.dim, encoder.version, spec), offset, centering)
+    index = into if into is not None else VectorIndex(encoder.dim, encoder.version, spec)
+    pair = ServingPair(encoder, index, offset, centering)
     total, done = reader.count(), 0
     for docs in reader.iter_all(chunk):
-        vectors = pair.document_vectors([doc for _, doc in docs])
-        pair.index.upsert([doc.entry(doc_id) for doc_id, doc in docs], vectors)
+        pair.store([doc_id for doc_id, _ in docs], [doc for _, doc in docs])
         done += len(docs)
         if progress is not None:
             progress(done, total)

@@ -69,3 +69,14 @@ class RedisKeys:
     def recalibration_throttle(self, version: str) -> str:
         """String with a TTL: a centring recalibration of this version was queued lately."""
         return f"{self.prefix}:centering:recalibration-throttle:{version}"
+
+    @property
+    def qdrant_collections(self) -> str:
+        """Hash: "<version>/<means id or raw>" -> JSON {collection, offset}: the Qdrant collection that serves
+        that model version with those means, and the doc-log offset it has applied."""
+        return f"{self.prefix}:qdrant:collections"
+
+    @property
+    def qdrant_retired(self) -> str:
+        """Sorted set: collection name scored by when a rebuild replaced it (dropped after a grace period)."""
+        return f"{self.prefix}:qdrant:retired"

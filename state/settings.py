@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     )
 
     # Vector index (DESIGN §3; the build parameters are recorded in each snapshot, which must match them)
-    index: Literal["flat", "hnsw"] = Field(
-        "flat", description="flat = exact search; hnsw = approximate graph search, for large corpora (README)"
+    index: Literal["flat", "hnsw", "qdrant"] = Field(
+        "flat", description="flat = exact search; hnsw = approximate graph search, for large corpora; qdrant = a "
+        "Qdrant collection per model version (XLING_QDRANT_URL or XLING_QDRANT_PATH; README)"
     )
     hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph links per document")
     hnsw_ef_construction: int = Field(80, ge=8, le=4096, description="hnsw: candidate list while inserting")
@@ -71,6 +72,16 @@ class Settings(BaseSettings):
     )
     hnsw_exact_filter_max: int = Field(
         20_000, ge=0, description="hnsw: a filter matching at most this many documents is served by an exact scan"
+    )
+
+    qdrant_url: str | None = Field(None, description="qdrant: the server, e.g. http://qdrant:6333")
+    qdrant_api_key: SecretStr | None = Field(None, description="qdrant: the server's API key")
+    qdrant_path: Path | None = Field(
+        None, description="qdrant: a folder for the client's embedded local mode (trials and tests; one process)"
+    )
+    qdrant_on_disk: bool = Field(False, description="qdrant: vectors and payload on disk, int8 copies in RAM")
+    qdrant_drop_after_s: float = Field(
+        60.0, ge=0, description="qdrant: a collection replaced by a rebuild is dropped this long after"
     )
 
     # Security
@@ -194,6 +205,19 @@ class Settings(BaseSettings):
         if self.redis_url is not None and self.redis_sentinels is not None:
             raise ValueError("set XLING_REDIS_URL or XLING_REDIS_SENTINELS, not both")
         return self
+
+    @model_validator(mode="after")
+    def _one_qdrant(self) -> Settings:
+        if self.index == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
+            raise ValueError("XLING_INDEX=qdrant needs XLING_QDRANT_URL (a server) or XLING_QDRANT_PATH (local "
+                             "mode), one of them")
+        return self
+
+    @property
+    def qdrant_local(self) -> bool:
+        """The client's embedded local mode: the api process owns the collections (no other process may open
+        the folder), so the worker leaves collection building to it."""
+        return self.index == "qdrant" and self.qdrant_path is not None
 
     @property
     def redis_configured(self) -> bool:

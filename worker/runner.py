@@ -173,12 +173,18 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
                              f"{ctx.settings.centering_min_docs} documents")
     else:
         centering = means_for_build(reader, encoder, ctx.settings)
-    pair = build_spread(ctx, reader, source, encoder, centering, progress)
-    retention.hold(holder, pinned, grace)
-    pair.index.save(snapshot_folder(ctx.settings.indexes_dir, source.version, centering), pair.applied_offset)
+    outcome: dict[str, Any]
+    if ctx.settings.qdrant_local:
+        # The client's local mode lets one process open its folder, and the api holds it: the api builds the
+        # collection when it swaps to this version (README, "Beyond one machine").
+        outcome = {"reindexed": 0, "index_built_by": "api (qdrant local mode)"}
+    else:
+        pair = build_spread(ctx, reader, source, encoder, centering, progress)
+        retention.hold(holder, pinned, grace)
+        publish_index(ctx, reader, pair)
+        outcome = {"reindexed": len(pair.index), "offset": pair.applied_offset}
     seconds = time.monotonic() - started
-    outcome: dict[str, Any] = {"reindexed": len(pair.index), "reindex_seconds": round(seconds, 2),
-                               "offset": pair.applied_offset}
+    outcome["reindex_seconds"] = round(seconds, 2)
     if centering is not None:
         outcome.update(centering=centering.id, centred_languages=centering.languages)
     if recalibrate:
@@ -187,8 +193,25 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
         log.info("recalibrated", extra={"version": source.version, "centering": centering.id})
         return outcome
     ctx.registry.activate(source.version)
-    log.info("deployed", extra={"version": source.version, "vectors": len(pair.index), "seconds": round(seconds, 2)})
+    log.info("deployed", extra={"version": source.version, "vectors": outcome["reindexed"],
+                                "seconds": round(seconds, 2)})
     return outcome
+
+
+def publish_index(ctx: JobContext, reader: DocReader, pair: ServingPair) -> None:
+    """Put the built index where the apis look for it: a snapshot in indexes/, or with XLING_INDEX=qdrant (a
+    server) a new collection recorded as the version's current one."""
+    assert isinstance(pair.index, VectorIndex)
+    if ctx.settings.index != "qdrant":
+        pair.index.save(snapshot_folder(ctx.settings.indexes_dir, pair.version, pair.centering), pair.applied_offset)
+        return
+    from xling.state.qdrant_store import QdrantStore, copy_to_collection
+
+    store = QdrantStore(ctx.settings, ctx.redis, ctx.keys)
+    try:
+        store.record(copy_to_collection(store, pair, reader))
+    finally:
+        store.close()
 
 
 def build_spread(

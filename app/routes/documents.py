@@ -54,13 +54,9 @@ async def index_stats(engine: EngineDep, docs: DocStoreDep, holds: HoldsDep) -> 
     pair = engine.require_pair()
     return IndexStats(
         documents=await docs.count(),
-        vectors=len(pair.index),
-        index={
-            **pair.index.spec.build_params(),
-            "tombstones": pair.index.tombstones,
-            "compactions": pair.index.compactions,
-        },
-        languages=pair.index.languages(),
+        vectors=await asyncio.to_thread(len, pair.index),
+        index=await asyncio.to_thread(pair.index.describe),
+        languages=await asyncio.to_thread(pair.index.languages),
         model_version=pair.version,
         applied_offset=pair.applied_offset,
         log_offset=await docs.last_offset(),

@@ -101,6 +101,10 @@ class QdrantIndex:
     def __len__(self) -> int:
         return int(self.client.count(self.collection, exact=True).count)
 
+    def describe(self) -> dict[str, Any]:
+        """What `/index/stats` shows of this index."""
+        return {"kind": "qdrant", "collection": self.collection, "exact_filter_max": self.exact_filter_max}
+
     def __contains__(self, ext_id: str) -> bool:
         return bool(self.client.retrieve(self.collection, [point_id(ext_id)], with_payload=False))
 

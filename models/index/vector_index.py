@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,10 @@ class VectorIndex:
         with self._lock:
             return ext_id in self._store.slot_of
 
+    def describe(self) -> dict[str, Any]:
+        """What `/index/stats` shows of this index: its build parameters, tombstones and compactions."""
+        return {**self.spec.build_params(), "tombstones": self.tombstones, "compactions": self.compactions}
+
     @property
     def tombstones(self) -> int:
         with self._lock:
@@ -80,6 +84,15 @@ class VectorIndex:
         """Every document, in slot order (insertion order on an index that never deleted one)."""
         with self._lock:
             return [self._store.entry(slot) for slot in self._store.live_slots()]
+
+    def export(self, chunk: int = 4_096) -> Iterator[tuple[list[DocEntry], np.ndarray]]:
+        """Every document with its stored vector, `chunk` at a time (copying a built index elsewhere)."""
+        with self._lock:
+            slots = list(self._store.live_slots())
+        for start in range(0, len(slots), chunk):
+            part = slots[start:start + chunk]
+            with self._lock:
+                yield [self._store.entry(slot) for slot in part], self._store.vectors(part)
 
     def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray) -> None:
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)

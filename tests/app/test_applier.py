@@ -26,7 +26,6 @@ def encoder(tiny_model: Path) -> Encoder:
     return Encoder(tiny_model, version="tiny", device="cpu")
 
 
-
 def store(redis_url: str, action: str, *args: object) -> None:
     """Write through the real DocStore (hash and log in one transaction), as the api's routes do."""
     doc_store_call(redis_url, action, *args)
@@ -36,13 +35,22 @@ def fresh_pair(encoder: Encoder) -> ServingPair:
     return ServingPair(encoder, VectorIndex(encoder.dim, encoder.version), START_OFFSET)
 
 
+def snapshot(pair: ServingPair, folder: Path) -> None:
+    assert isinstance(pair.index, VectorIndex)
+    pair.index.save(folder / pair.version, pair.applied_offset)
+
+
 def make_applier(
     doc_reader: DocReader, pair: ServingPair, tmp_path: Path, watermark: Watermark | None = None, **options: object
 ) -> Applier:
     settings: dict[str, object] = {"batch": 2, "snapshot_every_entries": 1_000, "snapshot_interval_s": 3_600}
     settings.update(options)
     return Applier(
-        doc_reader, lambda: pair, watermark or Watermark(), Metrics(), snapshot_dir=lambda p: tmp_path / p.version,
+        doc_reader,
+        lambda: pair,
+        watermark or Watermark(),
+        Metrics(),
+        persist=lambda p: snapshot(p, tmp_path),
         **settings,  # type: ignore[arg-type]
     )
 

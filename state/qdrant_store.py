@@ -1,0 +1,178 @@
+"""Qdrant as the index tier (XLING_INDEX=qdrant): which collection serves each model version, the doc-log
+offset it has applied, and the alias that follows what serves.
+
+A collection plays the part a FAISS snapshot plays on one machine: built once per (model version, means), then
+kept current by the applier; but it lives in Qdrant, not in the api's memory. Every build creates a new
+collection (`<prefix>-<version>-<means>-<stamp>`), so a rebuild never writes into the collection that serves.
+The Redis hash `qdrant_collections` names the current collection of each (version, means) and the offset up to
+which it has applied the log. The offset is written after the writes it covers, and those wait for Qdrant
+(`wait=True`), so it never runs ahead of the collection: a restart replays from it, and replaying is idempotent.
+The alias `<prefix>-serving` moves, in one step, to the collection the api serves from, for readers outside
+xling. A collection that a rebuild replaced is dropped `qdrant_drop_after_s` later, once searches still running
+against it have finished.
+
+With the client's embedded local mode (`XLING_QDRANT_PATH`) only one process may open the folder: the api
+process then does the collection work that a worker does against a server (settings.qdrant_local).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, cast
+
+from qdrant_client import QdrantClient
+
+from xling.models.centering import Centering
+from xling.models.index.qdrant_index import QdrantIndex, alias_target, collection_name, create_collection, point_alias
+from xling.models.index.vector_index import VectorIndex
+from xling.state.docstore import DocReader
+from xling.state.indexing import ServingPair
+from xling.state.keys import RedisKeys
+from xling.state.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger(__name__)
+
+
+def qdrant_client(settings: Settings) -> QdrantClient:
+    """A client of the configured server, or of the embedded local mode in `qdrant_path`."""
+    if settings.qdrant_path is not None:
+        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+        return cast(QdrantClient, _OneCallAtATime(QdrantClient(path=str(settings.qdrant_path))))
+    key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+    return QdrantClient(url=settings.qdrant_url, api_key=key, timeout=60)
+
+
+class _OneCallAtATime:
+    """The local mode keeps its points in plain Python and numpy structures with no locking of its own, and the
+    api calls it from the applier thread and from search threads at once: one call at a time. (A server
+    client needs none of this: the server orders concurrent requests itself.)"""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock, warnings.catch_warnings():
+                # It scans every point, and says on each search that search parameters change nothing.
+                warnings.filterwarnings("ignore", message="Local mode performs exact")
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def slot(version: str, centering: Centering | None) -> str:
+    """What a collection serves: a model version, with the means its vectors are centred on (or raw ones)."""
+    return f"{version}/{centering.id if centering is not None else 'raw'}"
+
+
+class QdrantStore:
+    def __init__(self, settings: Settings, redis_client: redis.Redis, keys: RedisKeys) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.keys = keys
+        self.client = qdrant_client(settings)
+        self.alias = f"{settings.key_prefix}-serving"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _index(self, collection: str, dim: int, version: str) -> QdrantIndex:
+        return QdrantIndex(self.client, collection, dim, version, exact_filter_max=self.settings.hnsw_exact_filter_max)
+
+    def open(self, version: str, dim: int, centering: Centering | None) -> tuple[QdrantIndex, str] | None:
+        """The current collection of this version and means, with the offset it has applied; None when there
+        is none yet (or Redis names one that Qdrant no longer has)."""
+        raw = self.redis.hget(self.keys.qdrant_collections, slot(version, centering))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if not self.client.collection_exists(record["collection"]):
+            log.warning(
+                "qdrant: collection %s of %s is gone; building a new one",
+                record["collection"],
+                slot(version, centering),
+            )
+            return None
+        return self._index(record["collection"], dim, version), str(record["offset"])
+
+    def has(self, version: str, centering: Centering | None) -> bool:
+        """Whether this version with these means has a current collection."""
+        return self.open(version, 0, centering) is not None
+
+    def create(self, version: str, dim: int, centering: Centering | None) -> QdrantIndex:
+        """A new, empty collection for a build of this version and means; current only once `record`ed."""
+        means = centering.id if centering is not None else "raw"
+        name = collection_name(self.settings.key_prefix, f"{version}-{means}-{time.time_ns():x}")
+        on_disk = self.settings.qdrant_on_disk
+        create_collection(self.client, name, dim, on_disk=on_disk, int8=on_disk)
+        log.info("qdrant: collection created", extra={"collection": name, "version": version})
+        return self._index(name, dim, version)
+
+    def record(self, pair: ServingPair) -> None:
+        """The pair's collection is the current one of its version and means, and has applied the log up to the
+        pair's offset. A different collection that was current before is retired."""
+        index = self._collection_of(pair)
+        key = slot(pair.version, pair.centering)
+        previous = self.redis.hget(self.keys.qdrant_collections, key)
+        record = json.dumps({"collection": index.collection, "offset": pair.applied_offset})
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.qdrant_collections, key, record)
+        if previous is not None and json.loads(previous)["collection"] != index.collection:
+            pipe.zadd(self.keys.qdrant_retired, {json.loads(previous)["collection"]: time.time()})
+        pipe.execute()
+        self.drop_retired()
+
+    def serve(self, pair: ServingPair) -> None:
+        """Point the serving alias at the pair's collection (one atomic alias update)."""
+        collection = self._collection_of(pair).collection
+        if alias_target(self.client, self.alias) != collection:
+            point_alias(self.client, self.alias, collection)
+
+    @staticmethod
+    def _collection_of(pair: ServingPair) -> QdrantIndex:
+        if not isinstance(pair.index, QdrantIndex):
+            raise TypeError(f"{pair.version}: an in-memory index where a Qdrant collection was expected")
+        return pair.index
+
+    def drop_retired(self) -> list[str]:
+        """Drop the retired collections whose grace period is over (never the one the alias names)."""
+        due = self.redis.zrangebyscore(
+            self.keys.qdrant_retired, "-inf", time.time() - self.settings.qdrant_drop_after_s
+        )
+        serving = alias_target(self.client, self.alias)
+        dropped = []
+        for raw in due:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if name != serving and self.client.collection_exists(name):
+                self.client.delete_collection(name)
+                dropped.append(name)
+            self.redis.zrem(self.keys.qdrant_retired, name)
+        if dropped:
+            log.info("qdrant: retired collections dropped", extra={"collections": dropped})
+        return dropped
+
+
+def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: DocReader, chunk: int = 1_024) -> ServingPair:
+    """A worker's in-memory build (worker/reindex.py) copied into a new collection with each document's text:
+    the same pair, now on Qdrant. A document deleted since the build is left out; the log replay from the
+    pair's offset deletes it anyway."""
+    assert isinstance(pair.index, VectorIndex)
+    into = store.create(pair.version, pair.encoder.dim, pair.centering)
+    for entries, vectors in pair.index.export(chunk):
+        docs = reader.get_many([entry.ext_id for entry in entries])
+        kept = [row for row, entry in enumerate(entries) if entry.ext_id in docs]
+        into.upsert([entries[row] for row in kept], vectors[kept],
+                    texts=[docs[entries[row].ext_id].text for row in kept])
+    return ServingPair(pair.encoder, into, pair.applied_offset, pair.centering)
