@@ -292,4 +292,3 @@ class HotSwap:
             self.watermark.advance(pair.applied_offset)
         self._point_alias(pair)
         return old
-
