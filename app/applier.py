@@ -7,10 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from xling.app.metrics import Metrics
 from xling.models.index.lexical import LexicalIndex
-from xling.state.docstore import START_OFFSET, DocReader, offset_key
+from xling.state.docstore import START_OFFSET, DocReader, LogEntry, offset_key
 from xling.state.indexing import ServingPair, apply_entries
 from xling.state.polling import poll
 from xling.state.retention import LogTrimmed
@@ -59,8 +60,26 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class SharedIndex(Protocol):
+    """An index that every api replica searches (a Qdrant collection): one replica at a time writes the log into
+    it and records how far it got; the others follow that record (state/qdrant_store.py)."""
+
+    def may_write(self, pair: ServingPair) -> bool: ...
+
+    def written_to(self, pair: ServingPair) -> str | None: ...
+
+    def record(self, pair: ServingPair) -> None: ...
+
+
+FOLLOW_POLL_MS = 20  # how often a replica that does not write looks at the writer's progress
+
+
 class Applier:
-    """Reads the log after the serving pair's offset in batches, applies them, and snapshots now and then."""
+    """Reads the log after the serving pair's offset in batches, applies them, and snapshots now and then.
+
+    With a shared index, only the replica that holds its writer lease writes vectors (and records its offset
+    after every batch); the others apply the log to their own lexical index only and take the writer's
+    recorded offset as their index's. A write is reported applied here once both have passed it."""
 
     def __init__(
         self,
@@ -76,6 +95,7 @@ class Applier:
         check_log: Callable[[str], None] = lambda offset: None,
         on_log_trimmed: Callable[[], None] = lambda: None,
         lexical: LexicalIndex | None = None,
+        shared: SharedIndex | None = None,
     ) -> None:
         """`persist(pair)` snapshots the pair (HotSwap.persist); `check_log(offset)` raises LogTrimmed when
         the log no longer reaches back to `offset`;
@@ -97,24 +117,35 @@ class Applier:
         self._check_log = check_log
         self._on_log_trimmed = on_log_trimmed
         self._lexical = lexical
+        self._shared = shared
         self.snapshot_offset: str | None = None  # the offset of this replica's last snapshot of its version
         # Held for a whole step; a hot swap holds it for its final catch-up and the swap itself.
         self.lock = threading.Lock()
 
     def step(self, block_ms: int | None) -> int:
         """Apply at most one batch; returns the number of log entries applied."""
-        if block_ms:
-            self._reader.wait_for_log(self._start(self._get_pair()), block_ms)  # wait outside the lock
+        writes = self._writes(self._get_pair())
+        if block_ms:  # wait outside the lock; a follower also wakes soon to see the writer's progress
+            start = self._start(self._get_pair(), writes)
+            if start is not None:
+                self._reader.wait_for_log(start, block_ms if writes else min(block_ms, FOLLOW_POLL_MS))
+            else:
+                time.sleep(FOLLOW_POLL_MS / 1000)
         with self.lock:
             pair = self._get_pair()
-            start = self._start(pair)
-            self._check_log(start)
-            entries = self._reader.read_log(start, self._batch)
-            if not entries:
-                self._metrics.applier_lag.set(0)
-                return 0
-            apply_entries(entries, self._reader, pair, self._lexical)
-        self._watermark.advance(pair.applied_offset)
+            writes = self._writes(pair)  # again: a swap may have changed the pair while this waited
+            if not writes:
+                self._follow(pair)
+            start = self._start(pair, writes)
+            entries = [] if start is None else self._read(start)
+            if entries:
+                apply_entries(entries, self._reader, pair if writes else None, self._lexical)
+                if writes and self._shared is not None:
+                    self._shared.record(pair)
+        self._watermark.advance(self._applied(pair, writes))
+        if not entries:
+            self._metrics.applier_lag.set(0)
+            return 0
         self._since_snapshot += len(entries)
         self._metrics.applied_entries.inc(len(entries))
         self._metrics.index_size.set(len(pair.index))
@@ -122,13 +153,39 @@ class Applier:
         self._metrics.applier_lag.set(max(0.0, time.time() - newest_ms / 1000) if len(entries) == self._batch else 0)
         return len(entries)
 
-    def _start(self, pair: ServingPair) -> str:
+    def _writes(self, pair: ServingPair) -> bool:
+        return self._shared is None or self._shared.may_write(pair)
+
+    def _read(self, start: str) -> list[LogEntry]:
+        self._check_log(start)
+        return self._reader.read_log(start, self._batch)
+
+    def _follow(self, pair: ServingPair) -> None:
+        """A replica that does not write takes the writer's recorded offset as its index's."""
+        assert self._shared is not None
+        written = self._shared.written_to(pair)
+        if written is not None and offset_key(written) > offset_key(pair.applied_offset):
+            pair.applied_offset = written
+
+    def _start(self, pair: ServingPair, writes: bool = True) -> str | None:
         """Where the next batch starts: the older of the two indexes' offsets. They differ only after a start-up
         (each index was loaded or built on its own) and meet at the first batch; applying an entry an index
-        already holds again changes nothing."""
-        if self._lexical is None or self._lexical.applied_offset is None:
+        already holds again changes nothing. A replica that does not write reads for its lexical index only
+        (None: nothing to read)."""
+        lexical = self._lexical.applied_offset if self._lexical is not None else None
+        if not writes:
+            return lexical
+        if lexical is None:
             return pair.applied_offset
-        return min(pair.applied_offset, self._lexical.applied_offset, key=offset_key)
+        return min(pair.applied_offset, lexical, key=offset_key)
+
+    def _applied(self, pair: ServingPair, writes: bool) -> str:
+        """What this replica serves up to: its index's offset, and, when it follows a writer, no further than its
+        own lexical index either."""
+        lexical = self._lexical.applied_offset if self._lexical is not None else None
+        if writes or lexical is None:
+            return pair.applied_offset
+        return min(pair.applied_offset, lexical, key=offset_key)
 
     def catch_up(self) -> int:
         """Apply everything in the log now; used before the service reports ready."""
@@ -139,6 +196,9 @@ class Applier:
 
     def snapshot(self) -> None:
         pair = self._get_pair()
+        if self._shared is not None and not self._shared.may_write(pair):
+            self._since_snapshot = 0  # the writer records the shared index's progress, not a follower
+            return
         self._persist(pair)
         self.snapshot_offset = pair.applied_offset
         self._since_snapshot = 0

@@ -185,6 +185,7 @@ class Engine:
             check_log=self.holds.retention.check,
             on_log_trimmed=self._rebuild_after_trim,
             lexical=self.lexical,
+            shared=self.qdrant,
         )
         self.swap.serve_first(pair, source, self.applier)
         self.applier.snapshot_offset = pair.applied_offset if from_snapshot else None
@@ -266,7 +267,7 @@ class Engine:
     def _qdrant_store(self) -> QdrantStore:
         from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
 
-        return QdrantStore(self.settings, self.sync_redis, self.keys)
+        return QdrantStore(self.settings, self.sync_redis, self.keys, holder=self.holds.holder)
 
     @property
     def ready(self) -> bool:

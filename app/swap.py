@@ -26,7 +26,7 @@ from xling.state.centering import (
     snapshot_folder,
     uncalibrated_status,
 )
-from xling.state.docstore import DocReader
+from xling.state.docstore import DocReader, offset_key
 from xling.state.indexing import ServingPair, build_index, catch_up, index_spec, load_encoder
 from xling.state.polling import OUTAGE_ERRORS, poll
 from xling.state.registry import Registry
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SWAP_RETRY_S = 30.0
+BUILD_WAIT_S = 1_800.0  # Qdrant: how long a replica waits for another to build or replay a collection
 
 
 class HotSwap:
@@ -166,11 +167,22 @@ class HotSwap:
                 return ServingPair(encoder, index, offset, centering), True
             except LogTrimmed as exc:
                 log.warning("collection %s is older than the doc log (%s); building a new one", index.collection, exc)
+        elif not self.qdrant.may_build(encoder.version, centering):
+            # Another replica builds it (several replicas starting at once): wait for its record, then replay.
+            built = self.qdrant.wait_for_build(encoder.version, encoder.dim, centering, BUILD_WAIT_S)
+            if built is not None:
+                self.holds.pin("open", built[1])
+                return ServingPair(encoder, built[0], built[1], centering), True
         self.holds.pin("open", self.reader.last_offset())
         centering = centering or means_for_build(self.reader, encoder, self.settings)
         into = self.qdrant.create(encoder.version, encoder.dim, centering)
+        qdrant, version = self.qdrant, encoder.version
+
+        def renew_claim(done: int, total: int) -> None:
+            qdrant.may_build(version, centering)
+
         return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering,
-                           into=into), False
+                           into=into, progress=renew_claim), False
 
     def serve_first(self, pair: ServingPair, source: ModelSource, applier: Applier) -> None:
         """The pair loaded at start-up serves, with the applier that keeps it current."""
@@ -190,7 +202,7 @@ class HotSwap:
         desired = wanted or self.default_version
         try:
             serving = self._serving()
-            if desired == serving.version and not self._means_replaced(serving):
+            if desired == serving.version and not self._means_replaced(serving) and not self._rebuilt(serving):
                 self._advise_recalibration(serving)
                 return
             if self._recently_failed(desired):
@@ -215,6 +227,14 @@ class HotSwap:
             current = load_centering(self.settings, serving.version)
             self._means_checked = (key, (current.id if current else None) != key[1])
         return self._means_checked[1]
+
+    def _rebuilt(self, serving: ServingPair) -> bool:
+        """On Qdrant: another replica rebuilt the serving version's collection (its log offset was trimmed, say),
+        and the one this replica serves will be dropped; swap to the new one."""
+        if self.qdrant is None:
+            return False
+        current = self.qdrant.current(serving.version, serving.centering)
+        return current is not None and current != self.qdrant.collection_of(serving).collection
 
     def _advise_recalibration(self, serving: ServingPair) -> None:
         status = self.centering_status()
@@ -282,9 +302,9 @@ class HotSwap:
         """Replay the log into `pair` while the serving one goes on, then swap under the applier lock (the
         applier is between steps: nothing applies to the old pair now). Returns the pair it replaced."""
         assert self.applier is not None
-        catch_up(self.reader, pair, self.settings.applier_batch)  # most of the replay, outside the lock
+        self._replay(pair)  # most of the replay, outside the lock
         with self.applier.lock:
-            catch_up(self.reader, pair, self.settings.applier_batch)
+            self._replay(pair)
             old, self.pair = self.pair, pair
             if source is not None:  # a new model; a rebuild keeps the model and its serving time
                 self.source, self.since = source, time.time()
@@ -292,3 +312,16 @@ class HotSwap:
             self.watermark.advance(pair.applied_offset)
         self._point_alias(pair)
         return old
+
+    def _replay(self, pair: ServingPair) -> None:
+        """Bring the pair up to the end of the log: apply it, or, on a Qdrant collection another replica writes,
+        wait until that replica's record passes the end of the log as it is now."""
+        if self.qdrant is None or self.qdrant.may_write(pair):
+            catch_up(self.reader, pair, self.settings.applier_batch)
+            return
+        target, deadline = offset_key(self.reader.last_offset()), time.monotonic() + BUILD_WAIT_S
+        while (written := self.qdrant.written_to(pair)) is None or offset_key(written) < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the replica writing {self.qdrant.collection_of(pair).collection} did not catch up")
+            time.sleep(0.05)
+        pair.applied_offset = written

@@ -80,3 +80,7 @@ class RedisKeys:
     def qdrant_retired(self) -> str:
         """Sorted set: collection name scored by when a rebuild replaced it (dropped after a grace period)."""
         return f"{self.prefix}:qdrant:retired"
+
+    def qdrant_writer(self, collection: str) -> str:
+        """String with a TTL: the api replica that writes the log into this collection (the others follow)."""
+        return f"{self.prefix}:qdrant:writer:{collection}"

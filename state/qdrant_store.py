@@ -72,21 +72,73 @@ class _OneCallAtATime:
         return call
 
 
+# Take the lease when nobody holds it, renew it when this holder does; 1 when the caller holds it now.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def slot(version: str, centering: Centering | None) -> str:
     """What a collection serves: a model version, with the means its vectors are centred on (or raw ones)."""
     return f"{version}/{centering.id if centering is not None else 'raw'}"
 
 
 class QdrantStore:
-    def __init__(self, settings: Settings, redis_client: redis.Redis, keys: RedisKeys) -> None:
+    """`holder` names this process among the api replicas: one of them at a time, the one holding a collection's
+    writer lease, applies the log to that collection (`may_write`); the others follow its recorded offset."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.Redis,
+        keys: RedisKeys,
+        holder: str = "",
+        client: QdrantClient | None = None,
+    ) -> None:
+        """`client`: one to share (tests play several replicas against one local-mode folder); default: a new
+        one from the settings."""
         self.settings = settings
         self.redis = redis_client
         self.keys = keys
-        self.client = qdrant_client(settings)
+        self.holder = holder
+        self.client = client if client is not None else qdrant_client(settings)
         self.alias = f"{settings.key_prefix}-serving"
+        self._hold = redis_client.register_script(_HOLD)
+        self._release = redis_client.register_script(_RELEASE)
+        self._leases: set[str] = set()  # the lease keys this holder has taken, released on close
 
     def close(self) -> None:
+        self.release()
         self.client.close()
+
+    def release(self) -> None:
+        """Give up every lease this replica holds: a restarted replica, or another, writes at once rather than
+        after the lease lapses."""
+        for key in self._leases:
+            self._release(keys=[key], args=[self.holder])
+        self._leases.clear()
+
+    def _take(self, key: str) -> bool:
+        held = bool(self._hold(keys=[key], args=[self.holder, max(1, int(self.settings.qdrant_writer_lease_s * 1000))]))
+        if held:
+            self._leases.add(key)
+        return held
 
     def _index(self, collection: str, dim: int, version: str) -> QdrantIndex:
         return QdrantIndex(self.client, collection, dim, version, exact_filter_max=self.settings.hnsw_exact_filter_max)
@@ -123,7 +175,7 @@ class QdrantStore:
     def record(self, pair: ServingPair) -> None:
         """The pair's collection is the current one of its version and means, and has applied the log up to the
         pair's offset. A different collection that was current before is retired."""
-        index = self._collection_of(pair)
+        index = self.collection_of(pair)
         key = slot(pair.version, pair.centering)
         previous = self.redis.hget(self.keys.qdrant_collections, key)
         record = json.dumps({"collection": index.collection, "offset": pair.applied_offset})
@@ -134,14 +186,54 @@ class QdrantStore:
         pipe.execute()
         self.drop_retired()
 
+    def may_write(self, pair: ServingPair) -> bool:
+        """Whether this replica writes the log into the pair's collection now: it holds (or has just taken, or
+        renewed) the collection's writer lease. One writer per collection, because two replicas applying the
+        same entries could land an older read of a document after a newer one."""
+        return self._take(self.keys.qdrant_writer(self.collection_of(pair).collection))
+
+    def may_build(self, version: str, centering: Centering | None) -> bool:
+        """Whether this replica builds the version's collection (one replica builds; the others wait for the
+        record, `wait_for_build`). Called again while building, it renews the claim."""
+        return self._take(self.keys.qdrant_writer(f"build:{slot(version, centering)}"))
+
+    def wait_for_build(
+        self, version: str, dim: int, centering: Centering | None, timeout_s: float
+    ) -> tuple[QdrantIndex, str] | None:
+        """The collection another replica is building, once it is recorded; None if its builder stopped renewing
+        its claim (then this replica may build) or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.open(version, dim, centering)
+            if found is not None:
+                return found
+            if self.may_build(version, centering):
+                return None
+            time.sleep(0.2)
+        raise TimeoutError(f"qdrant: {slot(version, centering)} is still being built by another replica")
+
+    def current(self, version: str, centering: Centering | None) -> str | None:
+        """The name of the version's current collection (None: none recorded)."""
+        raw = self.redis.hget(self.keys.qdrant_collections, slot(version, centering))
+        return None if raw is None else str(json.loads(raw)["collection"])
+
+    def written_to(self, pair: ServingPair) -> str | None:
+        """The offset up to which the writer has applied the log to the pair's collection (None: not recorded)."""
+        raw = self.redis.hget(self.keys.qdrant_collections, slot(pair.version, pair.centering))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return str(record["offset"]) if record["collection"] == self.collection_of(pair).collection else None
+
     def serve(self, pair: ServingPair) -> None:
         """Point the serving alias at the pair's collection (one atomic alias update)."""
-        collection = self._collection_of(pair).collection
+        collection = self.collection_of(pair).collection
         if alias_target(self.client, self.alias) != collection:
             point_alias(self.client, self.alias, collection)
 
     @staticmethod
-    def _collection_of(pair: ServingPair) -> QdrantIndex:
+    def collection_of(pair: ServingPair) -> QdrantIndex:
+        """The pair's index, which on this tier is a collection."""
         if not isinstance(pair.index, QdrantIndex):
             raise TypeError(f"{pair.version}: an in-memory index where a Qdrant collection was expected")
         return pair.index
@@ -151,6 +243,8 @@ class QdrantStore:
         due = self.redis.zrangebyscore(
             self.keys.qdrant_retired, "-inf", time.time() - self.settings.qdrant_drop_after_s
         )
+        if not due:
+            return []
         serving = alias_target(self.client, self.alias)
         dropped = []
         for raw in due:
@@ -173,6 +267,7 @@ def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: DocReader,
     for entries, vectors in pair.index.export(chunk):
         docs = reader.get_many([entry.ext_id for entry in entries])
         kept = [row for row, entry in enumerate(entries) if entry.ext_id in docs]
-        into.upsert([entries[row] for row in kept], vectors[kept],
-                    texts=[docs[entries[row].ext_id].text for row in kept])
+        into.upsert(
+            [entries[row] for row in kept], vectors[kept], texts=[docs[entries[row].ext_id].text for row in kept]
+        )
     return ServingPair(pair.encoder, into, pair.applied_offset, pair.centering)

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         None, description="qdrant: a folder for the client's embedded local mode (trials and tests; one process)"
     )
     qdrant_on_disk: bool = Field(False, description="qdrant: vectors and payload on disk, int8 copies in RAM")
+    qdrant_writer_lease_s: float = Field(
+        10.0, gt=0, description="qdrant: one api replica writes the log into a collection; another takes over this "
+        "long after it stops renewing"
+    )
     qdrant_drop_after_s: float = Field(
         60.0, ge=0, description="qdrant: a collection replaced by a rebuild is dropped this long after"
     )
