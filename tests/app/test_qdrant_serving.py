@@ -21,7 +21,7 @@ from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalIndex
 from xling.models.index.qdrant_index import QdrantIndex, alias_target
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
-from xling.state.indexing import ServingPair
+from xling.state.indexing import ServingPair, build_index, index_spec
 from xling.state.qdrant_store import QdrantStore, qdrant_client
 from xling.state.settings import Settings
 
@@ -87,6 +87,26 @@ def test_a_rebuild_serves_a_new_collection_and_drops_the_old_one(make_settings: 
             time.sleep(0.1)
         assert set(service.search_ids(DOCS[2]["text"], k=10)) == {"a", "b", "c"}
         assert service.search_ids(DOCS[2]["text"], k=10, langs=["fr"]) == ["c"]
+
+        # Another replica rebuilds it; this one hears of it only through Redis, and moves to the new collection.
+        engine = service.app.state.engine
+        other = QdrantStore(settings, engine.sync_redis, engine.keys, holder="another-replica", client=client)
+        pair = engine.swap.pair
+        rebuilt = build_index(
+            engine.reader,
+            pair.encoder,
+            index_spec(settings),
+            centering=pair.centering,
+            into=other.create(pair.version, pair.encoder.dim, pair.centering),
+        )
+        other.record(rebuilt)
+        deadline = time.monotonic() + 30
+        while collection(service) != rebuilt.index.collection:
+            assert time.monotonic() < deadline, "the replica never moved to the rebuilt collection"
+            time.sleep(0.1)
+        assert alias_target(client, f"{settings.key_prefix}-serving") == rebuilt.index.collection
+        assert service.index([{"id": "e", "text": "es16w es17w", "lang": "es"}]).status_code == 200
+        assert service.search_ids("es16w es17w", k=10, langs=["es"]) == ["e"]  # written into the new one
 
 
 def test_qdrant_needs_one_place_to_find_it(tmp_path: Path) -> None:
