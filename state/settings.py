@@ -197,6 +197,12 @@ class Settings(BaseSettings):
             raise ValueError("log_hold_ttl_s must exceed twice log_trim_interval_s, or live replicas lose their hold")
         return self
 
+    @field_validator("redis_url", "redis_sentinels", "qdrant_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty variable means none (docker/distributed.env empties XLING_REDIS_URL for the Sentinels).
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinel_shape(cls, value: str | None) -> str | None:
