@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="encoded vectors (default: /tmp/xling-lexical-<model>.npz)")
     args = parser.parse_args()
     data_dir = bench_data_dir(args.data)
-    source = resolve_model(args.model) if args.model else default_model()
+    source = resolve_model(args.model, None) if args.model else default_model()
     encoder = CachedEncoder(args.cache or Path(f"/tmp/xling-lexical-{source.version}.npz"), source)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
