@@ -124,16 +124,18 @@ class Applier:
 
     def step(self, block_ms: int | None) -> int:
         """Apply at most one batch; returns the number of log entries applied."""
-        writes = self._writes(self._get_pair())
+        waited_on = self._get_pair()
+        writes = self._writes(waited_on)
         if block_ms:  # wait outside the lock; a follower also wakes soon to see the writer's progress
-            start = self._start(self._get_pair(), writes)
+            start = self._start(waited_on, writes)
             if start is not None:
                 self._reader.wait_for_log(start, block_ms if writes else min(block_ms, FOLLOW_POLL_MS))
             else:
                 time.sleep(FOLLOW_POLL_MS / 1000)
         with self.lock:
             pair = self._get_pair()
-            writes = self._writes(pair)  # again: a swap may have changed the pair while this waited
+            if pair is not waited_on:  # a swap changed the pair while this waited
+                writes = self._writes(pair)
             if not writes:
                 self._follow(pair)
             start = self._start(pair, writes)

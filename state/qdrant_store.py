@@ -146,10 +146,9 @@ class QdrantStore:
     def open(self, version: str, dim: int, centering: Centering | None) -> tuple[QdrantIndex, str] | None:
         """The current collection of this version and means, with the offset it has applied; None when there
         is none yet (or Redis names one that Qdrant no longer has)."""
-        raw = self.redis.hget(self.keys.qdrant_collections, slot(version, centering))
-        if raw is None:
+        record = self._record(version, centering)
+        if record is None:
             return None
-        record = json.loads(raw)
         if not self.client.collection_exists(record["collection"]):
             log.warning(
                 "qdrant: collection %s of %s is gone; building a new one",
@@ -161,7 +160,13 @@ class QdrantStore:
 
     def has(self, version: str, centering: Centering | None) -> bool:
         """Whether this version with these means has a current collection."""
-        return self.open(version, 0, centering) is not None
+        current = self.current(version, centering)
+        return current is not None and self.client.collection_exists(current)
+
+    def _record(self, version: str, centering: Centering | None) -> dict[str, str] | None:
+        """{collection, offset} of the slot's current collection (None: none recorded)."""
+        raw = self.redis.hget(self.keys.qdrant_collections, slot(version, centering))
+        return None if raw is None else dict(json.loads(raw))
 
     def create(self, version: str, dim: int, centering: Centering | None) -> QdrantIndex:
         """A new, empty collection for a build of this version and means; current only once `record`ed."""
@@ -175,14 +180,13 @@ class QdrantStore:
     def record(self, pair: ServingPair) -> None:
         """The pair's collection is the current one of its version and means, and has applied the log up to the
         pair's offset. A different collection that was current before is retired."""
-        index = self.collection_of(pair)
-        key = slot(pair.version, pair.centering)
-        previous = self.redis.hget(self.keys.qdrant_collections, key)
-        record = json.dumps({"collection": index.collection, "offset": pair.applied_offset})
+        collection = self.collection_of(pair).collection
+        previous = self.current(pair.version, pair.centering)
+        record = json.dumps({"collection": collection, "offset": pair.applied_offset})
         pipe = self.redis.pipeline()
-        pipe.hset(self.keys.qdrant_collections, key, record)
-        if previous is not None and json.loads(previous)["collection"] != index.collection:
-            pipe.zadd(self.keys.qdrant_retired, {json.loads(previous)["collection"]: time.time()})
+        pipe.hset(self.keys.qdrant_collections, slot(pair.version, pair.centering), record)
+        if previous is not None and previous != collection:
+            pipe.zadd(self.keys.qdrant_retired, {previous: time.time()})
         pipe.execute()
         self.drop_retired()
 
@@ -214,16 +218,15 @@ class QdrantStore:
 
     def current(self, version: str, centering: Centering | None) -> str | None:
         """The name of the version's current collection (None: none recorded)."""
-        raw = self.redis.hget(self.keys.qdrant_collections, slot(version, centering))
-        return None if raw is None else str(json.loads(raw)["collection"])
+        record = self._record(version, centering)
+        return None if record is None else str(record["collection"])
 
     def written_to(self, pair: ServingPair) -> str | None:
         """The offset up to which the writer has applied the log to the pair's collection (None: not recorded)."""
-        raw = self.redis.hget(self.keys.qdrant_collections, slot(pair.version, pair.centering))
-        if raw is None:
+        record = self._record(pair.version, pair.centering)
+        if record is None or record["collection"] != self.collection_of(pair).collection:
             return None
-        record = json.loads(raw)
-        return str(record["offset"]) if record["collection"] == self.collection_of(pair).collection else None
+        return str(record["offset"])
 
     def serve(self, pair: ServingPair) -> None:
         """Point the serving alias at the pair's collection (one atomic alias update)."""
