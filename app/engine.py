@@ -26,7 +26,7 @@ from xling.app.swap import HotSwap
 from xling.models.encoder import TextKind
 from xling.models.files import claim_folder
 from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
-from xling.models.index.lexical import LexicalIndex
+from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
@@ -132,7 +132,7 @@ class Engine:
         self.swap.on_recalibrate = self._queue_recalibration
         self.load_error: str | None = None
         self.applier: Applier | None = None
-        self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical)
+        self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical_in_tantivy)
         self._lexical_claim: IO[bytes] | None = None  # holds its folder while this process runs
         self.fusion = settings.fusion_config()
         self.batcher: MicroBatcher[SearchQuery | EmbedTexts, DenseAnswer | Embedded] = MicroBatcher(
@@ -170,7 +170,7 @@ class Engine:
 
     def _load_blocking(self) -> None:
         started = time.monotonic()
-        lexical_replayed = self._open_lexical() if self.settings.lexical else 0
+        lexical_replayed = self._open_lexical() if self.settings.lexical_in_tantivy else 0
         source = self.swap.startup_source()
         pair, from_snapshot = self.swap.open_index(source)
         self.applier = Applier(
@@ -287,7 +287,7 @@ class Engine:
             ranked = [FusedHit(n.ext_id, n.score, {"dense": rank}) for rank, n in enumerate(answer.neighbours, 1)]
             version = answer.pair.version
         elif query.mode == "lexical":
-            ranked, version = await asyncio.to_thread(self._lexical_ranking, query), pair.version
+            ranked, version = await asyncio.to_thread(self._lexical_ranking, query, pair), pair.version
         else:
             answer = await self._dense(query)
             ranked, version = await asyncio.to_thread(self._fuse, query, answer), answer.pair.version
@@ -302,18 +302,24 @@ class Engine:
         assert isinstance(answer, DenseAnswer)
         return answer
 
-    def _require_lexical(self) -> LexicalIndex:
-        if self.lexical is None:
-            raise InvalidInput("lexical and hybrid search are off on this service (XLING_LEXICAL=false)")
-        return self.lexical
+    def lexical_of(self, pair: ServingPair) -> LexicalSearch:
+        """Where BM25 is searched: this replica's tantivy index, or the sparse vectors of the pair's collection."""
+        if self.lexical is not None:
+            return self.lexical
+        if self.settings.lexical_in_qdrant:
+            from xling.models.index.qdrant_lexical import QdrantLexical  # imports qdrant-client
 
-    def _lexical_ranking(self, query: SearchQuery) -> list[FusedHit]:
-        found = self._require_lexical().search(query.text, query.k, query.langs, dict(query.where))
+            assert self.qdrant is not None  # lexical_in_qdrant implies XLING_INDEX=qdrant
+            return QdrantLexical(self.qdrant.collection_of(pair))
+        raise InvalidInput("lexical and hybrid search are off on this service (XLING_LEXICAL=false)")
+
+    def _lexical_ranking(self, query: SearchQuery, pair: ServingPair) -> list[FusedHit]:
+        found = self.lexical_of(pair).search(query.text, query.k, query.langs, dict(query.where))
         return [FusedHit(hit.ext_id, hit.score, {"lexical": rank}) for rank, hit in enumerate(found, 1)]
 
     def _fuse(self, query: SearchQuery, answer: DenseAnswer) -> list[FusedHit]:
         """The exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion)."""
-        lexical, pair, where = self._require_lexical(), answer.pair, dict(query.where)
+        lexical, pair, where = self.lexical_of(answer.pair), answer.pair, dict(query.where)
 
         def dense_top(depth: int) -> list[tuple[str, float]]:
             found = answer.neighbours

@@ -1,13 +1,17 @@
 """Lexical retrieval inside Qdrant against xling's tantivy index, on a LAReQA set's monolingual retrieval: does
-Qdrant's server-side BM25 (sparse vectors with the IDF modifier, the IDF taken over the query language's
-documents) rank as the per-language tantivy partitions do?
+the BM25 that `XLING_LEXICAL_ENGINE=qdrant` serves (sparse vectors with the IDF modifier, the IDF taken over
+the query language's partition) rank as the per-language tantivy partitions do?
 
-Both sides analyse text alike (`models/index/analysis.py`); Qdrant gets BM25's term-frequency part per document
-(`models/index/sparse.py`) and computes the IDF itself. Runs on qdrant-client's embedded local mode (the same
-scoring formulas as the server's; the server was not run here). Only same-language scores are compared: the
-Mono columns.
+Both sides analyse text alike (`models/index/analysis.py`). The Qdrant side is the serving code: documents
+written through `QdrantIndex.upsert` in batches of `--batch` (the applier's batch by default), each batch with
+the running mean length of its partition, and searched through `QdrantLexical`. Each language gets its own
+collection here: the serving path scopes the IDF to the query's partition (tests/models/test_qdrant_lexical.py
+shows one collection of many languages scoring as tantivy does), and qdrant-client's embedded local mode
+counts a filtered corpus's statistics in Python for every query, which one collection per language keeps
+short. Runs on the local mode (the same formulas as the server's; the server was not run here). Only
+same-language scores are compared: the Mono columns.
 
-    python -m bench.qdrant_sparse --sets xquad-r --out bench/results/qdrant_sparse.json
+    python -m bench.qdrant_sparse --sets xquad-r --batch 512 --out bench/results/qdrant_sparse_serving.json
 """
 
 from __future__ import annotations
@@ -15,62 +19,44 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient
-from qdrant_client import models as qm
 
 from bench.common import bench_data_dir
 from xling.models.data.lareqa import LareqaData, load_lareqa
 from xling.models.evaluation.lareqa import lareqa_metrics
 from xling.models.evaluation.modes import lexical_matrix
 from xling.models.files import write_json_atomic
-from xling.models.index.sparse import document_length, document_vector, query_vector
+from xling.models.index.qdrant_index import QdrantIndex, create_collection
+from xling.models.index.qdrant_lexical import QdrantLexical
+from xling.models.index.slots import DocEntry
+from xling.models.index.sparse import MemoryLengths
 
-COLLECTION, VECTOR = "lexical", "bm25"
 
-
-def qdrant_matrix(data: LareqaData, rows: np.ndarray) -> np.ndarray:
+def qdrant_matrix(data: LareqaData, rows: np.ndarray, batch: int) -> np.ndarray:
     """(questions, candidates) BM25 from Qdrant for the questions in `rows` (others left 0), each question
-    against its own language's candidates."""
-    client = QdrantClient(location=":memory:")
-    client.create_collection(
-        COLLECTION, vectors_config={}, sparse_vectors_config={VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)}
-    )
-    langs = [data.languages[i] for i in data.candidate_langs]
-    lengths = np.array([document_length(t, lang) for t, lang in zip(data.candidate_texts, langs, strict=True)])
-    avgdl = {lang: float(lengths[data.candidate_langs == i].mean()) for i, lang in enumerate(data.languages)}
-    points = [
-        qm.PointStruct(
-            id=row,
-            payload={"lang": lang},
-            vector={VECTOR: qm.SparseVector(**vars(document_vector(text, lang, avgdl[lang])))},
-        )
-        for row, (text, lang) in enumerate(zip(data.candidate_texts, langs, strict=True))
-    ]
-    for start in range(0, len(points), 1_024):
-        client.upsert(COLLECTION, points[start : start + 1_024])
+    against its own language's candidates, written `batch` documents at a time in the data's order."""
     matrix = np.zeros((len(data.question_texts), len(data.candidate_texts)), dtype=np.float32)
-    for row in rows:
-        text, li = data.question_texts[row], data.question_langs[row]
-        lang = data.languages[li]
-        same = qm.Filter(must=[qm.FieldCondition(key="lang", match=qm.MatchValue(value=lang))])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Local mode performs exact")
-            hits = client.query_points(
-                COLLECTION,
-                query=qm.SparseVector(**vars(query_vector(text, lang))),
-                using=VECTOR,
-                query_filter=same,
-                limit=int(np.sum(data.candidate_langs == li)),
-                search_params=qm.SearchParams(idf=qm.IdfCorpusParams(corpus=same)),
-            ).points
-        for hit in hits:
-            matrix[row, int(hit.id)] = hit.score
-    client.close()
+    for li, lang in enumerate(data.languages):
+        columns = np.flatnonzero(data.candidate_langs == li)
+        client = QdrantClient(location=":memory:")
+        create_collection(client, lang, 1, lexical=True)  # a 1-d dense vector: only the BM25 side is read here
+        index = QdrantIndex(client, lang, 1, "bench", lengths=MemoryLengths())
+        for start in range(0, len(columns), batch):
+            part = columns[start : start + batch]
+            index.upsert(
+                [DocEntry(str(c), lang) for c in part], np.ones((len(part), 1), dtype=np.float32),
+                texts=[data.candidate_texts[c] for c in part],
+            )
+        lexical = QdrantLexical(index)
+        for row in rows[data.question_langs[rows] == li]:
+            for hits in lexical.per_partition(data.question_texts[row], len(columns), [lang]).values():
+                for hit in hits:
+                    matrix[row, int(hit.ext_id)] = hit.score
+        client.close()
     return matrix
 
 
@@ -104,7 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data")
     parser.add_argument("--sets", nargs="+", default=["xquad-r"])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/qdrant_sparse.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/qdrant_sparse_serving.json"))
+    parser.add_argument("--batch", type=int, default=512, help="documents per write (the applier's batch)")
     parser.add_argument(
         "--per-lang",
         type=int,
@@ -113,7 +100,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     results: dict[str, Any] = {
-        "command": f"python -m bench.qdrant_sparse --sets {' '.join(args.sets)} --out {args.out}"
+        "command": f"python -m bench.qdrant_sparse --sets {' '.join(args.sets)} --batch {args.batch} --out {args.out}"
         + (f" --per-lang {args.per_lang}" if args.per_lang else ""),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
@@ -129,7 +116,7 @@ def main() -> None:
             rows = np.concatenate(
                 [np.flatnonzero(data.question_langs == li)[: args.per_lang] for li in range(len(data.languages))]
             )
-        qdrant = qdrant_matrix(data, rows)
+        qdrant = qdrant_matrix(data, rows, args.batch)
         qdrant_s = time.perf_counter() - started
         results[name] = {
             "questions_scored": len(rows),

@@ -81,6 +81,11 @@ class RedisKeys:
         """Sorted set: collection name scored by when a rebuild replaced it (dropped after a grace period)."""
         return f"{self.prefix}:qdrant:retired"
 
+    def qdrant_lengths(self, collection: str) -> str:
+        """Hash: "docs:<partition>" and "terms:<partition>" -> the collection's documents and their BM25 lengths
+        per lexical partition (the mean document length its BM25 vectors are written with)."""
+        return f"{self.prefix}:qdrant:lengths:{collection}"
+
     def qdrant_writer(self, collection: str) -> str:
         """String with a TTL: the api replica that writes the log into this collection (the others follow)."""
         return f"{self.prefix}:qdrant:writer:{collection}"

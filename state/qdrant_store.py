@@ -22,12 +22,20 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from qdrant_client import QdrantClient
 
 from xling.models.centering import Centering
-from xling.models.index.qdrant_index import QdrantIndex, alias_target, collection_name, create_collection, point_alias
+from xling.models.index.qdrant_index import (
+    QdrantIndex,
+    alias_target,
+    collection_name,
+    create_collection,
+    has_lexical,
+    point_alias,
+)
 from xling.models.index.vector_index import VectorIndex
 from xling.state.docstore import DocReader
 from xling.state.indexing import ServingPair
@@ -141,7 +149,15 @@ class QdrantStore:
         return held
 
     def _index(self, collection: str, dim: int, version: str) -> QdrantIndex:
-        return QdrantIndex(self.client, collection, dim, version, exact_filter_max=self.settings.hnsw_exact_filter_max)
+        lengths = RedisLengths(self.redis, self.keys.qdrant_lengths(collection)) if self.lexical else None
+        return QdrantIndex(
+            self.client, collection, dim, version, exact_filter_max=self.settings.hnsw_exact_filter_max, lengths=lengths
+        )
+
+    @property
+    def lexical(self) -> bool:
+        """Collections carry BM25 vectors (settings.lexical_in_qdrant)."""
+        return self.settings.lexical_in_qdrant
 
     def open(self, version: str, dim: int, centering: Centering | None) -> tuple[QdrantIndex, str] | None:
         """The current collection of this version and means, with the offset it has applied; None when there
@@ -155,6 +171,9 @@ class QdrantStore:
                 record["collection"],
                 slot(version, centering),
             )
+            return None
+        if self.lexical and not has_lexical(self.client, record["collection"]):
+            log.warning("qdrant: collection %s carries no BM25 vectors; building a new one", record["collection"])
             return None
         return self._index(record["collection"], dim, version), str(record["offset"])
 
@@ -173,7 +192,7 @@ class QdrantStore:
         means = centering.id if centering is not None else "raw"
         name = collection_name(self.settings.key_prefix, f"{version}-{means}-{time.time_ns():x}")
         on_disk = self.settings.qdrant_on_disk
-        create_collection(self.client, name, dim, on_disk=on_disk, int8=on_disk)
+        create_collection(self.client, name, dim, on_disk=on_disk, int8=on_disk, lexical=self.lexical)
         log.info("qdrant: collection created", extra={"collection": name, "version": version})
         return self._index(name, dim, version)
 
@@ -255,10 +274,36 @@ class QdrantStore:
             if name != serving and self.client.collection_exists(name):
                 self.client.delete_collection(name)
                 dropped.append(name)
+            self.redis.delete(self.keys.qdrant_lengths(name))
             self.redis.zrem(self.keys.qdrant_retired, name)
         if dropped:
             log.info("qdrant: retired collections dropped", extra={"collections": dropped})
         return dropped
+
+
+class RedisLengths:
+    """A collection's BM25 length tally (`sparse.LengthTally`) in a Redis hash, so that whichever replica holds
+    the writer lease continues it; only that writer adds to it. A writer that dies between a stored write and
+    its tally leaves the tally short by that batch (the mean length moves a little); the next rebuild counts
+    afresh."""
+
+    def __init__(self, redis_client: redis.Redis, key: str) -> None:
+        self.redis = redis_client
+        self.key = key
+
+    def totals(self, parts: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not parts:
+            return {}
+        fields = [f"{what}:{part}" for part in parts for what in ("docs", "terms")]
+        values = iter(int(value or 0) for value in self.redis.hmget(self.key, fields))
+        return {part: (next(values), next(values)) for part in parts}
+
+    def add(self, changes: dict[str, tuple[int, int]]) -> None:
+        pipe = self.redis.pipeline()
+        for part, (docs, length) in changes.items():
+            pipe.hincrby(self.key, f"docs:{part}", docs)
+            pipe.hincrby(self.key, f"terms:{part}", length)
+        pipe.execute()
 
 
 def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: DocReader, chunk: int = 1_024) -> ServingPair:

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     search_mode: SearchMode = Field(
         "hybrid", description="the mode of a search that names none (README: why hybrid)"
     )
+    lexical_engine: Literal["auto", "tantivy", "qdrant"] = Field(
+        "auto", description="where BM25 lives: tantivy = an index beside each api replica; qdrant = sparse vectors "
+        "in the Qdrant collection (needs XLING_INDEX=qdrant); auto = qdrant with XLING_INDEX=qdrant, else tantivy"
+    )
     fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="hybrid: cosine + weight x max-normalised BM25, or reciprocal-rank fusion"
     )
@@ -173,6 +177,10 @@ class Settings(BaseSettings):
     )
     reindex_lease_s: float = Field(
         30.0, gt=0, description="a range whose worker has not reported for this long is taken over by another"
+    )
+    train_processes: int = Field(
+        0, ge=0, le=64, description="a finetune job trains on this many devices at once (torch.distributed, one "
+        "process each); 0 = every GPU of the worker's node, one process without GPUs"
     )
     log_trim_interval_s: float = Field(10.0, gt=0, description="how often an api trims the doc log behind all holds")
     log_hold_ttl_s: float = Field(
@@ -222,6 +230,21 @@ class Settings(BaseSettings):
             raise ValueError("XLING_INDEX=qdrant needs XLING_QDRANT_URL (a server) or XLING_QDRANT_PATH (local "
                              "mode), one of them")
         return self
+
+    @model_validator(mode="after")
+    def _lexical_where_possible(self) -> Settings:
+        if self.lexical_engine == "qdrant" and self.index != "qdrant":
+            raise ValueError("XLING_LEXICAL_ENGINE=qdrant needs XLING_INDEX=qdrant")
+        return self
+
+    @property
+    def lexical_in_qdrant(self) -> bool:
+        """BM25 is served from the Qdrant collections' sparse vectors, not from a tantivy index per replica."""
+        return self.lexical and self.index == "qdrant" and self.lexical_engine != "tantivy"
+
+    @property
+    def lexical_in_tantivy(self) -> bool:
+        return self.lexical and not self.lexical_in_qdrant
 
     @property
     def qdrant_local(self) -> bool:
@@ -278,6 +301,11 @@ class Settings(BaseSettings):
     @cached_property
     def lexical_dir(self) -> Path:
         return self.indexes_dir / "lexical"
+
+    @cached_property
+    def jobs_dir(self) -> Path:
+        """Per job, the files of its training ranks when it trains on several devices (worker/ranked_finetune.py)."""
+        return self.data_dir / "jobs"
 
     @cached_property
     def reports_dir(self) -> Path:

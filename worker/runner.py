@@ -52,6 +52,7 @@ from xling.state.reindex_ranges import RangeBoard
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
 from xling.worker.presence import worker_name
+from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
 from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
 
 log = logging.getLogger(__name__)
@@ -269,16 +270,29 @@ def _served_source(ctx: JobContext, version: str) -> ModelSource:
 def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
     version, base = job.version, job.base
     out = ctx.settings.models_dir / version
-    result = finetune(
-        ctx.model_spec(base), [ctx.dataset(name) for name in job.dataset], out, job.config,
-        registry_dir=ctx.settings.models_dir,
-        version=version, device=None if ctx.settings.device == "auto" else ctx.settings.device,
-        progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
-        resume_from=bool(ctx.job.retry_of) or None, allow_folder=ctx.folder_allowed(base), dataset_names=job.dataset,
-    )
+    arguments: dict[str, Any] = {
+        "base": ctx.model_spec(base), "data": [str(ctx.dataset(name)) for name in job.dataset], "out": str(out),
+        "registry_dir": str(ctx.settings.models_dir), "version": version,
+        "device": None if ctx.settings.device == "auto" else ctx.settings.device,
+        "resume": bool(ctx.job.retry_of), "allow_folder": ctx.folder_allowed(base), "dataset_names": job.dataset,
+    }
+    processes = training_processes(ctx.settings)
+    if processes > 1:
+        result = finetune_on_ranks(
+            ctx.settings.jobs_dir / ctx.job.id, processes, arguments, job.config,
+            _throttled_progress(ctx), lambda: ctx.store.cancel_requested(ctx.job.id),
+        )
+    else:
+        result = finetune(
+            arguments["base"], [Path(path) for path in arguments["data"]], out, job.config,
+            registry_dir=ctx.settings.models_dir, version=version, device=arguments["device"],
+            progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
+            resume_from=arguments["resume"] or None, allow_folder=arguments["allow_folder"],
+            dataset_names=job.dataset,
+        )
     if result.cancelled:
         raise Cancelled(f"cancelled at step {result.steps}")
-    outcome: dict[str, Any] = {"metrics": dict(result.metrics), "model_version": version}
+    outcome: dict[str, Any] = {"metrics": {**result.metrics, "train_processes": processes}, "model_version": version}
     eval_sets = job.eval_datasets
     ctx.stop_if_cancelled("after training")
     # Models are compared as they would be served: centred per language when the service centres.

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import tantivy
 
@@ -49,6 +50,28 @@ class LexicalHit:
     ext_id: str
     score: float  # BM25 in the partition that holds the document
     partition: str
+
+
+class LexicalSearch(Protocol):
+    """What search and fusion ask of a lexical index: this tantivy one, or the sparse vectors of a Qdrant
+    collection (xling.models.index.qdrant_lexical)."""
+
+    @property
+    def partitions(self) -> dict[str, int]: ...
+
+    def search(
+        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
+    ) -> list[LexicalHit]: ...
+
+    def per_partition(
+        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
+    ) -> dict[str, list[LexicalHit]]: ...
+
+    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]: ...
+
+    def scaled(
+        self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool
+    ) -> ScaledLexical: ...
 
 
 def partition_of(doc: LexicalDoc) -> str:
@@ -175,8 +198,7 @@ class LexicalIndex:
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> list[LexicalHit]:
         """The k best BM25 scores among documents passing the filter, over every partition that may hold one."""
-        hits = [hit for found in self.per_partition(text, k, langs, where).values() for hit in found]
-        return _best_first(hits)[:k]
+        return merge_partitions(self.per_partition(text, k, langs, where), k)
 
     def per_partition(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
@@ -194,7 +216,7 @@ class LexicalIndex:
             hits = [LexicalHit(str(searcher.doc(address)["id"][0]), float(score), name)
                     for score, address in searcher.search(query, limit=k, count=False).hits]
             if hits:
-                found[name] = _best_first(hits)
+                found[name] = best_first(hits)
         return found
 
     def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
@@ -261,7 +283,7 @@ class ScaledLexical:
 
     def __init__(
         self,
-        index: LexicalIndex,
+        index: LexicalSearch,
         text: str,
         langs: Sequence[str] | None,
         where: dict[str, Scalar] | None,
@@ -296,7 +318,12 @@ def _query_terms(text: str, partition: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(terms(text, partition)))
 
 
-def _best_first(hits: list[LexicalHit]) -> list[LexicalHit]:
+def merge_partitions(found: dict[str, list[LexicalHit]], k: int) -> list[LexicalHit]:
+    """The k best of every partition's hits."""
+    return best_first([hit for hits in found.values() for hit in hits])[:k]
+
+
+def best_first(hits: list[LexicalHit]) -> list[LexicalHit]:
     return sorted(hits, key=lambda hit: (-hit.score, hit.ext_id))
 
 

@@ -28,10 +28,13 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from xling.models.index.lexical import LexicalDoc
 from xling.models.index.slots import DocEntry, Neighbour, Scalar, filter_key
+from xling.models.index.sparse import Changes, LengthTally, leaving, sparse_documents
 
 ID_NAMESPACE = uuid.UUID("6c1c1d52-7a43-5d7e-9f55-0c7a0b6f3f20")  # fixed forever: point ids depend on it
 SCROLL_PAGE = 1_024
+DENSE, SPARSE = "", "bm25"  # the vectors' names: the dense one unnamed (Qdrant's default), BM25 (qdrant_lexical.py)
 
 
 def point_id(ext_id: str) -> str:
@@ -48,14 +51,16 @@ def terms(metadata: dict[str, Scalar]) -> list[str]:
 
 
 def create_collection(
-    client: QdrantClient, name: str, dim: int, *, on_disk: bool = False, int8: bool = False
+    client: QdrantClient, name: str, dim: int, *, on_disk: bool = False, int8: bool = False, lexical: bool = False
 ) -> None:
     """A collection for unit vectors (dot product = cosine), with keyword indexes on `lang` and `terms`.
     `on_disk`: vectors and payload on disk (memory-mapped); `int8`: scalar-quantised copies kept in RAM for the
-    search, the full vectors rescoring the best."""
+    search, the full vectors rescoring the best; `lexical`: a BM25 sparse vector beside each dense one, its IDF
+    computed by Qdrant (the IDF modifier), and a keyword index on the document's partition `part`."""
     client.create_collection(
         name,
         vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT, on_disk=on_disk),
+        sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if lexical else None,
         on_disk_payload=on_disk,
         quantization_config=(
             qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, always_ram=True))
@@ -65,8 +70,23 @@ def create_collection(
     with warnings.catch_warnings():
         # The embedded local mode says its payload indexes do nothing (it scans); a server uses them.
         warnings.filterwarnings("ignore", message="Payload indexes have no effect")
-        for field in ("lang", "terms"):
+        for field in ("lang", "terms", *(("part",) if lexical else ())):
             client.create_payload_index(name, field, qm.PayloadSchemaType.KEYWORD)
+
+
+def has_lexical(client: QdrantClient, name: str) -> bool:
+    """Whether the collection carries BM25 vectors (one created before they were written carries none)."""
+    return SPARSE in (client.get_collection(name).config.params.sparse_vectors or {})
+
+
+def payload_conditions(langs: Sequence[str] | None, where: dict[str, Scalar] | None) -> list[Any]:
+    """A search's filter as payload conditions: any of `langs`, and every `where` pair."""
+    conditions: list[Any] = []
+    if langs:
+        conditions.append(qm.FieldCondition(key="lang", match=qm.MatchAny(any=list(dict.fromkeys(langs)))))
+    for term in terms(where or {}):
+        conditions.append(qm.FieldCondition(key="terms", match=qm.MatchValue(value=term)))
+    return conditions
 
 
 def point_alias(client: QdrantClient, alias: str, collection: str) -> None:
@@ -85,11 +105,13 @@ def alias_target(client: QdrantClient, alias: str) -> str | None:
 
 class QdrantIndex:
     """Unit vectors under string ids in one Qdrant collection (or alias). Writes wait until Qdrant has applied
-    them (`wait=True`), so a search that follows sees them."""
+    them (`wait=True`), so a search that follows sees them. With `lengths` (the partitions' length tally), the
+    collection carries BM25 vectors too (`create_collection(lexical=True)`), written from the texts an upsert
+    gives, and searched through `qdrant_lexical.QdrantLexical`."""
 
     def __init__(
         self, client: QdrantClient, collection: str, dim: int, model_version: str,
-        exact_filter_max: int = 20_000, exact: bool = False,
+        exact_filter_max: int = 20_000, exact: bool = False, lengths: LengthTally | None = None,
     ) -> None:
         self.client = client
         self.collection = collection
@@ -97,13 +119,19 @@ class QdrantIndex:
         self.model_version = model_version
         self.exact_filter_max = exact_filter_max
         self.exact = exact
+        self.lengths = lengths
+
+    @property
+    def lexical(self) -> bool:
+        return self.lengths is not None
 
     def __len__(self) -> int:
         return int(self.client.count(self.collection, exact=True).count)
 
     def describe(self) -> dict[str, Any]:
         """What `/index/stats` shows of this index."""
-        return {"kind": "qdrant", "collection": self.collection, "exact_filter_max": self.exact_filter_max}
+        return {"kind": "qdrant", "collection": self.collection, "exact_filter_max": self.exact_filter_max,
+                "bm25": self.lexical}
 
     def __contains__(self, ext_id: str) -> bool:
         return bool(self.client.retrieve(self.collection, [point_id(ext_id)], with_payload=False))
@@ -123,27 +151,49 @@ class QdrantIndex:
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)
         if len({d.ext_id for d in docs}) != len(docs):
             raise ValueError("duplicate ids in one upsert")
-        points = [
-            qm.PointStruct(
-                id=point_id(doc.ext_id),
-                vector=vector.astype(np.float32).tolist(),
-                payload={"id": doc.ext_id, "lang": doc.lang, "meta": dict(doc.metadata), "terms": terms(doc.metadata),
-                         **({"text": texts[row]} if texts is not None else {})},
-            )
-            for row, (doc, vector) in enumerate(zip(docs, vectors, strict=True))
+        if not docs:
+            return
+        payloads: list[dict[str, Any]] = [
+            {"id": doc.ext_id, "lang": doc.lang, "meta": dict(doc.metadata), "terms": terms(doc.metadata),
+             **({"text": texts[row]} if texts is not None else {})}
+            for row, doc in enumerate(docs)
         ]
-        if points:
-            self.client.upsert(self.collection, points, wait=True)
+        named: list[dict[str, Any]] = [{DENSE: vector.astype(np.float32).tolist()} for vector in vectors]
+        changes: Changes = {}
+        if self.lengths is not None:
+            if texts is None:
+                raise ValueError(f"{self.collection} carries BM25 vectors: an upsert needs the texts")
+            lexical = [LexicalDoc(doc.ext_id, text, doc.lang) for doc, text in zip(docs, texts, strict=True)]
+            sparse, changes = sparse_documents(lexical, self._lengths_held(docs), self.lengths)
+            for payload, vector, one in zip(payloads, named, sparse, strict=True):
+                payload.update(part=one.part, len=one.length)
+                vector[SPARSE] = qm.SparseVector(indices=one.vector.indices, values=one.vector.values)
+        points = [
+            qm.PointStruct(id=point_id(doc.ext_id), vector=vector, payload=payload)
+            for doc, vector, payload in zip(docs, named, payloads, strict=True)
+        ]
+        self.client.upsert(self.collection, points, wait=True)
+        if self.lengths is not None:
+            self.lengths.add(changes)  # after the write: a failed one, retried, counts once
 
     def remove(self, ext_ids: Iterable[str]) -> int:
         """Delete these documents; returns how many existed."""
         ids = [point_id(ext_id) for ext_id in dict.fromkeys(ext_ids)]
         if not ids:
             return 0
-        present = self.client.retrieve(self.collection, ids, with_payload=False)
+        present = self.client.retrieve(self.collection, ids, with_payload=["id", "part", "len"])
         if present:
             self.client.delete(self.collection, qm.PointIdsList(points=[p.id for p in present]), wait=True)
+            if self.lengths is not None:
+                self.lengths.add(leaving(_lengths_of(present)))
         return len(present)
+
+    def _lengths_held(self, docs: Sequence[DocEntry]) -> dict[str, tuple[str, int]]:
+        """The (partition, length) each of these ids holds now: a replaced document leaves its tally."""
+        held = self.client.retrieve(
+            self.collection, [point_id(doc.ext_id) for doc in docs], with_payload=["id", "part", "len"]
+        )
+        return _lengths_of(held)
 
     def search(
         self, queries: np.ndarray, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
@@ -171,19 +221,15 @@ class QdrantIndex:
         wanted = [point_id(ext_id) for ext_id in dict.fromkeys(ext_ids)]
         if not wanted:
             return {}
-        points = self.client.retrieve(self.collection, wanted, with_payload=["id"], with_vectors=True)
+        points = self.client.retrieve(self.collection, wanted, with_payload=["id"], with_vectors=[DENSE])
         return {
-            point.payload["id"]: float(np.asarray(point.vector, dtype=np.float32) @ query.astype(np.float32))
+            point.payload["id"]: float(np.asarray(_dense(point.vector), dtype=np.float32) @ query.astype(np.float32))
             for point in points
             if point.payload is not None
         }
 
     def _filter(self, langs: Sequence[str] | None, where: dict[str, Scalar] | None) -> qm.Filter | None:
-        conditions: list[Any] = []
-        if langs:
-            conditions.append(qm.FieldCondition(key="lang", match=qm.MatchAny(any=list(dict.fromkeys(langs)))))
-        for term in terms(where or {}):
-            conditions.append(qm.FieldCondition(key="terms", match=qm.MatchValue(value=term)))
+        conditions = payload_conditions(langs, where)
         return qm.Filter(must=conditions) if conditions else None
 
     def _exact_for(self, query_filter: qm.Filter | None) -> bool:
@@ -203,3 +249,16 @@ class QdrantIndex:
             yield from points
             if offset is None:
                 return
+
+
+def _dense(vector: Any) -> Any:
+    """A point's dense vector, whether it came back alone or among its named vectors."""
+    return vector[DENSE] if isinstance(vector, dict) else vector
+
+
+def _lengths_of(points: Sequence[Any]) -> dict[str, tuple[str, int]]:
+    return {
+        str(p.payload["id"]): (str(p.payload["part"]), int(p.payload["len"]))
+        for p in points
+        if p.payload is not None and "part" in p.payload
+    }

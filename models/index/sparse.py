@@ -14,10 +14,13 @@ odds of about n² / 2³³ among n distinct terms.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from xling.models.index.analysis import base_language, terms
+from xling.models.index.lexical import LexicalDoc, partition_of
 
 K1, B = 1.2, 0.75  # tantivy's BM25 parameters, so the two rankings differ only where the statistics do
 
@@ -50,3 +53,78 @@ def query_vector(text: str, lang: str | None) -> SparseVector:
     tantivy's BM25)."""
     indices = sorted({term_id(lang, term) for term in terms(text, lang)})
     return SparseVector(indices, [1.0] * len(indices))
+
+
+class LengthTally(Protocol):
+    """Documents and terms per partition of one index, kept by its one writer (state/qdrant_store.py keeps it in
+    Redis, so a writer that takes over carries on from it). The writer reads it before a write and adds the
+    write's changes once the write is stored, so a write that fails and is retried counts once."""
+
+    def totals(self, parts: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(documents, terms) of each of these partitions (0, 0 for one never seen)."""
+        ...
+
+    def add(self, changes: dict[str, tuple[int, int]]) -> None: ...
+
+
+class MemoryLengths:
+    """A tally in this process (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[int, int]] = {}
+
+    def totals(self, parts: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return {part: self.held.get(part, (0, 0)) for part in parts}
+
+    def add(self, changes: dict[str, tuple[int, int]]) -> None:
+        for part, (docs, length) in changes.items():
+            held_docs, held_length = self.held.get(part, (0, 0))
+            self.held[part] = (held_docs + docs, held_length + length)
+
+
+@dataclass(frozen=True)
+class SparseDoc:
+    """What a document carries for BM25: its partition and length, and its sparse vector."""
+
+    part: str
+    length: int
+    vector: SparseVector
+
+
+Changes = dict[str, tuple[int, int]]  # partition -> (documents, terms) to add to its tally
+
+
+def sparse_documents(
+    docs: Sequence[LexicalDoc], previous: dict[str, tuple[str, int]], lengths: LengthTally
+) -> tuple[list[SparseDoc], Changes]:
+    """The sparse side of an upsert, each document in the partition the tantivy index would put it in (its
+    language's, analysed as that language), and the tally changes to add once it is stored. `previous`: the
+    (partition, length) each replaced id held, which leaves the tally; the batch's own lengths count in the mean
+    its documents are written with."""
+    parts = [partition_of(doc) for doc in docs]
+    sizes = [document_length(doc.text, part) for doc, part in zip(docs, parts, strict=True)]
+    changes = _changes(previous.values(), zip(parts, sizes, strict=True))
+    held = lengths.totals(list(changes))
+    means = {
+        part: (held[part][1] + terms_) / (held[part][0] + docs_) if held[part][0] + docs_ > 0 else 0.0
+        for part, (docs_, terms_) in changes.items()
+    }
+    sparse = [
+        SparseDoc(part, size, document_vector(doc.text, part, means[part]))
+        for doc, part, size in zip(docs, parts, sizes, strict=True)
+    ]
+    return sparse, changes
+
+
+def leaving(previous: dict[str, tuple[str, int]]) -> Changes:
+    """The tally changes of deleting documents that held these (partition, length)s."""
+    return _changes(previous.values(), [])
+
+
+def _changes(leaving: Iterable[tuple[str, int]], arriving: Iterable[tuple[str, int]]) -> Changes:
+    changes: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
+    for sign, items in ((-1, leaving), (1, arriving)):
+        for part, size in items:
+            docs, length = changes[part]
+            changes[part] = (docs + sign, length + sign * size)
+    return dict(changes)

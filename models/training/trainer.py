@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from accelerate.data_loader import prepare_data_loader
 from datasets import Dataset, disable_progress_bars
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -206,10 +207,22 @@ class _Reporter(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self._report(args, state)
-        if self.should_cancel is not None and self.should_cancel():
+        if _on_every_rank(self.should_cancel is not None and self.should_cancel()):
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True  # a checkpoint to resume from, should the user retry
+
+
+def _on_every_rank(flag: bool) -> bool:
+    """Whether any rank says so: under torch.distributed the ranks must stop at the same step, or the ones still
+    training wait forever for the others' gradients; alone, the flag itself."""
+    _, size = world()
+    if size == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    said = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(said, op=dist.ReduceOp.MAX)
+    return bool(said.item())
 
 
 class _HybridTrainer(SentenceTransformerTrainer):
@@ -489,6 +502,7 @@ def finetune(
         training={
             **asdict(config),
             "device": device,
+            "processes": world()[1],  # ranks that trained as one (torch.distributed), each on its own device
             "train_groups": len(train_groups),
             "val_groups": len(val_groups),
             "train_pairs": len(train_pairs),

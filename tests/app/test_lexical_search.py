@@ -1,8 +1,11 @@
-"""Search modes on a running service: lexical (real tantivy), hybrid fusion, filters, writes, restarts."""
+"""Search modes on a running service: lexical (real tantivy, or the BM25 vectors of a Qdrant collection in
+qdrant-client's local mode), hybrid fusion, filters, writes, restarts."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,19 @@ from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
 
 MODES = ("dense", "lexical", "hybrid")
+# Where BM25 lives: a tantivy index beside the replica, or sparse vectors in the Qdrant collection.
+ENGINES = {"tantivy": {}, "qdrant": {"index": "qdrant", "lexical_engine": "qdrant"}}
+
+
+def engine_settings(make_settings: Any, engine: str, tmp_path: Path, **overrides: Any) -> Settings:
+    extra = {"qdrant_path": tmp_path / "qdrant"} if engine == "qdrant" else {}
+    return make_settings(**ENGINES[engine], **extra, **overrides)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=list(ENGINES))
+def each_engine(request: pytest.FixtureRequest, make_settings: Any, tmp_path: Path) -> Iterator[RunningService]:
+    with running_service(engine_settings(make_settings, request.param, tmp_path)) as service:
+        yield service
 
 
 def _hits(service: RunningService, query: str, **params: Any) -> list[dict[str, Any]]:
@@ -25,7 +41,8 @@ def _hits(service: RunningService, query: str, **params: Any) -> list[dict[str, 
     return list(response.json()["hits"])
 
 
-def test_each_mode_answers_and_says_which_rankings_found_a_hit(service: RunningService) -> None:
+def test_each_mode_answers_and_says_which_rankings_found_a_hit(each_engine: RunningService) -> None:
+    service = each_engine
     docs = corpus(10)
     docs.append({"id": "part", "text": "replacement part XK-4471-B for the pump", "lang": "en"})
     assert service.index(docs).status_code == 200
@@ -42,16 +59,17 @@ def test_each_mode_answers_and_says_which_rankings_found_a_hit(service: RunningS
 
 
 @pytest.mark.parametrize(
-    "fusion",
-    [{}, {"fusion_window": 4, "fusion_weight": 0.5}, {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise":
-                                                      "language"}],
-    ids=["default", "deep", "deep-per-language"],
+    ("engine", "fusion"),
+    [("tantivy", {}), ("tantivy", {"fusion_window": 4, "fusion_weight": 0.5}),
+     ("tantivy", {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise": "language"}),
+     ("qdrant", {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise": "language"})],
+    ids=["default", "deep", "deep-per-language", "qdrant-deep-per-language"],
 )
 def test_hybrid_with_a_filter_equals_brute_force_over_the_filtered_documents(
-    make_settings: Any, fusion: dict[str, Any]
+    make_settings: Any, tmp_path: Path, engine: str, fusion: dict[str, Any]
 ) -> None:
     """'deep': a first fetch of 4 with a heavy lexical weight, so the search has to look deeper to be exact."""
-    with running_service(make_settings(**fusion)) as service:
+    with running_service(engine_settings(make_settings, engine, tmp_path, **fusion)) as service:
         _check_hybrid_against_brute_force(service)
 
 
@@ -83,7 +101,8 @@ def _check_hybrid_against_brute_force(service: RunningService) -> None:
         assert [h["score"] for h in got] == pytest.approx([fused[i] for i in expected], abs=1e-5)
 
 
-def test_replace_and_delete_never_return_old_text_in_any_mode(service: RunningService) -> None:
+def test_replace_and_delete_never_return_old_text_in_any_mode(each_engine: RunningService) -> None:
+    service = each_engine
     service.index([{"id": "doc", "text": "the lighthouse keeper painted the tower", "lang": "en"},
                    {"id": "other", "text": "a ship passed the harbour", "lang": "en"}])
     service.index([{"id": "doc", "text": "der Leuchtturmwärter las ein Buch", "lang": "de"}])
@@ -96,8 +115,11 @@ def test_replace_and_delete_never_return_old_text_in_any_mode(service: RunningSe
         assert "doc" not in [h["id"] for h in _hits(service, "der Leuchtturmwärter las ein Buch", mode=mode)], mode
 
 
-def test_restart_replays_what_was_written_while_down_into_the_lexical_index(make_settings: Any) -> None:
-    settings = make_settings()
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_restart_replays_what_was_written_while_down_into_the_lexical_index(
+    make_settings: Any, tmp_path: Path, engine: str
+) -> None:
+    settings = engine_settings(make_settings, engine, tmp_path)
     with running_service(settings) as first:
         first.index(corpus(5))
         before = _hits(first, "en01w en02w", mode="lexical", k=20)
@@ -115,10 +137,13 @@ def test_restart_replays_what_was_written_while_down_into_the_lexical_index(make
         after = _hits(second, "en01w en02w", mode="lexical", k=20)
         assert [h["id"] for h in after] == [h["id"] for h in before if h["id"] != "en-0"]
         stats = second.client.get("/index/stats").json()
-        assert stats["lexical"]["documents"] == stats["documents"] == 20
+        assert stats["lexical"]["documents"] == stats["documents"] == 20 and stats["lexical"]["engine"] == engine
         assert stats["lexical"]["applied_offset"] == stats["log_offset"] and stats["lexical"]["partitions"]["de"] == 6
-    assert (settings.lexical_dir / "0" / "de").is_dir()  # the same folder, reopened: not a second copy
-    assert not (settings.lexical_dir / "1").exists()
+    if engine == "tantivy":
+        assert (settings.lexical_dir / "0" / "de").is_dir()  # the same folder, reopened: not a second copy
+        assert not (settings.lexical_dir / "1").exists()
+    else:
+        assert not settings.lexical_dir.exists()  # no index beside the replica: BM25 is in the collection
 
 
 def test_lexical_off_refuses_the_modes_that_need_it(make_settings: Any) -> None:

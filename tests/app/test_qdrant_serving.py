@@ -125,7 +125,9 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
     """Two api replicas against one collection: the lease holder writes vectors and records its offset; the other
     writes none, applies the log to its own lexical index, and serves up to the writer's record. When the writer
     goes, the other takes over."""
-    settings = make_settings(index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix)
+    settings = make_settings(
+        index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix, lexical_engine="tantivy"
+    )
     redis_client = redis.Redis.from_url(redis_url, decode_responses=True)
     shared_client = qdrant_client(settings)
     encoder = Encoder(tiny_model, version="tiny", device="cpu")

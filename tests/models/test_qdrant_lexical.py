@@ -1,0 +1,136 @@
+"""BM25 served from a Qdrant collection's sparse vectors (qdrant-client's local mode) answers as the tantivy index
+does on the same documents: the same hits and scores per partition, under language and metadata filters, after
+replaces and deletes; the length tally follows the writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from xling.models.index.analysis import terms
+from xling.models.index.lexical import LexicalDoc, LexicalHit, LexicalIndex
+from xling.models.index.qdrant_index import QdrantIndex, create_collection, has_lexical
+from xling.models.index.qdrant_lexical import QdrantLexical
+from xling.models.index.slots import DocEntry, Scalar
+from xling.models.index.sparse import MemoryLengths
+
+DIM = 4
+DOCS: list[tuple[str, str, str | None, dict[str, Scalar]]] = [
+    ("en1", "The river bank holds the money of the town", "en", {"year": 1}),
+    ("en2", "Fish swim up the river in spring", "en", {"year": 2}),
+    ("en3", "Snow covers the mountain every winter", "en", {"year": 1}),
+    ("en4", "Rivers and banks: a history of money", "en", {}),
+    ("de1", "Der Fluss fließt durch die Stadt river", "de", {"year": 1}),
+    ("de2", "Die Bank am Fluss hat Geld", "de", {}),
+    ("sw1", "mto mto samaki river", "sw", {"year": 2}),
+    ("x1", "La rivière traverse la ville et la banque", None, {}),  # no language given: detected (fr)
+]
+QUERIES = ["river bank money", "Fluss Bank", "river", "la rivière", "mto samaki", "nothing matches this"]
+
+
+def _entries(docs: list[tuple[str, str, str | None, dict[str, Scalar]]]) -> tuple[list[DocEntry], list[str]]:
+    return [DocEntry(i, lang, meta) for i, _, lang, meta in docs], [text for _, text, _, _ in docs]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[QdrantIndex, LexicalIndex, MemoryLengths]:
+    client = QdrantClient(location=":memory:")
+    create_collection(client, "c", DIM, lexical=True)
+    lengths = MemoryLengths()
+    qdrant = QdrantIndex(client, "c", DIM, "v1", lengths=lengths)
+    tantivy = LexicalIndex(tmp_path / "lexical")
+    write(qdrant, tantivy, DOCS)
+    return qdrant, tantivy, lengths
+
+
+def write(
+    qdrant: QdrantIndex, tantivy: LexicalIndex, docs: list[tuple[str, str, str | None, dict[str, Scalar]]]
+) -> None:
+    entries, texts = _entries(docs)
+    rng = np.random.default_rng(len(docs))
+    vectors = rng.normal(size=(len(docs), DIM)).astype(np.float32)
+    qdrant.upsert(entries, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), texts=texts)
+    tantivy.upsert([LexicalDoc(i, text, lang, meta) for i, text, lang, meta in docs])
+    tantivy.commit(None)
+
+
+def same_hits(ours: list[LexicalHit], theirs: list[LexicalHit]) -> None:
+    assert [(h.ext_id, h.partition) for h in ours] == [(h.ext_id, h.partition) for h in theirs]
+    assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], rel=1e-3)
+
+
+def agree(qdrant: QdrantIndex, tantivy: LexicalIndex) -> None:
+    lexical = QdrantLexical(qdrant)
+    assert lexical.partitions == tantivy.partitions
+    filters: list[tuple[list[str] | None, dict[str, Scalar] | None]] = [
+        (None, None), (["en"], None), (["de", "sw"], None), (None, {"year": 1}), (["en"], {"year": 2}),
+    ]
+    for query in QUERIES:
+        for langs, where in filters:
+            same_hits(lexical.search(query, 5, langs, where), tantivy.search(query, 5, langs, where))
+        ids = [doc[0] for doc in DOCS] + ["never-written"]
+        ours, theirs = lexical.scores(query, ids), tantivy.scores(query, ids)
+        assert ours.keys() == theirs.keys()
+        for ext_id, hit in ours.items():
+            assert hit.score == pytest.approx(theirs[ext_id].score, rel=1e-3)
+        scaled, reference = lexical.scaled(query, None, None, True), tantivy.scaled(query, None, None, True)
+        assert dict(scaled.top(10)) == pytest.approx(dict(reference.top(10)), rel=1e-3)
+
+
+def test_qdrant_bm25_answers_as_the_tantivy_index(pair: tuple[QdrantIndex, LexicalIndex, MemoryLengths]) -> None:
+    qdrant, tantivy, _ = pair
+    assert has_lexical(qdrant.client, "c") and qdrant.describe()["bm25"] is True
+    agree(qdrant, tantivy)
+    assert {h.ext_id for h in QdrantLexical(qdrant).search("river", 10)} >= {"en1", "en2", "de1", "sw1"}
+    assert QdrantLexical(qdrant).search("nothing matches this", 10) == []
+
+
+def test_replaces_and_deletes_find_what_tantivy_finds_and_a_rebuild_scores_alike(
+    pair: tuple[QdrantIndex, LexicalIndex, MemoryLengths], tmp_path: Path
+) -> None:
+    qdrant, tantivy, lengths = pair
+    # A replace that moves a document to another language, a replace in place, and a delete.
+    changed: list[tuple[str, str, str | None, dict[str, Scalar]]] = [
+        ("en1", "Der Fluss und die Bank", "de", {"year": 1}), ("sw1", "mto samaki samaki", "sw", {}),
+    ]
+    write(qdrant, tantivy, changed)
+    assert qdrant.remove(["en3", "never-written"]) == 1
+    tantivy.remove(["en3"])
+    tantivy.commit(None)
+    lexical = QdrantLexical(qdrant)
+    assert lexical.partitions == tantivy.partitions
+    for query in QUERIES:
+        for langs in (None, ["en"], ["de"]):
+            ours, theirs = lexical.search(query, 10, langs), tantivy.search(query, 10, langs)
+            assert {(h.ext_id, h.partition) for h in ours} == {(h.ext_id, h.partition) for h in theirs}
+    assert "en3" not in {h.ext_id for h in lexical.search("snow mountain winter", 10)}
+    assert {h.partition for h in lexical.search("Fluss Bank", 10) if h.ext_id == "en1"} == {"de"}
+    # Scores may drift (a document keeps the mean length of its write; tantivy counts a deleted document's length
+    # until it merges). The tally equals a recount of what the collection holds, so a rebuild (a new collection,
+    # written with the current means) scores as a tantivy index built from the same documents.
+    live = list(({doc[0]: doc for doc in DOCS if doc[0] != "en3"} | {doc[0]: doc for doc in changed}).values())
+    recount: dict[str, tuple[int, int]] = {}
+    for ext_id, text, _, _ in live:
+        part = lexical.scores(text, [ext_id])[ext_id].partition
+        docs, length = recount.get(part, (0, 0))
+        recount[part] = (docs + 1, length + len(terms(text, part)))
+    assert {part: held for part, held in lengths.held.items() if held[0]} == recount
+    create_collection(qdrant.client, "rebuilt", DIM, lexical=True)
+    rebuilt = QdrantIndex(qdrant.client, "rebuilt", DIM, "v1", lengths=MemoryLengths())
+    entries, texts = _entries(live)
+    rebuilt.upsert(entries, np.eye(DIM, dtype=np.float32)[np.arange(len(live)) % DIM], texts=texts)
+    fresh = LexicalIndex(tmp_path / "fresh")
+    fresh.upsert([LexicalDoc(i, text, lang, meta) for i, text, lang, meta in live])
+    fresh.commit(None)
+    agree(rebuilt, fresh)
+
+
+def test_a_collection_with_bm25_needs_the_texts(pair: tuple[QdrantIndex, LexicalIndex, MemoryLengths]) -> None:
+    qdrant, _, _ = pair
+    with pytest.raises(ValueError, match="needs the texts"):
+        qdrant.upsert([DocEntry("n", "en")], np.ones((1, DIM), dtype=np.float32) / 2)
+    with pytest.raises(ValueError, match="no BM25"):
+        QdrantLexical(QdrantIndex(qdrant.client, "c", DIM, "v1"))
