@@ -144,13 +144,14 @@ class Applier:
                 apply_entries(entries, self._reader, pair if writes else None, self._lexical)
                 if writes and self._shared is not None:
                     self._shared.record(pair)
+        if entries:  # before the watermark: a write acknowledged once it passes sees its own count here too
+            self._metrics.index_size.set(len(pair.index))
         self._watermark.advance(self._applied(pair, writes))
         if not entries:
             self._metrics.applier_lag.set(0)
             return 0
         self._since_snapshot += len(entries)
         self._metrics.applied_entries.inc(len(entries))
-        self._metrics.index_size.set(len(pair.index))
         newest_ms = offset_key(entries[-1].offset)[0]
         self._metrics.applier_lag.set(max(0.0, time.time() - newest_ms / 1000) if len(entries) == self._batch else 0)
         return len(entries)

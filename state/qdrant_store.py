@@ -148,7 +148,8 @@ class QdrantStore:
             self._leases.add(key)
         return held
 
-    def _index(self, collection: str, dim: int, version: str) -> QdrantIndex:
+    def handle(self, collection: str, dim: int, version: str) -> QdrantIndex:
+        """An index on this collection with this store's settings (BM25 vectors, their length tally)."""
         lengths = RedisLengths(self.redis, self.keys.qdrant_lengths(collection)) if self.lexical else None
         return QdrantIndex(
             self.client, collection, dim, version, exact_filter_max=self.settings.hnsw_exact_filter_max, lengths=lengths
@@ -175,7 +176,7 @@ class QdrantStore:
         if self.lexical and not has_lexical(self.client, record["collection"]):
             log.warning("qdrant: collection %s carries no BM25 vectors; building a new one", record["collection"])
             return None
-        return self._index(record["collection"], dim, version), str(record["offset"])
+        return self.handle(record["collection"], dim, version), str(record["offset"])
 
     def has(self, version: str, centering: Centering | None) -> bool:
         """Whether this version with these means has a current collection."""
@@ -194,7 +195,7 @@ class QdrantStore:
         on_disk = self.settings.qdrant_on_disk
         create_collection(self.client, name, dim, on_disk=on_disk, int8=on_disk, lexical=self.lexical)
         log.info("qdrant: collection created", extra={"collection": name, "version": version})
-        return self._index(name, dim, version)
+        return self.handle(name, dim, version)
 
     def record(self, pair: ServingPair) -> None:
         """The pair's collection is the current one of its version and means, and has applied the log up to the

@@ -19,7 +19,7 @@ from typing import Any
 from qdrant_client import models as qm
 
 from xling.models.index.analysis import base_language
-from xling.models.index.lexical import UNDETERMINED, LexicalHit, ScaledLexical, best_first, merge_partitions
+from xling.models.index.lexical import LexicalHit, ScaledLexical, best_first, merge_partitions
 from xling.models.index.qdrant_index import SPARSE, QdrantIndex, payload_conditions, point_id
 from xling.models.index.slots import Scalar
 from xling.models.index.sparse import query_vector
@@ -79,7 +79,7 @@ class QdrantLexical:
             return present
         # A declared language's documents sit in its base language's partition; undeclared ones never match.
         wanted = {base_language(lang) for lang in langs}
-        return [part for part in present if part in wanted and part != UNDETERMINED]
+        return [part for part in present if part in wanted]
 
     def _ask(
         self, text: str, parts: Sequence[str], k: int, conditions: Callable[[str], list[Any]]

@@ -18,8 +18,9 @@ from tests.conftest import TEST_KEYS, RunningService, doc_store_call, running_se
 from xling.app.applier import Applier, Watermark
 from xling.app.metrics import Metrics
 from xling.models.encoder import Encoder
-from xling.models.index.lexical import LexicalIndex
-from xling.models.index.qdrant_index import QdrantIndex, alias_target
+from xling.models.index.lexical import LexicalIndex, LexicalSearch
+from xling.models.index.qdrant_index import alias_target
+from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
 from xling.state.qdrant_store import QdrantStore, qdrant_client
@@ -119,24 +120,26 @@ def test_qdrant_needs_one_place_to_find_it(tmp_path: Path) -> None:
     assert local.qdrant_local and not server.qdrant_local
 
 
+@pytest.mark.parametrize("engine", ["tantivy", "qdrant"])
 def test_one_replica_writes_a_shared_collection_and_the_others_follow(
-    make_settings: Any, redis_url: str, doc_reader: DocReader, tiny_model: Path, tmp_path: Path
+    make_settings: Any, redis_url: str, doc_reader: DocReader, tiny_model: Path, tmp_path: Path, engine: str
 ) -> None:
     """Two api replicas against one collection: the lease holder writes vectors and records its offset; the other
-    writes none, applies the log to its own lexical index, and serves up to the writer's record. When the writer
+    writes none and serves up to the writer's record. With BM25 in tantivy it applies the log to its own lexical
+    index; with BM25 in Qdrant it reads nothing at all, and searches the writer's BM25 vectors. When the writer
     goes, the other takes over."""
     settings = make_settings(
-        index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix, lexical_engine="tantivy"
+        index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix, lexical_engine=engine
     )
     redis_client = redis.Redis.from_url(redis_url, decode_responses=True)
     shared_client = qdrant_client(settings)
     encoder = Encoder(tiny_model, version="tiny", device="cpu")
     stores = {name: QdrantStore(settings, redis_client, TEST_KEYS, holder=name, client=shared_client) for name in "ab"}
     collection = stores["a"].create("tiny", encoder.dim, None).collection
-    replicas: dict[str, tuple[ServingPair, Applier, Watermark, LexicalIndex]] = {}
+    replicas: dict[str, tuple[ServingPair, Applier, Watermark, LexicalSearch]] = {}
     upserts = {"a": 0, "b": 0}
     for name, store in stores.items():
-        index = QdrantIndex(shared_client, collection, encoder.dim, "tiny")
+        index = store.handle(collection, encoder.dim, "tiny")
         counted = index.upsert
 
         def upsert(*args: Any, _name: str = name, _counted: Any = counted, **kwargs: Any) -> None:
@@ -144,8 +147,10 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
             _counted(*args, **kwargs)
 
         index.upsert = upsert  # type: ignore[method-assign]
-        pair, watermark, lexical = ServingPair(encoder, index, START_OFFSET), Watermark(), LexicalIndex(tmp_path / name)
-        lexical.commit(START_OFFSET)
+        pair, watermark = ServingPair(encoder, index, START_OFFSET), Watermark()
+        tantivy = LexicalIndex(tmp_path / name) if engine == "tantivy" else None
+        if tantivy is not None:
+            tantivy.commit(START_OFFSET)
         applier = Applier(
             doc_reader,
             lambda p=pair: p,
@@ -155,15 +160,16 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
             batch=2,
             snapshot_every_entries=1_000,
             snapshot_interval_s=3_600,
-            lexical=lexical,
+            lexical=tantivy,
             shared=store,
         )
-        replicas[name] = (pair, applier, watermark, lexical)
+        replicas[name] = (pair, applier, watermark, tantivy if tantivy is not None else QdrantLexical(index))
 
     doc_store_call(redis_url, "upsert", [(f"d{i}", StoredDoc(f"text number {i}", "en")) for i in range(3)])
     last = doc_reader.last_offset()
     assert replicas["a"][1].catch_up() == 3  # a takes the lease and writes
-    assert replicas["b"][1].catch_up() == 3  # b applies the same entries, to its lexical index only
+    # b applies the same entries to its tantivy index only; with BM25 in Qdrant it has nothing to apply
+    assert replicas["b"][1].catch_up() == (3 if engine == "tantivy" else 0)
     assert upserts == {"a": 2, "b": 0} and shared_client.count(collection).count == 3
     assert replicas["b"][0].applied_offset == last  # b follows a's record
     assert asyncio.run(replicas["b"][2].wait_for(last, timeout=1))
@@ -175,4 +181,5 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
     assert upserts["b"] == 1 and shared_client.count(collection).count == 4
     assert stores["b"].written_to(replicas["b"][0]) == doc_reader.last_offset()
     assert not stores["a"].may_write(replicas["a"][0])  # b holds the lease now
+    assert [hit.ext_id for hit in replicas["b"][3].search("one more", 1)] == ["d9"]
     redis_client.close()
