@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
+SWEEP_EVERY_S = 600.0  # how often a writer looks for collections that crashed builds left behind
 
 
 def qdrant_client(settings: Settings) -> QdrantClient:
@@ -130,6 +131,7 @@ class QdrantStore:
         self._hold = redis_client.register_script(_HOLD)
         self._release = redis_client.register_script(_RELEASE)
         self._leases: set[str] = set()  # the lease keys this holder has taken, released on close
+        self._swept_at = -float("inf")
 
     def close(self) -> None:
         self.release()
@@ -193,7 +195,8 @@ class QdrantStore:
         means = centering.id if centering is not None else "raw"
         name = collection_name(self.settings.key_prefix, f"{version}-{means}-{time.time_ns():x}")
         on_disk = self.settings.qdrant_on_disk
-        create_collection(self.client, name, dim, on_disk=on_disk, int8=on_disk, lexical=self.lexical)
+        made = {"xling_prefix": self.settings.key_prefix, "slot": slot(version, centering), "created": time.time()}
+        create_collection(self.client, name, dim, on_disk=on_disk, int8=on_disk, lexical=self.lexical, metadata=made)
         log.info("qdrant: collection created", extra={"collection": name, "version": version})
         return self.handle(name, dim, version)
 
@@ -209,6 +212,9 @@ class QdrantStore:
             pipe.zadd(self.keys.qdrant_retired, {previous: time.time()})
         pipe.execute()
         self.drop_retired()
+        if time.monotonic() - self._swept_at > SWEEP_EVERY_S:
+            self._swept_at = time.monotonic()
+            self.sweep_unrecorded()
 
     def may_write(self, pair: ServingPair) -> bool:
         """Whether this replica writes the log into the pair's collection now: it holds (or has just taken, or
@@ -280,6 +286,31 @@ class QdrantStore:
         if dropped:
             log.info("qdrant: retired collections dropped", extra={"collections": dropped})
         return dropped
+
+    def sweep_unrecorded(self) -> list[str]:
+        """Drop the collections this deployment created (their metadata says so) that no build recorded, once
+        they are `qdrant_sweep_after_s` old: a build that crashed between creating its collection and recording
+        it leaves one behind. A slot whose build claim is held right now is left alone."""
+        recorded = {json.loads(raw)["collection"] for raw in self.redis.hvals(self.keys.qdrant_collections)}
+        serving = alias_target(self.client, self.alias)
+        swept = []
+        for listed in self.client.get_collections().collections:
+            name = listed.name
+            if name in recorded or name == serving:
+                continue
+            made = self.client.get_collection(name).config.metadata or {}
+            if made.get("xling_prefix") != self.settings.key_prefix:
+                continue  # another deployment's, or not xling's at all
+            if time.time() - float(made.get("created", time.time())) < self.settings.qdrant_sweep_after_s:
+                continue
+            if self.redis.exists(self.keys.qdrant_writer(f"build:{made.get('slot')}")):
+                continue
+            self.client.delete_collection(name)
+            self.redis.delete(self.keys.qdrant_lengths(name))
+            swept.append(name)
+        if swept:
+            log.warning("qdrant: collections no build recorded were dropped", extra={"collections": swept})
+        return swept
 
 
 class RedisLengths:

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     qdrant_drop_after_s: float = Field(
         60.0, ge=0, description="qdrant: a collection replaced by a rebuild is dropped this long after"
     )
+    qdrant_sweep_after_s: float = Field(
+        86_400.0, gt=0, description="qdrant: a collection of this deployment that no build recorded (its build "
+        "crashed) is dropped once it is this old; longer than the longest build"
+    )
 
     # Security
     api_key: SecretStr | None = Field(None, description="Bearer key for writes, jobs and activation")

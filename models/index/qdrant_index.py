@@ -51,17 +51,20 @@ def terms(metadata: dict[str, Scalar]) -> list[str]:
 
 
 def create_collection(
-    client: QdrantClient, name: str, dim: int, *, on_disk: bool = False, int8: bool = False, lexical: bool = False
+    client: QdrantClient, name: str, dim: int, *, on_disk: bool = False, int8: bool = False, lexical: bool = False,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
     """A collection for unit vectors (dot product = cosine), with keyword indexes on `lang` and `terms`.
     `on_disk`: vectors and payload on disk (memory-mapped); `int8`: scalar-quantised copies kept in RAM for the
     search, the full vectors rescoring the best; `lexical`: a BM25 sparse vector beside each dense one, its IDF
-    computed by Qdrant (the IDF modifier), and a keyword index on the document's partition `part`."""
+    computed by Qdrant (the IDF modifier), and a keyword index on the document's partition `part`. `metadata`:
+    kept with the collection's configuration (who made it, and when)."""
     client.create_collection(
         name,
         vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT, on_disk=on_disk),
         sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if lexical else None,
         on_disk_payload=on_disk,
+        metadata=metadata,
         quantization_config=(
             qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, always_ram=True))
             if int8 else None

@@ -19,7 +19,7 @@ from xling.app.applier import Applier, Watermark
 from xling.app.metrics import Metrics
 from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalIndex, LexicalSearch
-from xling.models.index.qdrant_index import alias_target
+from xling.models.index.qdrant_index import alias_target, create_collection
 from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
@@ -182,4 +182,33 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
     assert stores["b"].written_to(replicas["b"][0]) == doc_reader.last_offset()
     assert not stores["a"].may_write(replicas["a"][0])  # b holds the lease now
     assert [hit.ext_id for hit in replicas["b"][3].search("one more", 1)] == ["d9"]
+    redis_client.close()
+
+
+def test_collections_that_no_build_recorded_are_swept_once_old(
+    make_settings: Any, redis_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A build that crashed between creating its collection and recording it leaves the collection behind; the
+    sweep drops it once it is older than any build, and leaves alone what is recorded, what is being built,
+    and what another deployment (or anyone else) made."""
+    settings = make_settings(index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix)
+    redis_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = QdrantStore(settings, redis_client, TEST_KEYS, holder="sweeper")
+    encoder = Encoder(tiny_model, version="tiny", device="cpu")
+    recorded = store.create("tiny", encoder.dim, None)
+    store.record(ServingPair(encoder, recorded, START_OFFSET))
+    orphan = store.create("tiny", encoder.dim, None)  # its build crashed before `record`
+    assert store.may_build("other", None)  # a build of another slot is running right now
+    building = store.create("other", encoder.dim, None)
+    create_collection(store.client, "not-xling", 4)
+    create_collection(store.client, "elsewhere", 4, metadata={"xling_prefix": "another-deployment", "created": 0})
+
+    assert store.sweep_unrecorded() == []  # all young: a build may still be writing them
+    hasty = settings.model_copy(update={"qdrant_sweep_after_s": 1e-3})
+    old = QdrantStore(hasty, redis_client, TEST_KEYS, holder="sweeper", client=store.client)
+    time.sleep(0.01)
+    assert old.sweep_unrecorded() == [orphan.collection]
+    names = {c.name for c in store.client.get_collections().collections}
+    assert names == {recorded.collection, building.collection, "not-xling", "elsewhere"}
+    store.close()
     redis_client.close()
