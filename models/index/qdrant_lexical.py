@@ -74,12 +74,14 @@ class QdrantLexical:
         return ScaledLexical(self, text, langs, where, per_language)
 
     def _candidates(self, langs: Sequence[str] | None) -> list[str]:
-        present = list(self.partitions)
-        if not langs:
-            return present
-        # A declared language's documents sit in its base language's partition; undeclared ones never match.
-        wanted = {base_language(lang) for lang in langs}
-        return [part for part in present if part in wanted]
+        """The partitions a search asks. With a language filter, those languages' own: a declared language's
+        documents sit in its base language's partition (undeclared ones never match), and asking a partition
+        that holds nothing finds nothing, so no lookup is needed. Without one, every partition present: the
+        values of the keyword index on `part` (approximate counts are enough: only the values are used)."""
+        if langs:
+            return sorted({part for part in (base_language(lang) for lang in langs) if part})
+        hits = self.client.facet(self.collection, key="part", exact=False, limit=100_000).hits
+        return sorted(str(hit.value) for hit in hits)
 
     def _ask(
         self, text: str, parts: Sequence[str], k: int, conditions: Callable[[str], list[Any]]
