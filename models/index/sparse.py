@@ -105,10 +105,14 @@ def sparse_documents(
     sizes = [document_length(doc.text, part) for doc, part in zip(docs, parts, strict=True)]
     changes = _changes(previous.values(), zip(parts, sizes, strict=True))
     held = lengths.totals(list(changes))
-    means = {
-        part: (held[part][1] + terms_) / (held[part][0] + docs_) if held[part][0] + docs_ > 0 else 0.0
-        for part, (docs_, terms_) in changes.items()
-    }
+    means = {}
+    for part, (docs_, terms_) in changes.items():
+        total_docs, total_terms = held[part][0] + docs_, held[part][1] + terms_
+        if total_docs > 0 and total_terms > 0:
+            means[part] = total_terms / total_docs
+        else:  # a tally that lost count (a writer died between a write and its tally): this batch's own mean
+            own = [size for p, size in zip(parts, sizes, strict=True) if p == part]
+            means[part] = sum(own) / len(own) if own else 1.0
     sparse = [
         SparseDoc(part, size, document_vector(doc.text, part, means[part]))
         for doc, part, size in zip(docs, parts, sizes, strict=True)

@@ -12,7 +12,16 @@ from qdrant_client import models as qm
 
 from xling.models.index.analysis import terms
 from xling.models.index.lexical import LexicalDoc, LexicalIndex
-from xling.models.index.sparse import K1, B, document_length, document_vector, query_vector, term_id
+from xling.models.index.sparse import (
+    K1,
+    B,
+    MemoryLengths,
+    document_length,
+    document_vector,
+    query_vector,
+    sparse_documents,
+    term_id,
+)
 
 CORPUS = [
     ("d0", "the cat sat on the mat", "en"),
@@ -84,3 +93,21 @@ def test_terms_are_namespaced_by_language() -> None:
     vector = document_vector("cat cat dog", "en", avgdl=3.0)
     assert len(vector.indices) == 2 and sorted(vector.indices) == vector.indices
     assert query_vector("cat cat", "en").values == [1.0]  # a repeated query word counts once
+
+
+def test_the_tally_gives_the_mean_length_and_survives_losing_count() -> None:
+    lengths = MemoryLengths()
+    docs = [LexicalDoc("a", "the cat sat", "en"), LexicalDoc("b", "a dog", "en"), LexicalDoc("c", "die Katze", "de")]
+    sparse, changes = sparse_documents(docs, {}, lengths)
+    assert changes == {"en": (2, 5), "de": (1, 2)}  # nothing is counted until the write is stored
+    assert lengths.totals(["en"]) == {"en": (0, 0)}
+    assert sparse[0].vector == document_vector("the cat sat", "en", avgdl=2.5) and sparse[0].part == "en"
+    lengths.add(changes)
+    # A replace that moves "b" to German: it leaves the English tally and joins the German one.
+    moved, changes = sparse_documents([LexicalDoc("b", "ein Hund bellt", "de")], {"b": ("en", 2)}, lengths)
+    assert changes == {"en": (-1, -2), "de": (1, 3)}
+    assert moved[0].vector == document_vector("ein Hund bellt", "de", avgdl=2.5)  # (2 + 3) / (1 + 1)
+    # A tally that lost count (its writer died between a write and its tally) falls back to the batch's mean.
+    lost = MemoryLengths()
+    again, _ = sparse_documents([LexicalDoc("a", "the cat sat on it", "en")], {"a": ("en", 3)}, lost)
+    assert again[0].vector == document_vector("the cat sat on it", "en", avgdl=len(terms("the cat sat on it", "en")))
