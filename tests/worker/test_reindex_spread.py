@@ -84,13 +84,18 @@ def test_killing_a_helper_mid_reindex_loses_and_doubles_nothing(
         time.sleep(0.02)
     victim.kill()
     killed_at = time.monotonic()
+    # The ranges it held when it died (it may have finished one in the moment between the look and the kill):
+    # their leases outlive it, unrenewed.
+    assert victim.process is not None
+    orphaned = [n for n, name in board.holders().items() if name.endswith(f":{victim.process.pid}")]
     while (job := service.client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
         assert time.monotonic() < killed_at + 300, job
         time.sleep(0.2)
     assert job["status"] == "succeeded", job
     assert job["metrics"]["reindexed"] == total  # every document, once
-    # The job finished only after the killed worker's lease lapsed and its range was encoded again.
-    assert time.monotonic() - killed_at >= settings.reindex_lease_s
+    # The job finished only after the killed worker's leases lapsed and its ranges were encoded again.
+    if orphaned:
+        assert time.monotonic() - killed_at >= settings.reindex_lease_s
     deadline = time.monotonic() + 60
     while service.client.get("/healthz").json().get("centering", "").split(":")[-1] != job["metrics"]["centering"]:
         assert time.monotonic() < deadline, "the api did not swap to the recalibrated index"
