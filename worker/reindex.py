@@ -28,7 +28,7 @@ import redis
 from xling.models.centering import Centering
 from xling.models.files import write_json_atomic
 from xling.models.index.vector_index import DocEntry, IndexSpec, VectorIndex
-from xling.models.resolve import ModelSource
+from xling.models.resolve import ModelSource, resolve_model
 from xling.state.docstore import DocReader
 from xling.state.indexing import ServingPair, load_encoder
 from xling.state.keys import RedisKeys
@@ -88,10 +88,24 @@ def read_plan(folder: Path) -> RangePlan | None:
         return None
 
 
+def plan_source(plan: RangePlan, settings: Settings) -> ModelSource:
+    """The coordinator's model on this machine: the folder it read, when this machine sees the same path (a
+    shared data folder), else the model found here under the name the coordinator resolved (a hub model in this
+    machine's own cache, say). A different version under that name is refused: the ranges would not match."""
+    folder = Path(plan.source_path)
+    if folder.is_dir():
+        return ModelSource(folder, plan.version, "folder", plan.source_name)
+    found = resolve_model(plan.source_name, settings.models_dir)
+    if found.version != plan.version:
+        raise RuntimeError(
+            f"reindex {plan.job_id}: {plan.source_name!r} is {found.version} on this worker, not {plan.version}"
+        )
+    return found
+
+
 def plan_encoder(plan: RangePlan, folder: Path, settings: Settings) -> ServingPair:
     """The encoder and means every participant encodes with (the index inside is not used)."""
-    source = ModelSource(Path(plan.source_path), plan.version, "folder", plan.source_name)
-    encoder = load_encoder(source, settings)
+    encoder = load_encoder(plan_source(plan, settings), settings)
     centering = Centering.load(folder / CENTERING_DIR) if plan.centred else None
     return ServingPair(encoder, VectorIndex(encoder.dim, encoder.version), plan.offset, centering)
 
