@@ -23,7 +23,7 @@ from xling.models.index.qdrant_index import alias_target, create_collection
 from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
-from xling.state.qdrant_store import QdrantStore, qdrant_client
+from xling.state.qdrant_store import QdrantStore, copy_to_collection, qdrant_client
 from xling.state.settings import Settings
 
 DOCS: list[dict[str, Any]] = [
@@ -210,5 +210,37 @@ def test_collections_that_no_build_recorded_are_swept_once_old(
     assert old.sweep_unrecorded() == [orphan.collection]
     names = {c.name for c in store.client.get_collections().collections}
     assert names == {recorded.collection, building.collection, "not-xling", "elsewhere"}
+    store.close()
+    redis_client.close()
+
+
+def test_a_workers_build_copied_into_a_collection_serves_dense_and_bm25(
+    make_settings: Any, redis_url: str, doc_reader: DocReader, tiny_model: Path, tmp_path: Path
+) -> None:
+    """What a worker does against a server (worker/runner.py publish_index), played in one process: the index it
+    built in memory goes into a new collection with each document's text and BM25 vectors, and is recorded as
+    the version's current one; the collection then answers as the in-memory build and as tantivy would."""
+    settings = make_settings(index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix)
+    doc_store_call(redis_url, "upsert", [(d["id"], StoredDoc(d["text"], d["lang"], d["metadata"])) for d in DOCS])
+    encoder = Encoder(tiny_model, version="tiny", device="cpu")
+    built = build_index(doc_reader, encoder, index_spec(settings))
+    redis_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = QdrantStore(settings, redis_client, TEST_KEYS, holder="worker")
+    copied = copy_to_collection(store, built, doc_reader)
+    store.record(copied)
+    opened = store.open("tiny", encoder.dim, None)
+    assert opened is not None and opened[0].collection == store.collection_of(copied).collection
+    assert opened[1] == built.applied_offset
+    index = opened[0]
+    queries = encoder.encode([d["text"] for d in DOCS], "query")
+    for ours, theirs in zip(index.search(queries, 3), built.index.search(queries, 3), strict=True):
+        # the tiny model's cosines lie close together: compare each document's score, not the order of near-ties
+        assert {n.ext_id: n.score for n in ours} == pytest.approx({n.ext_id: n.score for n in theirs}, abs=1e-5)
+    texts = {p.payload["id"]: p.payload["text"] for p in store.client.scroll(index.collection, with_payload=True)[0]}
+    assert texts == {d["id"]: d["text"] for d in DOCS}
+    lexical = QdrantLexical(index)
+    assert lexical.partitions == {"de": 1, "en": 1, "fr": 1}
+    assert [hit.ext_id for hit in lexical.search("de05w", 3)] == ["b"]
+    assert [hit.ext_id for hit in lexical.search("en01w fr08w", 3, langs=["fr"])] == ["c"]
     store.close()
     redis_client.close()
