@@ -17,11 +17,11 @@ import json
 import logging
 import shutil
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 import tantivy
 
@@ -52,26 +52,37 @@ class LexicalHit:
     partition: str
 
 
-class LexicalSearch(Protocol):
+class LexicalSearch(ABC):
     """What search and fusion ask of a lexical index: this tantivy one, or the sparse vectors of a Qdrant
-    collection (xling.models.index.qdrant_lexical)."""
+    collection (xling.models.index.qdrant_lexical). Each answers per partition; the merged top-k and the
+    scaling for fusion follow from that alike."""
 
     @property
-    def partitions(self) -> dict[str, int]: ...
+    @abstractmethod
+    def partitions(self) -> dict[str, int]:
+        """Documents per partition."""
+
+    @abstractmethod
+    def per_partition(
+        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
+    ) -> dict[str, list[LexicalHit]]:
+        """Each partition's k best BM25 scores among documents passing the filter (partitions without a hit left
+        out), best first."""
+
+    @abstractmethod
+    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
+        """BM25 of these documents for the query (absent: no term matched, or no such document)."""
 
     def search(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[LexicalHit]: ...
-
-    def per_partition(
-        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> dict[str, list[LexicalHit]]: ...
-
-    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]: ...
+    ) -> list[LexicalHit]:
+        """The k best BM25 scores among documents passing the filter, over every partition that may hold one."""
+        return best_first([hit for hits in self.per_partition(text, k, langs, where).values() for hit in hits])[:k]
 
     def scaled(
         self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool
-    ) -> ScaledLexical: ...
+    ) -> ScaledLexical:
+        return ScaledLexical(self, text, langs, where, per_language)
 
 
 def partition_of(doc: LexicalDoc) -> str:
@@ -105,7 +116,7 @@ class _Partition:
             self.dirty = False
 
 
-class LexicalIndex:
+class LexicalIndex(LexicalSearch):
     """Not thread-safe for writers: one applier writes. Searches may run on any thread meanwhile."""
 
     def __init__(self, folder: Path) -> None:
@@ -194,17 +205,9 @@ class LexicalIndex:
         self.applied_offset = None
 
     # Search -------------------------------------------------------------------------------------
-    def search(
-        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[LexicalHit]:
-        """The k best BM25 scores among documents passing the filter, over every partition that may hold one."""
-        return merge_partitions(self.per_partition(text, k, langs, where), k)
-
     def per_partition(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> dict[str, list[LexicalHit]]:
-        """Each partition's k best BM25 scores among documents passing the filter (partitions without a hit left
-        out), best first."""
         found: dict[str, list[LexicalHit]] = {}
         if k <= 0:
             return found
@@ -220,7 +223,6 @@ class LexicalIndex:
         return found
 
     def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        """BM25 of these documents for the query (absent: no term matched, or no such document)."""
         if not ext_ids:
             return {}
         # The id set must match and the words only score: tantivy then walks the few ids, not every document
@@ -238,11 +240,6 @@ class LexicalIndex:
                     ext_id = str(searcher.doc(address)["id"][0])
                     found[ext_id] = LexicalHit(ext_id, float(score), name)
         return found
-
-    def scaled(
-        self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool
-    ) -> ScaledLexical:
-        return ScaledLexical(self, text, langs, where, per_language)
 
     def _candidates(self, langs: Sequence[str] | None) -> list[tuple[str, _Partition]]:
         table = self._table()
@@ -316,11 +313,6 @@ class ScaledLexical:
 def _query_terms(text: str, partition: str) -> tuple[str, ...]:
     """A query's distinct terms in a partition: a hybrid search asks for them in every partition, twice."""
     return tuple(dict.fromkeys(terms(text, partition)))
-
-
-def merge_partitions(found: dict[str, list[LexicalHit]], k: int) -> list[LexicalHit]:
-    """The k best of every partition's hits."""
-    return best_first([hit for hits in found.values() for hit in hits])[:k]
 
 
 def best_first(hits: list[LexicalHit]) -> list[LexicalHit]:

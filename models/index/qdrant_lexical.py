@@ -19,13 +19,13 @@ from typing import Any
 from qdrant_client import models as qm
 
 from xling.models.index.analysis import base_language
-from xling.models.index.lexical import LexicalHit, ScaledLexical, best_first, merge_partitions
+from xling.models.index.lexical import LexicalHit, LexicalSearch, best_first
 from xling.models.index.qdrant_index import SPARSE, QdrantIndex, payload_conditions, point_id
 from xling.models.index.slots import Scalar
 from xling.models.index.sparse import query_vector
 
 
-class QdrantLexical:
+class QdrantLexical(LexicalSearch):
     """BM25 search over a collection's sparse vectors, with the tantivy index's answers (`LexicalSearch`)."""
 
     def __init__(self, index: QdrantIndex) -> None:
@@ -36,27 +36,19 @@ class QdrantLexical:
 
     @property
     def partitions(self) -> dict[str, int]:
-        """Documents per partition."""
         hits = self.client.facet(self.collection, key="part", exact=True, limit=100_000).hits
         return {str(hit.value): int(hit.count) for hit in sorted(hits, key=lambda hit: str(hit.value))}
-
-    def search(
-        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[LexicalHit]:
-        return merge_partitions(self.per_partition(text, k, langs, where), k)
 
     def per_partition(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> dict[str, list[LexicalHit]]:
-        """Each partition's k best BM25 scores among documents passing the filter: one request per partition,
-        sent together."""
+        # one request per partition, sent together
         if k <= 0:
             return {}
         extra = payload_conditions(langs, where)
         return self._ask(text, self._candidates(langs), k, lambda part: extra)
 
     def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        """BM25 of these documents for the query (absent: no term matched, or no such document)."""
         ids = [point_id(ext_id) for ext_id in dict.fromkeys(ext_ids)]
         if not ids:
             return {}
@@ -67,11 +59,6 @@ class QdrantLexical:
                 by_part[str(point.payload["part"])].append(point.id)
         found = self._ask(text, sorted(by_part), len(ids), lambda part: [qm.HasIdCondition(has_id=by_part[part])])
         return {hit.ext_id: hit for hits in found.values() for hit in hits}
-
-    def scaled(
-        self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool
-    ) -> ScaledLexical:
-        return ScaledLexical(self, text, langs, where, per_language)
 
     def _candidates(self, langs: Sequence[str] | None) -> list[str]:
         """The partitions a search asks. With a language filter, those languages' own: a declared language's

@@ -42,8 +42,12 @@ def document_length(text: str, lang: str | None) -> int:
 
 def document_vector(text: str, lang: str | None, avgdl: float) -> SparseVector:
     """The BM25 term-frequency part of each of the document's terms (`avgdl`: its language's mean length)."""
-    counts = Counter(term_id(lang, term) for term in terms(text, lang))
-    norm = K1 * (1 - B + B * sum(counts.values()) / max(avgdl, 1e-9))
+    return _term_frequencies(terms(text, lang), lang, avgdl)
+
+
+def _term_frequencies(analysed: list[str], lang: str | None, avgdl: float) -> SparseVector:
+    counts = Counter(term_id(lang, term) for term in analysed)
+    norm = K1 * (1 - B + B * len(analysed) / max(avgdl, 1e-9))
     indices = sorted(counts)
     return SparseVector(indices, [counts[i] * (K1 + 1) / (counts[i] + norm) for i in indices])
 
@@ -102,7 +106,8 @@ def sparse_documents(
     (partition, length) each replaced id held, which leaves the tally; the batch's own lengths count in the mean
     its documents are written with."""
     parts = [partition_of(doc) for doc in docs]
-    sizes = [document_length(doc.text, part) for doc, part in zip(docs, parts, strict=True)]
+    analysed = [terms(doc.text, part) for doc, part in zip(docs, parts, strict=True)]  # once per document
+    sizes = [len(words) for words in analysed]
     changes = _changes(previous.values(), zip(parts, sizes, strict=True))
     held = lengths.totals(list(changes))
     means = {}
@@ -114,8 +119,8 @@ def sparse_documents(
             own = [size for p, size in zip(parts, sizes, strict=True) if p == part]
             means[part] = sum(own) / len(own) if own else 1.0
     sparse = [
-        SparseDoc(part, size, document_vector(doc.text, part, means[part]))
-        for doc, part, size in zip(docs, parts, sizes, strict=True)
+        SparseDoc(part, len(words), _term_frequencies(words, part, means[part]))
+        for part, words in zip(parts, analysed, strict=True)
     ]
     return sparse, changes
 
