@@ -30,7 +30,7 @@ from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
-from xling.state.docstore import DocReader, DocStore, ReplicaAcks, StoredDoc
+from xling.state.docstore import Corpus, DocReader, DocStore, ReplicaAcks, StoredDoc
 from xling.state.errors import InvalidInput, NotFound, NotReady, WriteTimeout
 from xling.state.indexing import ServingPair, catch_up_lexical
 from xling.state.jobs import ReindexJob
@@ -114,7 +114,8 @@ class Engine:
         self.async_redis = async_redis_client(settings)
         self.sync_redis = redis_client(settings)
         self.docs = DocStore(
-            self.async_redis, self.keys, ReplicaAcks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+            self.async_redis, self.keys, ReplicaAcks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+            in_hash=not settings.documents_in_qdrant,
         )
         self.reader = DocReader(self.sync_redis, self.keys)
         self.registry = Registry(self.sync_redis, self.keys, settings.models_dir)
@@ -215,7 +216,8 @@ class Engine:
         """This replica's lexical index, brought up to the end of the log (a model swap never touches it)."""
         folder, self._lexical_claim = claim_folder(self.settings.lexical_dir)
         self.lexical = LexicalIndex(folder)
-        return catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check)
+        return catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check,
+                                self._corpus())
 
     def _rebuild_after_trim(self) -> None:
         """The log was trimmed past this replica's offset: rebuild the vector index and the lexical one."""
@@ -223,7 +225,8 @@ class Engine:
         if self.lexical is not None:
             assert self.applier is not None
             with self.applier.lock:
-                catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check)
+                catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check,
+                                 self._corpus())
 
     def _spawn(self, target: Callable[[threading.Event], None], name: str) -> None:
         thread = threading.Thread(target=target, args=(self._stopping,), name=name, daemon=True)
@@ -285,13 +288,14 @@ class Engine:
         if query.mode == "dense":
             answer = await self._dense(query)
             ranked = [FusedHit(n.ext_id, n.score, {"dense": rank}) for rank, n in enumerate(answer.neighbours, 1)]
-            version = answer.pair.version
+            pair = answer.pair
         elif query.mode == "lexical":
-            ranked, version = await asyncio.to_thread(self._lexical_ranking, query, pair), pair.version
+            ranked = await asyncio.to_thread(self._lexical_ranking, query, pair)
         else:
             answer = await self._dense(query)
-            ranked, version = await asyncio.to_thread(self._fuse, query, answer), answer.pair.version
-        docs = await self.docs.get_many([hit.ext_id for hit in ranked])
+            ranked, pair = await asyncio.to_thread(self._fuse, query, answer), answer.pair
+        version = pair.version
+        docs = await self.documents([hit.ext_id for hit in ranked], pair)
         # A document deleted after the index search is dropped rather than shown without text.
         kept = [(hit, doc) for hit, doc in zip(ranked, docs, strict=True) if doc is not None]
         hits = [SearchHit(hit.ext_id, hit.score, rank, doc, hit.ranks) for rank, (hit, doc) in enumerate(kept, 1)]
@@ -438,6 +442,26 @@ class Engine:
                 results[row] = neighbours[: self._dense_depth(queries[row])]
         return results
 
+    # Documents ----------------------------------------------------------------------------------
+    async def documents(self, ids: Sequence[str], pair: ServingPair | None = None) -> list[StoredDoc | None]:
+        """The stored documents of these ids, in order (None: no such document): the hash's, or with documents
+        in Qdrant the payload of `pair`'s collection (by default the serving one)."""
+        if not self.settings.documents_in_qdrant:
+            return await self.docs.get_many(ids)
+        assert self.qdrant is not None  # documents in Qdrant imply XLING_INDEX=qdrant
+        corpus = self.qdrant.documents_of(pair or self.require_pair())
+        found = await asyncio.to_thread(corpus.get_many, ids)
+        return [found.get(doc_id) for doc_id in ids]
+
+    async def document_count(self) -> int:
+        if not self.settings.documents_in_qdrant:
+            return await self.docs.count()
+        return await asyncio.to_thread(len, self.require_pair().index)
+
+    def _corpus(self) -> Corpus:
+        """Where a rebuild of the lexical index reads the documents (the hash, or the serving collection)."""
+        return self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
+
     # Writes -------------------------------------------------------------------------------------
     async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:
         offset = await self.docs.upsert(docs)
@@ -445,7 +469,13 @@ class Engine:
         return offset
 
     async def delete(self, ids: Sequence[str], *, must_exist: bool = False) -> list[str]:
+        if self.settings.documents_in_qdrant:  # no hash to say which exist: the serving collection does
+            found = await self.documents(ids)
+            absent = [doc_id for doc_id, doc in zip(ids, found, strict=True) if doc is None]
+            ids = [doc_id for doc_id, doc in zip(ids, found, strict=True) if doc is not None]
         offset, missing = await self.docs.delete(ids)
+        if self.settings.documents_in_qdrant:
+            missing = absent
         if must_exist and missing:
             raise NotFound(f"no document with id {missing[0]!r}")
         if offset is not None:

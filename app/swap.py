@@ -26,7 +26,7 @@ from xling.state.centering import (
     snapshot_folder,
     uncalibrated_status,
 )
-from xling.state.docstore import DocReader, offset_key
+from xling.state.docstore import Corpus, DocReader, offset_key
 from xling.state.indexing import ServingPair, build_index, catch_up, index_spec, load_encoder
 from xling.state.polling import OUTAGE_ERRORS, poll
 from xling.state.registry import Registry
@@ -149,9 +149,18 @@ class HotSwap:
             log.warning("snapshot in %s is older than the doc log (%s); encoding all documents", folder, exc)
         except SnapshotError as exc:
             log.info("no usable snapshot (%s); encoding all documents", exc)
-        self.holds.pin("open", self.reader.last_offset())  # build_index replays from an offset at least this new
-        centering = centering or means_for_build(self.reader, encoder, self.settings)
-        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering), False
+        corpus = self.corpus()  # build_index replays from its start offset
+        centering = centering or means_for_build(corpus, encoder, self.settings)
+        return build_index(corpus, encoder, index_spec(self.settings), chunk=2_048, centering=centering), False
+
+    def corpus(self) -> Corpus:
+        """What a build reads every document from (the hash, or the serving collection's payload), its start
+        offset pinned as "open" so the log keeps what the build replays. Raises LogTrimmed if the log already
+        lost entries the corpus has not applied (documents in Qdrant whose collection was lost)."""
+        corpus = self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
+        self.holds.pin("open", corpus.start_offset())
+        self.holds.retention.check(corpus.start_offset())
+        return corpus
 
     def _open_collection(self, encoder: Encoder, centering: Centering | None) -> tuple[ServingPair, bool]:
         """open_index on Qdrant: the version's current collection at its recorded offset, or a new one built
@@ -173,15 +182,15 @@ class HotSwap:
             if built is not None:
                 self.holds.pin("open", built[1])
                 return ServingPair(encoder, built[0], built[1], centering), True
-        self.holds.pin("open", self.reader.last_offset())
-        centering = centering or means_for_build(self.reader, encoder, self.settings)
+        corpus = self.corpus()
+        centering = centering or means_for_build(corpus, encoder, self.settings)
         into = self.qdrant.create(encoder.version, encoder.dim, centering)
         qdrant, version = self.qdrant, encoder.version
 
         def renew_claim(done: int, total: int) -> None:
             qdrant.may_build(version, centering)
 
-        return build_index(self.reader, encoder, index_spec(self.settings), chunk=2_048, centering=centering,
+        return build_index(corpus, encoder, index_spec(self.settings), chunk=2_048, centering=centering,
                            into=into, progress=renew_claim), False
 
     def serve_first(self, pair: ServingPair, source: ModelSource, applier: Applier) -> None:
@@ -279,17 +288,19 @@ class HotSwap:
 
     def rebuild(self) -> None:
         """This replica fell behind the trimmed log (away longer than its hold lasted): rebuild its index from
-        the document hash with the same encoder, replay, swap. Searches go on against the old index meanwhile."""
+        the documents (the hash, or the serving collection) with the same encoder, replay, swap. Searches go on
+        against the old index meanwhile."""
         assert self.applier is not None
         pair = self._serving()
         log.warning(
             "the doc log was trimmed past this replica's offset %s; rebuilding its index from the documents",
             pair.applied_offset,
         )
-        self.holds.pin("rebuild", self.reader.last_offset())
+        corpus = self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
+        self.holds.pin("rebuild", corpus.start_offset())
         try:
             into = None if self.qdrant is None else self.qdrant.create(pair.version, pair.encoder.dim, pair.centering)
-            rebuilt = build_index(self.reader, pair.encoder, index_spec(self.settings), chunk=2_048,
+            rebuilt = build_index(corpus, pair.encoder, index_spec(self.settings), chunk=2_048,
                                   centering=pair.centering, into=into)
             self._take_over(rebuilt, snapshot_offset=None)
         finally:

@@ -29,7 +29,7 @@ from xling.models.centering import CENTERING_FILE, Centering, calibrate
 from xling.models.encoder import Encoder
 from xling.models.files import write_json_atomic
 from xling.models.language import LanguageDetector
-from xling.state.docstore import DocReader, StoredDoc
+from xling.state.docstore import Corpus, StoredDoc
 from xling.state.settings import Settings
 
 DETECTOR = LanguageDetector()
@@ -96,7 +96,7 @@ def query_language(text: str, given: str | None, centering: Centering) -> str | 
     return given or DETECTOR.detect(text, centering.means.keys())
 
 
-def sample_corpus(reader: DocReader, per_lang: int) -> tuple[list[tuple[str, str, str]], int]:
+def sample_corpus(reader: Corpus, per_lang: int) -> tuple[list[tuple[str, str, str]], int]:
     """Up to `per_lang` documents of each language as (id, language, text), and how many documents there are."""
     taken: dict[str, int] = {}
     sample: list[tuple[str, str, str]] = []
@@ -110,7 +110,7 @@ def sample_corpus(reader: DocReader, per_lang: int) -> tuple[list[tuple[str, str
     return sample, total
 
 
-def calibrate_corpus(reader: DocReader, encoder: Encoder, settings: Settings) -> Centering | None:
+def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings) -> Centering | None:
     """Means from a sample of the served corpus; None while no language has enough documents."""
     sample, total = sample_corpus(reader, settings.centering_sample_per_lang)
     counts: dict[str, int] = {}
@@ -183,7 +183,7 @@ def describe(centering: Centering | None, settings: Settings) -> dict[str, Any]:
             "corpus_fingerprint": centering.corpus_fingerprint}
 
 
-def means_for_build(reader: DocReader, encoder: Encoder, settings: Settings) -> Centering | None:
+def means_for_build(reader: Corpus, encoder: Encoder, settings: Settings) -> Centering | None:
     """The means an index of this version is built with: the version's frozen ones, else a first calibration
     on the corpus (kept only if no other replica wrote one first), else None (too few documents, or off)."""
     if not settings.centering:

@@ -1,5 +1,9 @@
 """Documents in Redis: the document hash plus the doc log (a stream), written together atomically.
 
+With XLING_DOCUMENT_STORE=qdrant there is no hash: each log entry carries its document (an "inline" entry), the
+applier writes it into the serving Qdrant collection, and that collection's payload is where documents are read
+(state/qdrant_store.py, CollectionCorpus).
+
 Async functions serve the HTTP routes; sync ones serve the applier thread and the worker.
 """
 
@@ -9,7 +13,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aredis
@@ -23,21 +27,31 @@ START_OFFSET = "0-0"
 
 # A write is one script (atomic, like MULTI/EXEC) so that a WAIT sent after it on the same connection covers it:
 # WAIT counts the replicas that hold everything its own connection wrote, and a pipeline keeps both on one.
+# ARGV[1] = '1': the document goes into the hash and its entry carries the id; '0': the entry carries the document.
 _UPSERT_SCRIPT = """
 local last = ''
-for i = 1, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  last = redis.call('XADD', KEYS[2], '*', 'op', 'upsert', 'id', ARGV[i])
+for i = 2, #ARGV, 2 do
+  if ARGV[1] == '1' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    last = redis.call('XADD', KEYS[2], '*', 'op', 'upsert', 'id', ARGV[i])
+  else
+    last = redis.call('XADD', KEYS[2], '*', 'op', 'upsert', 'id', ARGV[i], 'doc', ARGV[i + 1])
+  end
 end
 return last
 """
 
-# Deletes go through a script so that ids that do not exist add nothing to the log.
+# Deletes go through a script so that ids that do not exist add nothing to the log. ARGV[1] = '1': existence is
+# the hash's; '0': the caller looked the ids up (in the collection) and passes only those that exist, and each
+# entry says itself that the document is gone (an empty `doc`).
 _DELETE_SCRIPT = """
 local missing = {}
 local last = ''
-for _, id in ipairs(ARGV) do
-  if redis.call('HDEL', KEYS[1], id) == 1 then
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if ARGV[1] ~= '1' then
+    last = redis.call('XADD', KEYS[2], '*', 'op', 'delete', 'id', id, 'doc', '')
+  elseif redis.call('HDEL', KEYS[1], id) == 1 then
     last = redis.call('XADD', KEYS[2], '*', 'op', 'delete', 'id', id)
   else
     table.insert(missing, id)
@@ -70,6 +84,31 @@ class LogEntry:
     offset: str
     op: str  # "upsert" | "delete"
     doc_id: str
+    inline: bool = False  # the entry says the document's state itself (XLING_DOCUMENT_STORE=qdrant)
+    doc: StoredDoc | None = None  # an inline upsert's document
+
+    @classmethod
+    def parse(cls, offset: str, fields: dict[str, str]) -> LogEntry:
+        if "doc" not in fields:
+            return cls(offset, fields["op"], fields["id"])
+        doc = StoredDoc.from_json(fields["doc"]) if fields["doc"] else None
+        return cls(offset, fields["op"], fields["id"], inline=True, doc=doc)
+
+
+class Corpus(Protocol):
+    """Every document, as a build reads it: the hash (DocReader), or the serving collection's payload
+    (qdrant_store.CollectionCorpus). A build replays the log from `start_offset` after reading, so documents
+    written while it reads may or may not appear in `iter_all`."""
+
+    def start_offset(self) -> str:
+        """Where the log must be replayed from once the corpus is read (read before reading it)."""
+        ...
+
+    def iter_all(self, chunk: int = 1_000) -> Iterator[list[tuple[str, StoredDoc]]]: ...
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, StoredDoc]: ...
+
+    def count(self) -> int: ...
 
 
 def offset_key(offset: str) -> tuple[int, int]:
@@ -105,21 +144,28 @@ class ReplicaAcks:
 class DocStore:
     """Async access for the api's routes."""
 
-    def __init__(self, client: aredis.Redis, keys: RedisKeys, acks: ReplicaAcks | None = None) -> None:
+    def __init__(
+        self, client: aredis.Redis, keys: RedisKeys, acks: ReplicaAcks | None = None, *, in_hash: bool = True
+    ) -> None:
+        """`in_hash`: documents go into the hash (False: into the log entries only, XLING_DOCUMENT_STORE=qdrant;
+        then reads by id and counts are the collection's, and `get_many`/`count` here see nothing)."""
         self.client = client
         self.keys = keys
         self.acks = acks or ReplicaAcks(0, 0)
+        self.in_hash = in_hash
+        self._mode = "1" if in_hash else "0"
         self._upsert = client.register_script(_UPSERT_SCRIPT)
         self._delete = client.register_script(_DELETE_SCRIPT)
 
     async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:
         """Write documents and their log entries atomically; returns the last log offset."""
-        args = [part for doc_id, doc in docs for part in (doc_id, doc.to_json())]
+        args = [self._mode, *(part for doc_id, doc in docs for part in (doc_id, doc.to_json()))]
         return str(await self._write(self._upsert, args))
 
     async def delete(self, ids: Sequence[str]) -> tuple[str | None, list[str]]:
-        """Delete documents; returns the last log offset (None if nothing existed) and the missing ids."""
-        last, missing = await self._write(self._delete, list(ids))
+        """Delete documents; returns the last log offset (None if nothing existed) and the missing ids. Without
+        the hash, pass only ids that exist: each is logged as deleted."""
+        last, missing = await self._write(self._delete, [self._mode, *ids])
         return (str(last) or None), [str(m) for m in missing]
 
     async def _write(self, script: AsyncScript, args: list[str]) -> Any:
@@ -156,7 +202,7 @@ class DocStore:
 
 
 class DocReader:
-    """Blocking reads for the applier thread and the worker."""
+    """Blocking reads for the applier thread and the worker: the log, and the hash as a Corpus."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self.client = client
@@ -167,7 +213,7 @@ class DocReader:
         if not reply:
             return []
         _, entries = reply[0]
-        return [LogEntry(str(offset), fields["op"], fields["id"]) for offset, fields in entries]
+        return [LogEntry.parse(str(offset), fields) for offset, fields in entries]
 
     def wait_for_log(self, after: str, block_ms: int) -> None:
         """Block until an entry after `after` exists or `block_ms` passes (entries are not consumed)."""
@@ -176,6 +222,10 @@ class DocReader:
     def last_offset(self) -> str:
         newest: Any = self.client.xrevrange(self.keys.doclog, count=1)
         return str(newest[0][0]) if newest else START_OFFSET
+
+    def start_offset(self) -> str:
+        """The hash holds every document the log up to here wrote: replay after it."""
+        return self.last_offset()
 
     def get_many(self, ids: Sequence[str]) -> dict[str, StoredDoc]:
         if not ids:

@@ -1,4 +1,4 @@
-"""Turning Redis documents into index vectors: a full build, and applying doc-log entries."""
+"""Turning documents into index vectors: a full build, and applying doc-log entries."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from xling.models.index.lexical import LexicalDoc, LexicalIndex
 from xling.models.index.vector_index import IndexSpec, VectorIndex
 from xling.models.resolve import ModelSource
 from xling.state.centering import DriftTracker, document_languages
-from xling.state.docstore import DocReader, LogEntry, StoredDoc
+from xling.state.docstore import Corpus, DocReader, LogEntry, StoredDoc
 from xling.state.retention import LogTrimmed
 from xling.state.settings import Settings
 
@@ -90,17 +90,24 @@ def index_spec(settings: Settings) -> IndexSpec:
 def apply_entries(
     entries: Sequence[LogEntry], reader: DocReader, pair: ServingPair | None, lexical: LexicalIndex | None = None
 ) -> None:
-    """Make the index (and the lexical index, when given) agree with the document hash for every id the
+    """Make the index (and the lexical index, when given) agree with the documents' state for every id the
     entries touch.
 
-    The hash's current state wins over each entry's op, so applying a log twice, or out of a
-    snapshot taken mid-stream, converges to the same index (replicas and replays agree).
+    That state is the hash's for an id whose last entry here carries only the id: the hash's current state wins
+    over each entry's op. An inline entry (XLING_DOCUMENT_STORE=qdrant) carries the state itself, and the last
+    one of an id wins. Either way applying a log twice, or replaying it over a snapshot (or a scroll) taken
+    mid-stream, converges to the same index (replicas and replays agree).
     """
     if not entries:
         return
-    ids = list(dict.fromkeys(e.doc_id for e in entries))
-    current = reader.get_many(ids)
-    gone = [doc_id for doc_id in ids if doc_id not in current]
+    last = {entry.doc_id: entry for entry in entries}  # dicts keep first-insertion order, values the last entry
+    from_hash = reader.get_many([doc_id for doc_id, entry in last.items() if not entry.inline])
+    current = {
+        doc_id: doc
+        for doc_id, entry in last.items()
+        if (doc := entry.doc if entry.inline else from_hash.get(doc_id)) is not None
+    }
+    gone = [doc_id for doc_id in last if doc_id not in current]
     if pair is not None:
         pair.index.remove(gone)
         if current:
@@ -117,18 +124,22 @@ def lexical_docs(docs: Iterable[tuple[str, StoredDoc]]) -> list[LexicalDoc]:
     return [LexicalDoc(doc_id, doc.text, doc.lang, doc.metadata) for doc_id, doc in docs]
 
 
-def catch_up_lexical(reader: DocReader, lexical: LexicalIndex, batch: int, check_log: Callable[[str], None]) -> int:
+def catch_up_lexical(
+    reader: DocReader, lexical: LexicalIndex, batch: int, check_log: Callable[[str], None], corpus: Corpus | None = None
+) -> int:
     """Bring the lexical index up to the end of the log: replay from its offset, or rebuild it from the
-    documents when it has none or the log no longer reaches back to it. Returns the entries replayed."""
+    documents (`corpus`, by default the hash) when it has none or the log no longer reaches back to it. Returns
+    the entries replayed."""
     try:
         if lexical.applied_offset is None:
             raise LogTrimmed("the lexical index is new")
         check_log(lexical.applied_offset)
     except LogTrimmed as why:
         log.info("building the lexical index from the documents (%s)", why)
-        offset = reader.last_offset()  # read first: writes during the scan are replayed afterwards
+        corpus = corpus or reader
+        offset = corpus.start_offset()  # read first: writes during the scan are replayed afterwards
         lexical.clear()
-        for docs in reader.iter_all(2_048):
+        for docs in corpus.iter_all(2_048):
             lexical.upsert(lexical_docs(docs))
             lexical.commit(None)  # each chunk committed, so an id HSCAN repeats in a later chunk replaces itself
         lexical.commit(offset)
@@ -141,7 +152,7 @@ def catch_up_lexical(reader: DocReader, lexical: LexicalIndex, batch: int, check
 
 
 def build_index(
-    reader: DocReader,
+    corpus: Corpus,
     encoder: Encoder,
     spec: IndexSpec,
     chunk: int = 1_000,
@@ -152,11 +163,11 @@ def build_index(
     """Encode every document (centred with `centering` when given) into a new in-memory index of `spec`, or
     into the empty collection `into`; the returned pair's offset is where the log must be replayed from."""
     # Read the offset first: writes that land during the scan are replayed afterwards (idempotently).
-    offset = reader.last_offset()
+    offset = corpus.start_offset()
     index = into if into is not None else VectorIndex(encoder.dim, encoder.version, spec)
     pair = ServingPair(encoder, index, offset, centering)
-    total, done = reader.count(), 0
-    for docs in reader.iter_all(chunk):
+    total, done = corpus.count(), 0
+    for docs in corpus.iter_all(chunk):
         pair.store([doc_id for doc_id, _ in docs], [doc for _, doc in docs])
         done += len(docs)
         if progress is not None:

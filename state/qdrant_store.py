@@ -13,6 +13,11 @@ against it have finished.
 
 With the client's embedded local mode (`XLING_QDRANT_PATH`) only one process may open the folder: the api
 process then does the collection work that a worker does against a server (settings.qdrant_local).
+
+With XLING_DOCUMENT_STORE=qdrant the collection the alias names is where documents are kept (there is no Redis
+hash): reads by id and counts come from its payload, and a build reads it (`corpus`) and replays the log from
+its recorded offset. So that offset is held in the log for as long as that collection serves
+(`STORE_OF_RECORD`): trimming can never pass what the store of record has not applied.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from qdrant_client import QdrantClient
@@ -36,10 +41,11 @@ from xling.models.index.qdrant_index import (
     has_lexical,
     point_alias,
 )
-from xling.models.index.vector_index import VectorIndex
-from xling.state.docstore import DocReader
+from xling.models.index.vector_index import DocEntry, VectorIndex
+from xling.state.docstore import Corpus, DocReader, StoredDoc
 from xling.state.indexing import ServingPair
 from xling.state.keys import RedisKeys
+from xling.state.retention import LogRetention
 from xling.state.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 600.0  # how often a writer looks for collections that crashed builds left behind
+STORE_OF_RECORD = "documents-of-record"  # the log hold at the serving collection's recorded offset
+STORE_OF_RECORD_TTL_S = 10 * 365 * 86_400.0  # moved forward by every record; never meant to lapse
 
 
 def qdrant_client(settings: Settings) -> QdrantClient:
@@ -132,6 +140,8 @@ class QdrantStore:
         self._release = redis_client.register_script(_RELEASE)
         self._leases: set[str] = set()  # the lease keys this holder has taken, released on close
         self._swept_at = -float("inf")
+        self._serving: str | None = None  # the collection this replica last pointed the alias at
+        self._retention = LogRetention(redis_client, keys)
 
     def close(self) -> None:
         self.release()
@@ -211,6 +221,8 @@ class QdrantStore:
         if previous is not None and previous != collection:
             pipe.zadd(self.keys.qdrant_retired, {previous: time.time()})
         pipe.execute()
+        if self.settings.documents_in_qdrant and collection == self._serving:
+            self._retention.hold(STORE_OF_RECORD, pair.applied_offset, STORE_OF_RECORD_TTL_S)
         self.drop_retired()
         if time.monotonic() - self._swept_at > SWEEP_EVERY_S:
             self._swept_at = time.monotonic()
@@ -255,10 +267,40 @@ class QdrantStore:
         return str(record["offset"])
 
     def serve(self, pair: ServingPair) -> None:
-        """Point the serving alias at the pair's collection (one atomic alias update)."""
+        """Point the serving alias at the pair's collection (one atomic alias update). With documents in Qdrant
+        the collection is recorded first, so that the alias never names a collection whose offset a build could
+        not find, and from then on the log is held at its recorded offset."""
         collection = self.collection_of(pair).collection
+        self._serving = collection
+        if self.settings.documents_in_qdrant and self.written_to(pair) is None:
+            self.record(pair)
         if alias_target(self.client, self.alias) != collection:
             point_alias(self.client, self.alias, collection)
+        if self.settings.documents_in_qdrant and (written := self.written_to(pair)) is not None:
+            self._retention.hold(STORE_OF_RECORD, written, STORE_OF_RECORD_TTL_S)
+
+    def documents_of(self, pair: ServingPair) -> CollectionCorpus:
+        """The documents in the pair's collection's payload (reads by id: its offset plays no part)."""
+        return CollectionCorpus(self.collection_of(pair), pair.applied_offset)
+
+    def corpus(self, hash_reader: DocReader, attempts: int = 5) -> Corpus:
+        """Where a build reads every document: the hash, or with XLING_DOCUMENT_STORE=qdrant the collection the
+        alias names, at the offset its record holds (read before the scroll). While no collection serves yet
+        (a deployment switching to documents in Qdrant), its first build reads the hash, and the log entries
+        carry the documents from then on."""
+        if not self.settings.documents_in_qdrant:
+            return hash_reader
+        for _ in range(attempts):  # a swap may retire the alias's collection between the two reads
+            target = alias_target(self.client, self.alias)
+            if target is None:
+                return hash_reader
+            for raw in self.redis.hvals(self.keys.qdrant_collections):
+                record = json.loads(raw)
+                if record["collection"] == target:
+                    return CollectionCorpus(QdrantIndex(self.client, target, 0, "corpus"), str(record["offset"]))
+            time.sleep(0.1)
+        raise RuntimeError(f"qdrant: the serving collection {target} has no record in Redis, so the offset its "
+                           "documents reach is unknown; serve a recorded version (POST /models/activate) first")
 
     @staticmethod
     def collection_of(pair: ServingPair) -> QdrantIndex:
@@ -338,7 +380,34 @@ class RedisLengths:
         pipe.execute()
 
 
-def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: DocReader, chunk: int = 1_024) -> ServingPair:
+class CollectionCorpus:
+    """The corpus as a collection's payload keeps it (a docstore.Corpus), with the offset its record named
+    when it was read: a build scrolls it, then replays the log from there."""
+
+    def __init__(self, index: QdrantIndex, offset: str) -> None:
+        self.index = index  # read only: dim and version play no part
+        self.offset = offset
+
+    def start_offset(self) -> str:
+        return self.offset
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, StoredDoc]:
+        return {doc_id: _document(entry, text) for doc_id, (entry, text) in self.index.stored(ids).items()}
+
+    def iter_all(self, chunk: int = 1_000) -> Iterator[list[tuple[str, StoredDoc]]]:
+        for page in self.index.stored_pages(chunk):
+            if page:
+                yield [(doc_id, _document(entry, text)) for doc_id, (entry, text) in page]
+
+    def count(self) -> int:
+        return len(self.index)
+
+
+def _document(entry: DocEntry, text: str) -> StoredDoc:
+    return StoredDoc(text, entry.lang, dict(entry.metadata))
+
+
+def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: Corpus, chunk: int = 1_024) -> ServingPair:
     """A worker's in-memory build (worker/reindex.py) copied into a new collection with each document's text:
     the same pair, now on Qdrant. A document deleted since the build is left out; the log replay from the
     pair's offset deletes it anyway."""

@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         "auto", description="where BM25 lives: tantivy = an index beside each api replica; qdrant = sparse vectors "
         "in the Qdrant collection (needs XLING_INDEX=qdrant); auto = qdrant with XLING_INDEX=qdrant, else tantivy"
     )
+    document_store: Literal["redis", "qdrant"] = Field(
+        "redis", description="where documents are kept: redis = a hash beside the doc log; qdrant = only the payload "
+        "of the serving Qdrant collection, each log entry carrying its document (needs XLING_INDEX=qdrant; one-way: "
+        "README, 'Documents in Qdrant')"
+    )
     fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="hybrid: cosine + weight x max-normalised BM25, or reciprocal-rank fusion"
     )
@@ -240,6 +245,17 @@ class Settings(BaseSettings):
         if self.lexical_engine == "qdrant" and self.index != "qdrant":
             raise ValueError("XLING_LEXICAL_ENGINE=qdrant needs XLING_INDEX=qdrant")
         return self
+
+    @model_validator(mode="after")
+    def _documents_where_possible(self) -> Settings:
+        if self.document_store == "qdrant" and self.index != "qdrant":
+            raise ValueError("XLING_DOCUMENT_STORE=qdrant needs XLING_INDEX=qdrant")
+        return self
+
+    @property
+    def documents_in_qdrant(self) -> bool:
+        """Documents live in the serving collection's payload, and log entries carry them (no Redis hash)."""
+        return self.document_store == "qdrant"
 
     @property
     def lexical_in_qdrant(self) -> bool:

@@ -170,13 +170,14 @@ def doc_reader(redis_url: str) -> Iterator[DocReader]:
     client.close()
 
 
-def doc_store_call(redis_url: str, action: str, *args: Any) -> Any:
-    """One DocStore call (upsert, delete, get_many, ...) on its own event loop and client, as a route makes it."""
+def doc_store_call(redis_url: str, action: str, *args: Any, in_hash: bool = True) -> Any:
+    """One DocStore call (upsert, delete, get_many, ...) on its own event loop and client, as a route makes it.
+    `in_hash=False`: as with XLING_DOCUMENT_STORE=qdrant (the log entries carry the documents)."""
 
     async def call() -> Any:
         client = aredis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return await getattr(DocStore(client, TEST_KEYS), action)(*args)
+            return await getattr(DocStore(client, TEST_KEYS, in_hash=in_hash), action)(*args)
         finally:
             await client.aclose()
 

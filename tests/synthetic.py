@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def corpus(per_lang: int = 25) -> list[dict[str, Any]]:
     """Documents for a service: `per_lang` random sentences in each of LANGS, with a parity metadata value."""
     docs = []
     for lang in LANGS:
-        for i, text in enumerate(random_sentences(lang, per_lang, seed=hash(lang) % 1000)):
+        for i, text in enumerate(random_sentences(lang, per_lang, seed=zlib.crc32(lang.encode()) % 1000)):
             docs.append({"id": f"{lang}-{i}", "text": text, "lang": lang, "metadata": {"parity": i % 2}})
     return docs
 

@@ -18,7 +18,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from xling.models.centering import Centering
 from xling.models.files import write_json_atomic
 from xling.models.index.vector_index import DocEntry, IndexSpec, VectorIndex
 from xling.models.resolve import ModelSource, resolve_model
-from xling.state.docstore import DocReader
+from xling.state.docstore import Corpus, DocReader
 from xling.state.indexing import ServingPair, load_encoder
 from xling.state.keys import RedisKeys
 from xling.state.reindex_ranges import RangeBoard
@@ -62,13 +63,13 @@ def ranges_folder(settings: Settings, job_id: str) -> Path:
 
 
 def write_plan(
-    reader: DocReader, folder: Path, job_id: str, source: ModelSource, ranges: int, centering: Centering | None
+    reader: Corpus, folder: Path, job_id: str, source: ModelSource, ranges: int, centering: Centering | None
 ) -> RangePlan:
     """Read O, then list every id into `ranges` near-equal files. Writes landing after O are replayed by the
     apis from O, so a document listed (or missed) meanwhile converges either way."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    offset = reader.last_offset()
+    offset = reader.start_offset()
     ids = list(dict.fromkeys(doc_id for chunk in reader.iter_all(5_000) for doc_id, _ in chunk))
     parts = np.array_split(np.arange(len(ids)), ranges)
     for number, rows in enumerate(parts):
@@ -79,6 +80,26 @@ def write_plan(
                      centering is not None)
     write_json_atomic(folder / PLAN_FILE, asdict(plan))  # last: a helper that can read the plan finds the rest
     return plan
+
+
+@contextmanager
+def open_corpus(settings: Settings, client: redis.Redis, keys: RedisKeys) -> Iterator[Corpus]:
+    """Where a worker reads the documents: the hash, or with XLING_DOCUMENT_STORE=qdrant the serving collection
+    of a Qdrant server (the local mode's folder belongs to the api: no worker may read it)."""
+    reader = DocReader(client, keys)
+    if not settings.documents_in_qdrant:
+        yield reader
+        return
+    if settings.qdrant_local:
+        raise RuntimeError("the documents are in the api's Qdrant local-mode folder (XLING_DOCUMENT_STORE=qdrant "
+                           "with XLING_QDRANT_PATH), which no worker may open: use a Qdrant server")
+    from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
+
+    store = QdrantStore(settings, client, keys)
+    try:
+        yield store.corpus(reader)
+    finally:
+        store.close()
 
 
 def read_plan(folder: Path) -> RangePlan | None:
@@ -114,7 +135,7 @@ class LeaseLost(Exception):
     """This worker's lease on a range lapsed and another worker may have it: leave the range to it."""
 
 
-def encode_range(reader: DocReader, folder: Path, number: int, pair: ServingPair, renew: Callable[[], bool]) -> int:
+def encode_range(reader: Corpus, folder: Path, number: int, pair: ServingPair, renew: Callable[[], bool]) -> int:
     """Encode one range into part-<number>.npz (written whole); returns the documents encoded. Ids deleted since
     the plan are skipped (the apis' replay removes them anyway)."""
     ids = json.loads((folder / f"ids-{number}.json").read_text(encoding="utf-8"))
@@ -141,7 +162,7 @@ def encode_range(reader: DocReader, folder: Path, number: int, pair: ServingPair
 
 
 def encode_ranges(
-    reader: DocReader, board: RangeBoard, folder: Path, pair: ServingPair, worker: str,
+    reader: Corpus, board: RangeBoard, folder: Path, pair: ServingPair, worker: str,
     between: Callable[[], None] | None = None,
 ) -> int:
     """Claim and encode ranges until none is free; returns how many this worker finished."""
@@ -190,14 +211,14 @@ def help_reindex(job_id: str, settings: Settings, client: redis.Redis, worker: s
     if len(board.done()) == plan.ranges:
         return 0
     try:
-        return encode_ranges(DocReader(client, keys), board, folder,
-                             plan_encoder(plan, folder, settings), worker)
+        with open_corpus(settings, client, keys) as corpus:
+            return encode_ranges(corpus, board, folder, plan_encoder(plan, folder, settings), worker)
     except FileNotFoundError:
         return 0  # the job finished (or was cancelled) and removed the ranges meanwhile
 
 
 def wait_for_ranges(
-    reader: DocReader, board: RangeBoard, folder: Path, plan: RangePlan, pair: ServingPair, worker: str,
+    reader: Corpus, board: RangeBoard, folder: Path, plan: RangePlan, pair: ServingPair, worker: str,
     tick: Callable[[int], None], poll_s: float = 0.2,
 ) -> None:
     """The job's worker: encode ranges, then wait for those others hold, taking over any whose lease lapses.

@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,16 @@ from xling.models.index.vector_index import VectorIndex
 from xling.models.manifest import read_manifest, write_manifest
 from xling.models.resolve import ModelSource, resolve_model
 from xling.models.training.trainer import Progress, finetune
-from xling.state.centering import calibrate_corpus, centering_folder, means_for_build, snapshot_folder
+from xling.state.centering import (
+    calibrate_corpus,
+    centering_folder,
+    load_centering,
+    means_for_build,
+    snapshot_folder,
+)
 from xling.state.connections import redis_client
 from xling.state.datasets import dataset_path
-from xling.state.docstore import DocReader
+from xling.state.docstore import Corpus, DocReader
 from xling.state.indexing import ServingPair, index_spec, load_encoder
 from xling.state.jobs import (
     EvaluateJob,
@@ -53,7 +59,7 @@ from xling.state.retention import LogRetention
 from xling.state.settings import Settings
 from xling.worker.presence import worker_name
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
-from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
+from xling.worker.reindex import merge_ranges, open_corpus, ranges_folder, wait_for_ranges, write_plan
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # bound on job-store writes from a fast training loop
@@ -154,36 +160,48 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
     built with them is saved (an api that sees them finds their snapshot); the active version does not change."""
     source = _served_source(ctx, version) if recalibrate else resolve_model(version, ctx.settings.models_dir)
     encoder = load_encoder(source, ctx.settings)
-    reader = DocReader(ctx.redis, ctx.keys)
+    settings = ctx.settings
+    # The client's local mode lets one process open its folder, and the api holds it: the api builds the
+    # collection when it swaps to this version (README, "Beyond one machine"); with the documents in that folder
+    # too, it also calibrates the means a build needs.
+    api_reads_documents = settings.qdrant_local and settings.documents_in_qdrant
+    if recalibrate and api_reads_documents:
+        raise ValueError("recalibrating reads the corpus, which XLING_DOCUMENT_STORE=qdrant keeps in the api's "
+                         "Qdrant local-mode folder, where no worker may read it: use a Qdrant server")
     started = time.monotonic()
-    # Keep the log from O on while encoding, and for a grace period after activation: every api replays
-    # from O when it swaps (xling.state.retention). the range plan reads O after this, so O is at least this new.
-    retention, holder, grace = LogRetention(ctx.redis, ctx.keys), f"reindex:{ctx.job.id}", ctx.settings.log_swap_grace_s
-    pinned = reader.last_offset()
-    retention.hold(holder, pinned, grace)
-
-    def progress(done: int, total: int) -> None:
+    with ExitStack() as scope:
+        corpus = DocReader(ctx.redis, ctx.keys) if api_reads_documents else scope.enter_context(
+            open_corpus(settings, ctx.redis, ctx.keys))
+        # Keep the log from O on while encoding, and for a grace period after activation: every api replays
+        # from O when it swaps (xling.state.retention). The range plan reads O after this, so O is at least this
+        # new.
+        retention, holder, grace = LogRetention(ctx.redis, ctx.keys), f"reindex:{ctx.job.id}", settings.log_swap_grace_s
+        pinned = corpus.start_offset()
         retention.hold(holder, pinned, grace)
-        ctx.report("reindexing", done=done, total=total, worker=worker_name())
+        retention.check(pinned)
 
-    if recalibrate:
-        ctx.report("calibrating")
-        centering = calibrate_corpus(reader, encoder, ctx.settings) if ctx.settings.centering else None
-        if centering is None:
-            raise ValueError(f"nothing to calibrate on: centring is off, or no language has "
-                             f"{ctx.settings.centering_min_docs} documents")
-    else:
-        centering = means_for_build(reader, encoder, ctx.settings)
-    outcome: dict[str, Any]
-    if ctx.settings.qdrant_local:
-        # The client's local mode lets one process open its folder, and the api holds it: the api builds the
-        # collection when it swaps to this version (README, "Beyond one machine").
-        outcome = {"reindexed": 0, "index_built_by": "api (qdrant local mode)"}
-    else:
-        pair = build_spread(ctx, reader, source, encoder, centering, progress)
-        retention.hold(holder, pinned, grace)
-        publish_index(ctx, reader, pair)
-        outcome = {"reindexed": len(pair.index), "offset": pair.applied_offset}
+        def progress(done: int, total: int) -> None:
+            retention.hold(holder, pinned, grace)
+            ctx.report("reindexing", done=done, total=total, worker=worker_name())
+
+        if recalibrate:
+            ctx.report("calibrating")
+            centering = calibrate_corpus(corpus, encoder, settings) if settings.centering else None
+            if centering is None:
+                raise ValueError(f"nothing to calibrate on: centring is off, or no language has "
+                                 f"{settings.centering_min_docs} documents")
+        elif api_reads_documents:
+            centering = load_centering(settings, source.version)
+        else:
+            centering = means_for_build(corpus, encoder, settings)
+        outcome: dict[str, Any]
+        if settings.qdrant_local:
+            outcome = {"reindexed": 0, "index_built_by": "api (qdrant local mode)"}
+        else:
+            pair = build_spread(ctx, corpus, source, encoder, centering, progress)
+            retention.hold(holder, pinned, grace)
+            publish_index(ctx, corpus, pair)
+            outcome = {"reindexed": len(pair.index), "offset": pair.applied_offset}
     seconds = time.monotonic() - started
     outcome["reindex_seconds"] = round(seconds, 2)
     if centering is not None:
@@ -199,7 +217,7 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
     return outcome
 
 
-def publish_index(ctx: JobContext, reader: DocReader, pair: ServingPair) -> None:
+def publish_index(ctx: JobContext, reader: Corpus, pair: ServingPair) -> None:
     """Put the built index where the apis look for it: a snapshot in indexes/, or with XLING_INDEX=qdrant (a
     server) a new collection recorded as the version's current one."""
     assert isinstance(pair.index, VectorIndex)
@@ -216,7 +234,7 @@ def publish_index(ctx: JobContext, reader: DocReader, pair: ServingPair) -> None
 
 
 def build_spread(
-    ctx: JobContext, reader: DocReader, source: ModelSource, encoder: Encoder, centering: Centering | None,
+    ctx: JobContext, reader: Corpus, source: ModelSource, encoder: Encoder, centering: Centering | None,
     progress: Callable[[int, int], None],
 ) -> ServingPair:
     """Encode the corpus in ranges that this worker and every other live one take (worker/reindex.py), then

@@ -54,7 +54,7 @@ async def delete_documents(body: DeleteRequest, engine: EngineDep, settings: Set
 async def index_stats(engine: EngineDep, docs: DocStoreDep, holds: HoldsDep) -> IndexStats:
     pair = engine.require_pair()
     return IndexStats(
-        documents=await docs.count(),
+        documents=await engine.document_count(),
         vectors=await asyncio.to_thread(len, pair.index),
         index=await asyncio.to_thread(pair.index.describe),
         languages=await asyncio.to_thread(pair.index.languages),
@@ -82,8 +82,8 @@ DocIdPath = Path(pattern=DOC_ID_PATTERN)
 
 
 @router.get("/{doc_id}", response_model=DocumentOut, dependencies=[Depends(require_search_key)])
-async def get_document(docs: DocStoreDep, doc_id: str = DocIdPath) -> DocumentOut:
-    (doc,) = await docs.get_many([doc_id])
+async def get_document(engine: EngineDep, doc_id: str = DocIdPath) -> DocumentOut:
+    (doc,) = await engine.documents([doc_id])
     if doc is None:
         raise NotFound(f"no document with id {doc_id!r}")
     return DocumentOut(id=doc_id, text=doc.text, lang=doc.lang, metadata=doc.metadata)

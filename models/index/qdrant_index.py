@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from xling.models.index.sparse import Changes, LengthTally, leaving, sparse_docu
 
 ID_NAMESPACE = uuid.UUID("6c1c1d52-7a43-5d7e-9f55-0c7a0b6f3f20")  # fixed forever: point ids depend on it
 SCROLL_PAGE = 1_024
+STORED = ["id", "lang", "meta", "text"]  # the payload fields that make up a document
 DENSE, SPARSE = "", "bm25"  # the vectors' names: the dense one unnamed (Qdrant's default), BM25 (qdrant_lexical.py)
 
 
@@ -150,6 +151,24 @@ class QdrantIndex:
             if point.payload is not None
         ]
 
+    def stored(self, ext_ids: Sequence[str]) -> dict[str, tuple[DocEntry, str]]:
+        """The documents these ids name as the payload keeps them, with their texts (absent ids left out)."""
+        if not ext_ids:
+            return {}
+        points = self.client.retrieve(self.collection, [point_id(ext_id) for ext_id in dict.fromkeys(ext_ids)],
+                                      with_payload=STORED)
+        return dict(_stored(point) for point in points if point.payload is not None and "text" in point.payload)
+
+    def stored_pages(self, page: int = SCROLL_PAGE) -> Iterator[list[tuple[str, tuple[DocEntry, str]]]]:
+        """Every document with its text, a page at a time (a scroll: points written meanwhile may or may not
+        appear)."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=page, offset=offset, with_payload=STORED)
+            yield [_stored(point) for point in points if point.payload is not None and "text" in point.payload]
+            if offset is None:
+                return
+
     def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray, texts: Sequence[str] | None = None) -> None:
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)
         if len({d.ext_id for d in docs}) != len(docs):
@@ -252,6 +271,12 @@ class QdrantIndex:
             yield from points
             if offset is None:
                 return
+
+
+def _stored(point: Any) -> tuple[str, tuple[DocEntry, str]]:
+    payload = point.payload
+    entry = DocEntry(payload["id"], payload.get("lang"), payload.get("meta") or {})
+    return str(payload["id"]), (entry, payload["text"])
 
 
 def _dense(vector: Any) -> Any:
