@@ -28,7 +28,7 @@ from xling.models.files import claim_folder
 from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
 from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
-from xling.state.centering import document_languages, query_language
+from xling.state.centering import calibrate_corpus, centering_folder, document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
 from xling.state.docstore import Corpus, DocReader, DocStore, ReplicaAcks, StoredDoc
 from xling.state.errors import InvalidInput, NotFound, NotReady, WriteTimeout
@@ -422,9 +422,24 @@ class Engine:
                 pass  # deleted since: ask again
         if not self.sync_redis.set(throttle, "1", nx=True, ex=self.settings.centering_requeue_s):
             return  # another replica claimed it a moment ago
+        if self.settings.qdrant_local and self.settings.documents_in_qdrant:
+            self._recalibrate_here(version, reasons)
+            return
         job = self.job_queue.submit(ReindexJob(version=version, recalibrate=True))
         self.sync_redis.set(last_job, job.id)
         log.warning("centring: recalibration queued", extra={"version": version, "job_id": job.id, "reasons": reasons})
+
+    def _recalibrate_here(self, version: str, reasons: list[str]) -> None:
+        """Documents in the api's local-mode folder, where no worker may read them: this api calibrates new
+        means itself, and the swap watcher then moves to a collection built with them."""
+        pair = self.require_pair()
+        if pair.version != version:
+            return
+        centering = calibrate_corpus(self._corpus(), pair.encoder, self.settings)
+        if centering is not None:
+            centering.save(centering_folder(self.settings, version))
+            log.warning("centring: recalibrated by the api (documents in Qdrant local mode)",
+                        extra={"version": version, "centering": centering.id, "reasons": reasons})
 
     def _search_vectors(
         self, pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray

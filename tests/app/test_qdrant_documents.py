@@ -5,6 +5,7 @@ every build (a rebuild, a restart's replay, the worker's reindex input), through
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from tests.app.test_qdrant_serving import DOCS, collection, qdrant_of
 from tests.conftest import TEST_KEYS, doc_store_call, running_service
+from tests.synthetic import corpus
 from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalIndex
 from xling.state.docstore import DocReader, LogEntry, StoredDoc, offset_key
@@ -164,6 +166,31 @@ def test_a_worker_reads_the_serving_collection_at_its_recorded_offset(
     with pytest.raises(RuntimeError, match="local-mode folder"), open_corpus(settings, client, TEST_KEYS):
         pass
     client.close()
+
+
+def test_in_local_mode_the_api_recalibrates_and_swaps_to_a_collection_built_from_the_serving_one(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """No worker may read the local-mode folder that holds the documents: once a language has enough of them,
+    the api calibrates means itself (no job), then builds a collection with them from the serving collection's
+    payload and swaps to it."""
+    settings = documents_settings(make_settings, tmp_path, centering_min_docs=5, swap_poll_s=0.2,
+                                  centering_requeue_s=1)
+    docs = corpus(6)
+    with running_service(settings) as service:
+        assert service.client.get("/healthz").json()["centering"] == "uncalibrated"
+        raw = collection(service)
+        assert service.index(docs).status_code == 200
+        deadline = time.monotonic() + 60
+        while not service.client.get("/healthz").json()["centering"].startswith("calibrated:"):
+            assert time.monotonic() < deadline, "the api never recalibrated"
+            time.sleep(0.2)
+        assert collection(service) != raw
+        assert service.client.get("/jobs", params={"type": "reindex"}).json()["data"] == []
+        assert service.client.get("/index/stats").json()["documents"] == len(docs)
+        for doc in docs[::5]:
+            hit = service.client.post("/search", json={"query": doc["text"], "k": 1}).json()["hits"][0]
+            assert (hit["id"], hit["text"]) == (doc["id"], doc["text"])
 
 
 def _source(model: Path) -> Any:
