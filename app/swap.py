@@ -275,7 +275,6 @@ class HotSwap:
                 self.persist(pair)  # one Redis write: a restart opens the collection just built
         finally:
             self.holds.unpin("open")  # also when the swap fails: a pin left behind would stop all trimming
-        self.metrics.swaps.inc()
         self.metrics.index_size.set(len(pair.index))
         log.info(
             "model swapped",
@@ -316,6 +315,8 @@ class HotSwap:
         self._replay(pair)  # most of the replay, outside the lock
         with self.applier.lock:
             self._replay(pair)
+            if source is not None:  # a swap (counted before it shows: whoever sees the new pair sees the count)
+                self.metrics.swaps.inc()
             old, self.pair = self.pair, pair
             if source is not None:  # a new model; a rebuild keeps the model and its serving time
                 self.source, self.since = source, time.time()

@@ -56,6 +56,7 @@ def test_the_distributed_profile_adds_a_replica_a_sentinel_qdrant_and_a_second_a
     settings = Settings(_env_file=None, **{k.removeprefix("XLING_").lower(): v for k, v in env.items()})
     assert settings.redis_url is None and settings.sentinel_addresses == [("sentinel", 26379)]  # empty = unset
     assert settings.index == "qdrant" and not settings.qdrant_local
+    assert settings.documents_in_qdrant and settings.lexical_in_qdrant
 
 
 def test_each_image_copies_every_package_the_wheel_installs() -> None:

@@ -103,7 +103,7 @@ def test_trimming_never_passes_the_serving_collection_and_a_restart_replays_docu
         assert collection(service) == served  # reopened, with the log replayed into it
         assert service.client.get("/index/d").json() == {
             "id": "d", "text": "en13w en14w en15w", "lang": "en", "metadata": {"shelf": 4}}
-        assert service.search_ids("en13w en14w en15w", k=1) == ["d"]
+        assert service.search_ids("en13w en14w en15w", k=10, filter={"shelf": 4}) == ["d"]  # its vector is there
         assert service.client.get("/index/stats").json()["documents"] == 4
     client.close()
 

@@ -31,8 +31,11 @@ TRAIN = {"batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "val_fraction
 INDEX_KINDS: dict[str, dict[str, Any]] = {
     "flat": {},
     "hnsw": {"index": "hnsw", "hnsw_ef_search": 1024, "hnsw_exact_filter_max": 0},
-    # qdrant-client's embedded local mode: the api process builds and serves the collections (state/qdrant_store.py)
-    "qdrant": {"index": "qdrant"},
+    # qdrant-client's embedded local mode: the api process builds and serves the collections (state/qdrant_store.py),
+    # with the documents only in their payload, as the distributed form keeps them (XLING_DOCUMENT_STORE=qdrant:
+    # the worker reads no document, and the api calibrates means itself). Qdrant with the Redis hash is served in
+    # tests/app/test_qdrant_serving.py.
+    "qdrant": {"index": "qdrant", "document_store": "qdrant"},
 }
 
 
