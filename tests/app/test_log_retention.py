@@ -44,6 +44,23 @@ def test_trim_keeps_everything_after_the_smallest_live_hold(redis_url: str) -> N
     client.close()
 
 
+def test_one_trim_removes_a_backlog_larger_than_an_approximate_trims_limit(redis_url: str) -> None:
+    """`XTRIM MINID ~` evicts at most 10,000 entries per call unless told otherwise: a log that gained more
+    between two trims would never shrink back."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys("backlog")
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(25_000):
+            pipe.xadd(keys.doclog, {"op": "upsert", "id": f"d{i}"})
+        offsets = [str(offset) for offset in pipe.execute()]
+    retention = LogRetention(client, keys)
+    retention.hold("replica", offsets[-1], ttl_s=60)
+    assert retention.trim() == offsets[-1]
+    assert client.xlen(keys.doclog) <= 200  # what one macro node (100 entries) may leave on either side
+    assert client.xrange(keys.doclog)[-1][0] == offsets[-1]
+    client.close()
+
+
 def _log_entries(service: RunningService) -> int:
     return int(service.client.get("/index/stats").json()["log_entries"])
 
