@@ -30,7 +30,7 @@ from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import calibrate_corpus, centering_folder, document_languages, query_language
 from xling.state.connections import async_redis_client, redis_client
-from xling.state.docstore import Corpus, DocReader, DocStore, ReplicaAcks, StoredDoc
+from xling.state.docstore import DocReader, DocStore, ReplicaAcks, StoredDoc
 from xling.state.errors import InvalidInput, NotFound, NotReady, WriteTimeout
 from xling.state.indexing import ServingPair, catch_up_lexical
 from xling.state.jobs import ReindexJob
@@ -217,7 +217,7 @@ class Engine:
         folder, self._lexical_claim = claim_folder(self.settings.lexical_dir)
         self.lexical = LexicalIndex(folder)
         return catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check,
-                                self._corpus())
+                                self.swap.corpus())
 
     def _rebuild_after_trim(self) -> None:
         """The log was trimmed past this replica's offset: rebuild the vector index and the lexical one."""
@@ -226,7 +226,7 @@ class Engine:
             assert self.applier is not None
             with self.applier.lock:
                 catch_up_lexical(self.reader, self.lexical, self.settings.applier_batch, self.holds.retention.check,
-                                 self._corpus())
+                                 self.swap.corpus())
 
     def _spawn(self, target: Callable[[threading.Event], None], name: str) -> None:
         thread = threading.Thread(target=target, args=(self._stopping,), name=name, daemon=True)
@@ -435,7 +435,7 @@ class Engine:
         pair = self.require_pair()
         if pair.version != version:
             return
-        centering = calibrate_corpus(self._corpus(), pair.encoder, self.settings)
+        centering = calibrate_corpus(self.swap.corpus(), pair.encoder, self.settings)
         if centering is not None:
             centering.save(centering_folder(self.settings, version))
             log.warning("centring: recalibrated by the api (documents in Qdrant local mode)",
@@ -472,10 +472,6 @@ class Engine:
         if not self.settings.documents_in_qdrant:
             return await self.docs.count()
         return await asyncio.to_thread(len, self.require_pair().index)
-
-    def _corpus(self) -> Corpus:
-        """Where a rebuild of the lexical index reads the documents (the hash, or the serving collection)."""
-        return self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
 
     # Writes -------------------------------------------------------------------------------------
     async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:

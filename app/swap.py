@@ -149,16 +149,20 @@ class HotSwap:
             log.warning("snapshot in %s is older than the doc log (%s); encoding all documents", folder, exc)
         except SnapshotError as exc:
             log.info("no usable snapshot (%s); encoding all documents", exc)
-        corpus = self.corpus()  # build_index replays from its start offset
+        corpus = self.pinned_corpus("open")  # build_index replays from its start offset
         centering = centering or means_for_build(corpus, encoder, self.settings)
         return build_index(corpus, encoder, index_spec(self.settings), chunk=2_048, centering=centering), False
 
     def corpus(self) -> Corpus:
-        """What a build reads every document from (the hash, or the serving collection's payload), its start
-        offset pinned as "open" so the log keeps what the build replays. Raises LogTrimmed if the log already
-        lost entries the corpus has not applied (documents in Qdrant whose collection was lost)."""
-        corpus = self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
-        self.holds.pin("open", corpus.start_offset())
+        """What a build reads every document from: the hash, or the serving collection's payload."""
+        return self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
+
+    def pinned_corpus(self, pin: str) -> Corpus:
+        """The corpus, its start offset pinned under `pin` so the log keeps what the build replays. Raises
+        LogTrimmed if the log already lost entries the corpus has not applied (documents in Qdrant whose
+        collection was lost)."""
+        corpus = self.corpus()
+        self.holds.pin(pin, corpus.start_offset())
         self.holds.retention.check(corpus.start_offset())
         return corpus
 
@@ -182,7 +186,7 @@ class HotSwap:
             if built is not None:
                 self.holds.pin("open", built[1])
                 return ServingPair(encoder, built[0], built[1], centering), True
-        corpus = self.corpus()
+        corpus = self.pinned_corpus("open")
         centering = centering or means_for_build(corpus, encoder, self.settings)
         into = self.qdrant.create(encoder.version, encoder.dim, centering)
         qdrant, version = self.qdrant, encoder.version
@@ -295,9 +299,8 @@ class HotSwap:
             "the doc log was trimmed past this replica's offset %s; rebuilding its index from the documents",
             pair.applied_offset,
         )
-        corpus = self.reader if self.qdrant is None else self.qdrant.corpus(self.reader)
-        self.holds.pin("rebuild", corpus.start_offset())
         try:
+            corpus = self.pinned_corpus("rebuild")
             into = None if self.qdrant is None else self.qdrant.create(pair.version, pair.encoder.dim, pair.centering)
             rebuilt = build_index(corpus, pair.encoder, index_spec(self.settings), chunk=2_048,
                                   centering=pair.centering, into=into)
