@@ -108,6 +108,32 @@ def test_trimming_never_passes_the_serving_collection_and_a_restart_replays_docu
     client.close()
 
 
+def test_a_deployment_with_the_hash_switches_to_documents_in_qdrant(make_settings: Any, tmp_path: Path) -> None:
+    """Served from Qdrant with the hash first, then with XLING_DOCUMENT_STORE=qdrant: the collection's payload
+    already holds every document, an old-format entry still unapplied is resolved through the hash, and from
+    then on nothing is written to the hash."""
+    before = make_settings(index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix)
+    client = redis.Redis.from_url(before.redis_url, decode_responses=True)
+    with running_service(before) as service:
+        assert service.index(DOCS).status_code == 200
+        served = collection(service)
+    doc_store_call(before.redis_url, "upsert", [("b", StoredDoc("de30w de31w", "de", {"shelf": 7}))])  # old format
+    hashed = client.hgetall(TEST_KEYS.docs)
+    after = documents_settings(make_settings, tmp_path)
+    with running_service(after) as service:
+        assert collection(service) == served
+        assert service.client.get("/index/b").json()["text"] == "de30w de31w"  # replayed through the hash
+        assert service.index([{"id": "e", "text": "es40w es41w", "lang": "es"}]).status_code == 200
+        assert service.client.get("/index/e").json()["text"] == "es40w es41w"
+        assert service.client.post("/index/delete", json={"ids": ["a"]}).json()["deleted"] == 1
+        assert client.hgetall(TEST_KEYS.docs) == hashed  # the hash is left as it was
+        service.app.state.engine.swap.rebuild()  # reads the collection, not the stale hash
+        assert service.client.get("/index/a").status_code == 404
+        assert service.client.get("/index/stats").json()["documents"] == 3  # b, c, e
+        assert service.search_ids("es40w es41w", k=5, langs=["es"]) == ["e"]
+    client.close()
+
+
 def test_inline_entries_carry_the_state_and_the_last_one_of_an_id_wins(
     redis_url: str, tmp_path: Path
 ) -> None:
