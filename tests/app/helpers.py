@@ -1,10 +1,12 @@
-"""Helpers for tests of the HTTP layer: the one error shape, uploads, zips."""
+"""Helpers for tests of the HTTP layer: the one error shape, uploads, zips, result comparisons."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 from typing import Any
+
+import pytest
 
 from tests.conftest import RunningService
 
@@ -34,3 +36,12 @@ def stored(service: RunningService) -> set[str]:
     folder = service.settings.datasets_dir
     leftovers = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     return names | leftovers
+
+
+def assert_same_results(found: list[list[tuple[str, float]]], expected: list[list[tuple[str, float]]]) -> None:
+    """The same documents in the same order, and the same scores up to float noise: a document encoded again
+    (a rebuild, another replica's batch) may differ from its first encoding by ~1e-6."""
+    assert [[doc_id for doc_id, _ in row] for row in found] == [[doc_id for doc_id, _ in row] for row in expected]
+    assert [[score for _, score in row] for row in found] == [
+        pytest.approx([score for _, score in row], abs=1e-5) for row in expected
+    ]

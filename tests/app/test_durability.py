@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aredis
 
+from tests.app.helpers import assert_same_results
 from tests.conftest import RunningService, running_service
 from tests.synthetic import corpus
 from xling.state.docstore import DocStore, StoredDoc
@@ -27,7 +28,7 @@ def results(service: RunningService) -> list[list[tuple[str, float]]]:
     out = []
     for query in QUERIES:
         hits = service.client.post("/search", json={"query": query, "k": 8}).json()["hits"]
-        out.append([(h["id"], round(h["score"], 5)) for h in hits])
+        out.append([(h["id"], h["score"]) for h in hits])
     return out
 
 
@@ -53,13 +54,13 @@ def test_restart_gives_identical_results(
     assert snapshot_meta(settings)["count"] == 79
 
     with caplog.at_level("INFO"), running_service(settings) as second:
-        assert results(second) == before
+        assert_same_results(results(second), before)
     assert "snapshot loaded" in caplog.text
 
     shutil.rmtree(settings.indexes_dir)
     caplog.clear()
     with caplog.at_level("INFO"), running_service(settings) as rebuilt:
-        assert results(rebuilt) == before
+        assert_same_results(results(rebuilt), before)
     assert "encoding all documents" in caplog.text
 
 
@@ -95,7 +96,7 @@ def test_snapshot_of_another_model_version_is_refused(make_settings: Any, caplog
     meta["model_version"] = "some-other-model"
     meta_path.write_text(json.dumps(meta))
     with caplog.at_level("INFO"), running_service(settings) as second:
-        assert results(second) == before  # rebuilt from the documents, not served from the foreign index
+        assert_same_results(results(second), before)  # rebuilt from the documents, not the foreign index
     assert "snapshot refused" in caplog.text and "some-other-model" in caplog.text
     assert json.loads(meta_path.read_text())["model_version"] == "tiny-mean"
 
@@ -155,4 +156,4 @@ def test_two_replicas_converge(make_settings: Any, index_settings: dict[str, Any
         while a.client.get("/index/stats").json()["vectors"] != 16:
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        assert results(a) == results(b)
+        assert_same_results(results(a), results(b))
