@@ -300,7 +300,8 @@ class QdrantStore:
                     return CollectionCorpus(QdrantIndex(self.client, target, 0, "corpus"), str(record["offset"]))
             time.sleep(0.1)
         raise RuntimeError(f"qdrant: the serving collection {target} has no record in Redis, so the offset its "
-                           "documents reach is unknown; serve a recorded version (POST /models/activate) first")
+                           "documents reach is unknown; activate a recorded version first "
+                           "(POST /models/{version}/activate)")
 
     @staticmethod
     def collection_of(pair: ServingPair) -> QdrantIndex:
