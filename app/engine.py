@@ -482,11 +482,10 @@ class Engine:
     async def delete(self, ids: Sequence[str], *, must_exist: bool = False) -> list[str]:
         if self.settings.documents_in_qdrant:  # no hash to say which exist: the serving collection does
             found = await self.documents(ids)
-            absent = [doc_id for doc_id, doc in zip(ids, found, strict=True) if doc is None]
-            ids = [doc_id for doc_id, doc in zip(ids, found, strict=True) if doc is not None]
-        offset, missing = await self.docs.delete(ids)
-        if self.settings.documents_in_qdrant:
-            missing = absent
+            missing = [doc_id for doc_id, doc in zip(ids, found, strict=True) if doc is None]
+            offset, _ = await self.docs.delete([doc_id for doc_id in ids if doc_id not in missing])
+        else:
+            offset, missing = await self.docs.delete(ids)
         if must_exist and missing:
             raise NotFound(f"no document with id {missing[0]!r}")
         if offset is not None:

@@ -241,15 +241,10 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _lexical_where_possible(self) -> Settings:
-        if self.lexical_engine == "qdrant" and self.index != "qdrant":
-            raise ValueError("XLING_LEXICAL_ENGINE=qdrant needs XLING_INDEX=qdrant")
-        return self
-
-    @model_validator(mode="after")
-    def _documents_where_possible(self) -> Settings:
-        if self.document_store == "qdrant" and self.index != "qdrant":
-            raise ValueError("XLING_DOCUMENT_STORE=qdrant needs XLING_INDEX=qdrant")
+    def _qdrant_options_need_qdrant(self) -> Settings:
+        for name, value in (("lexical_engine", self.lexical_engine), ("document_store", self.document_store)):
+            if value == "qdrant" and self.index != "qdrant":
+                raise ValueError(f"XLING_{name.upper()}=qdrant needs XLING_INDEX=qdrant")
         return self
 
     @property

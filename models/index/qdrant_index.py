@@ -147,7 +147,8 @@ class QdrantIndex:
     def documents(self) -> list[DocEntry]:
         return [
             DocEntry(point.payload["id"], point.payload.get("lang"), point.payload.get("meta") or {})
-            for point in self._scroll(with_vectors=False)
+            for page in self._pages(with_payload=True)
+            for point in page
             if point.payload is not None
         ]
 
@@ -162,12 +163,8 @@ class QdrantIndex:
     def stored_pages(self, page: int = SCROLL_PAGE) -> Iterator[list[tuple[str, tuple[DocEntry, str]]]]:
         """Every document with its text, a page at a time (a scroll: points written meanwhile may or may not
         appear)."""
-        offset = None
-        while True:
-            points, offset = self.client.scroll(self.collection, limit=page, offset=offset, with_payload=STORED)
+        for points in self._pages(with_payload=STORED, page=page):
             yield [_stored(point) for point in points if point.payload is not None and "text" in point.payload]
-            if offset is None:
-                return
 
     def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray, texts: Sequence[str] | None = None) -> None:
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)
@@ -262,13 +259,12 @@ class QdrantIndex:
         matching = self.client.count(self.collection, count_filter=query_filter, exact=True).count
         return matching <= self.exact_filter_max
 
-    def _scroll(self, with_vectors: bool) -> Iterable[Any]:
+    def _pages(self, with_payload: bool | list[str], page: int = SCROLL_PAGE) -> Iterator[list[Any]]:
+        """Every point, a scroll page at a time."""
         offset = None
         while True:
-            points, offset = self.client.scroll(
-                self.collection, limit=SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=with_vectors
-            )
-            yield from points
+            points, offset = self.client.scroll(self.collection, limit=page, offset=offset, with_payload=with_payload)
+            yield points
             if offset is None:
                 return
 
