@@ -28,7 +28,13 @@ from xling.models.files import claim_folder
 from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
 from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
-from xling.state.centering import calibrate_corpus, centering_folder, document_languages, query_language
+from xling.state.centering import (
+    QueryLanguage,
+    calibrate_corpus,
+    centering_folder,
+    document_languages,
+    query_language,
+)
 from xling.state.connections import async_redis_client, redis_client
 from xling.state.docstore import DocReader, DocStore, ReplicaAcks, StoredDoc
 from xling.state.errors import InvalidInput, NotFound, NotReady, WriteTimeout
@@ -67,6 +73,7 @@ class EmbedTexts:
 
     texts: tuple[str, ...]
     kind: TextKind
+    lang: str | None = None  # the texts' language when the caller says it (routing and centring)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Embedded:
     vectors: np.ndarray  # (len(texts), dim) float32, unit norm
     tokens: list[int]  # tokens the model read per text
     centering_id: str | None = None  # the means the vectors were centred with (None: raw)
+    adapters: list[str | None] = field(default_factory=list)  # the adapter that encoded each text (None: shared)
 
 
 @dataclass(frozen=True)
@@ -345,9 +353,9 @@ class Engine:
         """How many neighbours the micro-batch fetches: k, or a fused ranking's first window."""
         return query.k if query.mode == "dense" else max(query.k, self.fusion.window)
 
-    async def embed(self, texts: list[str], kind: TextKind) -> Embedded:
+    async def embed(self, texts: list[str], kind: TextKind, lang: str | None = None) -> Embedded:
         self.require_pair()
-        answer = await self.batcher.submit(EmbedTexts(tuple(texts), kind))
+        answer = await self.batcher.submit(EmbedTexts(tuple(texts), kind, lang))
         assert isinstance(answer, Embedded)
         return answer
 
@@ -363,16 +371,20 @@ class Engine:
             else:
                 flat.extend((item.kind, text) for text in item.texts)
             spans.append(slice(start, len(flat)))
+        languages = self._languages(pair, items)
         vectors = np.empty((len(flat), pair.encoder.dim), dtype=np.float32)
         tokens = [0] * len(flat)
         for kind in ("query", "passage"):
             rows = [n for n, (k, _) in enumerate(flat) if k == kind]
             if rows:
-                vectors[rows], counts = pair.encoder.encode_counted([flat[n][1] for n in rows], kind)
+                # One forward sequence per adapter among these rows (Encoder.route).
+                vectors[rows], counts = pair.encoder.encode_counted(
+                    [flat[n][1] for n in rows], kind, [languages[n].adapter for n in rows]
+                )
                 for row, count in zip(rows, counts, strict=True):
                     tokens[row] = count
         if pair.centering is not None:
-            self._centre(pair, items, spans, vectors)
+            self._centre(pair, flat, languages, vectors)
         searches = [i for i, item in enumerate(items) if isinstance(item, SearchQuery)]
         queries = [item for item in items if isinstance(item, SearchQuery)]
         query_vectors = vectors[[spans[i].start for i in searches]]
@@ -382,29 +394,42 @@ class Engine:
             DenseAnswer(pair, *neighbours[i])
             if i in neighbours
             else Embedded(pair.version, vectors[spans[i]], tokens[spans[i]],
-                          pair.centering.id if pair.centering else None)
+                          pair.centering.id if pair.centering else None,
+                          [language.adapter for language in languages[spans[i]]])
             for i in range(len(items))
         ]
 
     @staticmethod
-    def _centre(
-        pair: ServingPair, items: list[SearchQuery | EmbedTexts], spans: list[slice], vectors: np.ndarray
-    ) -> None:
-        """In place: each text's vector centred as the index's are. A query on the document mean of its language
-        (given, else detected among the languages with a mean), else on the global query mean; a passage as a
-        document (its language detected)."""
+    def _languages(pair: ServingPair, items: list[SearchQuery | EmbedTexts]) -> list[QueryLanguage]:
+        """Each text's adapter and centring language, row by row as `_run_batch` flattens them: a query's from
+        its given language or one detection (state.centering.query_language); a passage's as a document's (its
+        given language, else the detected one)."""
+        encoder, centering = pair.encoder, pair.centering
+        found: list[QueryLanguage] = []
+        for item in items:
+            if isinstance(item, SearchQuery):
+                found.append(query_language(item.text, item.query_lang, encoder, centering))
+            elif item.kind == "query":
+                found.extend(query_language(text, item.lang, encoder, centering) for text in item.texts)
+            elif encoder.adapters or centering is not None:
+                langs = document_languages([StoredDoc(text, item.lang) for text in item.texts], encoder.detector)
+                found.extend(QueryLanguage(encoder.adapter_for(lang), lang) for lang in langs)
+            else:
+                found.extend(QueryLanguage(None, None) for _ in item.texts)
+        return found
+
+    @staticmethod
+    def _centre(pair: ServingPair, flat: list[tuple[TextKind, str]], languages: list[QueryLanguage],
+                vectors: np.ndarray) -> None:
+        """In place: each text's vector centred as the index's are. A query on the document mean of its language,
+        else on the global query mean; a passage as a document."""
         centering = pair.centering
         assert centering is not None
-        for item, span in zip(items, spans, strict=True):
-            if isinstance(item, SearchQuery):
-                lang = query_language(item.text, item.query_lang, centering)
-                vectors[span] = centering.queries(vectors[span], [lang])
-            elif item.kind == "query":
-                langs = [query_language(text, None, centering) for text in item.texts]
-                vectors[span] = centering.queries(vectors[span], langs)
-            else:
-                langs = document_languages([StoredDoc(text) for text in item.texts])
-                vectors[span] = centering.documents(vectors[span], langs)
+        for kind in ("query", "passage"):
+            rows = [n for n, (k, _) in enumerate(flat) if k == kind]
+            langs = [languages[n].centre for n in rows]
+            if rows:
+                vectors[rows] = (centering.queries if kind == "query" else centering.documents)(vectors[rows], langs)
 
     def _queue_recalibration(self, version: str, reasons: list[str]) -> None:
         """One `reindex` job with recalibration per version at a time, whichever replica asks first: none while

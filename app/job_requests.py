@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from xling.app.schemas import EvaluateRequest, ExperimentRequest, FinetuneRequest, GuardIn, ReindexRequest
+from xling.models.adapters.config import AdapterConfig
 from xling.models.data.parallel import check_shape
 from xling.models.data.text import DataError
 from xling.models.evaluation.guards import BITEXT_METRICS, LAREQA_METRICS, Guard
@@ -54,17 +55,49 @@ def _check_training_sets(names: list[str], settings: Settings, strategies: list[
         raise InvalidInput(f"dataset {', '.join(repr(n) for n in names)}: {exc}") from None
 
 
+def _check_adapter_sets(langs: list[str], datasets: list[str], settings: Settings) -> None:
+    """Adapters learn from bitext alone, and each language needs a pair that has it."""
+    found: set[str] = set()
+    for name in datasets:
+        info = _dataset(name, settings)
+        if info["kind"] != "bitext":
+            raise InvalidInput(f"dataset {name!r} is {info['kind']}: adapters train on bitext (sentence pairs) only")
+        found.update(info["summary"]["languages"])
+    missing = [lang for lang in langs if lang not in found]
+    if missing:
+        raise InvalidInput(f"adapters {missing}: no training dataset has that language (they have {sorted(found)})")
+    if len(set(langs)) != len(langs):
+        raise InvalidInput(f"adapters {langs}: a language is listed twice")
+
+
 def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registry) -> FinetuneJob:
     check_model(request.base, settings, registry)
     datasets = as_list(request.dataset)
-    _check_training_sets(datasets, settings, [request.strategy], request.alpha)
+    if request.adapters:
+        _check_adapter_sets(request.adapters, datasets, settings)
+        try:
+            (request.adapter_config or AdapterConfig()).validate()
+        except ValueError as exc:
+            raise InvalidInput(f"adapter_config: {exc}") from None
+    else:
+        _check_training_sets(datasets, settings, [request.strategy], request.alpha)
+        if request.adapter_config is not None:
+            raise InvalidInput("adapter_config is for a job with adapters; this one tunes the shared weights")
     if request.deploy == "if_better" and not request.eval_datasets:
         raise InvalidInput("deploy 'if_better' needs eval_datasets to compare the new model with the active one")
     _check_eval_sets(request.eval_datasets, settings)
     if request.compare_on is not None and request.compare_on not in request.eval_datasets:
         raise InvalidInput(f"compare_on {request.compare_on!r} must be one of eval_datasets {request.eval_datasets}")
     lareqa_sets = [n for n in request.eval_datasets if _dataset(n, settings)["kind"] != "bitext"]
-    if request.deploy == "if_better" and request.compare_on is None and not lareqa_sets:
+    compare_on = request.compare_on
+    if request.adapters and compare_on is None and request.deploy == "if_better":
+        # An adapter changes nothing in the LAReQA sets' languages: compare on a held-out set of its own.
+        compare_on = next((n for n in request.eval_datasets if _dataset(n, settings)["kind"] == "bitext"
+                           and set(request.adapters) & set(_dataset(n, settings)["summary"]["languages"])), None)
+        if compare_on is None:
+            raise InvalidInput("deploy 'if_better' with adapters compares on a bitext eval dataset in an adapter's "
+                               "language: add one to eval_datasets (or name it with compare_on)")
+    if request.deploy == "if_better" and compare_on is None and not lareqa_sets:
         raise InvalidInput("eval_datasets are all bitext: name the one to compare on with compare_on")
     version = request.version or f"ft-{uuid.uuid4().hex[:10]}"
     if (settings.models_dir / version).exists():
@@ -98,8 +131,8 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
         raise InvalidInput("guards decide deploy 'if_better'; with another deploy mode they would do nothing")
     return FinetuneJob(
         dataset=datasets, base=request.base, config=config, eval_datasets=request.eval_datasets,
-        deploy=request.deploy, compare_on=request.compare_on, guards=guards, guard_max_drop=request.guard_max_drop,
-        version=version,
+        deploy=request.deploy, compare_on=compare_on, guards=guards, guard_max_drop=request.guard_max_drop,
+        version=version, adapters=request.adapters, adapter_config=request.adapter_config or AdapterConfig(),
     )
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
+from xling.models.adapters.config import AdapterConfig
 from xling.models.index.fusion import SearchMode
 
 
@@ -97,7 +98,8 @@ class SearchRequest(_Strict):
     langs: list[LangCode] | None = None
     filter: Metadata | None = Field(None, description="metadata equality: every key must match")
     query_lang: LangCode | None = Field(
-        None, description="the query's own language, for centring (default: detected among the corpus's languages)"
+        None, description="the query's own language, for centring and for its adapter when the served version has "
+        "one for it (default: detected among the corpus's languages and the adapters')"
     )
     mode: SearchMode | None = Field(
         None, description="dense, lexical (BM25) or hybrid (both, fused); default: the service's XLING_SEARCH_MODE"
@@ -226,6 +228,17 @@ class FinetuneRequest(_Strict):
         " (a bitext's side in one of them too) where the base embedded them (1 − cosine to a frozen copy of the"
         " base), so tuning keeps what the base did well; needs monolingual batches; 0 = off",
     )
+    adapters: list[LangCode] = Field(
+        default_factory=list, max_length=64,
+        description="instead of tuning the shared weights, train one LoRA adapter per listed language on its side of"
+        " the bitext datasets, mapped onto the base's embeddings of the other side; the new version is the base plus"
+        " these adapters, and every other language's vectors stay exactly the base's. The shared-weight settings"
+        " above are then unused",
+    )
+    adapter_config: AdapterConfig | None = Field(
+        None, description="the adapters' hyper-parameters (rank, learning_rate, max_steps, max_seconds, distillation,"
+        " ...); default: the measured ones (docs: bench/RESULTS.md, per-language adapters)",
+    )
     version: Name | None = Field(None, description="name of the new version; default ft-<job id>")
 
 
@@ -352,12 +365,20 @@ class EmbeddingsRequest(BaseModel):
         description="xling's extension: the model's query prefix (default; e5's advice for similarity and for "
         "queries) or its passage prefix (documents to be retrieved). The openai client sends it via extra_body.",
     )
+    lang: LangCode | None = Field(
+        None,
+        description="xling's extension: the inputs' language (ISO code). Text in a language the served version "
+        "has an adapter for goes through it; without `lang` each input's language is detected. The openai client "
+        "sends it via extra_body.",
+    )
 
 
 class EmbeddingOut(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
+    adapter: str | None = Field(None, description="the language adapter that encoded this input (null: the shared "
+                                "weights)")
 
 
 class EmbeddingsUsage(BaseModel):

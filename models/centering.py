@@ -170,12 +170,13 @@ def calibrate(
     """
     texts = [text for _, _, text in sample]
     langs = [lang for _, lang, _ in sample]
-    passages = encode(texts, "passage")
+    passages = encode(texts, "passage", langs)
     means = language_means(passages, langs, min_count)
     if not means:
         raise ValueError(f"no language has {min_count} calibration documents (got {len(sample)} documents)")
     kept = [i for i, lang in enumerate(langs) if lang in means]
-    query_means = language_means(encode([texts[i] for i in kept], "query"), [langs[i] for i in kept])
+    kept_langs = [langs[i] for i in kept]
+    query_means = language_means(encode([texts[i] for i in kept], "query", kept_langs), kept_langs)
     counts = {lang: langs.count(lang) for lang in means}
     return Centering(
         model_version=model_version,

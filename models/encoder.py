@@ -5,24 +5,38 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from xling.models.adapters.bundle import adapter_folder, adapter_records, attach_adapters
+from xling.models.language import DETECTOR, LanguageDetector, LanguageProfile
 from xling.models.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 log = logging.getLogger(__name__)
 
 TextKind = Literal["query", "passage"]
 Precision = Literal["auto", "fp32", "bf16", "int8"]
-EncodeFn = Callable[[list[str], TextKind], np.ndarray]  # what evaluators need of an encoder
+Langs = Sequence[str | None] | None  # each text's language (None: unknown), for routing to per-language adapters
+
+
+class EncodeFn(Protocol):
+    """What evaluators need of an encoder: texts in, unit rows out; `langs` routes texts to their adapters."""
+
+    def __call__(self, texts: list[str], kind: TextKind, langs: Langs = None) -> np.ndarray: ...
+
 POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
 # sentence-transformers < 6 wrote one boolean per mode; 6.x writes `pooling_mode`.
 _LEGACY_POOLING_KEYS = {
@@ -180,7 +194,9 @@ class Encoder:
         batch_tokens: int | None = None,
         name_hint: str = "",
         precision: Precision = "fp32",
+        with_adapters: bool = True,
     ) -> None:
+        """`with_adapters` False: the shared weights alone, whatever adapters the version carries."""
         self.folder = Path(folder)
         self.version = version
         self.layout = read_layout(self.folder, name_hint)
@@ -201,8 +217,16 @@ class Encoder:
         # safetensors only: a pickled checkpoint is refused instead of executed.
         self.model = AutoModel.from_pretrained(str(self.layout.transformer_dir), use_safetensors=True, dtype=dtype)
         self.model = self.model.to(self.device)
+        self.adapters = sorted(adapter_records(self.folder)) if with_adapters else []
+        if self.adapters and self.precision == "int8":
+            raise ValueError(f"{self.folder} carries language adapters ({', '.join(self.adapters)}); int8 "
+                             "quantisation replaces the layers they attach to: serve it in fp32 or bf16")
         if self.precision == "int8":
             self.model = quantize_int8(self.model)
+        if self.adapters:
+            self.model = attach_adapters(self.model, self.folder, self.adapters)
+        # peft switches adapters by state on the shared layers: one forward at a time when there are adapters.
+        self._adapter_lock = threading.Lock()
         self.model.eval()
         model_limit = getattr(self.model.config, "max_position_embeddings", _FALLBACK_MAX_LENGTH)
         candidates = [n for n in (max_length, self.layout.max_length, model_limit, _FALLBACK_MAX_LENGTH) if n]
@@ -222,14 +246,29 @@ class Encoder:
     def passage_prefix(self) -> str:
         return self.layout.passage_prefix
 
-    def encode(self, texts: list[str], kind: TextKind) -> np.ndarray:
-        """Encode texts as queries or passages; returns (len(texts), dim) float32 rows of unit norm."""
-        return self.encode_counted(texts, kind)[0]
+    @cached_property
+    def detector(self) -> LanguageDetector:
+        """The language detector for this version's texts: the built-in languages plus those its adapters learnt
+        from their training sentences (so text in a tuned language can be routed without a `lang`)."""
+        profiles = {lang: profile for lang in self.adapters
+                    if (profile := LanguageProfile.load(adapter_folder(self.folder, lang))) is not None}
+        return LanguageDetector(profiles) if profiles else DETECTOR
 
-    def encode_counted(self, texts: list[str], kind: TextKind) -> tuple[np.ndarray, list[int]]:
+    def adapter_for(self, lang: str | None) -> str | None:
+        """The adapter that encodes text in `lang`, or None for the shared weights."""
+        return lang if lang is not None and lang in self.adapters else None
+
+    def encode(self, texts: list[str], kind: TextKind, langs: Langs = None) -> np.ndarray:
+        """Encode texts as queries or passages; returns (len(texts), dim) float32 rows of unit norm.
+        `langs` (one per text) sends the texts of an adapted language through its adapter."""
+        return self.encode_counted(texts, kind, langs)[0]
+
+    def encode_counted(self, texts: list[str], kind: TextKind, langs: Langs = None) -> tuple[np.ndarray, list[int]]:
         """`encode`, plus the tokens the model read per text (prefix and special tokens included, after truncation)."""
         if kind not in ("query", "passage"):
             raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+        if langs is not None and len(langs) != len(texts):
+            raise ValueError(f"{len(langs)} languages for {len(texts)} texts")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out, []
@@ -237,17 +276,28 @@ class Encoder:
         token_ids: list[list[int]] = self.tokenizer(
             [prefix + text for text in texts], truncation=True, max_length=self.max_length
         )["input_ids"]
-        # Longest first, so neighbours have similar lengths (little padding) and memory peaks show up at once.
-        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
-        start = 0
-        while start < len(order):
-            width = len(token_ids[order[start]])  # the longest in this batch sets the padded width
-            rows = order[start : start + max(1, min(self.batch_size, self.batch_tokens // width))]
-            out[rows] = self._encode_ids([token_ids[i] for i in rows])
-            start += len(rows)
+        for adapter, group in self.route(langs, len(texts)).items():
+            # Longest first, so neighbours have similar lengths (little padding) and memory peaks show up at once.
+            order = sorted(group, key=lambda i: -len(token_ids[i]))
+            start = 0
+            while start < len(order):
+                width = len(token_ids[order[start]])  # the longest in this batch sets the padded width
+                rows = order[start : start + max(1, min(self.batch_size, self.batch_tokens // width))]
+                out[rows] = self._encode_ids([token_ids[i] for i in rows], adapter)
+                start += len(rows)
         return out, [len(ids) for ids in token_ids]
 
-    def _encode_ids(self, batch: list[list[int]]) -> np.ndarray:
+    def route(self, langs: Langs, count: int) -> dict[str | None, list[int]]:
+        """Text positions grouped by the adapter that encodes them (None: the shared weights), one forward
+        sequence per group; without adapters, every text in one group."""
+        if not self.adapters or langs is None:
+            return {None: list(range(count))}
+        groups: dict[str | None, list[int]] = {}
+        for i, lang in enumerate(langs):
+            groups.setdefault(self.adapter_for(lang), []).append(i)
+        return groups
+
+    def _encode_ids(self, batch: list[list[int]], adapter: str | None = None) -> np.ndarray:
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -256,7 +306,22 @@ class Encoder:
             attention_mask[row, : len(ids)] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         with torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self._forward(input_ids, attention_mask, adapter)
             pooled = pool(hidden.float(), attention_mask, self.pooling)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None) -> torch.Tensor:
+        if not self.adapters:
+            hidden: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return hidden
+        model = cast("PeftModel", self.model)
+        with self._adapter_lock:
+            if adapter is None:
+                # Disabled LoRA layers compute their base layer alone: the shared weights' exact arithmetic.
+                with model.disable_adapter():
+                    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            else:
+                model.set_adapter(adapter)
+                hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden

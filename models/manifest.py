@@ -26,6 +26,8 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_version: str | None = None
     source: dict[str, Any] = field(default_factory=dict)  # provenance of imported weights
+    # Per-language LoRA adapters (models/adapters): language -> what bundle.py records of it (path, data, accuracy).
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
     created_at: str = field(default_factory=utc_now_iso)
 
     @classmethod

@@ -28,11 +28,9 @@ import numpy as np
 from xling.models.centering import CENTERING_FILE, Centering, calibrate
 from xling.models.encoder import Encoder
 from xling.models.files import write_json_atomic
-from xling.models.language import LanguageDetector
+from xling.models.language import DETECTOR, LanguageDetector
 from xling.state.docstore import Corpus, StoredDoc
 from xling.state.settings import Settings
-
-DETECTOR = LanguageDetector()
 
 
 def centering_folder(settings: Settings, version: str) -> Path:
@@ -85,25 +83,43 @@ def snapshot_folder(indexes_dir: Path, version: str, centering: Centering | None
     return base if centering is None else base / f"centred-{centering.id}"
 
 
-def document_languages(docs: Sequence[StoredDoc]) -> list[str | None]:
-    """Each document's `lang`, or the detected one when it was indexed without."""
-    return [doc.lang or DETECTOR.detect(doc.text) for doc in docs]
+def document_languages(docs: Sequence[StoredDoc], detector: LanguageDetector = DETECTOR) -> list[str | None]:
+    """Each document's `lang`, or the detected one when it was indexed without (`detector`: the serving
+    version's, which knows its adapters' languages)."""
+    return [doc.lang or detector.detect(doc.text) for doc in docs]
 
 
-def query_language(text: str, given: str | None, centering: Centering) -> str | None:
-    """The query's language: given, else detected among the languages that have a mean (None: the global
-    query mean serves)."""
-    return given or DETECTOR.detect(text, centering.means.keys())
+@dataclass(frozen=True)
+class QueryLanguage:
+    adapter: str | None  # the adapter that encodes the query (None: the shared weights)
+    centre: str | None  # the language whose mean centres it (None: the global query mean)
 
 
-def sample_corpus(reader: Corpus, per_lang: int) -> tuple[list[tuple[str, str, str]], int]:
+def query_language(text: str, given: str | None, encoder: Encoder, centering: Centering | None) -> QueryLanguage:
+    """Where a query goes: its given language; else, from one detection over every language the version knows,
+    its adapter when the likeliest language has one, and for centring that language or the likeliest among those
+    with a mean. No detection when nothing depends on it."""
+    if given:
+        return QueryLanguage(encoder.adapter_for(given), given)
+    if not encoder.adapters and centering is None:
+        return QueryLanguage(None, None)
+    ranking = encoder.detector.ranked(text)
+    adapter = encoder.adapter_for(ranking[0]) if ranking else None
+    if adapter is not None:
+        return QueryLanguage(adapter, adapter)
+    means = centering.means if centering is not None else {}
+    return QueryLanguage(None, next((lang for lang in ranking if lang in means), None))
+
+
+def sample_corpus(reader: Corpus, per_lang: int, detector: LanguageDetector = DETECTOR
+                  ) -> tuple[list[tuple[str, str, str]], int]:
     """Up to `per_lang` documents of each language as (id, language, text), and how many documents there are."""
     taken: dict[str, int] = {}
     sample: list[tuple[str, str, str]] = []
     total = 0
     for docs in reader.iter_all(2_048):
         total += len(docs)
-        for (doc_id, doc), lang in zip(docs, document_languages([d for _, d in docs]), strict=True):
+        for (doc_id, doc), lang in zip(docs, document_languages([d for _, d in docs], detector), strict=True):
             if lang is not None and taken.get(lang, 0) < per_lang:
                 taken[lang] = taken.get(lang, 0) + 1
                 sample.append((doc_id, lang, doc.text))
@@ -112,7 +128,7 @@ def sample_corpus(reader: Corpus, per_lang: int) -> tuple[list[tuple[str, str, s
 
 def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings) -> Centering | None:
     """Means from a sample of the served corpus; None while no language has enough documents."""
-    sample, total = sample_corpus(reader, settings.centering_sample_per_lang)
+    sample, total = sample_corpus(reader, settings.centering_sample_per_lang, encoder.detector)
     counts: dict[str, int] = {}
     for _, lang, _ in sample:
         counts[lang] = counts.get(lang, 0) + 1

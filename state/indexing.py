@@ -43,10 +43,12 @@ class ServingPair:
     def document_vectors(self, docs: Sequence[StoredDoc], *, track: bool = False) -> np.ndarray:
         """What the index stores for these documents: passage vectors, centred on their languages' means.
         `track`: count them as written after the means were calibrated (the drift figure)."""
-        vectors = self.encoder.encode([doc.text for doc in docs], "passage")
+        # Each document's language picks its adapter and its mean; no detection when neither needs it.
+        langs = document_languages(docs, self.encoder.detector) if self.encoder.adapters or self.centering else None
+        vectors = self.encoder.encode([doc.text for doc in docs], "passage", langs)
         if self.centering is None:
             return vectors
-        langs = document_languages(docs)
+        assert langs is not None
         if track:
             self.drift.add(vectors, langs)
         return self.centering.documents(vectors, langs)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from xling.models.adapters.config import AdapterConfig
 from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard
 from xling.models.index.fusion import SearchMode
 from xling.models.training.trainer import TrainConfig
@@ -89,6 +90,9 @@ class FinetuneJob(JobSpec):
     guards: list[Guard] | None = None
     guard_max_drop: float = DEFAULT_MAX_DROP
     version: str
+    # Non-empty: one LoRA adapter per language instead of tuning the shared weights (`config` is then unused).
+    adapters: list[str] = []
+    adapter_config: AdapterConfig = AdapterConfig()
 
     _one_or_many = field_validator("dataset", mode="before")(as_list)
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import redis
 
+from xling.models.adapters.training import AdapterProgress, train_adapters
 from xling.models.centering import Centering
+from xling.models.data.bitext import load_bitext
 from xling.models.encoder import Encoder
 from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
@@ -285,9 +287,39 @@ def _served_source(ctx: JobContext, version: str) -> ModelSource:
     return default
 
 
-def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
+def _adapter_progress(ctx: JobContext) -> Callable[[AdapterProgress], None]:
+    last = [0.0]
+
+    def report(p: AdapterProgress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or p.step == p.total or p.val_accuracy is not None:
+            last[0] = now
+            ctx.report(
+                "training adapter", lang=p.lang, step=p.step, total=p.total, loss=p.loss,
+                val_accuracy=p.val_accuracy, eta_s=round(p.eta_s, 1) if p.eta_s is not None else None,
+            )
+
+    return report
+
+
+def _train_adapters(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, Any]:
+    """One adapter per language of the job on the base's shared weights; the version = the base plus them."""
+    source = resolve_model(ctx.model_spec(job.base), ctx.settings.models_dir, allow_folder=ctx.folder_allowed(job.base))
+    pairs = [pair for name in job.dataset for pair in load_bitext(ctx.dataset(name))]
+    trained = train_adapters(
+        source, pairs, job.adapters, out, job.adapter_config, version=job.version,
+        device=ctx.settings.device, progress=_adapter_progress(ctx),
+        should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
+    )
+    if trained is None:
+        raise Cancelled("cancelled while training adapters")
+    return {f"adapter:{t.lang}:{key}": getattr(t, key) for t in trained
+            for key in ("steps", "best_step", "train_seconds", "val_accuracy")}
+
+
+def _train_shared(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, Any]:
+    """The shared weights tuned (hybrid batches and the rest of TrainConfig), on one GPU or on every one."""
     version, base = job.version, job.base
-    out = ctx.settings.models_dir / version
     arguments: dict[str, Any] = {
         "base": ctx.model_spec(base), "data": [str(ctx.dataset(name)) for name in job.dataset], "out": str(out),
         "registry_dir": str(ctx.settings.models_dir), "version": version,
@@ -310,7 +342,14 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
         )
     if result.cancelled:
         raise Cancelled(f"cancelled at step {result.steps}")
-    outcome: dict[str, Any] = {"metrics": {**result.metrics, "train_processes": processes}, "model_version": version}
+    return {**result.metrics, "train_processes": processes}
+
+
+def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
+    version = job.version
+    out = ctx.settings.models_dir / version
+    metrics = _train_adapters(ctx, job, out) if job.adapters else _train_shared(ctx, job, out)
+    outcome: dict[str, Any] = {"metrics": metrics, "model_version": version}
     eval_sets = job.eval_datasets
     ctx.stop_if_cancelled("after training")
     # Models are compared as they would be served: centred per language when the service centres.
@@ -324,6 +363,8 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
         manifest = read_manifest(out)
         assert manifest is not None
         manifest.metrics.update({"evaluation": report.to_dict()})
+        for lang in job.adapters:
+            manifest.adapters[lang]["heldout"] = report.language_accuracy(lang)
         write_manifest(out, manifest)
     mode = job.deploy
     decision: dict[str, Any] = {"mode": mode, "deployed": False}

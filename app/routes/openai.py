@@ -62,22 +62,24 @@ async def embeddings(
 ) -> EmbeddingsResponse:
     """Embed texts with the serving model (unit-norm vectors: dot product = cosine). When the service centres,
     the vectors are centred as its index's are (`centred` says so): queries on their detected language's mean,
-    documents likewise."""
+    documents likewise. Text in a language with an adapter goes through it (`lang`, else detection), and each
+    input says which adapter encoded it."""
     texts = _texts(body, settings)
     if body.model not in _served_names(engine, swap):
         raise NotFound(f"model {body.model!r} is not served here; GET /v1/models lists the one that is")
     dim = engine.require_pair().encoder.dim
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidInput(f"dimensions={body.dimensions}: this model gives {dim}-dimensional vectors only")
-    result = await engine.embed(texts, body.input_type)
+    result = await engine.embed(texts, body.input_type, body.lang)
     data = [
         EmbeddingOut(
             index=i,
             embedding=base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
             if body.encoding_format == "base64"
             else vector.tolist(),
+            adapter=adapter,
         )
-        for i, vector in enumerate(result.vectors)
+        for i, (vector, adapter) in enumerate(zip(result.vectors, result.adapters, strict=True))
     ]
     tokens = sum(result.tokens)
     return EmbeddingsResponse(

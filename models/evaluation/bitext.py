@@ -82,8 +82,9 @@ def bitext_metrics(
     rows: list[dict[str, Any]] = []
     centred_rows: list[dict[str, Any]] = []
     for pair in pairs:
-        src_q, tgt_p = encode(pair.src_lines, "query"), encode(pair.tgt_lines, "passage")
-        tgt_q, src_p = encode(pair.tgt_lines, "query"), encode(pair.src_lines, "passage")
+        src_langs, tgt_langs = [pair.src] * len(pair.src_lines), [pair.tgt] * len(pair.tgt_lines)
+        src_q, tgt_p = encode(pair.src_lines, "query", src_langs), encode(pair.tgt_lines, "passage", tgt_langs)
+        tgt_q, src_p = encode(pair.tgt_lines, "query", tgt_langs), encode(pair.src_lines, "passage", src_langs)
         forward, backward = _rescorers(pair, mode)
         rows.append(_pair_row(pair, score_direction(src_q, tgt_p, forward), score_direction(tgt_q, src_p, backward),
                               min_lines))

@@ -20,12 +20,14 @@ from xling.models.evaluation.lareqa import LareqaResult, lareqa_metrics
 from xling.models.evaluation.modes import RetrievalMode, lexical_matrix, rescorer
 
 
-def encode_distinct(encode: EncodeFn, texts: list[str], kind: TextKind) -> np.ndarray:
-    """Encode each distinct text once (LAReQA repeats sentences and questions) and spread the rows back."""
-    unique = list(dict.fromkeys(texts))
-    vectors = encode(unique, kind)
-    position = {text: i for i, text in enumerate(unique)}
-    return vectors[[position[text] for text in texts]]
+def encode_distinct(encode: EncodeFn, texts: list[str], kind: TextKind, langs: list[str]) -> np.ndarray:
+    """Encode each distinct (text, language) once (LAReQA repeats sentences and questions) and spread the rows
+    back; the language routes a text to its adapter."""
+    keys = list(zip(texts, langs, strict=True))
+    unique = list(dict.fromkeys(keys))
+    vectors = encode([text for text, _ in unique], kind, [lang for _, lang in unique])
+    position = {key: i for i, key in enumerate(unique)}
+    return vectors[[position[key] for key in keys]]
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,19 @@ class EvaluationReport:
                           for k, v in values.items()})
         return found
 
+    def language_accuracy(self, lang: str) -> dict[str, Any]:
+        """accuracy@1 of every bitext pair with `lang`, per set (both directions and their mean; centred too when
+        scored so): what a language's adapter is judged by."""
+        found: dict[str, Any] = {}
+        for bt in self.bitext:
+            rows = {"raw": bt.result["pairs"], "centred": bt.result.get("centred", {}).get("pairs", [])}
+            for kind, pairs in rows.items():
+                for row in pairs:
+                    if lang in (row["src"], row["tgt"]):
+                        keep = {k: v for k, v in row.items() if "->" in k or k in ("mean", "lines")}
+                        found.setdefault(bt.name, {}).setdefault(row["pair"], {})[kind] = keep
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,
@@ -158,8 +173,10 @@ def evaluate_lareqa(
     set's own candidate pool (as a service estimates it on the corpus it holds). Queries are centred on the
     candidate mean of their own language. `mode`: lexical or fused retrieval instead of dense."""
     started = time.perf_counter()
-    candidates = encode_distinct(encode, data.candidate_texts, "passage")
-    queries = encode_distinct(encode, data.question_texts, "query")
+    candidate_langs = [data.languages[i] for i in data.candidate_langs]
+    question_langs = [data.languages[i] for i in data.question_langs]
+    candidates = encode_distinct(encode, data.candidate_texts, "passage", candidate_langs)
+    queries = encode_distinct(encode, data.question_texts, "query", question_langs)
     encoded = time.perf_counter()
     rescore = None
     if mode is not None and mode.mode != "dense":
@@ -167,9 +184,7 @@ def evaluate_lareqa(
     result = lareqa_metrics(data, queries, candidates, rescore=rescore)
     centred = None
     if centering:
-        candidate_langs = [data.languages[i] for i in data.candidate_langs]
         means = language_means(candidates, candidate_langs)
-        question_langs = [data.languages[i] for i in data.question_langs]
         centred = lareqa_metrics(
             data, center(queries, question_langs, means), center(candidates, candidate_langs, means), rescore=rescore
         )

@@ -28,13 +28,12 @@ import tantivy
 from xling.models.files import write_json_atomic
 from xling.models.index.analysis import base_language, terms
 from xling.models.index.slots import Scalar, filter_key
-from xling.models.language import LanguageDetector
+from xling.models.language import DETECTOR
 
 log = logging.getLogger(__name__)
 OFFSET_FILE = "offset.json"
 UNDETERMINED = "und"  # the partition of texts whose language nobody gave and detection could not tell
 WRITER_HEAP_BYTES = 15_000_000  # tantivy's minimum per writer thread; partitions are many, batches small
-_DETECTOR = LanguageDetector()
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class LexicalSearch(ABC):
 
 
 def partition_of(doc: LexicalDoc) -> str:
-    return base_language(doc.lang or _DETECTOR.detect(doc.text)) or UNDETERMINED
+    return base_language(doc.lang or DETECTOR.detect(doc.text)) or UNDETERMINED
 
 
 def _schema() -> tantivy.Schema:
