@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from xling.models.files import remove_dir
-from xling.models.manifest import read_manifest
+from xling.models.manifest import Manifest, read_manifest
 from xling.models.resolve import is_safe_version
 from xling.state.keys import RedisKeys
 
@@ -34,8 +34,11 @@ class Registry:
         for folder in (self.models_dir / version, indexes_dir / version):
             remove_dir(folder)
 
+    def manifest(self, version: str) -> Manifest | None:
+        return read_manifest(self.models_dir / version) if is_safe_version(version) else None
+
     def has(self, version: str) -> bool:
-        return is_safe_version(version) and read_manifest(self.models_dir / version) is not None
+        return self.manifest(version) is not None
 
     def active(self) -> str | None:
         """The activated version; None = serve the configured default (XLING_RETRIEVAL_MODEL)."""

@@ -59,6 +59,7 @@ from xling.state.registry import Registry
 from xling.state.reindex_ranges import RangeBoard
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
+from xling.worker.adapter_reindex import AdapterBuild, adapter_parent, build_from_parent
 from xling.worker.presence import worker_name
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
 from xling.worker.reindex import merge_ranges, open_corpus, ranges_folder, wait_for_ranges, write_plan
@@ -186,7 +187,10 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
             retention.hold(holder, pinned, grace)
             ctx.report("reindexing", done=done, total=total, worker=worker_name())
 
-        if recalibrate:
+        delta = None if recalibrate else _adapter_delta(ctx, corpus, source, encoder, progress)
+        if delta is not None:
+            centering = delta.pair.centering
+        elif recalibrate:
             ctx.report("calibrating")
             centering = calibrate_corpus(corpus, encoder, settings) if settings.centering else None
             if centering is None:
@@ -197,7 +201,10 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
         else:
             centering = means_for_build(corpus, encoder, settings)
         outcome: dict[str, Any]
-        if settings.qdrant_local:
+        if delta is not None:
+            publish_index(ctx, corpus, delta.pair)
+            outcome = dict(delta.outcome)
+        elif settings.qdrant_local:
             outcome = {"reindexed": 0, "index_built_by": "api (qdrant local mode)"}
         else:
             pair = build_spread(ctx, corpus, source, encoder, centering, progress)
@@ -217,6 +224,19 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
     log.info("deployed", extra={"version": source.version, "vectors": outcome["reindexed"],
                                 "seconds": round(seconds, 2)})
     return outcome
+
+
+def _adapter_delta(
+    ctx: JobContext, corpus: Corpus, source: ModelSource, encoder: Encoder, progress: Callable[[int, int], None]
+) -> AdapterBuild | None:
+    """A version that only added adapters to its parent, on a local tier: its index from the parent's
+    (worker/adapter_reindex.py); None otherwise, or when that cannot be done safely."""
+    parent = adapter_parent(source)
+    if parent is None or ctx.settings.index == "qdrant" or not isinstance(corpus, DocReader):
+        return None
+    ctx.report("reindexing", stage_detail="adapter languages only", parent=parent)
+    return build_from_parent(corpus, ctx.settings, source, encoder, _served_source(ctx, parent), progress,
+                             LogRetention(ctx.redis, ctx.keys).check)
 
 
 def publish_index(ctx: JobContext, reader: Corpus, pair: ServingPair) -> None:

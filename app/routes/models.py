@@ -1,6 +1,9 @@
-"""GET /models, GET /models/active, POST /models/{version}/activate (promotion and rollback)."""
+"""GET /models, GET /models/active, GET /models/{version}, POST /models/{version}/activate (promotion and
+rollback)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import JSONResponse
@@ -88,6 +91,16 @@ def active_model(engine: EngineDep, registry: RegistryDep, swap: SwapDep) -> Act
         version=pair.version, activated=registry.active(), origin=origin, swap_error=swap.error,
         centering={**describe(pair.centering, swap.settings), **swap.centering_status()},
     )
+
+
+@router.get("/{version}", response_model=dict[str, Any])
+def get_model(registry: RegistryDep, swap: SwapDep, version: str = Path(pattern=NAME_PATTERN)) -> dict[str, Any]:
+    """One registry version's xling.json: its base, training, metrics and language adapters (each with its
+    languages, data, steps and accuracy on its held-out sets)."""
+    manifest = registry.manifest(version)
+    if manifest is None:
+        raise NotFound(f"no registry version {version!r} (GET /models)")
+    return {**manifest.to_dict(), "default": version == swap.default_version}
 
 
 @router.post(

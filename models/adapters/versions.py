@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xling.models.adapters.bundle import adapter_folder
+from xling.models.centering import CENTERING_FILE
 from xling.models.encoder import read_layout
 from xling.models.files import utc_now_iso
 from xling.models.manifest import Manifest, read_manifest, write_manifest
@@ -34,8 +35,9 @@ def write_version_with_adapters(
     parent_manifest = read_manifest(parent) or _manifest_from_layout(parent, parent_version, name_hint)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
+    # Not the parent's means: they describe the parent's vectors (the deploy derives this version's).
     shutil.copytree(parent, staging, copy_function=_link_or_copy,
-                    ignore=shutil.ignore_patterns(".*", "checkpoints"))
+                    ignore=shutil.ignore_patterns(".*", "checkpoints", CENTERING_FILE))
     records = dict(parent_manifest.adapters)
     for lang, (trained, record) in adapters.items():
         target = adapter_folder(staging, lang)

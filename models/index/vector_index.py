@@ -131,6 +131,11 @@ class VectorIndex:
             vectors = self._store.vectors([self._store.slot_of[ext_id] for ext_id in held])
         return dict(zip(held, (vectors @ query.astype(np.float32)).tolist(), strict=True))
 
+    def vectors_of(self, ext_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of these ids, in order (KeyError for an id the index does not hold)."""
+        with self._lock:
+            return self._store.vectors([self._store.slot_of[ext_id] for ext_id in ext_ids])
+
     # Compaction (hnsw) ----------------------------------------------------------------------------
     def _maybe_compact(self) -> None:
         store = self._store

@@ -18,8 +18,8 @@ from xling.models.encoder import Encoder
 from xling.models.language import DETECTOR, LanguageDetector, LanguageProfile
 from xling.models.resolve import ModelSource
 
-# A made-up language: English words with their letters rotated (rot13) and a suffix, so it shares no n-gram statistics with
-# English (its own words for the tokenizer and the detector alike).
+# A made-up language: English words with their letters rotated (rot13) and a suffix, so it shares no n-gram
+# statistics with English (its own words for the tokenizer and the detector alike).
 _SHIFT = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
 
 

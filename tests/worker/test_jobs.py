@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
@@ -523,3 +524,79 @@ def test_models_list_the_default_and_protect_what_serves(stack: dict[str, Any]) 
     assert service.client.delete("/models/doomed-v1").status_code == 204
     assert not (stack["settings"].models_dir / "doomed-v1").exists()
     assert service.client.delete("/models/doomed-v1").status_code == 404
+
+
+def _bitext_upload(service: RunningService, name: str, groups: list[dict[str, Any]]) -> None:
+    """Spanish-word sentences as a language of their own, `xqz` (no built-in detector knows it), against English."""
+    rows = [{"src": g["query"]["es"], "tgt": g["query"]["en"], "src_lang": "xqz", "tgt_lang": "en"} for g in groups]
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    response = service.client.post("/datasets", data={"name": name}, files={"file": ("b.jsonl", body)})
+    assert response.status_code == 201, response.text
+
+
+def _embed(service: RunningService, text: str, **extra: Any) -> dict[str, Any]:
+    model = service.client.get("/v1/models").json()["data"][0]["id"]  # what serves now, mid-swap too
+    response = service.client.post("/v1/embeddings", json={"input": [text], "model": model, **extra})
+    assert response.status_code == 200, response.text
+    return dict(response.json()["data"][0])
+
+
+def test_an_adapter_job_adds_a_language_and_moves_no_other(stack: dict[str, Any]) -> None:
+    service: RunningService = stack["service"]
+    _bitext_upload(service, "xqz-train", make_groups(80, seed=11))
+    _bitext_upload(service, "xqz-held", make_groups(30, seed=12))
+    rare = [{"id": f"xqz-{i}", "text": g["passage"]["es"], "lang": "xqz"}
+            for i, g in enumerate(make_groups(8, seed=13))]
+    others = [{"id": f"other-{lang}-{i}", "text": g["passage"][lang], "lang": lang}
+              for lang in ("en", "de") for i, g in enumerate(make_groups(20, seed=15))]
+    assert service.index(rare + others).status_code == 200
+
+    served: list[str] = []
+
+    def settled() -> bool:  # calibrated, no recalibration left, and the same means served three polls running
+        centering = service.client.get("/models/active").json()["centering"]
+        busy = sum(service.client.get("/jobs", params={"status": s}).json()["count"] for s in ("queued", "running"))
+        served.append(f"{centering.get('id')}:{busy}")
+        return "id" in centering and busy == 0 and served[-3:] == served[-1:] * 3
+
+    assert wait_for(settled, 120), (served[-3:], service.client.get("/models/active").json()["centering"])
+    previous = service.client.get("/models/active").json()["version"]
+    # Among the other languages' documents (the adapter's own documents move: that is its point).
+    probes = [{"query": g["query"][lang], "k": 5, "query_lang": lang, "langs": ["en", "de", "fr"]}
+              for lang in ("en", "de") for g in make_groups(3, seed=14)]
+    before = [service.client.post("/search", json=p).json()["hits"] for p in probes]
+    german_before = _embed(service, "de01w de02w de03w", lang="de")
+
+    config = {"rank": 8, "lora_alpha": 16, "learning_rate": 1e-2, "batch_size": 16, "max_steps": 30, "eval_steps": 10,
+              "max_seconds": None, "max_length": 32, "early_stopping_patience": None}
+    job_id = submit(service, "finetune", dataset="xqz-train", adapters=["xqz"], adapter_config=config,
+                    eval_datasets=["xqz-held"], deploy="always", version="xqz-v1")
+    job = wait_job(service, job_id, ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job
+    metrics = job["metrics"]
+    assert metrics["adapter:xqz:steps"] == 30 and 0 <= metrics["eval:xqz-held:centred:bitext_acc@1"] <= 1
+    if stack["settings"].index != "qdrant":  # the local tiers start from the parent's index
+        assert metrics["reindex"] == "adapters only" and metrics["reindexed"] == len(rare), metrics
+        assert metrics["reused"] >= len(others)  # and the earlier tests' documents
+        assert metrics["reused_check"]["max_abs_diff"] <= 1e-5
+    assert wait_for(lambda: service.client.get("/models/active").json()["version"] == "xqz-v1", 30)
+    assert wait_for(lambda: service.client.post("/search", json=probes[0]).json()["model_version"] == "xqz-v1", 30)
+
+    described = service.client.get("/models/xqz-v1").json()
+    record = described["adapters"]["xqz"]
+    assert record["pairs"] == ["xqz-train.xqz-en"] and record["steps"] == 30
+    assert set(record["heldout"]["xqz-held"]["xqz-held.xqz-en"]) == {"raw", "centred"}
+    # Every other language is served exactly as before: the same hits with the same scores.
+    for probe, hits in zip(probes, before, strict=True):
+        after = service.client.post("/search", json=probe).json()["hits"]
+        assert [h["id"] for h in after] == [h["id"] for h in hits], probe
+        assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(after, hits, strict=True)), probe
+    german = _embed(service, "de01w de02w de03w", lang="de")
+    assert german["adapter"] is None and np.allclose(german["embedding"], german_before["embedding"], atol=1e-6)
+    assert _embed(service, "es01w es02w es03w", lang="xqz")["adapter"] == "xqz"
+    assert _embed(service, "es04w es05w es06w es07w es08w")["adapter"] == "xqz"  # detected: learnt from the bitext
+    rare_hit = service.client.post("/search", json={"query": rare[0]["text"], "k": 1, "langs": ["xqz"]}).json()
+    assert rare_hit["hits"][0]["id"] == rare[0]["id"]  # its own vector, encoded by the adapter at the swap
+
+    assert service.client.post(f"/models/{previous}/activate").status_code == 200
+    assert wait_for(lambda: _embed(service, "es01w es02w", lang="xqz")["adapter"] is None, 30)  # rolled back
