@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bench_data_dir, default_model
+from xling.models.adapters.bundle import adapter_folder
 from xling.models.adapters.config import AdapterConfig
 from xling.models.adapters.training import language_bitext, train_adapter
 from xling.models.adapters.versions import write_version_with_adapters
-from xling.models.data.bitext import load_bitext
+from xling.models.data.bitext import BitextPair, load_bitext
 from xling.models.encoder import Encoder
 from xling.models.evaluation.evaluate import eval_set, evaluate
 from xling.models.files import write_json_atomic
+from xling.models.language import LanguageProfile
 
 LANGS = ["arq", "cor", "dsb", "dtp", "kzj", "pam", "tat", "war"]
 
@@ -56,7 +58,7 @@ def train_all(langs: list[str], data: Path, out: Path, config: AdapterConfig) ->
     return trained
 
 
-def build_version(trained: dict[str, dict[str, Any]], out: Path) -> Path:
+def build_version(trained: dict[str, dict[str, Any]], out: Path, pairs: list[BitextPair]) -> Path:
     base = default_model()
     folder = out / "models" / f"{base.version}-adapters-{len(trained)}"
     if not folder.is_dir():
@@ -64,6 +66,9 @@ def build_version(trained: dict[str, dict[str, Any]], out: Path) -> Path:
             base.path, folder, {lang: (out / "trained" / lang, record) for lang, record in trained.items()},
             version=folder.name, parent_version=base.version,
         )
+    for lang in trained:  # adapters trained before training wrote language profiles get theirs here
+        if LanguageProfile.load(adapter_folder(folder, lang)) is None:
+            LanguageProfile.learn(language_bitext(pairs, lang).sentences).save(adapter_folder(folder, lang))
     return folder
 
 
@@ -94,7 +99,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "config.json", asdict(config))
     trained = train_all(langs, data, args.out, config)
-    folder = build_version(trained, args.out)
+    folder = build_version(trained, args.out, load_bitext(data / "tatoeba-dev" / "train"))
     base = default_model()
     test_sets = [eval_set(data / "tatoeba-dev" / "test", "tatoeba-test")]
     results = {

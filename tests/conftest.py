@@ -18,9 +18,11 @@ import redis
 import redis.asyncio as aredis
 import uvicorn
 
+from tests.adapted_model import build_adapted, build_base
 from tests.tiny_model import build_tiny_model
 from xling.app.main import create_app
 from xling.cli.launch import xling_command
+from xling.models.resolve import ModelSource
 from xling.state.docstore import DocReader, DocStore
 from xling.state.embedded_redis import EmbeddedRedis, free_port
 from xling.state.keys import RedisKeys
@@ -50,6 +52,17 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-mean")
+
+
+@pytest.fixture(scope="session")
+def adapter_base(tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
+    return build_base(tmp_path_factory.mktemp("adapters") / "tiny-base")
+
+
+@pytest.fixture(scope="session")
+def adapter_version(adapter_base: ModelSource, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`adapter_base` plus a trained adapter for the made-up language of tests/adapted_model.py."""
+    return build_adapted(adapter_base, tmp_path_factory.mktemp("versions") / "tiny-xqz")
 
 
 # Services under test encode in float32, so their results equal the float32 references the tests compute

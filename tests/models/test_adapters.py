@@ -9,43 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_model import CORPUS, build_tiny_model, random_sentences
+from tests.adapted_model import ENGLISH, INVENTED
+from tests.tiny_model import CORPUS
 from xling.models.adapters.bundle import adapter_folder, adapter_records
 from xling.models.adapters.config import AdapterConfig
-from xling.models.adapters.training import language_bitext, mapping_accuracy, train_adapters
+from xling.models.adapters.training import language_bitext, mapping_accuracy
 from xling.models.data.bitext import BitextPair
 from xling.models.encoder import Encoder
 from xling.models.language import DETECTOR, LanguageDetector, LanguageProfile
 from xling.models.resolve import ModelSource
 
-# A made-up language: English words with their letters rotated (rot13) and a suffix, so it shares no n-gram
-# statistics with English (its own words for the tokenizer and the detector alike).
-_SHIFT = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
+
+@pytest.fixture
+def base(adapter_base: ModelSource) -> ModelSource:
+    return adapter_base
 
 
-def invented(sentence: str) -> str:
-    return " ".join(word.translate(_SHIFT) + "uq" for word in sentence.split())
-
-
-ENGLISH = random_sentences("en", 80, seed=3)
-INVENTED = [invented(s) for s in ENGLISH]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
-    folder = build_tiny_model(tmp_path_factory.mktemp("adapters") / "tiny-base", extra_texts=INVENTED, seed=1)
-    return ModelSource(folder, "tiny-base", "folder", str(folder))
-
-
-@pytest.fixture(scope="module")
-def adapted(base: ModelSource, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pairs = [BitextPair("train.xqz-en", "xqz", "en", INVENTED, ENGLISH)]
-    out = tmp_path_factory.mktemp("versions") / "tiny-xqz"
-    config = AdapterConfig(rank=8, lora_alpha=16, learning_rate=1e-2, batch_size=16, max_steps=120, eval_steps=20,
-                           early_stopping_patience=None, val_fraction=0.1, max_seconds=None, max_length=32)
-    trained = train_adapters(base, pairs, ["xqz"], out, config, version="tiny-xqz", device="cpu")
-    assert trained is not None and trained[0].steps == 120
-    return out
+@pytest.fixture
+def adapted(adapter_version: Path) -> Path:
+    return adapter_version
 
 
 def test_the_version_lists_its_adapter_and_links_the_base_weights(base: ModelSource, adapted: Path) -> None:
