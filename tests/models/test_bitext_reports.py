@@ -34,7 +34,7 @@ def make_parallel_groups() -> list[ParallelGroup]:
     return [ParallelGroup(f"q{i}", queries[i], passages[i]) for i in range(3)]
 
 
-def table_encoder(texts: list[str], kind: str) -> np.ndarray:
+def table_encoder(texts: list[str], kind: str, langs: object = None) -> np.ndarray:
     vectors = np.array([VECTORS[t] for t in texts], dtype=np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
@@ -90,7 +90,7 @@ def test_misaligned_and_incomplete_folders(tmp_path: Path) -> None:
 def test_report_files(tmp_path: Path, bitext_dir: Path) -> None:
     lareqa = write_lareqa(tmp_path / "toyset", make_groups(12, seed=2, langs=["en", "de", "fr"]))
 
-    def encoder(texts: list[str], kind: str) -> np.ndarray:
+    def encoder(texts: list[str], kind: str, langs: object = None) -> np.ndarray:
         return table_encoder(texts, kind) if texts and texts[0] in VECTORS else smooth_fake_encoder(texts, kind)
 
     sets = [eval_set(lareqa), eval_set(bitext_dir, name="afr")]

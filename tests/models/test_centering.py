@@ -51,7 +51,7 @@ def test_centring_removes_a_per_language_offset_that_bias_put_there(tmp_path) ->
     offsets = {lang: 2.0 * unit(np.random.default_rng(i).standard_normal((1, 16)))[0]
                for i, lang in enumerate(data.languages)}  # fmt: skip
 
-    def biased(texts: list[str], kind: str) -> np.ndarray:
+    def biased(texts: list[str], kind: str, langs: object = None) -> np.ndarray:
         lang_of = {t: data.languages[i] for t, i in zip(data.candidate_texts, data.candidate_langs, strict=True)}
         lang_of.update({t: data.languages[i] for t, i in zip(data.question_texts, data.question_langs, strict=True)})
         clean = smooth_fake_encoder(texts, kind)

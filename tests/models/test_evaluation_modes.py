@@ -81,7 +81,7 @@ def test_bitext_in_lexical_mode_matches_shared_names() -> None:
     pair = BitextPair("names.deu-eng", "deu", "eng", ["Anna singt", "Tom liest", "Maria tanzt"],
                       ["Anna sings", "Tom reads", "Maria dances"])
 
-    def constant(texts: list[str], kind: str) -> np.ndarray:
+    def constant(texts: list[str], kind: str, langs: object = None) -> np.ndarray:
         return np.ones((len(texts), 2), dtype=np.float32) / math.sqrt(2)
 
     assert bitext_metrics([pair], constant, min_lines=1)["bitext_acc@1"] == 0.0  # every score ties: all misses

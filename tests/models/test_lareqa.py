@@ -129,7 +129,7 @@ def brute_force(data: LareqaData, queries: np.ndarray, candidates: np.ndarray) -
     }
 
 
-def coarse_fake_encoder(texts: list[str], kind: str) -> np.ndarray:
+def coarse_fake_encoder(texts: list[str], kind: str, langs: object = None) -> np.ndarray:
     """Deterministic and coarse (few distinct vectors), so ties are everywhere."""
     rows = []
     for text in texts:
