@@ -365,6 +365,16 @@ def _train_shared(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, Any
     return {**result.metrics, "train_processes": processes}
 
 
+def _changes_from_base(ctx: JobContext, job: FinetuneJob, report: EvaluationReport, centred: bool
+                       ) -> dict[str, float]:
+    """The proof that adapters moved no other language: each LAReQA eval set (none of its languages adapted)
+    scored by the base as well; per set, the largest change of any metric, raw or centred (0 by construction)."""
+    sets = [ev.name for ev in report.lareqa]
+    base = _evaluate_version(ctx, job.base, sets, "base", centering=centred)
+    ours, theirs = report.job_metrics(centred), base.job_metrics(centred)
+    return {name: max(abs(ours[key] - theirs[key]) for key in ours if key.startswith(f"{name}:")) for name in sets}
+
+
 def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
     version = job.version
     out = ctx.settings.models_dir / version
@@ -385,6 +395,10 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
         manifest.metrics.update({"evaluation": report.to_dict()})
         for lang in job.adapters:
             manifest.adapters[lang]["heldout"] = report.language_accuracy(lang)
+        if job.adapters and report.lareqa:
+            changes = _changes_from_base(ctx, job, report, centred)
+            manifest.metrics["max_change_from_base"] = changes
+            outcome["metrics"].update({f"eval:{name}:max_change_from_base": v for name, v in changes.items()})
         write_manifest(out, manifest)
     mode = job.deploy
     decision: dict[str, Any] = {"mode": mode, "deployed": False}

@@ -570,11 +570,13 @@ def test_an_adapter_job_adds_a_language_and_moves_no_other(stack: dict[str, Any]
     config = {"rank": 8, "lora_alpha": 16, "learning_rate": 1e-2, "batch_size": 16, "max_steps": 30, "eval_steps": 10,
               "max_seconds": None, "max_length": 32, "early_stopping_patience": None}
     job_id = submit(service, "finetune", dataset="xqz-train", adapters=["xqz"], adapter_config=config,
-                    eval_datasets=["xqz-held"], deploy="always", version="xqz-v1")
+                    eval_datasets=["xqz-held", "evalset"], deploy="always", version="xqz-v1")
     job = wait_job(service, job_id, ("succeeded", "failed"))
     assert job["status"] == "succeeded", job
     metrics = job["metrics"]
     assert metrics["adapter:xqz:steps"] == 30 and 0 <= metrics["eval:xqz-held:centred:bitext_acc@1"] <= 1
+    # A LAReQA set without the adapter's language scores exactly as the base does (every metric, raw and centred).
+    assert metrics["eval:evalset:max_change_from_base"] <= 1e-6 and "eval:evalset:centred:mono_map" in metrics
     if stack["settings"].index != "qdrant":  # the local tiers start from the parent's index
         assert metrics["reindex"] == "adapters only" and metrics["reindexed"] == len(rare), metrics
         assert metrics["reused"] >= len(others)  # and the earlier tests' documents
