@@ -105,10 +105,11 @@ def build_from_parent(
                     "everything", drift)
         return None
     raw = encoder.encode([doc.text for _, doc, _ in moved], "passage", [lang for *_, lang in moved])
-    centering = _derived_means(parent_centering, source.version, changed | {lang for *_, lang in moved if lang},
+    centering = derived_means(parent_centering, source.version, changed | {lang for *_, lang in moved if lang},
                                raw, [lang for *_, lang in moved], settings)
-    if centering is not None:
-        centering = save_first(centering, centering_folder(settings, source.version))
+    if centering is not None and save_first(centering, centering_folder(settings, source.version)).id != centering.id:
+        log.warning("adapter deploy: another process wrote %s's means meanwhile; encoding everything", source.version)
+        return None
     index.model_version = source.version
     if moved:
         langs = [lang for *_, lang in moved]
@@ -138,7 +139,7 @@ def _reused_drift(previous: ServingPair, encoder: Encoder, kept: list[tuple[str,
     return float(np.abs(fresh - stored).max())
 
 
-def _derived_means(parent: Centering | None, version: str, changed: set[str], raw: np.ndarray,
+def derived_means(parent: Centering | None, version: str, changed: set[str], raw: np.ndarray,
                    langs: list[str | None], settings: Settings) -> Centering | None:
     """The parent's means with each changed language's computed again from its new vectors (dropped when it has too
     few documents); fallback and query mean kept, so no other language's vectors move."""
