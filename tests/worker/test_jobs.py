@@ -602,3 +602,17 @@ def test_an_adapter_job_adds_a_language_and_moves_no_other(stack: dict[str, Any]
 
     assert service.client.post(f"/models/{previous}/activate").status_code == 200
     assert wait_for(lambda: _embed(service, "es01w es02w", lang="xqz")["adapter"] is None, 30)  # rolled back
+
+    cases = [
+        ({"dataset": "train", "adapters": ["xqz"]}, "adapters train on bitext"),
+        ({"dataset": "xqz-train", "adapters": ["kzj"]}, "no training dataset has that language"),
+        ({"dataset": "xqz-train", "adapters": ["xqz", "xqz"]}, "listed twice"),
+        ({"dataset": "xqz-train", "adapters": ["xqz"], "adapter_config": {"rank": 0}}, "rank must be"),
+        ({"dataset": "xqz-train", "adapters": ["xqz"], "adapter_config": {"nope": 1}}, "nope"),
+        ({"dataset": "train", "adapter_config": {"rank": 4}}, "adapter_config is for a job with adapters"),
+        ({"dataset": "xqz-train", "adapters": ["xqz"], "eval_datasets": ["evalset"], "deploy": "if_better"},
+         "compares on a bitext eval dataset"),
+    ]
+    for body, reason in cases:
+        response = service.client.post("/jobs/finetune", json=body)
+        assert response.status_code == 422 and reason in response.text, (body, response.text)
