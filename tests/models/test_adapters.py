@@ -120,3 +120,4 @@ def test_a_profile_from_another_feature_set_is_refused() -> None:
     profile = LanguageProfile(12, np.array([1, 2]), np.array([3.0, 4.0]))
     with pytest.raises(ValueError, match="learn it again"):
         LanguageDetector({"xqz": profile}).detect("anything")
+

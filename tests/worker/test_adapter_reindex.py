@@ -1,13 +1,20 @@
-"""The means an adapter version derives from its parent's: only the adapted languages' move."""
+"""An adapter version built on its parent: the parent's adapters kept, only the adapted languages' means move."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from tests.adapted_model import INVENTED
+from tests.tiny_model import CORPUS
+from xling.models.adapters.bundle import adapter_folder, adapter_records
+from xling.models.adapters.versions import write_version_with_adapters
 from xling.models.centering import Centering
-from xling.worker.adapter_reindex import derived_means
+from xling.models.encoder import Encoder
+from xling.worker.adapter_reindex import changed_languages, derived_means
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -35,3 +42,23 @@ def test_only_the_changed_languages_get_new_means(make_settings: Any) -> None:
     np.testing.assert_array_equal(child.query_mean, parent.query_mean)
     assert child.id != parent.id
     assert derived_means(None, "child", {"kzj"}, raw, langs, settings) is None
+
+
+def test_adding_a_language_keeps_the_parents_adapters(adapter_version: Path, tmp_path: Path) -> None:
+    adapted = adapter_version
+    """A version built on one with adapters keeps them byte for byte; only the new language routes anew."""
+    record = {**adapter_records(adapted)["xqz"], "path": "adapters/abc"}
+    child_folder = tmp_path / "tiny-xqz-abc"
+    manifest = write_version_with_adapters(adapted, child_folder, {"abc": (adapter_folder(adapted, "xqz"), record)},
+                                           version="tiny-xqz-abc", parent_version="tiny-xqz")
+    assert sorted(manifest.adapters) == ["abc", "xqz"] and manifest.parent_version == "tiny-xqz"
+    parent, child = Encoder(adapted, version="tiny-xqz"), Encoder(child_folder, version="tiny-xqz-abc")
+    assert changed_languages(parent, child) == {"abc"}
+    texts = INVENTED[:6] + CORPUS["de"][:3]
+    langs = ["xqz"] * 6 + ["de"] * 3
+    assert child.encode(texts, "passage", langs).tobytes() == parent.encode(texts, "passage", langs).tobytes()
+    # The new language has its own adapter (here a copy of xqz's weights, so the same vectors as xqz's).
+    np.testing.assert_array_equal(child.encode(INVENTED[:6], "passage", ["abc"] * 6),
+                                  parent.encode(INVENTED[:6], "passage", ["xqz"] * 6))
+    with pytest.raises(FileExistsError):
+        write_version_with_adapters(adapted, child_folder, {}, version="again", parent_version="tiny-xqz")
