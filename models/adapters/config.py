@@ -23,6 +23,7 @@ class AdapterConfig:
     max_seconds: float | None = 840.0  # wall-time budget per language; the best step so far is kept
     scale: float = 20.0
     distillation: float = 1.0  # weight of the squared distance to the own target; 0 = InfoNCE alone
+    symmetric: bool = False  # also each translation against the batch's sentences (the other retrieval direction)
     val_fraction: float = 0.1
     eval_steps: int = 25
     early_stopping_patience: int | None = 4  # evaluations without improvement before stopping

@@ -90,6 +90,7 @@ class TrainedAdapter:
     train_seconds: float
     stopped_by: str  # max_steps | early_stopping | max_seconds | cancelled
     val_accuracy: float  # mean over both prefixes of accuracy@1 against all targets, at best_step
+    base_val_accuracy: float  # the same for the base (step 0); best_step 0 = the adapter changes nothing
     train_pairs: int
     val_pairs: int
     pairs: list[str]
@@ -117,11 +118,15 @@ def embed(model: torch.nn.Module, encoder: Encoder, texts: list[str], kind: Text
     return F.normalize(pool(hidden, batch["attention_mask"], encoder.pooling), dim=-1)
 
 
-def adapter_loss(emb: torch.Tensor, targets: torch.Tensor, own: torch.Tensor, scale: float, distillation: float
-                 ) -> torch.Tensor:
-    """InfoNCE of each row against all targets (row i's own is targets[own[i]]) + distillation × squared distance."""
+def adapter_loss(emb: torch.Tensor, targets: torch.Tensor, own: torch.Tensor, scale: float, distillation: float,
+                 symmetric: bool = False) -> torch.Tensor:
+    """InfoNCE of each row against all targets (row i's own is targets[own[i]]); `symmetric`: plus each own target
+    against the batch's rows (the other direction of retrieval: a translation finding its sentence);
+    + distillation × squared distance."""
     assert emb.shape[1] == targets.shape[1] and emb.shape[0] == own.shape[0], (emb.shape, targets.shape, own.shape)
     loss = F.cross_entropy(scale * emb @ targets.T, own)
+    if symmetric:
+        loss = loss + F.cross_entropy(scale * targets[own] @ emb.T, torch.arange(len(own), device=emb.device))
     if distillation:
         loss = loss + distillation * (emb - targets[own]).pow(2).sum(dim=1).mean()
     return loss
@@ -172,8 +177,10 @@ def train_adapter(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / config.max_steps)
     shuffler = random.Random(config.seed)
     queue: list[int] = []
-    best = (-1.0, 0, _lora_state(model))
-    evaluations_without_gain, step, stopped_by, loss_value = 0, 0, "max_steps", None
+    # Step 0 is the base itself (peft starts LoRA's B at zero): an adapter that never beats it stays a no-op.
+    base_accuracy = _validate(model, encoder, bitext, targets, val_rows)
+    best = (base_accuracy, 0, _lora_state(model))
+    evaluations_without_gain, step, stopped_by, loss_value, evaluated = 0, 0, "max_steps", None, 0
     while step < config.max_steps:
         if should_cancel is not None and should_cancel():
             stopped_by = "cancelled"
@@ -190,7 +197,7 @@ def train_adapter(
         model.train()
         emb = embed(model, encoder, [bitext.sentences[train_rows[i]] for i in batch], kind)
         loss = adapter_loss(emb, train_targets[kind], torch.tensor(batch, device=encoder.device), config.scale,
-                            config.distillation)
+                            config.distillation, config.symmetric)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -199,7 +206,7 @@ def train_adapter(
         loss_value = float(loss.item())
         val_accuracy = None
         if step % config.eval_steps == 0 or step == config.max_steps:
-            val_accuracy = _validate(model, encoder, bitext, targets, val_rows)
+            val_accuracy, evaluated = _validate(model, encoder, bitext, targets, val_rows), step
             if val_accuracy > best[0]:
                 best, evaluations_without_gain = (val_accuracy, step, _lora_state(model)), 0
             else:
@@ -211,10 +218,10 @@ def train_adapter(
         if config.early_stopping_patience and evaluations_without_gain >= config.early_stopping_patience:
             stopped_by = "early_stopping"
             break
-    if best[1] == 0 and step and stopped_by != "cancelled":
-        # Stopped (time or cancel) before the first evaluation: score what there is.
+    if stopped_by == "max_seconds" and step > evaluated:  # out of time between evaluations: score the last steps
         accuracy = _validate(model, encoder, bitext, targets, val_rows)
-        best = (accuracy, step, _lora_state(model))
+        if accuracy > best[0]:
+            best = (accuracy, step, _lora_state(model))
     set_peft_model_state_dict(model, best[2])
     out.mkdir(parents=True, exist_ok=True)
     _save(model, out)
@@ -225,8 +232,8 @@ def train_adapter(
                                        "val_accuracy": best[0], "seconds": seconds, "stopped_by": stopped_by})
     return TrainedAdapter(
         lang=bitext.lang, path=out, steps=step, best_step=best[1], train_seconds=seconds, stopped_by=stopped_by,
-        val_accuracy=round(best[0], 4), train_pairs=len(train_rows), val_pairs=len(val_rows), pairs=bitext.pairs,
-        target_langs=bitext.target_langs, config=asdict(config),
+        val_accuracy=round(best[0], 4), base_val_accuracy=round(base_accuracy, 4), train_pairs=len(train_rows),
+        val_pairs=len(val_rows), pairs=bitext.pairs, target_langs=bitext.target_langs, config=asdict(config),
     )
 
 

@@ -13,7 +13,7 @@ from tests.adapted_model import ENGLISH, INVENTED
 from tests.tiny_model import CORPUS
 from xling.models.adapters.bundle import adapter_folder, adapter_records
 from xling.models.adapters.config import AdapterConfig
-from xling.models.adapters.training import language_bitext, mapping_accuracy
+from xling.models.adapters.training import adapter_loss, language_bitext, mapping_accuracy
 from xling.models.data.bitext import BitextPair
 from xling.models.encoder import Encoder
 from xling.models.language import DETECTOR, LanguageDetector, LanguageProfile
@@ -121,3 +121,22 @@ def test_a_profile_from_another_feature_set_is_refused() -> None:
     with pytest.raises(ValueError, match="learn it again"):
         LanguageDetector({"xqz": profile}).detect("anything")
 
+
+
+def test_the_loss_terms_by_hand() -> None:
+    """InfoNCE over all targets, its symmetric half over the batch, and the squared distance, on a tiny case."""
+    import torch
+
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    own = torch.tensor([0, 2])
+    scale = 2.0
+    forward = -np.mean([np.log(np.exp(2) / (np.exp(2) + np.exp(1.2) + 1)),
+                        np.log(np.exp(2) / (1 + np.exp(1.6) + np.exp(2)))])
+    backward = -np.log(np.exp(2) / (np.exp(2) + 1))  # each own target against the two rows of the batch
+    assert abs(adapter_loss(emb, targets, own, scale, 0.0).item() - forward) < 1e-5
+    assert abs(adapter_loss(emb, targets, own, scale, 0.0, symmetric=True).item() - (forward + backward)) < 1e-5
+    moved = emb + torch.tensor([[0.0, 0.5], [0.0, 0.0]])
+    distance = 0.25 / 2  # the mean over rows of the squared distance to the own target
+    with_distance = adapter_loss(moved, targets, own, scale, 3.0).item() - adapter_loss(moved, targets, own, scale, 0.0)
+    assert abs(with_distance.item() - 3.0 * distance) < 1e-5
