@@ -215,7 +215,8 @@ def train_adapter(
             elapsed = time.monotonic() - started
             progress(AdapterProgress(bitext.lang, step, config.max_steps, loss_value, val_accuracy,
                                      elapsed / step * (config.max_steps - step)))
-        if config.early_stopping_patience and evaluations_without_gain >= config.early_stopping_patience:
+        if (config.early_stopping_patience and step < config.max_steps
+                and evaluations_without_gain >= config.early_stopping_patience):
             stopped_by = "early_stopping"
             break
     if stopped_by == "max_seconds" and step > evaluated:  # out of time between evaluations: score the last steps
