@@ -29,7 +29,7 @@ from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weigh
 from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.state.centering import (
-    QueryLanguage,
+    TextLanguage,
     calibrate_corpus,
     centering_folder,
     document_languages,
@@ -400,12 +400,12 @@ class Engine:
         ]
 
     @staticmethod
-    def _languages(pair: ServingPair, items: list[SearchQuery | EmbedTexts]) -> list[QueryLanguage]:
+    def _languages(pair: ServingPair, items: list[SearchQuery | EmbedTexts]) -> list[TextLanguage]:
         """Each text's adapter and centring language, row by row as `_run_batch` flattens them: a query's from
         its given language or one detection (state.centering.query_language); a passage's as a document's (its
         given language, else the detected one)."""
         encoder, centering = pair.encoder, pair.centering
-        found: list[QueryLanguage] = []
+        found: list[TextLanguage] = []
         for item in items:
             if isinstance(item, SearchQuery):
                 found.append(query_language(item.text, item.query_lang, encoder, centering))
@@ -413,13 +413,13 @@ class Engine:
                 found.extend(query_language(text, item.lang, encoder, centering) for text in item.texts)
             elif encoder.adapters or centering is not None:
                 langs = document_languages([StoredDoc(text, item.lang) for text in item.texts], encoder.detector)
-                found.extend(QueryLanguage(encoder.adapter_for(lang), lang) for lang in langs)
+                found.extend(TextLanguage(encoder.adapter_for(lang), lang) for lang in langs)
             else:
-                found.extend(QueryLanguage(None, None) for _ in item.texts)
+                found.extend(TextLanguage(None, None) for _ in item.texts)
         return found
 
     @staticmethod
-    def _centre(pair: ServingPair, flat: list[tuple[TextKind, str]], languages: list[QueryLanguage],
+    def _centre(pair: ServingPair, flat: list[tuple[TextKind, str]], languages: list[TextLanguage],
                 vectors: np.ndarray) -> None:
         """In place: each text's vector centred as the index's are. A query on the document mean of its language,
         else on the global query mean; a passage as a document."""

@@ -90,25 +90,27 @@ def document_languages(docs: Sequence[StoredDoc], detector: LanguageDetector = D
 
 
 @dataclass(frozen=True)
-class QueryLanguage:
-    adapter: str | None  # the adapter that encodes the query (None: the shared weights)
-    centre: str | None  # the language whose mean centres it (None: the global query mean)
+class TextLanguage:
+    """Where a text goes at serving time."""
+
+    adapter: str | None  # the adapter that encodes it (None: the shared weights)
+    centre: str | None  # the language whose mean centres it (None: the global query mean, or a document's fallback)
 
 
-def query_language(text: str, given: str | None, encoder: Encoder, centering: Centering | None) -> QueryLanguage:
+def query_language(text: str, given: str | None, encoder: Encoder, centering: Centering | None) -> TextLanguage:
     """Where a query goes: its given language; else, from one detection over every language the version knows,
     its adapter when the likeliest language has one, and for centring that language or the likeliest among those
     with a mean. No detection when nothing depends on it."""
     if given:
-        return QueryLanguage(encoder.adapter_for(given), given)
+        return TextLanguage(encoder.adapter_for(given), given)
     if not encoder.adapters and centering is None:
-        return QueryLanguage(None, None)
+        return TextLanguage(None, None)
     ranking = encoder.detector.ranked(text)
     adapter = encoder.adapter_for(ranking[0]) if ranking else None
     if adapter is not None:
-        return QueryLanguage(adapter, adapter)
+        return TextLanguage(adapter, adapter)
     means = centering.means if centering is not None else {}
-    return QueryLanguage(None, next((lang for lang in ranking if lang in means), None))
+    return TextLanguage(None, next((lang for lang in ranking if lang in means), None))
 
 
 def sample_corpus(reader: Corpus, per_lang: int, detector: LanguageDetector = DETECTOR

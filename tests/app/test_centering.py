@@ -81,7 +81,7 @@ def test_startup_calibrates_on_the_corpus_and_centres_documents_and_queries(make
         raw_query = encoder.encode([query], "query")
         for query_lang in ("de", "fr", None):
             body = search(service, query, **({"query_lang": query_lang} if query_lang else {}))
-            lang = query_lang or query_language(query, None, centering)
+            lang = query_lang or query_language(query, None, encoder, centering).centre
             expected_query = center(raw_query, [lang or ""], centering.means, centering.query_mean)[0]
             assert len(body["hits"]) == len(docs)
             for hit in body["hits"]:
