@@ -7,8 +7,9 @@ For the base (the default e5) and for --model (the same base plus adapters), one
   document per line, `lang: en`), then waits for the centring means;
 - asks each rare sentence of every test half as a query, with `query_lang` and without it (detection), in dense and
   in hybrid mode; a query is right when its first hit's text is its own English translation (accuracy@1);
-- measures the QPS of a mixed-language query load: the rare test sentences and XQuAD-R questions in all 11
-  languages, shuffled, no `query_lang` (every query detected), in the default (hybrid) and in dense mode.
+- on a server of its own (`--parts throughput`, to be run on a quiet machine), measures the QPS of a mixed-language
+  query load: the rare test sentences and XQuAD-R questions in all 11 languages, shuffled, no `query_lang` (every
+  query detected), in the default (hybrid) and in dense mode.
 And, from the version's files alone, language detection: each test half's rare sentences among the tuned languages
 plus XQuAD-R's 11, and among every language the detector knows; and how many XQuAD-R questions it would route to an
 adapter. Each part is written to --out when it finishes; a re-run skips the parts already there.
@@ -111,12 +112,14 @@ def throughput(url: str, queries: list[str], clients: int, seconds: float) -> di
     return found
 
 
-def serve_and_measure(name: str, model: str | None, args: argparse.Namespace, pairs: list[BitextPair],
+def serve_and_measure(name: str, model: str | None, part: str, args: argparse.Namespace, pairs: list[BitextPair],
                       mixed: list[str]) -> dict[str, Any]:
-    out_file = args.out / f"served_{name}.json"
+    """One part (accuracy | throughput) on one server; each part on a server of its own, so that the throughput
+    can be measured later, on a machine with nothing else running."""
+    out_file = args.out / f"{part}_{name}.json"
     if out_file.is_file():
         return dict(json.loads(out_file.read_text()))
-    data_dir = args.out / f"data_{name}"
+    data_dir = args.out / f"data_{name}_{part}"
     env = {"XLING_DATA_DIR": str(data_dir), "XLING_LOG_JSON": "false"}
     if model:
         env["XLING_RETRIEVAL_MODEL"] = model
@@ -132,9 +135,12 @@ def serve_and_measure(name: str, model: str | None, args: argparse.Namespace, pa
             if time.monotonic() > deadline:
                 raise RuntimeError("the means were never calibrated")
             time.sleep(2)
-        version = client.get("/models/active").json()["version"]
-        found = {"model_version": version, "documents": len(docs), "accuracy": accuracy(url, pairs, args.clients),
-                 "throughput": throughput(url, mixed, args.clients * 2, args.seconds)}
+        found: dict[str, Any] = {"model_version": client.get("/models/active").json()["version"],
+                                 "documents": len(docs)}
+        if part == "accuracy":
+            found["accuracy"] = accuracy(url, pairs, args.clients)
+        else:
+            found["throughput"] = throughput(url, mixed, args.clients * 2, args.seconds)
     write_json_atomic(out_file, found)
     return found
 
@@ -147,6 +153,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8131)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--parts", default="accuracy,throughput", help="accuracy, throughput, or both (in order)")
     args = parser.parse_args()
     data = bench_data_dir(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,13 +164,14 @@ def main() -> None:
     print("detection", json.loads((args.out / "detection.json").read_text()), flush=True)
     mixed = [s for p in pairs for s in rare_side(p)[1]] + [q for qs in questions.values() for q in qs[:200]]
     random.Random(0).shuffle(mixed)
-    served = {name: serve_and_measure(name, model, args, pairs, mixed)
-              for name, model in (("base", None), ("adapters", str(Path(args.model).resolve())))}
-    ratio = {mode: round(served["adapters"]["throughput"][mode]["qps"] / served["base"]["throughput"][mode]["qps"], 3)
-             for mode in ("hybrid", "dense")}
-    write_json_atomic(args.out / "summary.json", {"qps_ratio_adapters_to_base": ratio,
-                                                  "accuracy": {k: v["accuracy"] for k, v in served.items()}})
-    print("QPS ratio (adapters / base):", ratio)
+    models = (("base", None), ("adapters", str(Path(args.model).resolve())))
+    for part in args.parts.split(","):
+        served = {name: serve_and_measure(name, model, part, args, pairs, mixed) for name, model in models}
+        if part == "throughput":
+            ratio = {mode: round(served["adapters"]["throughput"][mode]["qps"]
+                                 / served["base"]["throughput"][mode]["qps"], 3) for mode in ("hybrid", "dense")}
+            write_json_atomic(args.out / "qps_ratio.json", ratio)
+            print("QPS ratio (adapters / base):", ratio)
 
 
 if __name__ == "__main__":
