@@ -124,7 +124,7 @@ def serve_and_measure(name: str, model: str | None, part: str, args: argparse.Na
     if model:
         env["XLING_RETRIEVAL_MODEL"] = model
     url = f"http://127.0.0.1:{args.port}"
-    with server_process(xling_serve_args(args.port), env, url, args.out / f"serve_{name}.log"):
+    with server_process(xling_serve_args(args.port), env, url, args.out / f"serve_{name}_{part}.log"):
         client = httpx.Client(base_url=url, timeout=600)
         docs = [{"id": f"{rare_side(p)[0]}-{i}", "text": text, "lang": "en"}
                 for p in pairs for i, text in enumerate(rare_side(p)[2])]
@@ -153,7 +153,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8131)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--parts", default="accuracy,throughput", help="accuracy, throughput, or both (in order)")
+    parser.add_argument("--parts", default="accuracy,throughput",
+                        help="accuracy, throughput, both (in order), or '' for detection alone")
     args = parser.parse_args()
     data = bench_data_dir(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,9 @@ def main() -> None:
     mixed = [s for p in pairs for s in rare_side(p)[1]] + [q for qs in questions.values() for q in qs[:200]]
     random.Random(0).shuffle(mixed)
     models = (("base", None), ("adapters", str(Path(args.model).resolve())))
-    for part in args.parts.split(","):
+    for part in filter(None, args.parts.split(",")):
+        if part not in ("accuracy", "throughput"):
+            raise SystemExit(f"unknown part {part!r}")
         served = {name: serve_and_measure(name, model, part, args, pairs, mixed) for name, model in models}
         if part == "throughput":
             ratio = {mode: round(served["adapters"]["throughput"][mode]["qps"]
