@@ -18,14 +18,16 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xling.models.centering import CENTERING_FILE, Centering, calibrate
+from xling.models.adapters.bundle import adapter_lineage
+from xling.models.centering import CENTERING_FILE, Centering, calibrate, language_means
 from xling.models.encoder import Encoder
 from xling.models.files import write_json_atomic
 from xling.models.language import DETECTOR, LanguageDetector
@@ -113,16 +115,17 @@ def query_language(text: str, given: str | None, encoder: Encoder, centering: Ce
     return TextLanguage(None, next((lang for lang in ranking if lang in means), None))
 
 
-def sample_corpus(reader: Corpus, per_lang: int, detector: LanguageDetector = DETECTOR
-                  ) -> tuple[list[tuple[str, str, str]], int]:
-    """Up to `per_lang` documents of each language as (id, language, text), and how many documents there are."""
+def sample_corpus(reader: Corpus, per_lang: int, detector: LanguageDetector = DETECTOR,
+                  only: Collection[str] | None = None) -> tuple[list[tuple[str, str, str]], int]:
+    """Up to `per_lang` documents of each language (of `only`'s, when given) as (id, language, text), and how
+    many documents there are."""
     taken: dict[str, int] = {}
     sample: list[tuple[str, str, str]] = []
     total = 0
     for docs in reader.iter_all(2_048):
         total += len(docs)
         for (doc_id, doc), lang in zip(docs, document_languages([d for _, d in docs], detector), strict=True):
-            if lang is not None and taken.get(lang, 0) < per_lang:
+            if lang is not None and taken.get(lang, 0) < per_lang and (only is None or lang in only):
                 taken[lang] = taken.get(lang, 0) + 1
                 sample.append((doc_id, lang, doc.text))
     return sample, total
@@ -210,5 +213,41 @@ def means_for_build(reader: Corpus, encoder: Encoder, settings: Settings) -> Cen
     existing = Centering.load(folder)
     if existing is not None:
         return existing
-    fresh = calibrate_corpus(reader, encoder, settings)
+    fresh = inherited_means(reader, encoder, settings) or calibrate_corpus(reader, encoder, settings)
     return None if fresh is None else save_first(fresh, folder)
+
+
+def inherited_means(reader: Corpus, encoder: Encoder, settings: Settings) -> Centering | None:
+    """An adapter version's first means (models/adapters): its parent's, with the mean of each language it trained
+    an adapter for computed again from that language's documents as the adapter encodes them. Calibrating afresh
+    would move every other language's vectors with a new sample; these keep them where the parent put them. None
+    for any other version, or when the parent has no means."""
+    lineage = adapter_lineage(encoder.folder)
+    if lineage is None:
+        return None
+    parent_version, trained = lineage
+    parent = load_centering(settings, parent_version)
+    if parent is None:
+        return None
+    sample, _ = sample_corpus(reader, settings.centering_sample_per_lang, encoder.detector, only=trained)
+    langs: list[str | None] = [lang for _, lang, _ in sample]
+    raw = (encoder.encode([text for *_, text in sample], "passage", langs) if sample
+           else np.zeros((0, encoder.dim), dtype=np.float32))
+    return derived_means(parent, encoder.version, set(trained), raw, langs, settings)
+
+
+def derived_means(parent: Centering, version: str, changed: set[str], raw: np.ndarray,
+                  langs: Sequence[str | None], settings: Settings) -> Centering:
+    """The parent's means with each changed language's computed again from `raw` (its documents' new vectors; it
+    gets none with fewer than `centering_min_docs`); fallback and query mean kept, so no other language moves."""
+    means = {lang: mean for lang, mean in parent.means.items() if lang not in changed}
+    counts = {lang: count for lang, count in parent.counts.items() if lang not in changed}
+    per_lang: dict[str, list[int]] = {}
+    for row, lang in enumerate(langs):
+        if lang is not None and len(per_lang.setdefault(lang, [])) < settings.centering_sample_per_lang:
+            per_lang[lang].append(row)
+    rows = [row for found in per_lang.values() for row in found]
+    fresh = language_means(raw[rows], [langs[row] or "" for row in rows], settings.centering_min_docs)
+    means.update(fresh)
+    counts.update({lang: len(per_lang[lang]) for lang in fresh})
+    return replace(parent, model_version=version, means=means, counts=counts, calibrated_at=time.time())

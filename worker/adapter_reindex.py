@@ -11,7 +11,8 @@ The build therefore:
    the parent stored it (else the whole corpus is encoded, as for any version);
 4. derives the new means: the parent's, with each changed language's mean computed again from its documents'
    new vectors (fallback and query mean kept, so no other vector moves); and re-encodes the moved documents.
-Local tiers only (flat, hnsw): a Qdrant deployment builds a full collection as for any version.
+Local tiers only (flat, hnsw): a Qdrant deployment encodes every document into a new collection, with the same
+derived means (state/centering.py `inherited_means`), so there too no other language's vectors move.
 """
 
 from __future__ import annotations
@@ -19,18 +20,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from xling.models.adapters.bundle import adapter_records
-from xling.models.centering import Centering, language_means
+from xling.models.adapters.bundle import adapter_lineage, adapter_records
 from xling.models.encoder import Encoder
 from xling.models.index.vector_index import IndexMismatchError, SnapshotError, VectorIndex
-from xling.models.manifest import read_manifest
 from xling.models.resolve import ModelSource
-from xling.state.centering import centering_folder, load_centering, save_first, snapshot_folder
+from xling.state.centering import centering_folder, derived_means, load_centering, save_first, snapshot_folder
 from xling.state.docstore import DocReader, StoredDoc
 from xling.state.indexing import ServingPair, catch_up, index_spec, load_encoder
 from xling.state.retention import LogTrimmed
@@ -49,10 +48,8 @@ class AdapterBuild:
 
 def adapter_parent(source: ModelSource) -> str | None:
     """The version whose index an adapter version can start from: its parent, when it only added adapters."""
-    manifest = read_manifest(source.path)
-    if manifest is None or manifest.training.get("kind") != "adapters":
-        return None
-    return manifest.parent_version
+    lineage = adapter_lineage(source.path)
+    return lineage[0] if lineage is not None else None
 
 
 def changed_languages(parent: Encoder, child: Encoder) -> set[str]:
@@ -105,8 +102,9 @@ def build_from_parent(
                     "everything", drift)
         return None
     raw = encoder.encode([doc.text for _, doc, _ in moved], "passage", [lang for *_, lang in moved])
-    centering = derived_means(parent_centering, source.version, changed | {lang for *_, lang in moved if lang},
-                               raw, [lang for *_, lang in moved], settings)
+    centering = None if parent_centering is None else derived_means(
+        parent_centering, source.version, changed | {lang for *_, lang in moved if lang}, raw,
+        [lang for *_, lang in moved], settings)
     if centering is not None and save_first(centering, centering_folder(settings, source.version)).id != centering.id:
         log.warning("adapter deploy: another process wrote %s's means meanwhile; encoding everything", source.version)
         return None
@@ -137,22 +135,3 @@ def _reused_drift(previous: ServingPair, encoder: Encoder, kept: list[tuple[str,
     assert isinstance(previous.index, VectorIndex)
     stored = previous.index.vectors_of(ids)
     return float(np.abs(fresh - stored).max())
-
-
-def derived_means(parent: Centering | None, version: str, changed: set[str], raw: np.ndarray,
-                   langs: list[str | None], settings: Settings) -> Centering | None:
-    """The parent's means with each changed language's computed again from its new vectors (dropped when it has too
-    few documents); fallback and query mean kept, so no other language's vectors move."""
-    if parent is None:
-        return None
-    means = {lang: mean for lang, mean in parent.means.items() if lang not in changed}
-    counts = {lang: count for lang, count in parent.counts.items() if lang not in changed}
-    per_lang: dict[str, list[int]] = {}
-    for row, lang in enumerate(langs):
-        if lang is not None and len(per_lang.setdefault(lang, [])) < settings.centering_sample_per_lang:
-            per_lang[lang].append(row)
-    rows = [row for found in per_lang.values() for row in found]
-    fresh = language_means(raw[rows], [langs[row] or "" for row in rows], settings.centering_min_docs)
-    means.update(fresh)
-    counts.update({lang: len(per_lang[lang]) for lang in fresh})
-    return replace(parent, model_version=version, means=means, counts=counts, calibrated_at=time.time())

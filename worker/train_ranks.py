@@ -16,6 +16,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import torch.distributed as dist
+
 from xling.models.files import write_json_atomic
 from xling.models.training.trainer import Progress, TrainConfig, finetune
 
@@ -40,6 +42,11 @@ def main(request_path: Path) -> None:
     )
     if first:
         write_json_atomic(folder / RESULT, {**asdict(result), "path": str(result.path) if result.path else None})
+    # Leave the group together: a rank that exits while the group's threads still run aborts ("terminate called
+    # without an active exception", SIGABRT), and the job would read as failed where it was cancelled or done.
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

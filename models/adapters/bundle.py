@@ -22,6 +22,16 @@ def adapter_records(folder: Path) -> dict[str, dict[str, Any]]:
     return dict(manifest.adapters) if manifest is not None else {}
 
 
+def adapter_lineage(folder: Path) -> tuple[str, frozenset[str]] | None:
+    """(parent version, languages trained) of a version that only trained adapters on its parent's shared weights
+    (a finetune job with `adapters`): every other language is encoded exactly as the parent encodes it. None for
+    any other version."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.training.get("kind") != "adapters" or not manifest.parent_version:
+        return None
+    return manifest.parent_version, frozenset(manifest.training.get("languages", []))
+
+
 def adapter_folder(folder: Path, lang: str) -> Path:
     return folder / ADAPTERS_DIR / lang
 
