@@ -12,8 +12,7 @@ from xling.models.adapters.config import AdapterConfig
 from xling.models.data.parallel import check_shape
 from xling.models.data.text import DataError
 from xling.models.evaluation.guards import BITEXT_METRICS, LAREQA_METRICS, Guard
-from xling.models.training.interpolate import DEFAULT_WEIGHTS
-from xling.models.training.trainer import TrainConfig
+from xling.models.training.config import DEFAULT_WEIGHTS, TrainConfig
 from xling.state.datasets import dataset_info, training_shape
 from xling.state.errors import InvalidInput
 from xling.state.jobs import EvaluateJob, ExperimentConfig, ExperimentJob, FinetuneJob, ReindexJob, as_list

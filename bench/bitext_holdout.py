@@ -34,8 +34,9 @@ from xling.models.encoder import Encoder
 from xling.models.evaluation.evaluate import eval_set, evaluate
 from xling.models.evaluation.reports import write_evaluation_report
 from xling.models.files import write_json_atomic
+from xling.models.training.config import TrainConfig
 from xling.models.training.interpolate import interpolate_on_validation
-from xling.models.training.trainer import TrainConfig, finetune
+from xling.models.training.trainer import finetune
 
 
 def write_bitext(data: Path, lang: str, pivot: str, holdout: float, seed: int, out: Path) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from typing import Any
 from bench.common import ROOT, bench_data_dir
 from xling.models.data.parallel import all_pairs, load_parallel
 from xling.models.resolve import minilm_source
-from xling.models.training.trainer import TrainConfig, finetune, pair_dataset
+from xling.models.training.config import TrainConfig
+from xling.models.training.trainer import finetune, pair_dataset
 
 
 def _minilm() -> str:

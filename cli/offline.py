@@ -89,8 +89,8 @@ def finetune(
 
     from xling.models.data.text import DataError
     from xling.models.data.training_data import load_training_data
+    from xling.models.training.config import TrainConfig
     from xling.models.training.trainer import Progress as TrainProgress
-    from xling.models.training.trainer import TrainConfig
     from xling.models.training.trainer import finetune as run_finetune
 
     settings = Settings()
@@ -299,8 +299,8 @@ def experiment(
     Each finished run is kept under OUT/runs, so the same command run again continues where it stopped.
     """
     from xling.models.data.text import DataError
-    from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
-    from xling.models.training.trainer import TrainConfig
+    from xling.models.experiment import ExperimentSpec, run_experiment
+    from xling.models.training.config import TrainConfig
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from xling.models.adapters.config import AdapterConfig
 from xling.models.evaluation.guards import DEFAULT_MAX_DROP, Guard
 from xling.models.index.fusion import SearchMode
-from xling.models.training.trainer import TrainConfig
+from xling.models.training.config import TrainConfig
 from xling.state.connections import broker
 from xling.state.settings import Settings
 

@@ -119,6 +119,36 @@ def test_only_the_http_layer_imports_fastapi_and_the_ml_core_no_services() -> No
     assert not core, core
 
 
+def models_folder(module: str) -> str | None:
+    """The folder of models/ a module sits in (xling.models.training, ...); None for models/'s own files."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[1] == "models" and len(parts) > 3 else None
+
+
+def test_no_two_way_between_folders_of_the_ml_core() -> None:
+    edges: dict[tuple[str, str], str] = {}
+    for module, targets in import_graph().items():
+        for target in targets:
+            pair = (models_folder(module), models_folder(target))
+            if pair[0] and pair[1] and pair[0] != pair[1]:
+                edges.setdefault((pair[0], pair[1]), f"{module} -> {target}")
+    two_way = [(edges[(a, b)], edges[(b, a)]) for a, b in edges if a < b and (b, a) in edges]
+    assert not two_way, two_way
+
+
+# What a job needs and an api process must not load: the training stack, our worker code.
+TRAINING_STACK = ("sentence_transformers", "accelerate", "datasets", "xling.worker",
+                  "xling.models.training.trainer", "xling.models.training.loss", "xling.models.experiment")
+
+
+def test_the_api_process_loads_no_training_stack() -> None:
+    """The api validates job requests against the contract (models/training/config.py), never the trainer."""
+    probe = ("import sys, xling.app.main; "
+             f"print('\\n'.join(m for m in sys.modules if m.startswith({TRAINING_STACK!r})))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert not loaded, loaded
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from the tracked tree (copied, so the build leaves nothing in the checkout)."""

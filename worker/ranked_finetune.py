@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from xling.models.training.trainer import Progress, TrainConfig, TrainResult
+from xling.models.training.config import TrainConfig
+from xling.models.training.trainer import Progress, TrainResult
 from xling.state.settings import Settings
 from xling.worker.train_ranks import CANCEL, PROGRESS, RESULT
 

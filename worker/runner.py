@@ -25,9 +25,9 @@ from xling.models.data.bitext import load_bitext
 from xling.models.encoder import Encoder
 from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
-from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
 from xling.models.evaluation.modes import RetrievalMode
 from xling.models.evaluation.reports import write_evaluation_report
+from xling.models.experiment import ExperimentSpec, run_experiment
 from xling.models.index.fusion import SearchMode
 from xling.models.index.vector_index import VectorIndex
 from xling.models.manifest import read_manifest, write_manifest

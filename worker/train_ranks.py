@@ -19,7 +19,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from xling.models.files import write_json_atomic
-from xling.models.training.trainer import Progress, TrainConfig, finetune
+from xling.models.training.config import TrainConfig
+from xling.models.training.trainer import Progress, finetune
 
 PROGRESS, RESULT, CANCEL = "progress.jsonl", "result.json", "cancel"
 

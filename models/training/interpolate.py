@@ -27,8 +27,8 @@ from xling.models.evaluation.validation import (
     validation_objective,
     validation_tie_break,
 )
+from xling.models.training.config import DEFAULT_WEIGHTS
 
-DEFAULT_WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
 WEIGHTS_FILE = "model.safetensors"
 
 

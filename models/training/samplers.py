@@ -35,11 +35,11 @@ from typing import Literal
 from torch.utils.data import BatchSampler
 
 from xling.models.data.parallel import ParallelGroup
+from xling.models.training.config import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["monolingual", "crosslingual", "hybrid"]
-STRATEGIES: tuple[str, ...] = ("monolingual", "crosslingual", "hybrid")
 
 
 @dataclass(frozen=True)

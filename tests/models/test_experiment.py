@@ -11,8 +11,8 @@ from tests.conftest import run_xling
 from tests.synthetic import make_groups, vocabulary_texts, write_jsonl, write_lareqa
 from tests.tiny_model import build_tiny_model
 from xling.models.data.text import DataError
-from xling.models.evaluation.experiment import ExperimentSpec, run_experiment
-from xling.models.training.trainer import TrainConfig
+from xling.models.experiment import ExperimentSpec, run_experiment
+from xling.models.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

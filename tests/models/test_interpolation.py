@@ -21,8 +21,9 @@ from xling.models.evaluation.evaluate import BitextEvaluation, EvaluationReport,
 from xling.models.evaluation.guards import Guard, check_guards, default_guards
 from xling.models.evaluation.lareqa import LareqaResult
 from xling.models.evaluation.validation import validation_metrics, validation_objective, validation_tie_break
+from xling.models.training.config import TrainConfig
 from xling.models.training.interpolate import choose_weight, interpolate_state, write_interpolated
-from xling.models.training.trainer import TrainConfig, finetune
+from xling.models.training.trainer import finetune
 
 TEXTS = [g["query"]["de"] for g in make_groups(12, seed=3)]
 

@@ -12,7 +12,8 @@ from tests.synthetic import make_groups, vocabulary_texts, write_jsonl, write_la
 from tests.tiny_model import build_tiny_model
 from xling.models.data.text import DataError
 from xling.models.encoder import Encoder
-from xling.models.training.trainer import Progress, TrainConfig, finetune
+from xling.models.training.config import TrainConfig
+from xling.models.training.trainer import Progress, finetune
 
 GROUPS = make_groups(200, seed=0)
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from xling.models.training.trainer import TrainConfig
+from xling.models.training.config import TrainConfig
 from xling.state.jobs import (
     JOB_SPECS,
     EvaluateJob,

@@ -40,8 +40,9 @@ from xling.models.evaluation.reports import (
 )
 from xling.models.files import write_json_atomic
 from xling.models.resolve import resolve_model
+from xling.models.training.config import TrainConfig
 from xling.models.training.interpolate import interpolate_on_validation
-from xling.models.training.trainer import TrainConfig, finetune
+from xling.models.training.trainer import finetune
 
 STRATEGY_ROWS = [("monolingual", "X-X-mono"), ("crosslingual", "X-Y"), ("hybrid", "hybrid")]
 WISE_FT = ("hybrid-wise-ft", "hybrid + WiSE-FT")  # (run file stem, row label): hybrid interpolated toward the base
