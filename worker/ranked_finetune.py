@@ -22,16 +22,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from xling.models.training.config import TrainConfig
 from xling.models.training.trainer import Progress, TrainResult
 from xling.state.settings import Settings
-from xling.worker.train_ranks import CANCEL, PROGRESS, RESULT
+from xling.worker.train_ranks import CANCEL, PROGRESS, RESULT, FinetuneRun
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -48,19 +46,19 @@ def training_processes(settings: Settings) -> int:
 def finetune_on_ranks(
     folder: Path,
     processes: int,
-    request: dict[str, Any],
+    run: FinetuneRun,
     config: TrainConfig,
     progress: Callable[[Progress], None],
     should_cancel: Callable[[], bool],
 ) -> TrainResult:
-    """Run the training of `request` (finetune()'s arguments, as JSON) on `processes` ranks; returns rank 0's
-    result. Raises RuntimeError, with the end of the ranks' log, when they fail."""
+    """Train `run` on `processes` ranks; returns rank 0's result. Raises RuntimeError, with the end of the ranks'
+    log, when they fail."""
     folder.mkdir(parents=True, exist_ok=True)
     _stop_previous(folder)  # a retried job: the ranks of the lost attempt must not train beside the new ones
     for name in (PROGRESS, RESULT, CANCEL):
         (folder / name).unlink(missing_ok=True)
     request_path = folder / "request.json"
-    request_path.write_text(json.dumps({**request, "config": asdict(config)}), encoding="utf-8")
+    request_path.write_text(run.to_json(config), encoding="utf-8")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
         "-m", "xling.worker.train_ranks", str(request_path),

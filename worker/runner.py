@@ -32,7 +32,7 @@ from xling.models.index.fusion import SearchMode
 from xling.models.index.vector_index import VectorIndex
 from xling.models.manifest import read_manifest, write_manifest
 from xling.models.resolve import ModelSource, resolve_model
-from xling.models.training.trainer import Progress, finetune
+from xling.models.training.trainer import Progress
 from xling.state.centering import (
     calibrate_corpus,
     centering_folder,
@@ -63,6 +63,7 @@ from xling.worker.adapter_reindex import AdapterBuild, adapter_parent, build_fro
 from xling.worker.presence import worker_name
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
 from xling.worker.reindex import merge_ranges, open_corpus, ranges_folder, wait_for_ranges, write_plan
+from xling.worker.train_ranks import FinetuneRun
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # bound on job-store writes from a fast training loop
@@ -154,21 +155,37 @@ def _evaluate_version(
     return report
 
 
-def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[str, Any]:
+def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     """Hot swap, worker side (DESIGN §8): encode every document with `version` from log offset O, write
     indexes/<version>/ at O, then activate; each api replays the log from O and swaps.
 
     The index is centred with the version's means, calibrated on the corpus first if it has none
-    (state/centering.py). `recalibrate`: new means from the corpus as it is now, written only once the index
-    built with them is saved (an api that sees them finds their snapshot); the active version does not change."""
-    source = _served_source(ctx, version) if recalibrate else resolve_model(version, ctx.settings.models_dir)
+    (state/centering.py)."""
+    outcome = _publish_index_of(ctx, version, new_means=False)
+    ctx.registry.activate(version)
+    log.info("deployed", extra={"version": version, "vectors": outcome["reindexed"],
+                                "seconds": outcome["reindex_seconds"]})
+    return outcome
+
+
+def recalibrate(ctx: JobContext, version: str) -> dict[str, Any]:
+    """New means for the served `version` from the corpus as it is now, and its index encoded again with them;
+    the means are written only once that index is saved (an api that sees them finds their snapshot), and every
+    api then swaps to it as to a new model. The active version does not change."""
+    return _publish_index_of(ctx, version, new_means=True)
+
+
+def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict[str, Any]:
+    """The index of `version` built and published (deploy and recalibrate above; `new_means`: recalibrate);
+    returns what it did."""
+    source = _served_source(ctx, version) if new_means else resolve_model(version, ctx.settings.models_dir)
     encoder = load_encoder(source, ctx.settings)
     settings = ctx.settings
     # The client's local mode lets one process open its folder, and the api holds it: the api builds the
     # collection when it swaps to this version (README, "Beyond one machine"); with the documents in that folder
     # too, it also calibrates the means a build needs.
     api_reads_documents = settings.qdrant_local and settings.documents_in_qdrant
-    if recalibrate and api_reads_documents:
+    if new_means and api_reads_documents:
         raise ValueError("recalibrating reads the corpus, which XLING_DOCUMENT_STORE=qdrant keeps in the api's "
                          "Qdrant local-mode folder, where no worker may read it: use a Qdrant server")
     started = time.monotonic()
@@ -187,10 +204,10 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
             retention.hold(holder, pinned, grace)
             ctx.report("reindexing", done=done, total=total, worker=worker_name())
 
-        delta = None if recalibrate else _adapter_delta(ctx, corpus, source, encoder, progress)
+        delta = None if new_means else _adapter_delta(ctx, corpus, source, encoder, progress)
         if delta is not None:
             centering = delta.pair.centering
-        elif recalibrate:
+        elif new_means:
             ctx.report("calibrating")
             centering = calibrate_corpus(corpus, encoder, settings) if settings.centering else None
             if centering is None:
@@ -215,14 +232,10 @@ def deploy(ctx: JobContext, version: str, *, recalibrate: bool = False) -> dict[
     outcome["reindex_seconds"] = round(seconds, 2)
     if centering is not None:
         outcome.update(centering=centering.id, centred_languages=centering.languages)
-    if recalibrate:
+    if new_means:
         assert centering is not None
         centering.save(centering_folder(ctx.settings, source.version))  # the apis swap to it now
         log.info("recalibrated", extra={"version": source.version, "centering": centering.id})
-        return outcome
-    ctx.registry.activate(source.version)
-    log.info("deployed", extra={"version": source.version, "vectors": outcome["reindexed"],
-                                "seconds": round(seconds, 2)})
     return outcome
 
 
@@ -339,27 +352,22 @@ def _train_adapters(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, A
 
 def _train_shared(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, Any]:
     """The shared weights tuned (hybrid batches and the rest of TrainConfig), on one GPU or on every one."""
-    version, base = job.version, job.base
-    arguments: dict[str, Any] = {
-        "base": ctx.model_spec(base), "data": [str(ctx.dataset(name)) for name in job.dataset], "out": str(out),
-        "registry_dir": str(ctx.settings.models_dir), "version": version,
-        "device": None if ctx.settings.device == "auto" else ctx.settings.device,
-        "resume": bool(ctx.job.retry_of), "allow_folder": ctx.folder_allowed(base), "dataset_names": job.dataset,
-    }
+    run = FinetuneRun(
+        base=ctx.model_spec(job.base), data=[ctx.dataset(name) for name in job.dataset], out=out,
+        registry_dir=ctx.settings.models_dir, version=job.version,
+        device=None if ctx.settings.device == "auto" else ctx.settings.device, resume=bool(ctx.job.retry_of),
+        allow_folder=ctx.folder_allowed(job.base), dataset_names=job.dataset,
+    )
+
+    def cancelled() -> bool:
+        return ctx.store.cancel_requested(ctx.job.id)
+
     processes = training_processes(ctx.settings)
     if processes > 1:
-        result = finetune_on_ranks(
-            ctx.settings.jobs_dir / ctx.job.id, processes, arguments, job.config,
-            _throttled_progress(ctx), lambda: ctx.store.cancel_requested(ctx.job.id),
-        )
+        result = finetune_on_ranks(ctx.settings.jobs_dir / ctx.job.id, processes, run, job.config,
+                                   _throttled_progress(ctx), cancelled)
     else:
-        result = finetune(
-            arguments["base"], [Path(path) for path in arguments["data"]], out, job.config,
-            registry_dir=ctx.settings.models_dir, version=version, device=arguments["device"],
-            progress=_throttled_progress(ctx), should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
-            resume_from=arguments["resume"] or None, allow_folder=arguments["allow_folder"],
-            dataset_names=job.dataset,
-        )
+        result = run.run(job.config, _throttled_progress(ctx), cancelled)
     if result.cancelled:
         raise Cancelled(f"cancelled at step {result.steps}")
     return {**result.metrics, "train_processes": processes}
@@ -439,7 +447,8 @@ def run_experiment_job(ctx: JobContext, job: ExperimentJob) -> dict[str, Any]:
 
 
 def run_reindex(ctx: JobContext, job: ReindexJob) -> dict[str, Any]:
-    return {"metrics": deploy(ctx, job.version, recalibrate=job.recalibrate), "model_version": job.version}
+    outcome = recalibrate(ctx, job.version) if job.recalibrate else deploy(ctx, job.version)
+    return {"metrics": outcome, "model_version": job.version}
 
 
 def run_spec(ctx: JobContext, job: JobSpec) -> dict[str, Any]:

@@ -13,34 +13,64 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
 from xling.models.files import write_json_atomic
 from xling.models.training.config import TrainConfig
-from xling.models.training.trainer import Progress, finetune
+from xling.models.training.trainer import CancelFn, Progress, ProgressFn, TrainResult, finetune
 
 PROGRESS, RESULT, CANCEL = "progress.jsonl", "result.json", "cancel"
 
 
+@dataclass(frozen=True)
+class FinetuneRun:
+    """What a finetune job trains, besides its TrainConfig: the same object runs in the worker's own process (one
+    device) or goes, as JSON, to every rank (`to_json` / `from_json`)."""
+
+    base: str | None  # registry version, folder or hub id; None = the default model
+    data: list[Path]
+    out: Path
+    registry_dir: Path
+    version: str
+    device: str | None
+    resume: bool  # a retried job: continue from the newest checkpoint under `out`
+    allow_folder: bool
+    dataset_names: list[str]
+
+    def run(self, config: TrainConfig, progress: ProgressFn | None, should_cancel: CancelFn) -> TrainResult:
+        return finetune(
+            self.base, self.data, self.out, config, registry_dir=self.registry_dir, version=self.version,
+            device=self.device, progress=progress, should_cancel=should_cancel, resume_from=self.resume or None,
+            allow_folder=self.allow_folder, dataset_names=self.dataset_names,
+        )
+
+    def to_json(self, config: TrainConfig) -> str:
+        fields = {**asdict(self), "data": [str(p) for p in self.data], "out": str(self.out),
+                  "registry_dir": str(self.registry_dir)}
+        return json.dumps({"run": fields, "config": asdict(config)})
+
+    @classmethod
+    def from_json(cls, text: str) -> tuple[FinetuneRun, TrainConfig]:
+        request = json.loads(text)
+        fields = request["run"]
+        run = cls(**{**fields, "data": [Path(p) for p in fields["data"]], "out": Path(fields["out"]),
+                     "registry_dir": Path(fields["registry_dir"])})
+        return run, TrainConfig(**request["config"])
+
+
 def main(request_path: Path) -> None:
     folder = request_path.parent
-    request = json.loads(request_path.read_text(encoding="utf-8"))
+    run, config = FinetuneRun.from_json(request_path.read_text(encoding="utf-8"))
     first = int(os.environ.get("RANK", "0")) == 0
 
     def progress(p: Progress) -> None:
         with (folder / PROGRESS).open("a", encoding="utf-8") as out:
             out.write(json.dumps(asdict(p)) + "\n")
 
-    result = finetune(
-        request["base"], [Path(path) for path in request["data"]], Path(request["out"]),
-        TrainConfig(**request["config"]), registry_dir=Path(request["registry_dir"]), version=request["version"],
-        device=request["device"], progress=progress if first else None,
-        should_cancel=lambda: (folder / CANCEL).exists(), resume_from=request["resume"] or None,
-        allow_folder=request["allow_folder"], dataset_names=request["dataset_names"],
-    )
+    result = run.run(config, progress if first else None, lambda: (folder / CANCEL).exists())
     if first:
         write_json_atomic(folder / RESULT, {**asdict(result), "path": str(result.path) if result.path else None})
     # Leave the group together: a rank that exits while the group's threads still run aborts ("terminate called
