@@ -1,4 +1,4 @@
-"""The one settings class: `XLING_*` environment variables and `.env`."""
+"""The settings: `XLING_*` environment variables and `.env`, one class per section, one `Settings` over them all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from xling.models.index.fusion import Fusion, SearchMode
@@ -25,10 +25,13 @@ def parse_addresses(value: str) -> list[tuple[str, int]]:
     return addresses
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="XLING_", env_file=".env", extra="ignore")
+# The settings in sections, one class each (a reader finds a setting by its subject; the configuration reference
+# follows them); `Settings` inherits them all, so every name is one flat `XLING_<NAME>` variable as before.
 
-    # Where state lives
+
+class StateSettings(BaseModel):
+    """Where state lives: Redis (one server or Sentinels), the data folder, the key namespace."""
+
     redis_url: str | None = Field(None, description="Redis to use; unset = `xling serve` starts an embedded one")
     redis_sentinels: str | None = Field(
         None, description="host:port,host:port of Sentinels that name the master (instead of XLING_REDIS_URL)"
@@ -47,7 +50,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="models/, indexes/, datasets/, reports/, redis/")
     key_prefix: str = Field("xling", description="namespace of every Redis key")
 
-    # Model
+
+class ModelSettings(BaseModel):
+    """The served encoder and how it encodes."""
+
     retrieval_model: str | None = Field(None, description="registry version, folder or hub id; unset = default")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     encode_batch_size: int = Field(256, ge=1, le=4096, description="most texts per encoder forward")
@@ -60,7 +66,10 @@ class Settings(BaseSettings):
         description="CPU encoder arithmetic; auto = bf16 where the CPU has it natively, else fp32 (GPU: bf16/fp16)",
     )
 
-    # Vector index (DESIGN §3; the build parameters are recorded in each snapshot, which must match them)
+
+class IndexSettings(BaseModel):
+    """The vector index (DESIGN §3; a snapshot records its build parameters, which must match these) and Qdrant."""
+
     index: Literal["flat", "hnsw", "qdrant"] = Field(
         "flat", description="flat = exact search; hnsw = approximate graph search, for large corpora; qdrant = a "
         "Qdrant collection per model version (XLING_QDRANT_URL or XLING_QDRANT_PATH; README)"
@@ -92,11 +101,17 @@ class Settings(BaseSettings):
         "crashed) is dropped once it is this old; longer than the longest build"
     )
 
-    # Security
+
+class SecuritySettings(BaseModel):
+    """Bearer keys."""
+
     api_key: SecretStr | None = Field(None, description="Bearer key for writes, jobs and activation")
     search_api_key: SecretStr | None = Field(None, description="Bearer key for search (unset = open)")
 
-    # Input limits
+
+class LimitSettings(BaseModel):
+    """What one request may ask."""
+
     max_query_chars: int = Field(2_000, ge=1)
     max_k: int = Field(100, ge=1, le=10_000)
     max_docs_per_request: int = Field(1_000, ge=1)
@@ -112,7 +127,11 @@ class Settings(BaseSettings):
     )
     max_langs_per_query: int = Field(32, ge=1)
 
-    # Search micro-batching
+
+class BatchingSettings(BaseModel):
+    """Search micro-batching, and the memory that query batches of many shapes would otherwise hold
+    (bench/RESULTS.md, memory soak)."""
+
     batch_max_size: int = Field(64, ge=1, le=4096)
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1_000)
     search_queue_max: int = Field(1_024, ge=1, description="queued queries beyond this get 429")
@@ -126,7 +145,10 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how often the api hands freed heap memory back to the system (0: never)"
     )
 
-    # Centring (per-language bias removal; state/centering.py, README "Centring")
+
+class CenteringSettings(BaseModel):
+    """Centring: per-language bias removal (state/centering.py, README "Centring")."""
+
     centering: bool = Field(True, description="centre documents and queries on their language's mean (off: raw)")
     centering_min_docs: int = Field(
         10, ge=1, description="documents a language needs for a mean of its own (fewer: the fallback mean)"
@@ -141,7 +163,11 @@ class Settings(BaseSettings):
         600, ge=1, description="at most one automatic recalibration job per version within this many seconds"
     )
 
-    # Lexical index and fusion (models/index/lexical.py, models/index/fusion.py; README "Lexical and hybrid search")
+
+class LexicalSettings(BaseModel):
+    """The lexical index, where documents live, and fusion (models/index/lexical.py, models/index/fusion.py; README
+    "Lexical and hybrid search")."""
+
     lexical: bool = Field(True, description="keep a BM25 index beside the vector index (off: only mode=dense works)")
     search_mode: SearchMode = Field(
         "hybrid", description="the mode of a search that names none (README: why hybrid)"
@@ -165,13 +191,19 @@ class Settings(BaseSettings):
     fusion_rrf_k: int = Field(60, ge=1, description="rrf: the rank offset k in 1 / (k + rank)")
     fusion_window: int = Field(100, ge=1, le=10_000, description="rrf: the depth of each ranking that counts")
 
-    # Write path
+
+class WriteSettings(BaseModel):
+    """The write path."""
+
     write_timeout_s: float = Field(30.0, gt=0, description="read-your-writes deadline; 503 past it")
     applier_batch: int = Field(512, ge=1, description="log entries applied (and encoded) together")
     snapshot_every_entries: int = Field(10_000, ge=1)
     snapshot_interval_s: float = Field(300.0, gt=0)
 
-    # Jobs and hot swap
+
+class JobSettings(BaseModel):
+    """Jobs, workers, hot swap and the doc log's retention."""
+
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a running job beats")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="a running job silent this long is failed: worker lost")
     sweep_interval_s: float = Field(5.0, gt=0, description="how often the api looks for lost jobs")
@@ -202,9 +234,25 @@ class Settings(BaseSettings):
         "always", description="embedded Redis: fsync the AOF before acknowledging a write (always) or once a second"
     )
 
-    # Logging
+
+class LogSettings(BaseModel):
+    """Logging."""
+
     log_level: str = "INFO"
     log_json: bool = True
+
+
+SECTIONS: tuple[type[BaseModel], ...] = (
+    StateSettings, ModelSettings, IndexSettings, SecuritySettings, LimitSettings, BatchingSettings,
+    CenteringSettings, LexicalSettings, WriteSettings, JobSettings, LogSettings,
+)
+
+
+class Settings(
+    StateSettings, ModelSettings, IndexSettings, SecuritySettings, LimitSettings, BatchingSettings,
+    CenteringSettings, LexicalSettings, WriteSettings, JobSettings, LogSettings, BaseSettings,
+):
+    model_config = SettingsConfigDict(env_prefix="XLING_", env_file=".env", extra="ignore")
 
     @model_validator(mode="after")
     def _heartbeat_fits_timeout(self) -> Settings:
