@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from xling.app.engine import Engine
-from xling.app.holds import LogHolds
-from xling.app.job_queue import JobQueue
-from xling.app.swap import HotSwap
+from xling.serving.engine import Engine
+from xling.serving.holds import LogHolds
+from xling.serving.job_queue import JobQueue
+from xling.serving.swap import HotSwap
 from xling.state.docstore import DocStore
 from xling.state.errors import Unauthorized
 from xling.state.jobstore import JobStore

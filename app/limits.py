@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from xling.app.engine import SearchQuery
 from xling.app.schemas import DocumentIn, MetadataValue
 from xling.models.index.fusion import SearchMode
+from xling.serving.engine import SearchQuery
 from xling.state.docstore import StoredDoc
 from xling.state.errors import InvalidInput
 from xling.state.settings import Settings

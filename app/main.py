@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from xling.app.engine import Engine
 from xling.app.errors import install_error_handlers
-from xling.app.metrics import Metrics
 from xling.app.middleware import BodySizeLimit, RequestMetrics
 from xling.app.openapi import install_openapi
 from xling.app.routes import datasets, documents, jobs, models, openai, ops, search
+from xling.serving.engine import Engine
+from xling.serving.metrics import Metrics
 from xling.state.settings import Settings
 
 

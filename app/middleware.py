@@ -9,7 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xling.app.errors import error_body
-from xling.app.metrics import Metrics
+from xling.serving.metrics import Metrics
 
 
 async def _reply_413(send: Send, limit: int) -> None:

@@ -4,7 +4,7 @@ A pooled connection opened before Redis restarted is only found dead when it is 
 that one command fails (the api answered one `503 store_unavailable` per pooled connection after a restart,
 with /readyz already 200); with it, the command is sent again on a fresh connection. Retried commands are
 safe here: writes are idempotent (a document set twice is the same document; a log entry applied twice
-converges, see `xling.app.applier`).
+converges, see `xling.serving.applier`).
 
 With `XLING_REDIS_SENTINELS` the clients ask the Sentinels which server is the master, and ask again whenever a
 connection to it fails or it answers as a replica: after a failover the next retry reaches the new master.

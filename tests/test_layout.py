@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("app", "cli", "models", "state", "worker")  # folders at the top, each xling.<name>
+PACKAGES = ("app", "cli", "models", "serving", "state", "worker")  # folders at the top, each xling.<name>
 # Which of our packages each package may import (besides itself).
 ALLOWED = {
     "models": set(),
     "state": {"models"},
     "worker": {"state", "models"},
-    "app": {"state", "models"},
-    "cli": {"app", "worker", "state", "models"},
+    "serving": {"state", "models"},
+    "app": {"serving", "state", "models"},
+    "cli": {"app", "serving", "worker", "state", "models"},
 }
 HTTP_LIBRARIES = ("fastapi", "starlette")
 # The HTTP layer of the api: the only modules that import FastAPI or Starlette.

@@ -17,7 +17,6 @@ from xling.app.deps import (
     require_search_key,
     require_write_key,
 )
-from xling.app.engine import Engine
 from xling.app.schemas import (
     DOC_ID_PATTERN,
     DeleteRequest,
@@ -27,6 +26,7 @@ from xling.app.schemas import (
     IndexResponse,
     IndexStats,
 )
+from xling.serving.engine import Engine
 from xling.state.errors import NotFound
 from xling.state.indexing import ServingPair
 

@@ -22,7 +22,6 @@ from xling.app.deps import (
     require_read_key,
     require_write_key,
 )
-from xling.app.job_queue import JobQueue
 from xling.app.schemas import (
     EvaluateRequest,
     ExperimentRequest,
@@ -33,6 +32,7 @@ from xling.app.schemas import (
     ReindexRequest,
 )
 from xling.models.files import remove_dir
+from xling.serving.job_queue import JobQueue
 from xling.state.errors import Conflict, NotFound
 from xling.state.jobs import parse_job
 from xling.state.jobstore import FINAL, NO_WORKER, Job, JobNotFound, JobStore

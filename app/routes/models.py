@@ -19,7 +19,7 @@ from xling.app.deps import (
     require_write_key,
 )
 from xling.app.schemas import NAME_PATTERN, Activation, ActiveModel, ModelsPage
-from xling.app.swap import HotSwap
+from xling.serving.swap import HotSwap
 from xling.state.centering import describe
 from xling.state.errors import Conflict, NotFound
 from xling.state.jobs import ReindexJob, parse_job

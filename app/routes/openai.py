@@ -11,7 +11,6 @@ import base64
 from fastapi import APIRouter, Depends
 
 from xling.app.deps import EngineDep, SettingsDep, SwapDep, require_search_key
-from xling.app.engine import Engine
 from xling.app.schemas import (
     EmbeddingOut,
     EmbeddingsRequest,
@@ -20,7 +19,8 @@ from xling.app.schemas import (
     ModelCard,
     ModelCards,
 )
-from xling.app.swap import HotSwap
+from xling.serving.engine import Engine
+from xling.serving.swap import HotSwap
 from xling.state.errors import InvalidInput, NotFound
 from xling.state.settings import Settings
 

@@ -15,12 +15,12 @@ import redis
 from qdrant_client import QdrantClient
 
 from tests.conftest import TEST_KEYS, RunningService, doc_store_call, running_service
-from xling.app.applier import Applier, Watermark
-from xling.app.metrics import Metrics
 from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.qdrant_index import alias_target, create_collection
 from xling.models.index.qdrant_lexical import QdrantLexical
+from xling.serving.applier import Applier, Watermark
+from xling.serving.metrics import Metrics
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
 from xling.state.qdrant_store import QdrantStore, copy_to_collection, qdrant_client

@@ -12,13 +12,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xling.app.applier import Applier, Watermark
-from xling.app.holds import LogHolds
-from xling.app.metrics import Metrics
 from xling.models.centering import Centering
 from xling.models.encoder import Encoder
 from xling.models.index.vector_index import SNAPSHOT_META, IndexMismatchError, SnapshotError, VectorIndex
 from xling.models.resolve import ModelNotFoundError, ModelSource, resolve_model
+from xling.serving.applier import Applier, Watermark
+from xling.serving.holds import LogHolds
+from xling.serving.metrics import Metrics
 from xling.state.centering import (
     centering_stamp,
     load_centering,

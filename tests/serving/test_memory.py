@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from xling.app import memory
+from xling.serving import memory
 
 
 def test_the_kernel_cache_size_is_what_onednn_reads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from xling.app.metrics import Metrics
 from xling.models.index.lexical import LexicalIndex
+from xling.serving.metrics import Metrics
 from xling.state.docstore import START_OFFSET, DocReader, LogEntry, offset_key
 from xling.state.indexing import ServingPair, apply_entries
 from xling.state.polling import poll

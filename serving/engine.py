@@ -16,18 +16,18 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from xling.app.applier import Applier, Watermark
-from xling.app.batcher import MicroBatcher
-from xling.app.holds import LogHolds
-from xling.app.job_queue import JobQueue
-from xling.app.memory import limit_kernel_cache, release_free_memory
-from xling.app.metrics import Metrics
-from xling.app.swap import HotSwap
 from xling.models.encoder import TextKind
 from xling.models.files import claim_folder
 from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
 from xling.models.index.lexical import LexicalIndex, LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
+from xling.serving.applier import Applier, Watermark
+from xling.serving.batcher import MicroBatcher
+from xling.serving.holds import LogHolds
+from xling.serving.job_queue import JobQueue
+from xling.serving.memory import limit_kernel_cache, release_free_memory
+from xling.serving.metrics import Metrics
+from xling.serving.swap import HotSwap
 from xling.state.centering import (
     TextLanguage,
     calibrate_corpus,

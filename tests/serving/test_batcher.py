@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from xling.app.batcher import MicroBatcher
+from xling.serving.batcher import MicroBatcher
 from xling.state.errors import Overloaded
 
 

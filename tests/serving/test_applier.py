@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import doc_store_call
-from xling.app.applier import Applier, Watermark
-from xling.app.metrics import Metrics
 from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalIndex
 from xling.models.index.vector_index import VectorIndex
+from xling.serving.applier import Applier, Watermark
+from xling.serving.metrics import Metrics
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, catch_up_lexical
 from xling.state.retention import LogTrimmed

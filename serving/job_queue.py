@@ -7,7 +7,7 @@ import threading
 
 from celery import Celery
 
-from xling.app.metrics import Metrics
+from xling.serving.metrics import Metrics
 from xling.state.jobs import QUEUE, JobSpec, celery_sender, task_name
 from xling.state.jobstore import Job, JobStore
 from xling.state.polling import poll
