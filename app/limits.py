@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from xling.app.schemas import DocumentIn, MetadataValue
 from xling.models.index.fusion import SearchMode
-from xling.serving.engine import SearchQuery
+from xling.serving.search import SearchQuery
 from xling.state.docstore import StoredDoc
 from xling.state.errors import InvalidInput
 from xling.state.settings import Settings

@@ -131,6 +131,24 @@ class JobStore:
             pipe.execute()
         return self.get(job_id)
 
+    def claim_recalibration(self, version: str, every_s: int) -> bool:
+        """Whether this process may queue `version`'s next recalibration: none is queued or running, none was
+        claimed within `every_s` (a failed one is not retried on every poll), and no other replica claimed it
+        first (across replicas, one claim wins)."""
+        if self.client.exists(self.keys.recalibration_throttle(version)):
+            return False
+        previous = self.client.get(self.keys.recalibration(version))
+        if previous:
+            try:
+                if self.get(str(previous)).status in ("queued", "running"):
+                    return False
+            except JobNotFound:
+                pass  # deleted since: ask again
+        return bool(self.client.set(self.keys.recalibration_throttle(version), "1", nx=True, ex=every_s))
+
+    def record_recalibration(self, version: str, job_id: str) -> None:
+        self.client.set(self.keys.recalibration(version), job_id)
+
     def get(self, job_id: str) -> Job:
         raw: Any = self.client.hgetall(self.keys.job(job_id))
         if not raw:

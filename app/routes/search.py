@@ -13,7 +13,7 @@ from xling.app import limits
 from xling.app.deps import EngineDep, SettingsDep, require_search_key
 from xling.app.schemas import LANG_LIST_PATTERN, LANG_PATTERN, HitOut, SearchRequest, SearchResponse
 from xling.models.index.fusion import SearchMode
-from xling.serving.engine import SearchQuery, SearchResult
+from xling.serving.search import SearchQuery, SearchResult
 from xling.state.errors import InvalidInput
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])

@@ -1,0 +1,247 @@
+"""Search, and embeddings on the same encoder forwards: queries and embedding requests ride one micro-batcher;
+each batch's texts are routed to their adapters, encoded, centred as the index's vectors are, and searched with
+one FAISS call per filter; a lexical or hybrid search then ranks (xling.models.index.fusion) on the same serving
+pair, and the hits carry their stored documents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xling.models.encoder import TextKind
+from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
+from xling.models.index.lexical import LexicalSearch
+from xling.models.index.vector_index import Neighbour, Scalar
+from xling.serving.batcher import MicroBatcher
+from xling.serving.documents import Documents
+from xling.serving.metrics import Metrics
+from xling.state.centering import TextLanguage, document_languages, query_language
+from xling.state.docstore import StoredDoc
+from xling.state.indexing import ServingPair
+from xling.state.settings import Settings
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str
+    k: int
+    langs: tuple[str, ...] = ()
+    where: tuple[tuple[str, Scalar], ...] = ()
+    query_lang: str | None = None  # the query's own language, when the caller knows it (centring)
+    mode: SearchMode = "dense"
+
+    @property
+    def filter_key(self) -> tuple[tuple[str, ...], str]:
+        return tuple(sorted(self.langs)), json.dumps(sorted(self.where))
+
+
+@dataclass(frozen=True)
+class EmbedTexts:
+    """An embeddings request: its texts ride the search micro-batcher, sharing encoder forwards."""
+
+    texts: tuple[str, ...]
+    kind: TextKind
+    lang: str | None = None  # the texts' language when the caller says it (routing and centring)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    model_version: str
+    vectors: np.ndarray  # (len(texts), dim) float32, unit norm
+    tokens: list[int]  # tokens the model read per text
+    centering_id: str | None = None  # the means the vectors were centred with (None: raw)
+    adapters: list[str | None] = field(default_factory=list)  # the adapter that encoded each text (None: shared)
+
+
+@dataclass(frozen=True)
+class DenseAnswer:
+    """A query's dense neighbours, with what a hybrid search needs to score more documents on the same pair."""
+
+    pair: ServingPair
+    neighbours: list[Neighbour]
+    vector: np.ndarray  # the query's vector, centred as the index's are
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    score: float
+    rank: int
+    doc: StoredDoc
+    ranks: dict[str, int] = field(default_factory=dict)  # ranking (dense, lexical) -> rank, for those that found it
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    model_version: str
+
+
+class Search:
+    """The search path of one api process: `pair` is the serving pair of the moment (raises NotReady before
+    there is one), `lexical` where a pair's BM25 is searched."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, pair: Callable[[], ServingPair],
+                 lexical: Callable[[ServingPair], LexicalSearch], documents: Documents) -> None:
+        self.settings = settings
+        self.pair = pair
+        self.lexical = lexical
+        self.documents = documents
+        self.fusion = settings.fusion_config()
+        self.batcher: MicroBatcher[SearchQuery | EmbedTexts, DenseAnswer | Embedded] = MicroBatcher(
+            self._run_batch,
+            max_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            max_queue=settings.search_queue_max,
+            on_batch=metrics.search_batch_size.observe,
+            name="search",
+        )
+
+    async def run(self, query: SearchQuery) -> SearchResult:
+        pair = self.pair()
+        if query.mode == "dense":
+            answer = await self._dense(query)
+            ranked = [FusedHit(n.ext_id, n.score, {"dense": rank}) for rank, n in enumerate(answer.neighbours, 1)]
+            pair = answer.pair
+        elif query.mode == "lexical":
+            ranked = await asyncio.to_thread(self._lexical_ranking, query, pair)
+        else:
+            answer = await self._dense(query)
+            ranked, pair = await asyncio.to_thread(self._fuse, query, answer), answer.pair
+        version = pair.version
+        docs = await self.documents.get_many([hit.ext_id for hit in ranked], pair)
+        # A document deleted after the index search is dropped rather than shown without text.
+        kept = [(hit, doc) for hit, doc in zip(ranked, docs, strict=True) if doc is not None]
+        hits = [SearchHit(hit.ext_id, hit.score, rank, doc, hit.ranks) for rank, (hit, doc) in enumerate(kept, 1)]
+        return SearchResult(hits, version)
+
+    async def _dense(self, query: SearchQuery) -> DenseAnswer:
+        answer = await self.batcher.submit(query)
+        assert isinstance(answer, DenseAnswer)
+        return answer
+
+    def _lexical_ranking(self, query: SearchQuery, pair: ServingPair) -> list[FusedHit]:
+        found = self.lexical(pair).search(query.text, query.k, query.langs, dict(query.where))
+        return [FusedHit(hit.ext_id, hit.score, {"lexical": rank}) for rank, hit in enumerate(found, 1)]
+
+    def _fuse(self, query: SearchQuery, answer: DenseAnswer) -> list[FusedHit]:
+        """The exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion)."""
+        lexical, pair, where = self.lexical(answer.pair), answer.pair, dict(query.where)
+
+        def dense_top(depth: int) -> list[tuple[str, float]]:
+            found = answer.neighbours
+            if depth > len(found) and len(found) >= self._dense_depth(query):  # the batch fetched too few
+                found = pair.index.search(answer.vector[None, :], depth, query.langs, where)[0]
+            return [(n.ext_id, n.score) for n in found[:depth]]
+
+        if self.fusion.method == "rrf":
+            ranked = lexical.search(query.text, self.fusion.window, query.langs, where)
+            lexical_ranking = [(hit.ext_id, hit.score) for hit in ranked]
+            return fuse_rrf(dense_top(self.fusion.window), lexical_ranking, query.k, self.fusion)
+        scaled = lexical.scaled(query.text, query.langs, where, per_language=self.fusion.normalise == "language")
+        return fuse_weighted(
+            query.k, self.fusion, dense_top, scaled.top,
+            dense_of=lambda ids: pair.index.scores(answer.vector, ids), lexical_of=scaled.of,
+        )
+
+    def _dense_depth(self, query: SearchQuery) -> int:
+        """How many neighbours the micro-batch fetches: k, or a fused ranking's first window."""
+        return query.k if query.mode == "dense" else max(query.k, self.fusion.window)
+
+    async def embed(self, texts: list[str], kind: TextKind, lang: str | None = None) -> Embedded:
+        self.pair()  # NotReady before the batcher is asked
+        answer = await self.batcher.submit(EmbedTexts(tuple(texts), kind, lang))
+        assert isinstance(answer, Embedded)
+        return answer
+
+    def _run_batch(self, items: list[SearchQuery | EmbedTexts]) -> list[DenseAnswer | Embedded]:
+        """Searches and embedding requests that arrived together share the encoder's forwards."""
+        pair = self.pair()  # read once: a swap mid-batch cannot mix two models
+        flat: list[tuple[TextKind, str]] = []  # every text of the batch, with its kind
+        spans: list[slice] = []  # each item's rows in `flat`
+        for item in items:
+            start = len(flat)
+            if isinstance(item, SearchQuery):
+                flat.append(("query", item.text))
+            else:
+                flat.extend((item.kind, text) for text in item.texts)
+            spans.append(slice(start, len(flat)))
+        languages = self._languages(pair, items)
+        vectors = np.empty((len(flat), pair.encoder.dim), dtype=np.float32)
+        tokens = [0] * len(flat)
+        for kind in ("query", "passage"):
+            rows = [n for n, (k, _) in enumerate(flat) if k == kind]
+            if rows:
+                # One forward sequence per adapter among these rows (Encoder.route).
+                vectors[rows], counts = pair.encoder.encode_counted(
+                    [flat[n][1] for n in rows], kind, [languages[n].adapter for n in rows]
+                )
+                for row, count in zip(rows, counts, strict=True):
+                    tokens[row] = count
+        if pair.centering is not None:
+            self._centre(pair, flat, languages, vectors)
+        searches = [i for i, item in enumerate(items) if isinstance(item, SearchQuery)]
+        queries = [item for item in items if isinstance(item, SearchQuery)]
+        query_vectors = vectors[[spans[i].start for i in searches]]
+        found = self._search_vectors(pair, queries, query_vectors) if queries else []
+        neighbours = dict(zip(searches, zip(found, query_vectors, strict=True), strict=True))
+        return [
+            DenseAnswer(pair, *neighbours[i])
+            if i in neighbours
+            else Embedded(pair.version, vectors[spans[i]], tokens[spans[i]],
+                          pair.centering.id if pair.centering else None,
+                          [language.adapter for language in languages[spans[i]]])
+            for i in range(len(items))
+        ]
+
+    @staticmethod
+    def _languages(pair: ServingPair, items: list[SearchQuery | EmbedTexts]) -> list[TextLanguage]:
+        """Each text's adapter and centring language, row by row as `_run_batch` flattens them: a query's from
+        its given language or one detection (state.centering.query_language); a passage's as a document's (its
+        given language, else the detected one)."""
+        encoder, centering = pair.encoder, pair.centering
+        found: list[TextLanguage] = []
+        for item in items:
+            if isinstance(item, SearchQuery):
+                found.append(query_language(item.text, item.query_lang, encoder, centering))
+            elif item.kind == "query":
+                found.extend(query_language(text, item.lang, encoder, centering) for text in item.texts)
+            elif encoder.adapters or centering is not None:
+                langs = document_languages([StoredDoc(text, item.lang) for text in item.texts], encoder.detector)
+                found.extend(TextLanguage(encoder.adapter_for(lang), lang) for lang in langs)
+            else:
+                found.extend(TextLanguage(None, None) for _ in item.texts)
+        return found
+
+    @staticmethod
+    def _centre(pair: ServingPair, flat: list[tuple[TextKind, str]], languages: list[TextLanguage],
+                vectors: np.ndarray) -> None:
+        """In place: each text's vector centred as the index's are. A query on the document mean of its language,
+        else on the global query mean; a passage as a document."""
+        centering = pair.centering
+        assert centering is not None
+        for kind in ("query", "passage"):
+            rows = [n for n, (k, _) in enumerate(flat) if k == kind]
+            langs = [languages[n].centre for n in rows]
+            if rows:
+                vectors[rows] = (centering.queries if kind == "query" else centering.documents)(vectors[rows], langs)
+
+    def _search_vectors(
+        self, pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray
+    ) -> list[list[Neighbour]]:
+        """One FAISS search per distinct filter among the queries."""
+        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        for row, query in enumerate(queries):
+            groups.setdefault(query.filter_key, []).append(row)
+        results: list[list[Neighbour]] = [[] for _ in queries]
+        for rows in groups.values():
+            first = queries[rows[0]]
+            depth = max(self._dense_depth(queries[r]) for r in rows)
+            found = pair.index.search(vectors[rows], depth, first.langs, dict(first.where))
+            for row, neighbours in zip(rows, found, strict=True):
+                results[row] = neighbours[: self._dense_depth(queries[row])]
+        return results
