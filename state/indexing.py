@@ -12,6 +12,7 @@ import numpy as np
 from xling.models.centering import Centering
 from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalDoc, LexicalIndex
+from xling.models.index.served import ServedIndex
 from xling.models.index.vector_index import IndexSpec, VectorIndex
 from xling.models.resolve import ModelSource
 from xling.state.centering import DriftTracker, document_languages
@@ -31,7 +32,7 @@ class ServingPair:
     are centred with (None: raw vectors). Queries against the index are centred with the same means."""
 
     encoder: Encoder
-    index: VectorIndex | QdrantIndex
+    index: ServedIndex
     applied_offset: str
     centering: Centering | None = None
     drift: DriftTracker = field(default_factory=DriftTracker)  # documents applied since the index was built
@@ -58,10 +59,7 @@ class ServingPair:
         payload that makes it searchable by other clients and readable without Redis)."""
         vectors = self.document_vectors(docs, track=track)
         entries = [doc.entry(doc_id) for doc_id, doc in zip(ids, docs, strict=True)]
-        if isinstance(self.index, VectorIndex):
-            self.index.upsert(entries, vectors)
-        else:
-            self.index.upsert(entries, vectors, texts=[doc.text for doc in docs])
+        self.index.upsert(entries, vectors, texts=[doc.text for doc in docs])
 
 
 def load_encoder(source: ModelSource, settings: Settings) -> Encoder:

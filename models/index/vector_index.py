@@ -94,7 +94,8 @@ class VectorIndex:
             with self._lock:
                 yield [self._store.entry(slot) for slot in part], self._store.vectors(part)
 
-    def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray) -> None:
+    def upsert(self, docs: Sequence[DocEntry], vectors: np.ndarray, texts: Sequence[str] | None = None) -> None:
+        """Add or replace (`texts` are not kept: models/index/served.py)."""
         assert vectors.shape == (len(docs), self.dim), (vectors.shape, len(docs), self.dim)
         if len({d.ext_id for d in docs}) != len(docs):
             raise ValueError("duplicate ids in one upsert")
