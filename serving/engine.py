@@ -26,6 +26,7 @@ from xling.serving.metrics import Metrics
 from xling.serving.recalibration import Recalibration
 from xling.serving.search import Embedded, Search, SearchQuery, SearchResult
 from xling.serving.swap import HotSwap
+from xling.serving.tiers import make_tier
 from xling.serving.writes import Writes
 from xling.state.connections import async_redis_client, redis_client
 from xling.state.docstore import DocReader, DocStore, ReplicaAcks, StoredDoc
@@ -71,8 +72,8 @@ class Engine:
             ttl_s=settings.log_hold_ttl_s,
             serving_offsets=self._serving_offsets,
         )
-        self.qdrant = self._qdrant_store() if settings.index == "qdrant" else None
-        self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics, self.qdrant)
+        self.tier = make_tier(settings, self.reader, self.holds, self._qdrant_store)
+        self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics, self.tier)
         self.recalibration = Recalibration(settings, self.jobs, self.job_queue.submit, self.require_pair,
                                            self.swap.corpus)
         self.swap.on_recalibrate = self.recalibration.ask
@@ -80,7 +81,7 @@ class Engine:
         self.applier: Applier | None = None
         self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical_in_tantivy)
         self._lexical_claim: IO[bytes] | None = None  # holds its folder while this process runs
-        self.documents_of_record = Documents(settings, self.docs, self.qdrant, self.require_pair)
+        self.documents_of_record = Documents(self.docs, self.tier, self.require_pair)
         self.searches = Search(settings, metrics, self.require_pair, self.lexical_of, self.documents_of_record)
         self.writes = Writes(settings, self.docs, self.documents_of_record, self.watermark, lambda: self.ready)
         limit_kernel_cache(settings.kernel_cache_capacity)  # before the first encode
@@ -125,7 +126,7 @@ class Engine:
             check_log=self.holds.retention.check,
             on_log_trimmed=self._rebuild_after_trim,
             lexical=self.lexical,
-            shared=self.qdrant,
+            shared=self.tier.shared,
         )
         self.swap.serve_first(pair, source, self.applier)
         self.applier.snapshot_offset = pair.applied_offset if from_snapshot else None
@@ -201,8 +202,7 @@ class Engine:
             self.lexical.close()
         if self._lexical_claim is not None:
             self._lexical_claim.close()
-        if self.qdrant is not None:
-            self.qdrant.close()  # local mode: frees the folder's lock for the next process
+        self.tier.close()
         await self.async_redis.aclose()
         self.sync_redis.close()
 
@@ -224,13 +224,9 @@ class Engine:
     # Search, documents, writes (serving/search.py, documents.py, writes.py) -----------------------
     def lexical_of(self, pair: ServingPair) -> LexicalSearch:
         """Where BM25 is searched: this replica's tantivy index, or the sparse vectors of the pair's collection."""
-        if self.lexical is not None:
-            return self.lexical
-        if self.settings.lexical_in_qdrant:
-            from xling.models.index.qdrant_lexical import QdrantLexical  # imports qdrant-client
-
-            assert self.qdrant is not None  # lexical_in_qdrant implies XLING_INDEX=qdrant
-            return QdrantLexical(self.qdrant.collection_of(pair))
+        found = self.lexical if self.lexical is not None else self.tier.lexical_of(pair)  # (empty is falsy)
+        if found is not None:
+            return found
         raise InvalidInput("lexical and hybrid search are off on this service (XLING_LEXICAL=false)")
 
     async def search(self, query: SearchQuery) -> SearchResult:

@@ -30,7 +30,7 @@ class Writes:
     async def delete(self, ids: Sequence[str], *, must_exist: bool = False) -> list[str]:
         """Delete these documents; returns the ids that did not exist (NotFound for the first, with
         `must_exist`)."""
-        if self.documents.in_qdrant:  # no hash to say which exist: the serving collection does
+        if self.documents.in_tier:  # no hash to say which exist: the serving index's tier does
             found = await self.documents.get_many(ids)
             missing = [doc_id for doc_id, doc in zip(ids, found, strict=True) if doc is None]
             offset, _ = await self.docs.delete([doc_id for doc_id in ids if doc_id not in missing])

@@ -21,6 +21,7 @@ from xling.models.index.qdrant_index import alias_target, create_collection
 from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.serving.applier import Applier, Watermark
 from xling.serving.metrics import Metrics
+from xling.serving.tiers import QdrantTier
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
 from xling.state.qdrant_store import QdrantStore, copy_to_collection, qdrant_client
@@ -40,9 +41,9 @@ def collection(service: RunningService) -> str:
 
 
 def qdrant_of(service: RunningService) -> QdrantClient:
-    store = service.app.state.engine.qdrant
-    assert store is not None
-    return store.client  # type: ignore[no-any-return]
+    tier = service.app.state.engine.tier
+    assert isinstance(tier, QdrantTier)
+    return tier.store.client  # type: ignore[no-any-return]
 
 
 def test_restart_reopens_the_collection_and_replays_what_was_written_meanwhile(
