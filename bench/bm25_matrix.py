@@ -155,7 +155,7 @@ def main() -> None:
             found += matrix_batch(parts, queries[start : start + batch], candidates[start : start + batch], DEPTH)
         matrix_ms[batch] = (time.perf_counter() - started) / len(queries) * 1000
 
-    disagreements = {"top": 0, "fill": 0, "largest_difference": 0.0}
+    disagreements = {"top": 0, "top_lists": 0, "fill": 0, "fill_scores": 0, "largest_difference": 0.0}
     for (tops, fills), mine in zip(served, found, strict=True):
         for name, hits in tops.items():
             _, values = mine["top"].get(name, (np.asarray([]), np.asarray([])))
@@ -163,12 +163,14 @@ def main() -> None:
             ours = np.asarray(sorted(values.astype(float).tolist())[-10:])
             same = len(theirs) == len(ours) and np.allclose(theirs, ours, atol=1e-3)
             disagreements["top"] += int(not same)
+            disagreements["top_lists"] += 1
             if len(theirs) == len(ours):
                 disagreements["largest_difference"] = max(disagreements["largest_difference"],
                                                           float(np.abs(theirs - ours).max(initial=0.0)))
         for ext_id, hit in fills.items():
             difference = abs(mine["fill"].get(ext_id, 0.0) - hit.score)
             disagreements["fill"] += int(difference > 1e-3)
+            disagreements["fill_scores"] += 1
             disagreements["largest_difference"] = max(disagreements["largest_difference"], difference)
     result: dict[str, Any] = {
         "docs": args.docs, "queries": len(queries), "depth": DEPTH,
