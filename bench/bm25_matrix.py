@@ -35,6 +35,22 @@ from xling.models.index.sparse import K1, B
 DEPTH = 100  # the fused ranking's first window: each partition's top this many, and this many dense candidates
 
 
+def quantised_lengths(lengths: np.ndarray) -> np.ndarray:
+    """Document lengths as tantivy's BM25 sees them: stored on one byte (the Lucene scheme tantivy documents in
+    src/fieldnorm), exact up to 40, then on a log scale, each rounded down to the value its byte decodes to."""
+    table = np.asarray([_decode_norm(code) for code in range(256)], dtype=np.int64)
+    return table[np.searchsorted(table, lengths, side="right") - 1].astype(np.float32)
+
+
+def _decode_norm(code: int) -> int:
+    # Codes below 24 are the length itself; above, three mantissa bits and an exponent (shift).
+    if code < 24:
+        return code
+    rest = code - 24
+    mantissa, shift = rest & 0b111, rest >> 3
+    return 24 + (mantissa if shift == 0 else (mantissa | 8) << (shift - 1))
+
+
 @dataclass
 class Partition:
     vocabulary: dict[str, int]
@@ -44,7 +60,8 @@ class Partition:
 
 
 def build_partitions(docs: list[LexicalDoc]) -> dict[str, Partition]:
-    """BM25 as tantivy scores it (k1 1.2, b 0.75, IDF over the partition's documents), per partition."""
+    """BM25 as tantivy scores it (k1 1.2, b 0.75, IDF over the partition's documents, quantised lengths), per
+    partition."""
     grouped: dict[str, list[LexicalDoc]] = {}
     for doc in docs:
         grouped.setdefault(partition_of(doc), []).append(doc)
@@ -62,7 +79,8 @@ def build_partitions(docs: list[LexicalDoc]) -> dict[str, Partition]:
         length = np.asarray(lengths, dtype=np.float32)
         row_index, col_index = np.asarray(rows), np.asarray(cols)
         tf = np.asarray(counts, dtype=np.float32)
-        norm = K1 * (1 - B + B * length[row_index] / length.mean())
+        # The average is of the exact lengths (tantivy sums the tokens); each document's own length is quantised.
+        norm = K1 * (1 - B + B * quantised_lengths(length)[row_index] / length.mean())
         df = np.bincount(col_index, minlength=len(vocabulary)).astype(np.float32)
         idf = np.log(1 + (len(members) - df + 0.5) / (df + 0.5))
         values = idf[col_index] * tf * (K1 + 1) / (tf + norm)
