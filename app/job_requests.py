@@ -12,7 +12,7 @@ from xling.models.adapters.config import AdapterConfig
 from xling.models.data.parallel import check_shape
 from xling.models.data.text import DataError
 from xling.models.evaluation.guards import BITEXT_METRICS, LAREQA_METRICS, Guard
-from xling.models.training.config import DEFAULT_WEIGHTS, TrainConfig
+from xling.models.training.config import TrainConfig
 from xling.state.datasets import dataset_info, training_shape
 from xling.state.errors import InvalidInput
 from xling.state.jobs import EvaluateJob, ExperimentConfig, ExperimentJob, FinetuneJob, ReindexJob, as_list
@@ -101,18 +101,8 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
     version = request.version or f"ft-{uuid.uuid4().hex[:10]}"
     if (settings.models_dir / version).exists():
         raise InvalidInput(f"version {version!r} already exists")
-    config = TrainConfig(
-        strategy=request.strategy, alpha=request.alpha, batch_size=request.batch_size,
-        learning_rate=request.learning_rate, weight_decay=request.weight_decay, warmup_ratio=request.warmup_ratio,
-        epochs=request.epochs, max_steps=request.max_steps, max_length=request.max_length,
-        val_fraction=request.val_fraction, checkpoint_steps=request.checkpoint_steps, seed=request.seed,
-        freeze_embeddings=request.freeze_embeddings, query_prefix=request.query_prefix,
-        passage_prefix=request.passage_prefix, interpolate=request.interpolate,
-        interpolation_weights=request.interpolation_weights or list(DEFAULT_WEIGHTS),
-        guard_max_drop=request.guard_max_drop, early_stopping_patience=request.early_stopping_patience,
-        eval_steps=request.eval_steps, mixing=request.mixing, bitext_passes=request.bitext_passes,
-        anchor_distillation=request.anchor_distillation,
-    )
+    # The request's training fields are TrainConfig's own, checked when the request was read.
+    config = TrainConfig(**request.model_dump(include=set(TrainConfig.model_fields)))
     if request.bitext_passes is not None and not any(_dataset(n, settings)["kind"] == "bitext" for n in datasets):
         raise InvalidInput("bitext_passes counts passes over a bitext training dataset; this job has none")
     if request.mixing is not None:
@@ -121,10 +111,6 @@ def finetune_job(request: FinetuneRequest, settings: Settings, registry: Registr
             raise InvalidInput(f"mixing names {unknown}, which are not training datasets of this job {datasets}")
         if not any(request.mixing.get(name, 0) > 0 for name in datasets):
             raise InvalidInput("mixing gives every training dataset a share of 0")
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
     guards = None if request.guards is None else _guards(request.guards, request.eval_datasets, settings)
     if guards and request.deploy != "if_better":
         raise InvalidInput("guards decide deploy 'if_better'; with another deploy mode they would do nothing")

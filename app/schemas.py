@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from xling.models.adapters.config import AdapterConfig
 from xling.models.index.fusion import SearchMode
+from xling.models.training.config import TrainConfig
 
 
 class FieldError(BaseModel):
@@ -158,7 +159,6 @@ class Health(BaseModel):
 # Jobs, datasets, models -------------------------------------------------------------------------
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-StrategyName = Literal["monolingual", "crosslingual", "hybrid"]
 
 
 class GuardIn(_Strict):
@@ -169,30 +169,16 @@ class GuardIn(_Strict):
     max_drop: float = Field(0.005, ge=0, le=1, description="how far it may fall (rise, for rank_distance)")
 
 
-class FinetuneRequest(_Strict):
+class FinetuneRequest(TrainConfig, _Strict):
+    """A finetune job: the training parameters are TrainConfig's (models/training/config.py, their one
+    declaration, bounds and descriptions included); these fields say what to train on and what to do after."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     dataset: Name | list[Name] = Field(
         description="a dataset under DATA_DIR/datasets (GET /datasets), or several: parallel QA and/or bitext"
     )
     base: str = Field("active", description="'active', a registry version, or a hub id")
-    strategy: StrategyName = "hybrid"
-    alpha: float = Field(0.5, ge=0, le=1)
-    batch_size: int = Field(100, ge=2, le=4096)
-    learning_rate: float = Field(3e-5, gt=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    epochs: float = Field(1.0, gt=0, le=100)
-    max_steps: int | None = Field(None, ge=1, le=10_000_000)
-    bitext_passes: float | None = Field(
-        None, gt=0, le=10_000, description="instead of max_steps: as many steps as it takes to see each bitext"
-        " training dataset this many times (from alpha and the mixing shares)",
-    )
-    max_length: int = Field(128, ge=8, le=8192)
-    val_fraction: float = Field(0.05, ge=0, lt=1)
-    checkpoint_steps: int = Field(500, ge=1)
-    seed: int = 0
-    freeze_embeddings: bool = Field(False, description="keep the word-embedding matrix fixed")
-    query_prefix: str | None = Field(None, max_length=64, description="default: the base's own, else 'Query: '")
-    passage_prefix: str | None = Field(None, max_length=64, description="default: the base's own, else 'Passage: '")
     eval_datasets: list[Name] = Field(
         default_factory=list, description="LAReQA and/or bitext datasets scored after training"
     )
@@ -206,27 +192,6 @@ class FinetuneRequest(_Strict):
         None,
         description="if_better deploys only if none of these fell by more than its max_drop; default: Mono mAP of"
         " every LAReQA eval dataset and accuracy@1 of every bitext one, max_drop guard_max_drop; [] for none",
-    )
-    guard_max_drop: float = Field(0.005, ge=0, le=1, description="the default guards' bound")
-    interpolate: bool = Field(
-        False, description="WiSE-FT: move the tuned weights back toward the base by the weight that scores best on"
-        " the validation split without its Mono mAP falling by more than guard_max_drop",
-    )
-    interpolation_weights: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
-        None, min_length=1, max_length=20, description="weights on the tuned model to try; default 0.2 ... 1.0"
-    )
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="stop after this many validation evaluations without improvement (needs eval_steps)"
-    )
-    eval_steps: int | None = Field(None, ge=1, description="validate every this many steps")
-    mixing: dict[Name, Annotated[float, Field(ge=0)]] | None = Field(
-        None, description="share of cross-lingual batches per training dataset, e.g. {\"mlqa\": 0.5, \"bre\": 0.5};"
-        " default: proportional to each dataset's cross-lingual pairs",
-    )
-    anchor_distillation: float = Field(
-        0.0, ge=0, le=100, description="weight of a term that keeps texts in the monolingual batches' languages"
-        " (a bitext's side in one of them too) where the base embedded them (1 − cosine to a frozen copy of the"
-        " base), so tuning keeps what the base did well; needs monolingual batches; 0 = off",
     )
     adapters: list[LangCode] = Field(
         default_factory=list, max_length=64,

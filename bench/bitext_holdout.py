@@ -23,7 +23,6 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +135,8 @@ def main() -> None:
             data_paths, names = [args.out / "train.jsonl", args.out / "qa.jsonl"], ["bitext", "qa"]
         score_full = args.score_full and config.interpolate
         # With --score-full the trainer stops before WiSE-FT; the weight is then chosen here, on the same split.
-        result = finetune(str(source.path), data_paths, tuned, replace(config, interpolate=not score_full),
-                          device="cpu", dataset_names=names)
+        trained_config = config.model_copy(update={"interpolate": not score_full})
+        result = finetune(str(source.path), data_paths, tuned, trained_config, device="cpu", dataset_names=names)
         assert result.path is not None and result.version is not None
         manifest = json.loads((result.path / "xling.json").read_text(encoding="utf-8"))["training"]
         interpolation = manifest.get("interpolation")
@@ -150,7 +149,7 @@ def main() -> None:
             )
             interpolation = choice.to_dict()
         results[f"training-{label}"] = {
-            "config": asdict(config), "metrics": result.metrics,
+            "config": config.model_dump(), "metrics": result.metrics,
             "mixing": manifest.get("mixing"), "interpolation": interpolation,
         }
         score(result.path, result.version, label)

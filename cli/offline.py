@@ -89,26 +89,25 @@ def finetune(
 
     from xling.models.data.text import DataError
     from xling.models.data.training_data import load_training_data
-    from xling.models.training.config import TrainConfig
+    from xling.models.training.config import train_config
     from xling.models.training.trainer import Progress as TrainProgress
     from xling.models.training.trainer import finetune as run_finetune
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
-    config = TrainConfig(
-        strategy=strategy, alpha=alpha, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, max_length=max_length, scale=scale,
-        query_prefix=query_prefix, passage_prefix=passage_prefix, with_context=with_context,
-        freeze_embeddings=freeze_embeddings,
-        val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
-        checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
-        bitext_passes=bitext_passes, interpolate=interpolate, mixing=_shares(mixing),
-        anchor_distillation=anchor_distillation,
-    )
     if out is None:
         out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     try:
-        config.validate()
+        config = train_config(
+            strategy=strategy, alpha=alpha, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, max_length=max_length, scale=scale,
+            query_prefix=query_prefix, passage_prefix=passage_prefix, with_context=with_context,
+            freeze_embeddings=freeze_embeddings,
+            val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
+            checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
+            bitext_passes=bitext_passes, interpolate=interpolate, mixing=_shares(mixing),
+            anchor_distillation=anchor_distillation,
+        )
         _, summary = load_training_data(data, with_context=with_context)
     except (ValueError, DataError) as exc:
         fail(str(exc), 2)
@@ -300,14 +299,17 @@ def experiment(
     """
     from xling.models.data.text import DataError
     from xling.models.experiment import ExperimentSpec, run_experiment
-    from xling.models.training.config import TrainConfig
+    from xling.models.training.config import train_config
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
     if val_fraction is None:
         val_fraction = 0.05 if interpolate else 0.0
-    config = TrainConfig(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length,
-                         val_fraction=val_fraction, freeze_embeddings=freeze_embeddings)
+    try:
+        config = train_config(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length,
+                              val_fraction=val_fraction, freeze_embeddings=freeze_embeddings)
+    except ValueError as exc:
+        fail(str(exc), 2)
     spec = ExperimentSpec(
         train=train, evals=eval_sets, base=base or settings.retrieval_model, steps=steps, seeds=seed or [0],
         config=config, langs=_split_langs(langs), keep_models=keep_models, report_only=report_only,

@@ -19,7 +19,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -155,7 +155,7 @@ def _spec_record(
     return {
         "base_model": base_name,
         "steps": spec.steps,
-        "config": {k: v for k, v in asdict(base_config).items() if k not in ("strategy", "max_steps", "seed")},
+        "config": {k: v for k, v in base_config.model_dump().items() if k not in ("strategy", "max_steps", "seed")},
         "train": fingerprint(train_groups),
         "evals": {folder.name: folder_fingerprint(folder) for folder in spec.evals},
         "langs": spec.langs,
@@ -169,7 +169,7 @@ def _check_same_spec(out: Path, record: dict[str, Any]) -> None:
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         # A setting added to TrainConfig after the earlier invocation ran at its default there.
-        defaults = {k: v for k, v in asdict(TrainConfig()).items() if k in record["config"]}
+        defaults = {k: v for k, v in TrainConfig().model_dump().items() if k in record["config"]}
         previous["config"] = {**defaults, **previous.get("config", {})}
         previous = {"centering": False, "interpolate": False, **previous}  # experiments from before these flags
         if previous != record:
@@ -201,7 +201,7 @@ def run_experiment(
     train_groups, _ = load_training_data(train_paths)
     check_no_overlap(train_paths, train_groups, sets)
     base_config = spec.config or TrainConfig()
-    base_config.validate()
+    base_config.check()
     if spec.interpolate and base_config.val_fraction == 0:
         raise ValueError("interpolation chooses its weight on a validation split: set val_fraction > 0")
     started = time.monotonic()
@@ -234,7 +234,7 @@ def run_experiment(
 
     def strategy_run(strategy: str, label: str, seed: int) -> dict[str, Any]:
         name = f"{label}-seed{seed}"
-        config = replace(base_config, strategy=strategy, max_steps=spec.steps, seed=seed)
+        config = base_config.model_copy(update={"strategy": strategy, "max_steps": spec.steps, "seed": seed})
         model_dir = out / "models" / name / "model"
         shutil.rmtree(model_dir, ignore_errors=True)  # a run interrupted before its evaluation starts over
         say(f"training {name} ({spec.steps} steps)")
@@ -249,7 +249,7 @@ def run_experiment(
             shutil.rmtree(model_dir, ignore_errors=True)
         return {
             "label": label, "seed": seed, "model_version": result.version, **_metrics(report, spec.centering),
-            "train_metrics": result.metrics, "config": asdict(config),
+            "train_metrics": result.metrics, "config": config.model_dump(),
             "prefixes": [training["query_prefix"], training["passage_prefix"]],
             "loss_curve": training.get("loss_curve", []),
         }
@@ -259,7 +259,7 @@ def run_experiment(
         name, tuned = f"{WISE_FT[0]}-seed{seed}", out / "models" / f"hybrid-seed{seed}" / "model"
         if not (tuned / "xling.json").is_file():
             raise ValueError(f"{tuned} is gone; remove {runs_dir / f'hybrid-seed{seed}.json'} to train it again")
-        config = replace(base_config, strategy="hybrid", max_steps=spec.steps, seed=seed)
+        config = base_config.model_copy(update={"strategy": "hybrid", "max_steps": spec.steps, "seed": seed})
         _, val_groups = split(train_groups, config.val_fraction, config.seed)  # the split hybrid trained beside
         model_dir = out / "models" / name / "model"
         say(f"interpolating {name} on {len(val_groups)} validation groups")
@@ -321,7 +321,7 @@ def run_experiment(
         "seeds": spec.seeds,
         "centering": spec.centering,
         "interpolate": spec.interpolate,
-        "train_config": asdict(base_config),
+        "train_config": base_config.model_dump(),
         "data": {
             "train": {"path": [str(p) for p in train_paths], "fingerprint": fingerprint(train_groups)},
             "evals": {str(folder): folder_fingerprint(folder) for folder in spec.evals},

@@ -50,7 +50,7 @@ class FinetuneRun:
     def to_json(self, config: TrainConfig) -> str:
         fields = {**asdict(self), "data": [str(p) for p in self.data], "out": str(self.out),
                   "registry_dir": str(self.registry_dir)}
-        return json.dumps({"run": fields, "config": asdict(config)})
+        return json.dumps({"run": fields, "config": config.model_dump()})
 
     @classmethod
     def from_json(cls, text: str) -> tuple[FinetuneRun, TrainConfig]:

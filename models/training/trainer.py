@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -284,7 +284,7 @@ def finetune(
     `resume_from`: a checkpoint folder, or True for the newest under `out/checkpoints`.
     """
     config = config or TrainConfig()
-    config.validate()
+    config.check()
     hf_logging.disable_progress_bar()  # progress goes through `progress`
     disable_progress_bars()
     groups, summary = load_training_data(data, with_context=config.with_context, names=dataset_names)
@@ -300,7 +300,7 @@ def finetune(
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     layout = read_layout(source.path, source.name)
     query_prefix, passage_prefix = resolve_prefixes(config, layout)
-    config = replace(config, query_prefix=query_prefix, passage_prefix=passage_prefix)
+    config = config.model_copy(update={"query_prefix": query_prefix, "passage_prefix": passage_prefix})
 
     model = SentenceTransformer(str(source.path), device=device)
     model.max_seq_length = config.max_length
@@ -415,7 +415,7 @@ def finetune(
         passage_prefix=passage_prefix,
         max_length=config.max_length,
         training={
-            **asdict(config),
+            **config.model_dump(),
             "device": device,
             "processes": world()[1],  # ranks that trained as one (torch.distributed), each on its own device
             "train_groups": len(train_groups),

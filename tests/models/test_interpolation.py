@@ -147,7 +147,7 @@ def test_finetune_interpolates_and_records_the_choice(models: tuple[Path, Path, 
     if record["weight"] == 0.0:
         assert all(torch.equal(_weights(result.path)[k], v) for k, v in _weights(base).items())
     with pytest.raises(ValueError, match="validation split"):
-        TrainConfig(interpolate=True, val_fraction=0.0).validate()
+        TrainConfig(interpolate=True, val_fraction=0.0)
 
 
 def _report(version: str, multi: float, mono: float, accuracy: float) -> EvaluationReport:

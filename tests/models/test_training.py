@@ -161,9 +161,9 @@ def test_lareqa_folder_trains_too(base_model: Path, tmp_path: Path) -> None:
 
 
 def test_bad_configuration_and_data_are_refused_before_training(base_model: Path, data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha"):
         finetune(str(base_model), data, tmp_path / "x", fast(alpha=2.0))
-    with pytest.raises(ValueError, match="strategy must be one of"):
+    with pytest.raises(ValueError, match="strategy"):
         finetune(str(base_model), data, tmp_path / "x", fast(strategy="bilingual"))
     with pytest.raises(ValueError, match="early stopping needs a validation split"):
         finetune(str(base_model), data, tmp_path / "x", fast(early_stopping_patience=2))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from xling.models.training.config import TrainConfig
@@ -37,7 +35,7 @@ def test_a_stored_job_parses_back_to_the_same_spec(spec: object) -> None:
 
 def test_stored_parameters_keep_their_shape() -> None:
     finetune = SPECS[0].params()
-    assert finetune["dataset"] == ["qa"] and finetune["config"] == dataclasses.asdict(TrainConfig(batch_size=8))
+    assert finetune["dataset"] == ["qa"] and finetune["config"] == TrainConfig(batch_size=8).model_dump()
     assert SPECS[1].params() == {"model": "v1", "datasets": ["ev", "bitext"], "centering": False, "mode": "dense"}
     # A job stored before a field existed still parses, with the field's default.
     assert parse_job("evaluate", {"model": "v1", "datasets": ["ev", "bitext"], "centering": False}) == SPECS[1]
@@ -61,3 +59,33 @@ def test_an_unknown_kind_or_a_malformed_job_is_refused() -> None:
         parse_job("compress", {})
     with pytest.raises(ValueError):
         parse_job("reindex", {})
+
+
+# The CLI's option names where they differ from the contract's field names.
+CLI_NAMES = {"lr": "learning_rate", "patience": "early_stopping_patience", "grad_accum": "gradient_accumulation_steps"}
+
+
+def test_every_other_surface_defaults_as_the_contract_does() -> None:
+    """The training parameters are declared once (TrainConfig); the finetune request inherits them, and the CLI
+    and the experiment request, which must spell them as options or fields of their own, start from the same
+    defaults (experiments hold no validation split unless asked: their own choice, checked as such)."""
+    import inspect
+
+    from xling.app.schemas import ExperimentRequest, FinetuneRequest
+    from xling.cli.offline import finetune
+
+    contract = TrainConfig()
+    assert set(TrainConfig.model_fields) <= set(FinetuneRequest.model_fields)
+    options = inspect.signature(finetune).parameters
+    compared = 0
+    for option, parameter in options.items():
+        name = CLI_NAMES.get(option, option)
+        if name in TrainConfig.model_fields and parameter.default is not inspect.Parameter.empty:
+            expected = getattr(contract, name)
+            assert parameter.default == expected, (option, parameter.default, expected)
+            compared += 1
+    assert compared >= 20
+    for model in (ExperimentRequest, ExperimentConfig):
+        shared = set(model.model_fields) & set(TrainConfig.model_fields) - {"val_fraction"}
+        assert shared and all(model.model_fields[n].default == getattr(contract, n) for n in shared), model
+    assert ExperimentConfig().val_fraction == 0.0
