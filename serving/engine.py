@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from xling.models.encoder import TextKind
 from xling.models.files import claim_folder
@@ -228,6 +228,21 @@ class Engine:
         if found is not None:
             return found
         raise InvalidInput("lexical and hybrid search are off on this service (XLING_LEXICAL=false)")
+
+    def lexical_stats(self, pair: ServingPair) -> dict[str, Any] | None:
+        """What /index/stats says of the lexical index: which engine, its partitions, how far it has applied the
+        log; None when lexical search is off."""
+        found = self.lexical if self.lexical is not None else self.tier.lexical_of(pair)
+        if found is None:
+            return None
+        partitions = found.partitions
+        return {"engine": found.kind, "documents": sum(partitions.values()), "partitions": partitions,
+                "applied_offset": found.applied_offset or pair.applied_offset}
+
+    @property
+    def problem(self) -> str | None:
+        """Why the model and index did not load, else the applier's last error (what /healthz shows)."""
+        return self.load_error or (self.applier.last_error if self.applier else None)
 
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self.searches.run(query)

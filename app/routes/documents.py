@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Depends, Path
 
@@ -26,9 +25,7 @@ from xling.app.schemas import (
     IndexResponse,
     IndexStats,
 )
-from xling.serving.engine import Engine
 from xling.state.errors import NotFound
-from xling.state.indexing import ServingPair
 
 router = APIRouter(prefix="/index", tags=["documents"])
 write_guard = [Depends(require_write_key)]
@@ -63,19 +60,8 @@ async def index_stats(engine: EngineDep, docs: DocStoreDep, holds: HoldsDep) -> 
         log_offset=await docs.last_offset(),
         log_entries=await docs.log_length(),
         log_trimmed_to=await asyncio.to_thread(holds.trimmed_to),
-        lexical=await asyncio.to_thread(_lexical_stats, engine, pair),
+        lexical=await asyncio.to_thread(engine.lexical_stats, pair),
     )
-
-
-def _lexical_stats(engine: Engine, pair: ServingPair) -> dict[str, Any] | None:
-    """The tantivy index's partitions and offset, or those of the BM25 vectors in the pair's collection."""
-    if engine.lexical is not None:
-        partitions, offset, where = engine.lexical.partitions, engine.lexical.applied_offset, "tantivy"
-    elif engine.settings.lexical_in_qdrant:
-        partitions, offset, where = engine.lexical_of(pair).partitions, pair.applied_offset, "qdrant"
-    else:
-        return None
-    return {"engine": where, "documents": sum(partitions.values()), "partitions": partitions, "applied_offset": offset}
 
 
 DocIdPath = Path(pattern=DOC_ID_PATTERN)

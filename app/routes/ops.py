@@ -23,7 +23,7 @@ async def _health(engine: EngineDep, swap: SwapDep, queue: JobQueueDep, status: 
         status=status,
         model_version=pair.version if pair else None,
         model_origin=source.origin if source else None,
-        detail=engine.load_error or (engine.applier.last_error if engine.applier else None),
+        detail=engine.problem,
         centering=_centering_state(swap),
     )
     try:

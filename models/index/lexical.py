@@ -56,6 +56,10 @@ class LexicalSearch(ABC):
     collection (xling.models.index.qdrant_lexical). Each answers per partition; the merged top-k and the
     scaling for fusion follow from that alike."""
 
+    kind: str  # what /index/stats names it
+    # The doc-log offset it has applied; None: it follows the vector index it lives in (the serving pair's).
+    applied_offset: str | None = None
+
     @property
     @abstractmethod
     def partitions(self) -> dict[str, int]:
@@ -117,6 +121,8 @@ class _Partition:
 
 class LexicalIndex(LexicalSearch):
     """Not thread-safe for writers: one applier writes. Searches may run on any thread meanwhile."""
+
+    kind = "tantivy"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

@@ -28,6 +28,8 @@ from xling.models.index.sparse import query_vector
 class QdrantLexical(LexicalSearch):
     """BM25 search over a collection's sparse vectors, with the tantivy index's answers (`LexicalSearch`)."""
 
+    kind = "qdrant"
+
     def __init__(self, index: QdrantIndex) -> None:
         if not index.lexical:
             raise ValueError(f"collection {index.collection} carries no BM25 vectors")
