@@ -38,7 +38,6 @@ from xling.state.centering import (
     centering_folder,
     load_centering,
     means_for_build,
-    snapshot_folder,
 )
 from xling.state.connections import redis_client
 from xling.state.datasets import dataset_path
@@ -60,9 +59,10 @@ from xling.state.reindex_ranges import RangeBoard
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
 from xling.worker.adapter_reindex import AdapterBuild, adapter_parent, build_from_parent
+from xling.worker.build_tiers import build_tier
 from xling.worker.presence import worker_name
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
-from xling.worker.reindex import merge_ranges, open_corpus, ranges_folder, wait_for_ranges, write_plan
+from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
 from xling.worker.train_ranks import FinetuneRun
 
 log = logging.getLogger(__name__)
@@ -181,17 +181,13 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
     source = _served_source(ctx, version) if new_means else resolve_model(version, ctx.settings.models_dir)
     encoder = load_encoder(source, ctx.settings)
     settings = ctx.settings
-    # The client's local mode lets one process open its folder, and the api holds it: the api builds the
-    # collection when it swaps to this version (README, "Beyond one machine"); with the documents in that folder
-    # too, it also calibrates the means a build needs.
-    api_reads_documents = settings.qdrant_local and settings.documents_in_qdrant
-    if new_means and api_reads_documents:
+    tier = build_tier(settings, ctx.redis, ctx.keys)
+    if new_means and not tier.reads_documents:
         raise ValueError("recalibrating reads the corpus, which XLING_DOCUMENT_STORE=qdrant keeps in the api's "
                          "Qdrant local-mode folder, where no worker may read it: use a Qdrant server")
     started = time.monotonic()
     with ExitStack() as scope:
-        corpus = DocReader(ctx.redis, ctx.keys) if api_reads_documents else scope.enter_context(
-            open_corpus(settings, ctx.redis, ctx.keys))
+        corpus = tier.corpus(scope)
         # Keep the log from O on while encoding, and for a grace period after activation: every api replays
         # from O when it swaps (xling.state.retention). The range plan reads O after this, so O is at least this
         # new.
@@ -204,7 +200,8 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
             retention.hold(holder, pinned, grace)
             ctx.report("reindexing", done=done, total=total, worker=worker_name())
 
-        delta = None if new_means else _adapter_delta(ctx, corpus, source, encoder, progress)
+        reuse = tier.reuses_parent_index and not new_means
+        delta = _adapter_delta(ctx, corpus, source, encoder, progress) if reuse else None
         if delta is not None:
             centering = delta.pair.centering
         elif new_means:
@@ -213,20 +210,20 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
             if centering is None:
                 raise ValueError(f"nothing to calibrate on: centring is off, or no language has "
                                  f"{settings.centering_min_docs} documents")
-        elif api_reads_documents:
+        elif not tier.reads_documents:  # the api calibrates them, where the documents are
             centering = load_centering(settings, source.version)
         else:
             centering = means_for_build(corpus, encoder, settings)
         outcome: dict[str, Any]
         if delta is not None:
-            publish_index(ctx, corpus, delta.pair)
+            tier.publish(delta.pair, corpus)
             outcome = dict(delta.outcome)
-        elif settings.qdrant_local:
-            outcome = {"reindexed": 0, "index_built_by": "api (qdrant local mode)"}
+        elif not tier.builds_here:
+            outcome = {"reindexed": 0, "index_built_by": tier.name}
         else:
             pair = build_spread(ctx, corpus, source, encoder, centering, progress)
             retention.hold(holder, pinned, grace)
-            publish_index(ctx, corpus, pair)
+            tier.publish(pair, corpus)
             outcome = {"reindexed": len(pair.index), "offset": pair.applied_offset}
     seconds = time.monotonic() - started
     outcome["reindex_seconds"] = round(seconds, 2)
@@ -242,30 +239,14 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
 def _adapter_delta(
     ctx: JobContext, corpus: Corpus, source: ModelSource, encoder: Encoder, progress: Callable[[int, int], None]
 ) -> AdapterBuild | None:
-    """A version that only added adapters to its parent, on a local tier: its index from the parent's
-    (worker/adapter_reindex.py); None otherwise, or when that cannot be done safely."""
+    """A version that only added adapters to its parent: its index from the parent's (worker/adapter_reindex.py);
+    None otherwise, or when that cannot be done safely."""
     parent = adapter_parent(source)
-    if parent is None or ctx.settings.index == "qdrant" or not isinstance(corpus, DocReader):
+    if parent is None or not isinstance(corpus, DocReader):
         return None
     ctx.report("reindexing", stage_detail="adapter languages only", parent=parent)
     return build_from_parent(corpus, ctx.settings, source, encoder, _served_source(ctx, parent), progress,
                              LogRetention(ctx.redis, ctx.keys).check)
-
-
-def publish_index(ctx: JobContext, reader: Corpus, pair: ServingPair) -> None:
-    """Put the built index where the apis look for it: a snapshot in indexes/, or with XLING_INDEX=qdrant (a
-    server) a new collection recorded as the version's current one."""
-    assert isinstance(pair.index, VectorIndex)
-    if ctx.settings.index != "qdrant":
-        pair.index.save(snapshot_folder(ctx.settings.indexes_dir, pair.version, pair.centering), pair.applied_offset)
-        return
-    from xling.state.qdrant_store import QdrantStore, copy_to_collection
-
-    store = QdrantStore(ctx.settings, ctx.redis, ctx.keys)
-    try:
-        store.record(copy_to_collection(store, pair, reader))
-    finally:
-        store.close()
 
 
 def build_spread(

@@ -218,9 +218,10 @@ def test_collections_that_no_build_recorded_are_swept_once_old(
 def test_a_workers_build_copied_into_a_collection_serves_dense_and_bm25(
     make_settings: Any, redis_url: str, doc_reader: DocReader, tiny_model: Path, tmp_path: Path
 ) -> None:
-    """What a worker does against a server (worker/runner.py publish_index), played in one process: the index it
-    built in memory goes into a new collection with each document's text and BM25 vectors, and is recorded as
-    the version's current one; the collection then answers as the in-memory build and as tantivy would."""
+    """What a worker does against a server (worker/build_tiers.py, CollectionBuilds.publish), played in one
+    process: the index it built in memory goes into a new collection with each document's text and BM25 vectors,
+    and is recorded as the version's current one; the collection then answers as the in-memory build and as
+    tantivy would."""
     settings = make_settings(index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix)
     doc_store_call(redis_url, "upsert", [(d["id"], StoredDoc(d["text"], d["lang"], d["metadata"])) for d in DOCS])
     encoder = Encoder(tiny_model, version="tiny", device="cpu")
