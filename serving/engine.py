@@ -57,10 +57,6 @@ class Engine:
         self.keys = RedisKeys(settings.key_prefix)
         self.async_redis = async_redis_client(settings)
         self.sync_redis = redis_client(settings)
-        self.docs = DocStore(
-            self.async_redis, self.keys, ReplicaAcks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
-            in_hash=not settings.documents_in_qdrant,
-        )
         self.reader = DocReader(self.sync_redis, self.keys)
         self.registry = Registry(self.sync_redis, self.keys, settings.models_dir)
         self.jobs = JobStore(self.sync_redis, self.keys)
@@ -73,9 +69,13 @@ class Engine:
             serving_offsets=self._serving_offsets,
         )
         self.tier = make_tier(settings, self.reader, self.holds, self._qdrant_store)
+        self.docs = DocStore(
+            self.async_redis, self.keys, ReplicaAcks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+            in_hash=not self.tier.keeps_documents,
+        )
         self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics, self.tier)
         self.recalibration = Recalibration(settings, self.jobs, self.job_queue.submit, self.require_pair,
-                                           self.swap.corpus)
+                                           self.swap.corpus, here=not self.tier.workers_read_documents)
         self.swap.on_recalibrate = self.recalibration.ask
         self.load_error: str | None = None
         self.applier: Applier | None = None

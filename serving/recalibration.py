@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 
 class Recalibration:
     def __init__(self, settings: Settings, jobs: JobStore, submit: Callable[[ReindexJob], Job],
-                 pair: Callable[[], ServingPair], corpus: Callable[[], Corpus]) -> None:
+                 pair: Callable[[], ServingPair], corpus: Callable[[], Corpus], *, here: bool) -> None:
+        """`here`: the documents are where no worker may read them (the index tier says so), so this api
+        calibrates the means itself."""
         self.settings = settings
+        self.here = here
         self.jobs = jobs
         self.submit = submit
         self.pair = pair
@@ -31,7 +34,7 @@ class Recalibration:
         queued within `centering_requeue_s` (a large corpus takes a while; a failed one is not retried at once)."""
         if not self.jobs.claim_recalibration(version, self.settings.centering_requeue_s):
             return
-        if self.settings.qdrant_local and self.settings.documents_in_qdrant:
+        if self.here:
             self._here(version, reasons)
             return
         job = self.submit(ReindexJob(version=version, recalibrate=True))

@@ -85,6 +85,11 @@ class IndexTier(Protocol):
         """Whether the documents of record live in the tier (else in the Redis hash)."""
         ...
 
+    @property
+    def workers_read_documents(self) -> bool:
+        """Whether a worker can read the documents (not where they live in a folder only this api may open)."""
+        ...
+
     async def documents(self, ids: Sequence[str], pair: ServingPair) -> list[StoredDoc | None]:
         """Where the tier keeps the documents of record: those of these ids, in order (None: no such one)."""
         ...
@@ -173,6 +178,10 @@ class LocalTier(_Builds):
     @property
     def keeps_documents(self) -> bool:
         return False
+
+    @property
+    def workers_read_documents(self) -> bool:
+        return True
 
     async def documents(self, ids: Sequence[str], pair: ServingPair) -> list[StoredDoc | None]:
         raise NotImplementedError("the local tier keeps no documents: the Redis hash does")
@@ -278,6 +287,11 @@ class QdrantTier(_Builds):
     @property
     def keeps_documents(self) -> bool:
         return self.settings.documents_in_qdrant
+
+    @property
+    def workers_read_documents(self) -> bool:
+        """Not in the client's local mode, whose folder this process alone opens."""
+        return not (self.settings.qdrant_local and self.keeps_documents)
 
     async def documents(self, ids: Sequence[str], pair: ServingPair) -> list[StoredDoc | None]:
         found = await asyncio.to_thread(self.store.documents_of(pair).get_many, ids)
