@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY cli ./cli
 COPY models ./models
+COPY serving ./serving
 COPY state ./state
 COPY worker ./worker
 # The CPU build of torch first, so the project's `torch` requirement does not pull CUDA wheels.

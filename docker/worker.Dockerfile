@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY cli ./cli
 COPY models ./models
+COPY serving ./serving
 COPY state ./state
 COPY worker ./worker
 # faiss-gpu-cu12 provides the same `faiss` module as faiss-cpu: install the project, then swap them.
