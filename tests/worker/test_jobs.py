@@ -593,13 +593,20 @@ def test_an_adapter_job_adds_a_language_and_moves_no_other(stack: dict[str, Any]
     assert set(record["heldout"]["xqz-held"]["xqz-held.xqz-en"]) == {"raw", "centred"}
     # Every other language is served exactly as before: the same hits with the same scores. hnsw is approximate
     # past its efSearch, and re-inserting the adapter's documents changes its graph: there the scores must agree.
-    # On Qdrant the api encodes the whole collection again, with the parent's means for every other language.
+    # On Qdrant the api encodes the whole collection again, with the parent's means for every other language; in
+    # a new collection, documents with the same text (earlier tests index some twice) may tie in another order:
+    # there the ranking's scores must be the same, rank by rank.
     kind = stack["settings"].index
     for probe, hits in zip(probes, before, strict=True):
         after = {h["id"]: h["score"] for h in service.client.post("/search", json=probe).json()["hits"]}
         common = [h for h in hits if h["id"] in after]
         assert all(abs(after[h["id"]] - h["score"]) <= 1e-5 for h in common), probe
-        assert list(after) == [h["id"] for h in hits] if kind != "hnsw" else len(common) >= 3, probe
+        if kind == "flat":
+            assert list(after) == [h["id"] for h in hits], probe
+        elif kind == "qdrant":
+            assert np.allclose(list(after.values()), [h["score"] for h in hits], atol=1e-5), probe
+        else:
+            assert len(common) >= 3, probe
     german = _embed(service, "de01w de02w de03w", lang="de")
     assert german["adapter"] is None
     assert np.allclose(german["embedding"], german_before["embedding"], atol=1e-6)
