@@ -4,7 +4,8 @@ is the one place that picks; the runner asks the tier what it may do, never whic
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Protocol
 
 import redis
@@ -15,7 +16,26 @@ from xling.state.docstore import Corpus, DocReader
 from xling.state.indexing import ServingPair
 from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
-from xling.worker.reindex import open_corpus
+
+
+@contextmanager
+def open_corpus(settings: Settings, client: redis.Redis, keys: RedisKeys) -> Iterator[Corpus]:
+    """Where a worker reads the documents: the hash, or with XLING_DOCUMENT_STORE=qdrant the serving collection
+    of a Qdrant server (the local mode's folder belongs to the api: no worker may read it)."""
+    reader = DocReader(client, keys)
+    if not settings.documents_in_qdrant:
+        yield reader
+        return
+    if settings.qdrant_local:
+        raise RuntimeError("the documents are in the api's Qdrant local-mode folder (XLING_DOCUMENT_STORE=qdrant "
+                           "with XLING_QDRANT_PATH), which no worker may open: use a Qdrant server")
+    from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
+
+    store = QdrantStore(settings, client, keys)
+    try:
+        yield store.corpus(reader)
+    finally:
+        store.close()
 
 
 class BuildTier(Protocol):

@@ -18,8 +18,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,11 +29,12 @@ from xling.models.centering import Centering
 from xling.models.files import write_json_atomic
 from xling.models.index.vector_index import DocEntry, IndexSpec, VectorIndex
 from xling.models.resolve import ModelSource, resolve_model
-from xling.state.docstore import Corpus, DocReader
+from xling.state.docstore import Corpus
 from xling.state.indexing import ServingPair, load_encoder
 from xling.state.keys import RedisKeys
 from xling.state.reindex_ranges import RangeBoard
 from xling.state.settings import Settings
+from xling.worker.build_tiers import open_corpus
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +80,6 @@ def write_plan(
                      centering is not None)
     write_json_atomic(folder / PLAN_FILE, asdict(plan))  # last: a helper that can read the plan finds the rest
     return plan
-
-
-@contextmanager
-def open_corpus(settings: Settings, client: redis.Redis, keys: RedisKeys) -> Iterator[Corpus]:
-    """Where a worker reads the documents: the hash, or with XLING_DOCUMENT_STORE=qdrant the serving collection
-    of a Qdrant server (the local mode's folder belongs to the api: no worker may read it)."""
-    reader = DocReader(client, keys)
-    if not settings.documents_in_qdrant:
-        yield reader
-        return
-    if settings.qdrant_local:
-        raise RuntimeError("the documents are in the api's Qdrant local-mode folder (XLING_DOCUMENT_STORE=qdrant "
-                           "with XLING_QDRANT_PATH), which no worker may open: use a Qdrant server")
-    from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
-
-    store = QdrantStore(settings, client, keys)
-    try:
-        yield store.corpus(reader)
-    finally:
-        store.close()
 
 
 def read_plan(folder: Path) -> RangePlan | None:

@@ -23,7 +23,8 @@ from xling.state.indexing import apply_entries, build_index, index_spec
 from xling.state.qdrant_store import STORE_OF_RECORD, CollectionCorpus, QdrantStore, copy_to_collection
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
-from xling.worker.reindex import open_corpus, write_plan
+from xling.worker.build_tiers import open_corpus
+from xling.worker.reindex import write_plan
 
 
 def documents_settings(make_settings: Any, tmp_path: Path, **more: Any) -> Settings:
