@@ -2,7 +2,7 @@
 
 With XLING_DOCUMENT_STORE=qdrant there is no hash: each log entry carries its document (an "inline" entry), the
 applier writes it into the serving Qdrant collection, and that collection's payload is where documents are read
-(state/qdrant_store.py, CollectionCorpus).
+(state/qdrant_documents.py, CollectionCorpus).
 
 Async functions serve the HTTP routes; sync ones serve the applier thread and the worker.
 """
@@ -97,7 +97,7 @@ class LogEntry:
 
 class Corpus(Protocol):
     """Every document, as a build reads it: the hash (DocReader), or the serving collection's payload
-    (qdrant_store.CollectionCorpus). A build replays the log from `start_offset` after reading, so documents
+    (qdrant_documents.CollectionCorpus). A build replays the log from `start_offset` after reading, so documents
     written while it reads may or may not appear in `iter_all`."""
 
     def start_offset(self) -> str:

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from qdrant_client import QdrantClient
@@ -41,8 +41,7 @@ from xling.models.index.qdrant_index import (
     has_lexical,
     point_alias,
 )
-from xling.models.index.vector_index import DocEntry, VectorIndex
-from xling.state.docstore import Corpus, DocReader, StoredDoc
+from xling.state.docstore import Corpus, DocReader
 from xling.state.indexing import ServingPair
 from xling.state.keys import RedisKeys
 from xling.state.retention import LogRetention
@@ -50,6 +49,8 @@ from xling.state.settings import Settings
 
 if TYPE_CHECKING:
     import redis
+
+    from xling.state.qdrant_documents import CollectionCorpus
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 600.0  # how often a writer looks for collections that crashed builds left behind
@@ -281,6 +282,8 @@ class QdrantStore:
 
     def documents_of(self, pair: ServingPair) -> CollectionCorpus:
         """The documents in the pair's collection's payload (reads by id: its offset plays no part)."""
+        from xling.state.qdrant_documents import CollectionCorpus
+
         return CollectionCorpus(self.collection_of(pair), pair.applied_offset)
 
     def corpus(self, hash_reader: DocReader, attempts: int = 5) -> Corpus:
@@ -288,6 +291,8 @@ class QdrantStore:
         alias names, at the offset its record holds (read before the scroll). While no collection serves yet
         (a deployment switching to documents in Qdrant), its first build reads the hash, and the log entries
         carry the documents from then on."""
+        from xling.state.qdrant_documents import CollectionCorpus
+
         if not self.settings.documents_in_qdrant:
             return hash_reader
         for _ in range(attempts):  # a swap may retire the alias's collection between the two reads
@@ -379,45 +384,3 @@ class RedisLengths:
             pipe.hincrby(self.key, f"docs:{part}", docs)
             pipe.hincrby(self.key, f"terms:{part}", length)
         pipe.execute()
-
-
-class CollectionCorpus:
-    """The corpus as a collection's payload keeps it (a docstore.Corpus), with the offset its record named
-    when it was read: a build scrolls it, then replays the log from there."""
-
-    def __init__(self, index: QdrantIndex, offset: str) -> None:
-        self.index = index  # read only: dim and version play no part
-        self.offset = offset
-
-    def start_offset(self) -> str:
-        return self.offset
-
-    def get_many(self, ids: Sequence[str]) -> dict[str, StoredDoc]:
-        return {doc_id: _document(entry, text) for doc_id, (entry, text) in self.index.stored(ids).items()}
-
-    def iter_all(self, chunk: int = 1_000) -> Iterator[list[tuple[str, StoredDoc]]]:
-        for page in self.index.stored_pages(chunk):
-            if page:
-                yield [(doc_id, _document(entry, text)) for doc_id, (entry, text) in page]
-
-    def count(self) -> int:
-        return len(self.index)
-
-
-def _document(entry: DocEntry, text: str) -> StoredDoc:
-    return StoredDoc(text, entry.lang, dict(entry.metadata))
-
-
-def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: Corpus, chunk: int = 1_024) -> ServingPair:
-    """A worker's in-memory build (worker/reindex.py) copied into a new collection with each document's text:
-    the same pair, now on Qdrant. A document deleted since the build is left out; the log replay from the
-    pair's offset deletes it anyway."""
-    assert isinstance(pair.index, VectorIndex)
-    into = store.create(pair.version, pair.encoder.dim, pair.centering)
-    for entries, vectors in pair.index.export(chunk):
-        docs = reader.get_many([entry.ext_id for entry in entries])
-        kept = [row for row, entry in enumerate(entries) if entry.ext_id in docs]
-        into.upsert(
-            [entries[row] for row in kept], vectors[kept], texts=[docs[entries[row].ext_id].text for row in kept]
-        )
-    return ServingPair(pair.encoder, into, pair.applied_offset, pair.centering)

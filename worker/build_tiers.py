@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
@@ -16,6 +16,9 @@ from xling.state.docstore import Corpus, DocReader
 from xling.state.indexing import ServingPair
 from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
+
+if TYPE_CHECKING:
+    from xling.state.qdrant_store import QdrantStore
 
 
 @contextmanager
@@ -83,9 +86,9 @@ class CollectionBuilds(SnapshotBuilds):
         return scope.enter_context(open_corpus(self.settings, self.client, self.keys))
 
     def publish(self, pair: ServingPair, reader: Corpus) -> None:
-        from xling.state.qdrant_store import QdrantStore, copy_to_collection  # imports qdrant-client
+        from xling.state.qdrant_store import QdrantStore as Store  # imports qdrant-client
 
-        store = QdrantStore(self.settings, self.client, self.keys)
+        store = Store(self.settings, self.client, self.keys)
         try:
             store.record(copy_to_collection(store, pair, reader))
         finally:
@@ -105,6 +108,21 @@ class ApiBuilds(SnapshotBuilds):
 
     def publish(self, pair: ServingPair, reader: Corpus) -> None:
         raise RuntimeError("in Qdrant's local mode the api builds the collection: a worker publishes nothing")
+
+
+def copy_to_collection(store: QdrantStore, pair: ServingPair, reader: Corpus, chunk: int = 1_024) -> ServingPair:
+    """A worker's in-memory build (worker/reindex.py) copied into a new collection with each document's text:
+    the same pair, now on Qdrant. A document deleted since the build is left out; the log replay from the
+    pair's offset deletes it anyway."""
+    assert isinstance(pair.index, VectorIndex)
+    into = store.create(pair.version, pair.encoder.dim, pair.centering)
+    for entries, vectors in pair.index.export(chunk):
+        docs = reader.get_many([entry.ext_id for entry in entries])
+        kept = [row for row, entry in enumerate(entries) if entry.ext_id in docs]
+        into.upsert(
+            [entries[row] for row in kept], vectors[kept], texts=[docs[entries[row].ext_id].text for row in kept]
+        )
+    return ServingPair(pair.encoder, into, pair.applied_offset, pair.centering)
 
 
 def build_tier(settings: Settings, client: redis.Redis, keys: RedisKeys) -> BuildTier:

@@ -20,10 +20,11 @@ from xling.models.encoder import Encoder
 from xling.models.index.lexical import LexicalIndex
 from xling.state.docstore import DocReader, LogEntry, StoredDoc, offset_key
 from xling.state.indexing import apply_entries, build_index, index_spec
-from xling.state.qdrant_store import STORE_OF_RECORD, CollectionCorpus, QdrantStore, copy_to_collection
+from xling.state.qdrant_documents import CollectionCorpus
+from xling.state.qdrant_store import STORE_OF_RECORD, QdrantStore
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
-from xling.worker.build_tiers import open_corpus
+from xling.worker.build_tiers import copy_to_collection, open_corpus
 from xling.worker.reindex import write_plan
 
 

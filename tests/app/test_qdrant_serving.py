@@ -24,8 +24,9 @@ from xling.serving.metrics import Metrics
 from xling.serving.tiers import QdrantTier
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
-from xling.state.qdrant_store import QdrantStore, copy_to_collection, qdrant_client
+from xling.state.qdrant_store import QdrantStore, qdrant_client
 from xling.state.settings import Settings
+from xling.worker.build_tiers import copy_to_collection
 
 DOCS: list[dict[str, Any]] = [
     {"id": "a", "text": "en01w en02w en03w", "lang": "en", "metadata": {"shelf": 1}},
