@@ -36,7 +36,7 @@ def build_adapted(base: ModelSource, out: Path) -> Path:
     """`base` plus an adapter for RARE trained on INVENTED -> ENGLISH, written as the version folder `out`."""
     pairs = [BitextPair(f"train.{RARE}-en", RARE, "en", INVENTED, ENGLISH)]
     config = AdapterConfig(rank=8, lora_alpha=16, learning_rate=1e-2, batch_size=16, max_steps=STEPS, eval_steps=20,
-                           early_stopping_patience=None, val_fraction=0.1, max_seconds=None, max_length=32)
+                           early_stopping_patience=None, val_fraction=0.25, max_seconds=None, max_length=32)
     trained = train_adapters(base, pairs, [RARE], out, config, version=out.name, device="cpu")
     assert trained is not None and trained[0].steps == STEPS
     return out

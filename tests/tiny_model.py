@@ -72,15 +72,22 @@ def build_tiny_model(
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st_models
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers import models as tok_models
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     texts = [sentence for sentences in CORPUS.values() for sentence in sentences] + (extra_texts or [])
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=SPECIAL_TOKENS))
+    # The vocabulary is written out, not trained: the WordPiece trainer breaks ties differently in every process,
+    # so a trained tiny model differed from run to run (and so did what tests built on it could learn). Every
+    # word of the texts is a token, and every character alone and as a continuation, so any other word splits.
+    found = sorted({word for text in texts
+                    for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
+    chars = sorted({char for word in found for char in word})
+    tokens = dict.fromkeys([*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars), *found])
+    tokenizer = Tokenizer(tok_models.WordPiece({token: n for n, token in enumerate(tokens)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
