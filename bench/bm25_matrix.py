@@ -9,6 +9,9 @@ It also checks that the two agree: each partition's top 10 by BM25, the same doc
 not yet an index a service can write to.
 
     python -m bench.bm25_matrix --docs 100000 --queries 256 --out bench/results/bm25_matrix.json
+
+Its figures in bench/RESULTS.md were measured when `LexicalIndex` was tantivy (before models/index/bm25.py, which
+this measurement chose); run today, both sides are sparse matrices.
 """
 
 from __future__ import annotations
@@ -29,26 +32,10 @@ import scipy.sparse as sp
 from bench.common import bench_data_dir, lareqa_questions, lareqa_sentences
 from xling.models.files import write_json_atomic
 from xling.models.index.analysis import terms
+from xling.models.index.bm25 import K1, B, quantised_lengths
 from xling.models.index.lexical import LexicalDoc, LexicalIndex, partition_of
-from xling.models.index.sparse import K1, B
 
 DEPTH = 100  # the fused ranking's first window: each partition's top this many, and this many dense candidates
-
-
-def quantised_lengths(lengths: np.ndarray) -> np.ndarray:
-    """Document lengths as tantivy's BM25 sees them: stored on one byte (the Lucene scheme tantivy documents in
-    src/fieldnorm), exact up to 40, then on a log scale, each rounded down to the value its byte decodes to."""
-    table = np.asarray([_decode_norm(code) for code in range(256)], dtype=np.int64)
-    return table[np.searchsorted(table, lengths, side="right") - 1].astype(np.float32)
-
-
-def _decode_norm(code: int) -> int:
-    # Codes below 24 are the length itself; above, three mantissa bits and an exponent (shift).
-    if code < 24:
-        return code
-    rest = code - 24
-    mantissa, shift = rest & 0b111, rest >> 3
-    return 24 + (mantissa if shift == 0 else (mantissa | 8) << (shift - 1))
 
 
 @dataclass

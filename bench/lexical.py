@@ -1,8 +1,8 @@
 """Dense, lexical and fused retrieval on LAReQA sets, raw and centred: does BM25 give back the Mono mAP that
 fine-tuning costs without giving back the language bias centring removed?
 
-Every score goes through the serving code: BM25 from the lexical index (tantivy, one partition per language,
-ICU words, Snowball stemmers), fusion as in xling.models.index.fusion, centring on each language's candidate
+Every score goes through the serving code: BM25 from the lexical index (one partition per language, ICU words,
+Snowball stemmers), fusion as in xling.models.index.fusion, centring on each language's candidate
 mean (queries on their own language's, as with a known `lang`). Encoded vectors are cached in --cache.
 
     python -m bench.lexical --out bench/results/lexical_e5
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--model", help="a registry version or model folder (default: the served default, e5)")
     parser.add_argument("--sets", nargs="+", default=["xquad-r", "mlqa-r"])
     parser.add_argument("--out", type=Path, default=Path("bench/results/lexical_e5"))
+    parser.add_argument("--modes", nargs="+", help="only the rows whose retrieval label is one of these, e.g. "
+                        "lexical 'hybrid weighted 0.055, per language' (default: every mode)")
     parser.add_argument("--cache", type=Path, help="encoded vectors (default: /tmp/xling-lexical-<model>.npz)")
     args = parser.parse_args()
     data_dir = bench_data_dir(args.data)
@@ -72,7 +75,8 @@ def main() -> None:
     results.update({
         "command": "python -m bench.lexical " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v is not None and k != "cache"),
+            for k, v in vars(args).items() if v is not None and k not in ("cache", "modes"))
+        + (" --modes " + shlex.join(args.modes) if args.modes else ""),
         "model": source.version, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "date": time.strftime("%Y-%m-%d"),
     })
@@ -85,7 +89,7 @@ def main() -> None:
         print(f"{name}: {data.size}; BM25 matrix in {results['lexical_seconds'][name]} s", flush=True)
         for centred in (False, True):
             queries, docs = vectors(data, encoder, centred)
-            for mode in modes():
+            for mode in (m for m in modes() if not args.modes or m.label in args.modes):
                 key = f"{name} | {'centred' if centred else 'raw'} | {mode.label}"
                 if key in rows:
                     continue

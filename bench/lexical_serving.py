@@ -1,5 +1,7 @@
 """What the lexical index costs a service: ingest rate and size on disk of the lexical index, and search QPS and
-p99 of dense, lexical and hybrid requests against one server over the same corpus, in one run.
+p99 of dense, lexical and hybrid requests against one server over the same corpus, in one run; then the naive
+baseline (bench/baseline_server.py: one encode and one FAISS search per request) on the same corpus, so that
+each mode's QPS is also given against it.
 
 The corpus is bench.search's: real LAReQA sentences (with a copy number) whose vectors are the encoder's plus
 small noise; the server builds its lexical index from the documents at start-up (timed). Requests are real
@@ -15,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ from bench.common import (
     xling_serve_args,
 )
 from bench.million import rss_mb
-from bench.search import seed_corpus
+from bench.search import measure, seed_corpus
 from xling.models.files import write_json_atomic
 from xling.models.index.lexical import LexicalDoc, LexicalIndex
 from xling.state.docstore import StoredDoc
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench/results/lexical_serving.json"))
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="the encoder's (fp32 on a CPU without native bf16, where bf16 is emulated and slow)")
     parser.add_argument("--memory-docs", type=int, help="only build a lexical index of this many documents in-process"
                         " and report its memory, ingest rate and size")
     args = parser.parse_args()
@@ -111,20 +116,24 @@ def main() -> None:
         return
     results: dict[str, Any] = {
         "command": f"python -m bench.lexical_serving --docs {args.docs} --clients {args.clients} "
-                   f"--seconds {args.seconds:g}",
+                   f"--seconds {args.seconds:g} --precision {args.precision}",
         "model": default_model().version, "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "config": "flat index, bf16 encoder",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "config": f"flat index, {args.precision} encoder",
     }
     with tempfile.TemporaryDirectory(prefix="xling-bench-") as tmp:
         work = Path(tmp)
         with EmbeddedRedis(work / "redis") as embedded:
-            seed_corpus(work, embedded.url, data, args.docs, args.distinct, seed=0, precision="bf16")
+            _, _, snapshot = seed_corpus(work, embedded.url, data, args.docs, args.distinct, seed=0,
+                                         precision=args.precision)
+            index_file = snapshot / json.loads((snapshot / "snapshot.json").read_text())["index_file"]
+            naive_index = work / "naive.faiss"
+            shutil.copy(index_file, naive_index)  # the service may write a new snapshot over its own
             results["ingest"] = ingest(embedded.url, work / "ingest")
             print("ingest", results["ingest"], flush=True)
             shutil.rmtree(work / "ingest")
             port = free_port()
             env = {"XLING_REDIS_URL": embedded.url, "XLING_DATA_DIR": str(work / "data"), "XLING_LOG_LEVEL": "INFO",
-                   "XLING_INDEX": "flat", "XLING_ENCODER_PRECISION": "bf16", "XLING_START_WORKER": "false"}
+                   "XLING_INDEX": "flat", "XLING_ENCODER_PRECISION": args.precision, "XLING_START_WORKER": "false"}
             os.environ.pop("XLING_RETRIEVAL_MODEL", None)
             url = f"http://127.0.0.1:{port}"
             started = time.perf_counter()
@@ -141,10 +150,17 @@ def main() -> None:
                     print(mode, results["modes"][mode], flush=True)
             ready = [line for line in (work / "xling.log").read_text().splitlines() if '"msg": "ready"' in line]
             results["server_ready"] = json.loads(ready[-1]) if ready else None  # lexical documents, seconds
+            port = free_port()
+            naive = [sys.executable, str(Path(__file__).with_name("baseline_server.py")), "--index", str(naive_index),
+                     "--model", str(default_model().path), "--port", str(port), "--prompt-name", "query"]
+            with server_process(naive, {}, f"http://127.0.0.1:{port}", work / "baseline.log"):
+                results["naive"] = measure(f"http://127.0.0.1:{port}", questions, args.clients, args.seconds)
+            print("naive", results["naive"], flush=True)
     dense = results["modes"]["dense"]
     for row in results["modes"].values():
         row["qps_vs_dense"] = round(row["qps"] / dense["qps"], 2)
         row["p99_vs_dense"] = round(row["p99_ms"] / dense["p99_ms"], 2)
+        row["qps_vs_naive"] = round(row["qps"] / results["naive"]["qps"], 2)
     write_json_atomic(args.out, results)
     print(json.dumps(results, indent=2))
 

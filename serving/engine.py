@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from xling.models.encoder import TextKind
 from xling.models.files import claim_folder
@@ -38,9 +38,6 @@ from xling.state.polling import poll
 from xling.state.registry import Registry
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
-
-if TYPE_CHECKING:
-    from xling.state.qdrant_store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +65,7 @@ class Engine:
             ttl_s=settings.log_hold_ttl_s,
             serving_offsets=self._serving_offsets,
         )
-        self.tier = make_tier(settings, self.reader, self.holds, self._qdrant_store)
+        self.tier = make_tier(settings, self.reader, self.holds, self.sync_redis, self.keys)
         self.docs = DocStore(
             self.async_redis, self.keys, ReplicaAcks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
             in_hash=not self.tier.keeps_documents,
@@ -79,10 +76,11 @@ class Engine:
         self.swap.on_recalibrate = self.recalibration.ask
         self.load_error: str | None = None
         self.applier: Applier | None = None
-        self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical_in_tantivy)
+        self.lexical: LexicalIndex | None = None  # this replica's BM25 index (settings.lexical_per_replica)
         self._lexical_claim: IO[bytes] | None = None  # holds its folder while this process runs
         self.documents_of_record = Documents(self.docs, self.tier, self.require_pair)
-        self.searches = Search(settings, metrics, self.require_pair, self.lexical_of, self.documents_of_record)
+        self.searches = Search(settings, metrics, self.require_pair, self.lexical_of, self.documents_of_record,
+                               scans_every_vector=self.tier.scans_every_vector)
         self.writes = Writes(settings, self.docs, self.documents_of_record, self.watermark, lambda: self.ready)
         limit_kernel_cache(settings.kernel_cache_capacity)  # before the first encode
         self._loader: asyncio.Task[None] | None = None
@@ -111,7 +109,7 @@ class Engine:
 
     def _load_blocking(self) -> None:
         started = time.monotonic()
-        lexical_replayed = self._open_lexical() if self.settings.lexical_in_tantivy else 0
+        lexical_replayed = self._open_lexical() if self.settings.lexical_per_replica else 0
         source = self.swap.startup_source()
         pair, from_snapshot = self.swap.open_index(source)
         self.applier = Applier(
@@ -206,11 +204,6 @@ class Engine:
         await self.async_redis.aclose()
         self.sync_redis.close()
 
-    def _qdrant_store(self) -> QdrantStore:
-        from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
-
-        return QdrantStore(self.settings, self.sync_redis, self.keys, holder=self.holds.holder)
-
     @property
     def ready(self) -> bool:
         """Model and index loaded, and the log replayed up to where it stood at start-up."""
@@ -223,7 +216,7 @@ class Engine:
 
     # Search, documents, writes (serving/search.py, documents.py, writes.py) -----------------------
     def lexical_of(self, pair: ServingPair) -> LexicalSearch:
-        """Where BM25 is searched: this replica's tantivy index, or the sparse vectors of the pair's collection."""
+        """Where BM25 is searched: this replica's lexical index, or the sparse vectors of the pair's collection."""
         found = self.lexical if self.lexical is not None else self.tier.lexical_of(pair)  # (empty is falsy)
         if found is not None:
             return found

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xling.models.encoder import TextKind
-from xling.models.index.fusion import FusedHit, SearchMode, fuse_rrf, fuse_weighted
+from xling.models.index.fusion import FusedHit, SearchMode
 from xling.models.index.lexical import LexicalSearch
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.serving.batcher import MicroBatcher
 from xling.serving.documents import Documents
+from xling.serving.hybrid import DenseAnswer, HybridFusion
 from xling.serving.metrics import Metrics
 from xling.state.centering import TextLanguage, document_languages, query_language
 from xling.state.docstore import StoredDoc
@@ -58,15 +59,6 @@ class Embedded:
 
 
 @dataclass(frozen=True)
-class DenseAnswer:
-    """A query's dense neighbours, with what a hybrid search needs to score more documents on the same pair."""
-
-    pair: ServingPair
-    neighbours: list[Neighbour]
-    vector: np.ndarray  # the query's vector, centred as the index's are
-
-
-@dataclass(frozen=True)
 class SearchHit:
     id: str
     score: float
@@ -83,15 +75,18 @@ class SearchResult:
 
 class Search:
     """The search path of one api process: `pair` is the serving pair of the moment (raises NotReady before
-    there is one), `lexical` where a pair's BM25 is searched."""
+    there is one), `lexical` where a pair's BM25 is searched; `scans_every_vector`: the index tier's search reads
+    every vector whatever the depth (flat), so hybrid queries fetch their dense side DEEP_FETCH times deeper at
+    once."""
 
     def __init__(self, settings: Settings, metrics: Metrics, pair: Callable[[], ServingPair],
-                 lexical: Callable[[ServingPair], LexicalSearch], documents: Documents) -> None:
+                 lexical: Callable[[ServingPair], LexicalSearch], documents: Documents,
+                 scans_every_vector: bool = False) -> None:
         self.settings = settings
         self.pair = pair
         self.lexical = lexical
         self.documents = documents
-        self.fusion = settings.fusion_config()
+        self.hybrid = HybridFusion(settings.fusion_config(), lexical, scans_every_vector)
         self.batcher: MicroBatcher[SearchQuery | EmbedTexts, DenseAnswer | Embedded] = MicroBatcher(
             self._run_batch,
             max_size=settings.batch_max_size,
@@ -111,7 +106,11 @@ class Search:
             ranked = await asyncio.to_thread(self._lexical_ranking, query, pair)
         else:
             answer = await self._dense(query)
-            ranked, pair = await asyncio.to_thread(self._fuse, query, answer), answer.pair
+            if answer.fused is not None:
+                ranked = answer.fused
+            else:  # not fused in its batch (lexical search is off: refused here)
+                ranked = await asyncio.to_thread(self.hybrid.fuse, query, answer)
+            pair = answer.pair
         version = pair.version
         docs = await self.documents.get_many([hit.ext_id for hit in ranked], pair)
         # A document deleted after the index search is dropped rather than shown without text.
@@ -127,30 +126,6 @@ class Search:
     def _lexical_ranking(self, query: SearchQuery, pair: ServingPair) -> list[FusedHit]:
         found = self.lexical(pair).search(query.text, query.k, query.langs, dict(query.where))
         return [FusedHit(hit.ext_id, hit.score, {"lexical": rank}) for rank, hit in enumerate(found, 1)]
-
-    def _fuse(self, query: SearchQuery, answer: DenseAnswer) -> list[FusedHit]:
-        """The exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion)."""
-        lexical, pair, where = self.lexical(answer.pair), answer.pair, dict(query.where)
-
-        def dense_top(depth: int) -> list[tuple[str, float]]:
-            found = answer.neighbours
-            if depth > len(found) and len(found) >= self._dense_depth(query):  # the batch fetched too few
-                found = pair.index.search(answer.vector[None, :], depth, query.langs, where)[0]
-            return [(n.ext_id, n.score) for n in found[:depth]]
-
-        if self.fusion.method == "rrf":
-            ranked = lexical.search(query.text, self.fusion.window, query.langs, where)
-            lexical_ranking = [(hit.ext_id, hit.score) for hit in ranked]
-            return fuse_rrf(dense_top(self.fusion.window), lexical_ranking, query.k, self.fusion)
-        scaled = lexical.scaled(query.text, query.langs, where, per_language=self.fusion.normalise == "language")
-        return fuse_weighted(
-            query.k, self.fusion, dense_top, scaled.top,
-            dense_of=lambda ids: pair.index.scores(answer.vector, ids), lexical_of=scaled.of,
-        )
-
-    def _dense_depth(self, query: SearchQuery) -> int:
-        """How many neighbours the micro-batch fetches: k, or a fused ranking's first window."""
-        return query.k if query.mode == "dense" else max(query.k, self.fusion.window)
 
     async def embed(self, texts: list[str], kind: TextKind, lang: str | None = None) -> Embedded:
         self.pair()  # NotReady before the batcher is asked
@@ -188,7 +163,8 @@ class Search:
         queries = [item for item in items if isinstance(item, SearchQuery)]
         query_vectors = vectors[[spans[i].start for i in searches]]
         found = self._search_vectors(pair, queries, query_vectors) if queries else []
-        neighbours = dict(zip(searches, zip(found, query_vectors, strict=True), strict=True))
+        fused = self.hybrid.fuse_batch(pair, queries, found, query_vectors)
+        neighbours = {i: (found[row], query_vectors[row], fused.get(row)) for row, i in enumerate(searches)}
         return [
             DenseAnswer(pair, *neighbours[i])
             if i in neighbours
@@ -240,8 +216,8 @@ class Search:
         results: list[list[Neighbour]] = [[] for _ in queries]
         for rows in groups.values():
             first = queries[rows[0]]
-            depth = max(self._dense_depth(queries[r]) for r in rows)
+            depth = max(self.hybrid.fetch_depth(queries[r]) for r in rows)
             found = pair.index.search(vectors[rows], depth, first.langs, dict(first.where))
             for row, neighbours in zip(rows, found, strict=True):
-                results[row] = neighbours[: self._dense_depth(queries[row])]
+                results[row] = neighbours[: self.hybrid.fetch_depth(queries[row])]
         return results

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from xling.models.centering import Centering
@@ -25,9 +25,10 @@ from xling.state.retention import LogTrimmed
 from xling.state.settings import Settings
 
 if TYPE_CHECKING:
-    from xling.state.qdrant_store import QdrantStore
+    from redis import Redis
 
-    QdrantStoreFactory = Callable[[], QdrantStore]
+    from xling.state.keys import RedisKeys
+    from xling.state.qdrant_store import QdrantStore
 
 log = logging.getLogger(__name__)
 BUILD_WAIT_S = 1_800.0  # Qdrant: how long a replica waits for another to build or replay a collection
@@ -77,12 +78,18 @@ class IndexTier(Protocol):
         ...
 
     def lexical_of(self, pair: ServingPair) -> LexicalSearch | None:
-        """Where the tier searches BM25 itself (None: this replica's tantivy index, if any)."""
+        """Where the tier searches BM25 itself (None: this replica's lexical index, if any)."""
         ...
 
     @property
     def keeps_documents(self) -> bool:
         """Whether the documents of record live in the tier (else in the Redis hash)."""
+        ...
+
+    @property
+    def scans_every_vector(self) -> bool:
+        """Whether a search reads every vector whatever its depth (flat): a deeper first fetch then costs no
+        more scanning (Search fetches hybrid queries' dense side deeper at once)."""
         ...
 
     @property
@@ -178,6 +185,10 @@ class LocalTier(_Builds):
     @property
     def keeps_documents(self) -> bool:
         return False
+
+    @property
+    def scans_every_vector(self) -> bool:
+        return self.settings.index == "flat"
 
     @property
     def workers_read_documents(self) -> bool:
@@ -289,6 +300,10 @@ class QdrantTier(_Builds):
         return self.settings.documents_in_qdrant
 
     @property
+    def scans_every_vector(self) -> bool:
+        return False
+
+    @property
     def workers_read_documents(self) -> bool:
         """Not in the client's local mode, whose folder this process alone opens."""
         return not (self.settings.qdrant_local and self.keeps_documents)
@@ -304,9 +319,11 @@ class QdrantTier(_Builds):
         self.store.close()  # local mode: frees the folder's lock for the next process
 
 
-def make_tier(settings: Settings, reader: DocReader, holds: LogHolds, store_factory: QdrantStoreFactory
+def make_tier(settings: Settings, reader: DocReader, holds: LogHolds, redis_client: Redis, keys: RedisKeys
               ) -> IndexTier:
     """The tier XLING_INDEX names: qdrant, else local (flat, hnsw)."""
     if settings.index == "qdrant":
-        return QdrantTier(settings, reader, holds, store_factory())
+        from xling.state.qdrant_store import QdrantStore  # qdrant-client is imported only where it is used
+
+        return QdrantTier(settings, reader, holds, QdrantStore(settings, redis_client, keys, holder=holds.holder))
     return LocalTier(settings, reader, holds)

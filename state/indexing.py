@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,9 +18,6 @@ from xling.state.centering import DriftTracker, document_languages
 from xling.state.docstore import Corpus, DocReader, LogEntry, StoredDoc
 from xling.state.retention import LogTrimmed
 from xling.state.settings import Settings
-
-if TYPE_CHECKING:  # qdrant-client takes over a second to import; only XLING_INDEX=qdrant needs it
-    from xling.models.index.qdrant_index import QdrantIndex
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +73,9 @@ def load_encoder(source: ModelSource, settings: Settings) -> Encoder:
 
 
 def index_spec(settings: Settings) -> IndexSpec:
-    """How an in-memory index is built (with XLING_INDEX=qdrant, only the worker's transient one: flat)."""
+    """How an in-memory index is built (on a tier that keeps no index in memory, only a worker's transient one)."""
     return IndexSpec(
-        kind="flat" if settings.index == "qdrant" else settings.index,
+        kind=settings.memory_index_kind,
         hnsw_m=settings.hnsw_m,
         ef_construction=settings.hnsw_ef_construction,
         ef_search=settings.hnsw_ef_search,
@@ -158,10 +154,11 @@ def build_index(
     chunk: int = 1_000,
     progress: Callable[[int, int], None] | None = None,
     centering: Centering | None = None,
-    into: QdrantIndex | None = None,
+    into: ServedIndex | None = None,
 ) -> ServingPair:
     """Encode every document (centred with `centering` when given) into a new in-memory index of `spec`, or
-    into the empty collection `into`; the returned pair's offset is where the log must be replayed from."""
+    into the empty index `into` (a tier's, such as a new collection); the returned pair's offset is where the log
+    must be replayed from."""
     # Read the offset first: writes that land during the scan are replayed afterwards (idempotently).
     offset = corpus.start_offset()
     index = into if into is not None else VectorIndex(encoder.dim, encoder.version, spec)

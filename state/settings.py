@@ -172,9 +172,10 @@ class LexicalSettings(BaseModel):
     search_mode: SearchMode = Field(
         "hybrid", description="the mode of a search that names none (README: why hybrid)"
     )
-    lexical_engine: Literal["auto", "tantivy", "qdrant"] = Field(
-        "auto", description="where BM25 lives: tantivy = an index beside each api replica; qdrant = sparse vectors "
-        "in the Qdrant collection (needs XLING_INDEX=qdrant); auto = qdrant with XLING_INDEX=qdrant, else tantivy"
+    lexical_engine: Literal["auto", "replica", "qdrant", "tantivy"] = Field(
+        "auto", description="where BM25 lives: replica = an index in each api replica's memory (journaled to "
+        "XLING_LEXICAL_DIR); qdrant = sparse vectors in the Qdrant collection (needs XLING_INDEX=qdrant); auto = "
+        "qdrant with XLING_INDEX=qdrant, else replica; tantivy = the former name of replica"
     )
     document_store: Literal["redis", "qdrant"] = Field(
         "redis", description="where documents are kept: redis = a hash beside the doc log; qdrant = only the payload "
@@ -302,12 +303,18 @@ class Settings(
 
     @property
     def lexical_in_qdrant(self) -> bool:
-        """BM25 is served from the Qdrant collections' sparse vectors, not from a tantivy index per replica."""
-        return self.lexical and self.index == "qdrant" and self.lexical_engine != "tantivy"
+        """BM25 is served from the Qdrant collections' sparse vectors, not from an index in each replica."""
+        return self.lexical and self.index == "qdrant" and self.lexical_engine not in ("replica", "tantivy")
 
     @property
-    def lexical_in_tantivy(self) -> bool:
+    def lexical_per_replica(self) -> bool:
         return self.lexical and not self.lexical_in_qdrant
+
+    @property
+    def memory_index_kind(self) -> Literal["flat", "hnsw"]:
+        """The kind of an index held in memory: XLING_INDEX's, or flat where the index lives in Qdrant (a worker's
+        transient build before it is copied into a collection)."""
+        return "flat" if self.index == "qdrant" else self.index
 
     @property
     def qdrant_local(self) -> bool:

@@ -120,6 +120,29 @@ def test_only_the_http_layer_imports_fastapi_and_the_ml_core_no_services() -> No
     assert not core, core
 
 
+# The tier factories (the api's and the worker's): the only modules, besides the Qdrant modules themselves, that may
+# import one; everything else asks the tier it was given.
+TIER_FACTORIES = {"xling.serving.tiers", "xling.worker.build_tiers"}
+
+
+def test_only_the_tier_factories_import_qdrant() -> None:
+    modules = our_modules()
+    qdrant = {name for name in modules if name.split(".")[-1].startswith("qdrant")}
+    wrong = sorted(
+        f"{name} imports {m}"
+        for name, path in modules.items()
+        if name not in qdrant | TIER_FACTORIES
+        for m in imports_of(path)
+        if m in qdrant or m.split(".")[0] == "qdrant_client"
+    )
+    assert qdrant and not wrong, wrong
+    # The HTTP layer names no tier and no index: of models/index it knows the search modes' names alone.
+    app = [f"{name} imports {m}" for name, path in modules.items() if name.startswith("xling.app")
+           for m in imports_of(path) if m.startswith(("xling.serving.tiers", "xling.worker", "xling.models.index"))
+           and not m.startswith("xling.models.index.fusion")]
+    assert not app, app
+
+
 def models_folder(module: str) -> str | None:
     """The folder of models/ a module sits in (xling.models.training, ...); None for models/'s own files."""
     parts = module.split(".")

@@ -52,7 +52,11 @@ def has_stemmer(lang: str | None) -> bool:
 def terms(text: str, lang: str | None) -> list[str]:
     """What the lexical index stores and looks up for `text` in a language's partition: its words, stemmed
     with the language's stemmer when it has one."""
-    found = words(text)
+    return stem(words(text), lang)
+
+
+def stem(found: list[str], lang: str | None) -> list[str]:
+    """Words (from `words`) as a language's partition stores them: stemmed where the language has a stemmer."""
     name = STEMMERS.get(base_language(lang) or "")
     if name is None or not found:
         return found

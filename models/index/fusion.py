@@ -15,6 +15,8 @@ ranking four times deeper. `rrf` is defined on each ranking's exact top `window`
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -55,8 +57,16 @@ def _ranks(ranked: Ranked) -> dict[str, int]:
     return {ext_id: rank for rank, (ext_id, _) in enumerate(ranked, start=1)}
 
 
+def _kth(scored: dict[str, float], k: int) -> float:
+    """The k-th best score (-inf when fewer are scored)."""
+    return heapq.nlargest(k, scored.values())[-1] if len(scored) >= k else -math.inf
+
+
 def _top(scored: dict[str, float], k: int) -> list[tuple[str, float]]:
     """Best first; ties by id, so a result never depends on the order candidates were met in."""
+    if len(scored) > k:  # only the k best and whatever ties the last of them are sorted
+        least = _kth(scored, k)
+        scored = {ext_id: score for ext_id, score in scored.items() if score >= least}
     return sorted(scored.items(), key=lambda item: (-item[1], item[0]))[:k]
 
 
@@ -88,11 +98,14 @@ def fuse_weighted(
     lexical_top: Callable[[int], Ranked],
     dense_of: Callable[[Sequence[str]], dict[str, float]],
     lexical_of: Callable[[Sequence[str]], dict[str, float]],
+    lexical_floor: Callable[[int], float] | None = None,
 ) -> list[FusedHit]:
     """The exact top-k of the weighted fusion among the filtered documents, which the four callables see:
     each ranking's top n, and each side's score of given documents (dense_of: every document it is asked
     about that passes the filter; lexical_of: those that match a query term). The lexical side's scores come
-    normalised, in [0, 1] (xling.models.index.lexical.ScaledLexical)."""
+    normalised, in [0, 1] (xling.models.index.lexical.ScaledLexical). `lexical_floor(n)`: a bound on the
+    lexical score of every document `lexical_top(n)` left out, when the lexical side knows a tighter one than
+    the last score it returned (it may then return more than n)."""
     if k <= 0:
         return []
     depth = max(k, fusion.window)
@@ -100,21 +113,36 @@ def fuse_weighted(
     # a deeper dense fetch is one more scan. Only the dense floor then falls from round to round, which suffices:
     # once the dense side is exhausted, every filtered document has been seen.
     lexical = list(lexical_top(depth))
-    lexical_floor = lexical[-1][1] if len(lexical) == depth else 0.0  # an unseen document scores at most this
+    if lexical_floor is not None:
+        unseen_lexical = lexical_floor(depth)
+    else:  # an unseen document scores at most the last one returned, or 0 when fewer than asked exist
+        unseen_lexical = lexical[-1][1] if len(lexical) == depth else 0.0
     known_lexical: dict[str, float] = dict(lexical)
     asked_lexical: set[str] = set(known_lexical)  # asked, whether or not a term matched (no answer: 0)
-    known_dense = dense_of([ext_id for ext_id, _ in lexical]) if lexical else {}
+    known_dense: dict[str, float] = {}
+    asked_dense: set[str] = set()
     while True:
         dense = list(dense_top(depth))
         known_dense.update(dense)
+        asked_dense.update(ext_id for ext_id, _ in dense)
         missing_lexical = [ext_id for ext_id, _ in dense if ext_id not in asked_lexical]
         known_lexical.update(lexical_of(missing_lexical) if missing_lexical else {})
         asked_lexical.update(missing_lexical)
+        exhausted = len(dense) < depth  # the dense side returned every filtered document: nothing is unseen
+        if not exhausted:
+            # A lexical candidate outside the dense ranking has a cosine of at most the dense floor: its cosine is
+            # asked for only if that could lift it to the k-th fused score among the documents already scored.
+            # (Once the dense side is exhausted, such a candidate does not pass the filter.)
+            reach = _kth(weighted_scores(known_dense, known_lexical, fusion.weight), k)
+            wanted = [ext_id for ext_id, score in lexical
+                      if ext_id not in asked_dense and dense[-1][1] + fusion.weight * score >= reach]
+            known_dense.update(dense_of(wanted) if wanted else {})
+            asked_dense.update(wanted)
         top = _top(weighted_scores(known_dense, known_lexical, fusion.weight), k)
-        if len(dense) < depth:  # the dense side returned every filtered document: nothing is unseen
+        if exhausted:
             break
         # An unseen document has a cosine of at most the dense floor and a BM25 of at most the lexical floor.
-        bound = weighted_scores({"": dense[-1][1]}, {"": lexical_floor}, fusion.weight)[""]
+        bound = weighted_scores({"": dense[-1][1]}, {"": unseen_lexical}, fusion.weight)[""]
         if len(top) == k and top[-1][1] > bound:
             break
         depth *= 4

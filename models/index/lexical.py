@@ -1,39 +1,43 @@
-"""The lexical index: BM25 over tantivy, one tantivy index per language so that each language keeps its own
-statistics (a word common in one language keeps its weight in another).
+"""The lexical index: BM25 per language partition, so that each language keeps its own statistics (a word common
+in one language keeps its weight in another).
 
 A document goes to the partition of its language (its `lang`, else the detected one; 'und' when neither says)
 and is analysed by that language's analyser (xling.models.index.analysis). A query is analysed by each
 partition's analyser in turn and scored there, so both sides of every comparison went through the same steps.
-Filters are terms: the declared `lang` and the metadata pairs, the same keys the vector index filters on.
+Filters are the declared `lang` and the metadata pairs, the same keys the vector index filters on.
 
-The index lives in a folder on disk and commits after each applied batch; `offset.json` beside the partitions
-records the doc-log offset it holds, written after the commits, so a restart replays from there (applying is
-idempotent: replaying entries the index already holds changes nothing).
+The partitions are sparse matrices in memory (xling.models.index.bm25): a micro-batch of hybrid queries is
+scored in one product per partition, and the fill-in of fusion (the BM25 of the dense candidates) is a lookup
+in the same product. They were tantivy indexes until issue 29: one tantivy search per partition per query, and
+another for the fill-in, left hybrid search at a third of dense's speed (bench/RESULTS.md). Each commit appends
+the changes to `journal.jsonl` in the folder, with the doc-log offset they reach, so a restart reads the index
+back and replays the log from there (applying is idempotent: replaying entries the index holds changes nothing).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import tantivy
+import numpy as np
 
-from xling.models.files import write_json_atomic
-from xling.models.index.analysis import base_language, terms
-from xling.models.index.slots import Scalar, filter_key
+from xling.models.index.analysis import base_language, stem, terms, words
+from xling.models.index.bm25 import Bm25Partition, StoredTerms, gather_row, top_of_row
+from xling.models.index.journal import Journal
+from xling.models.index.slots import Scalar
 from xling.models.language import DETECTOR
 
 log = logging.getLogger(__name__)
-OFFSET_FILE = "offset.json"
+JOURNAL_FILE = "journal.jsonl"
+COMPACT_SLACK = 10_000  # the journal is rewritten once it holds twice the live documents and this many more
 UNDETERMINED = "und"  # the partition of texts whose language nobody gave and detection could not tell
-WRITER_HEAP_BYTES = 15_000_000  # tantivy's minimum per writer thread; partitions are many, batches small
 
 
 @dataclass(frozen=True)
@@ -44,15 +48,78 @@ class LexicalDoc:
     metadata: dict[str, Scalar] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class LexicalHit:
+class LexicalHit(NamedTuple):  # a tuple: a batch makes tens of thousands of them
     ext_id: str
     score: float  # BM25 in the partition that holds the document
     partition: str
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Documents of one partition and their BM25 for one query, as arrays: a batch answers for thousands."""
+
+    ids: np.ndarray  # str
+    scores: np.ndarray  # float32
+
+    @staticmethod
+    def of_hits(hits: Sequence[LexicalHit]) -> Scored:
+        return Scored(np.asarray([hit.ext_id for hit in hits], dtype=object),
+                      np.asarray([hit.score for hit in hits], dtype=np.float32))
+
+    def hits(self, partition: str) -> list[LexicalHit]:
+        return [LexicalHit(ext_id, score, partition)
+                for ext_id, score in zip(self.ids.tolist(), self.scores.tolist(), strict=True)]
+
+    def joined(self, more: Scored) -> Scored:
+        return Scored(np.concatenate([self.ids, more.ids]), np.concatenate([self.scores, more.scores]))
+
+
+@dataclass(frozen=True)
+class LexicalAnswer:
+    """One query's lexical answer in a batch: each partition's top `depth` among the filtered documents (best
+    first), and, per partition, the BM25 of the candidates it was asked about that a term reached."""
+
+    depth: int
+    tops: dict[str, Scored]
+    known: dict[str, Scored]
+    asked: frozenset[str]
+
+    def extended(self, more: LexicalAnswer) -> LexicalAnswer:
+        """The same tops, with the scores of more candidates."""
+        known = dict(self.known)
+        for name, found in more.known.items():
+            known[name] = known[name].joined(found) if name in known else found
+        return LexicalAnswer(self.depth, self.tops, known, self.asked | more.asked)
+
+
+def by_partition(hits: Iterable[LexicalHit]) -> dict[str, Scored]:
+    grouped: dict[str, list[LexicalHit]] = {}
+    for hit in hits:
+        grouped.setdefault(hit.partition, []).append(hit)
+    return {name: Scored.of_hits(found) for name, found in grouped.items()}
+
+
+def merged_top(parts: dict[str, Scored], depth: int, divisor: Callable[[str], float]) -> list[tuple[str, float]]:
+    """The `depth` best of every partition's scores (0: all of them), each divided by its partition's divisor
+    (0: scores 0), best first and ties by id: the exact merged top when each partition holds its own best
+    `depth`."""
+    ids, values = [], []
+    for name, found in parts.items():
+        by = divisor(name)
+        ids.append(found.ids[:depth] if depth else found.ids)
+        values.append(found.scores[: len(ids[-1])].astype(np.float64) / by if by > 0 else np.zeros(len(ids[-1])))
+    if not ids:
+        return []
+    every, scaled = np.concatenate(ids), np.concatenate(values)
+    if 0 < depth < len(scaled):  # keep the depth best and whatever ties the last of them; sort only those
+        keep = scaled >= np.partition(scaled, len(scaled) - depth)[len(scaled) - depth]
+        every, scaled = every[keep], scaled[keep]
+    ranked = sorted(zip(every.tolist(), scaled.tolist(), strict=True), key=lambda item: (-item[1], item[0]))
+    return ranked[:depth] if depth else ranked
+
+
 class LexicalSearch(ABC):
-    """What search and fusion ask of a lexical index: this tantivy one, or the sparse vectors of a Qdrant
+    """What search and fusion ask of a lexical index: the one in this process, or the sparse vectors of a Qdrant
     collection (xling.models.index.qdrant_lexical). Each answers per partition; the merged top-k and the
     scaling for fusion follow from that alike."""
 
@@ -76,6 +143,24 @@ class LexicalSearch(ABC):
     def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
         """BM25 of these documents for the query (absent: no term matched, or no such document)."""
 
+    def answer_many(
+        self,
+        texts: Sequence[str],
+        depth: int,
+        langs: Sequence[str] | None,
+        where: dict[str, Scalar] | None,
+        candidates: Sequence[Sequence[str]],
+    ) -> list[LexicalAnswer]:
+        """A batch of queries under one filter: `per_partition` to `depth` and `scores` of each query's
+        candidates. An index that can do better than one query at a time overrides it."""
+        answers = []
+        for text, asked in zip(texts, candidates, strict=True):
+            tops = self.per_partition(text, depth, langs, where) if depth > 0 else {}
+            known = self.scores(text, asked).values() if asked else []
+            answers.append(LexicalAnswer(depth, {name: Scored.of_hits(hits) for name, hits in tops.items()},
+                                         by_partition(known), frozenset(asked)))
+        return answers
+
     def search(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> list[LexicalHit]:
@@ -83,205 +168,187 @@ class LexicalSearch(ABC):
         return best_first([hit for hits in self.per_partition(text, k, langs, where).values() for hit in hits])[:k]
 
     def scaled(
-        self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool
+        self, text: str, langs: Sequence[str] | None, where: dict[str, Scalar] | None, per_language: bool,
+        first: LexicalAnswer | None = None,
     ) -> ScaledLexical:
-        return ScaledLexical(self, text, langs, where, per_language)
+        return ScaledLexical(self, text, langs, where, per_language, first)
 
 
 def partition_of(doc: LexicalDoc) -> str:
     return base_language(doc.lang or DETECTOR.detect(doc.text)) or UNDETERMINED
 
 
-def _schema() -> tantivy.Schema:
-    builder = tantivy.SchemaBuilder()
-    builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("lang", tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("meta", tokenizer_name="raw", index_option="basic")
-    # Analysed in Python and joined by spaces, so tantivy's whitespace tokenizer only splits them again.
-    builder.add_text_field("terms", tokenizer_name="whitespace", index_option="freq")
-    return builder.build()
-
-
-class _Partition:
-    """One language's tantivy index and its writer (one writer per folder: tantivy locks it)."""
-
-    def __init__(self, name: str, folder: Path, schema: tantivy.Schema) -> None:
-        self.name = name  # the language whose analyser its documents and queries go through
-        folder.mkdir(parents=True, exist_ok=True)
-        self.index = tantivy.Index(schema, path=str(folder), reuse=True)
-        self.writer = self.index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
-        self.dirty = False
-
-    def commit(self) -> None:
-        if self.dirty:
-            self.writer.commit()
-            self.index.reload()  # searches see this batch before the write is acknowledged
-            self.dirty = False
-
-
 class LexicalIndex(LexicalSearch):
-    """Not thread-safe for writers: one applier writes. Searches may run on any thread meanwhile."""
+    """BM25 per language partition, in memory (xling.models.index.bm25), written through to a journal in its
+    folder. One applier writes; searches may run on any thread meanwhile (one lock: a write waits for a search's
+    sparse products, a few milliseconds)."""
 
-    kind = "tantivy"
+    kind = "replica"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.schema = _schema()
-        self._partitions: dict[str, _Partition] = {}
-        self._lock = threading.Lock()  # guards the partition table, not tantivy (which is thread-safe)
         folder.mkdir(parents=True, exist_ok=True)
-        for child in sorted(folder.iterdir()):
-            if child.is_dir() and tantivy.Index.exists(str(child)):
-                self._partitions[child.name] = _Partition(child.name, child, self.schema)
-        self.applied_offset: str | None = self._read_offset()
-
-    def _read_offset(self) -> str | None:
-        try:
-            return str(json.loads((self.folder / OFFSET_FILE).read_text(encoding="utf-8"))["applied_offset"])
-        except (OSError, ValueError, KeyError):
-            return None
+        self._parts: dict[str, Bm25Partition] = {}
+        self._partition_of_id: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._journal = Journal(folder / JOURNAL_FILE)
+        self._ops: list[list[Any]] = []  # written since the last commit, in order
+        self._journaled = 0  # documents the journal holds, live or not (it is rewritten when mostly dead)
+        self.applied_offset: str | None = None
+        for record in self._journal.read():
+            for op in record["ops"]:
+                self._apply(op)
+            self._journaled += sum(1 for op in record["ops"] if op[0] == "+")
+            if record.get("offset") is not None:
+                self.applied_offset = str(record["offset"])
 
     @property
     def partitions(self) -> dict[str, int]:
         """Documents per partition."""
-        return {name: part.index.searcher().num_docs for name, part in sorted(self._table().items())}
+        with self._lock:
+            return {name: len(part) for name, part in sorted(self._parts.items()) if len(part)}
 
     def __len__(self) -> int:
-        return sum(self.partitions.values())
-
-    def _table(self) -> dict[str, _Partition]:
-        with self._lock:
-            return dict(self._partitions)
-
-    def _partition(self, name: str) -> _Partition:
-        with self._lock:
-            if name not in self._partitions:
-                self._partitions[name] = _Partition(name, self.folder / name, self.schema)
-            return self._partitions[name]
+        return len(self._partition_of_id)
 
     # Writes -------------------------------------------------------------------------------------
     def upsert(self, docs: Sequence[LexicalDoc]) -> None:
         """Each document replaces whatever its id held, in whichever partition that was."""
-        self.remove([doc.ext_id for doc in docs])
-        for doc in docs:
-            part = self._partition(partition_of(doc))
-            entry = tantivy.Document()
-            entry.add_text("id", doc.ext_id)
-            entry.add_text("lang", doc.lang or "")
-            for key, value in doc.metadata.items():
-                entry.add_text("meta", filter_key(key, value))
-            entry.add_text("terms", " ".join(terms(doc.text, part.name)))
-            part.writer.add_document(entry)
-            part.dirty = True
+        ops: list[list[Any]] = []
+        for doc in docs:  # analysed before the lock: searches go on meanwhile
+            name = partition_of(doc)
+            ops.append(["+", doc.ext_id, name, doc.lang, doc.metadata, dict(Counter(terms(doc.text, name)))])
+        with self._lock:
+            for op in ops:
+                self._apply(op)
+            self._ops.extend(ops)
 
     def remove(self, ext_ids: Iterable[str]) -> None:
-        ids = list(ext_ids)
-        for part in self._table().values():
-            searcher = part.index.searcher()  # one per partition: the committed state the ids are looked up in
-            for ext_id in ids:
-                if searcher.doc_freq("id", ext_id):
-                    part.writer.delete_documents_by_term("id", ext_id)
-                    part.dirty = True
+        with self._lock:
+            for ext_id in ext_ids:
+                if ext_id in self._partition_of_id:
+                    self._apply(["-", ext_id])
+                    self._ops.append(["-", ext_id])
+
+    def _apply(self, op: list[Any]) -> None:
+        """A journal operation: ["-", id], or ["+", id, partition, declared language, metadata, term counts],
+        which replaces what the id held."""
+        ext_id = op[1]
+        held = self._partition_of_id.pop(ext_id, None)
+        if held is not None:
+            self._parts[held].remove(ext_id)
+        if op[0] == "+":
+            _, _, name, lang, metadata, counts = op
+            self._parts.setdefault(name, Bm25Partition()).add(StoredTerms(ext_id, lang, metadata, counts))
+            self._partition_of_id[ext_id] = name
 
     def commit(self, applied_offset: str | None) -> None:
-        """Make the writes since the last commit durable and searchable, then record the doc-log offset they
-        reach (None: not yet at one, as midway through a build)."""
-        for part in self._table().values():
-            part.commit()
-        if applied_offset is not None:
-            write_json_atomic(self.folder / OFFSET_FILE, {"applied_offset": applied_offset})
-            self.applied_offset = applied_offset
+        """Write the changes since the last commit to the journal, with the doc-log offset they reach (None: not
+        yet at one, as midway through a build). Searches have seen them since they were made."""
+        with self._lock:
+            if applied_offset is not None:
+                self.applied_offset = applied_offset
+            if not self._ops and applied_offset is None:
+                return
+            self._journal.append({"ops": self._ops, "offset": applied_offset})
+            self._journaled += sum(1 for op in self._ops if op[0] == "+")
+            self._ops = []
+            if self._journaled > 2 * len(self) + COMPACT_SLACK:
+                self._compact_journal()
+
+    def _compact_journal(self) -> None:
+        """The journal rewritten as the live documents alone, with the offset they reach."""
+        def records() -> Iterator[dict[str, Any]]:
+            ops: list[list[Any]] = []
+            for name, part in sorted(self._parts.items()):
+                for doc in part.documents():
+                    ops.append(["+", doc.ext_id, name, doc.lang, doc.metadata, doc.counts])
+                    if len(ops) == 4_096:
+                        yield {"ops": ops, "offset": None}
+                        ops = []
+            yield {"ops": ops, "offset": self.applied_offset}
+
+        self._journal.rewrite(records())
+        self._journaled = len(self)
 
     def close(self) -> None:
-        """Release the writers (and with them tantivy's folder locks)."""
         with self._lock:
-            self._partitions.clear()
+            self._journal.close()
 
     def clear(self) -> None:
         """Drop every document (a rebuild from the document store follows)."""
         with self._lock:
-            for name, part in self._partitions.items():
-                part.writer.delete_all_documents()
-                part.writer.commit()
-                part.writer.wait_merging_threads()
-                shutil.rmtree(self.folder / name, ignore_errors=True)
-            self._partitions.clear()
-        (self.folder / OFFSET_FILE).unlink(missing_ok=True)
-        self.applied_offset = None
+            self._parts.clear()
+            self._partition_of_id.clear()
+            self._ops = []
+            self._journal.clear()
+            self._journaled = 0
+            self.applied_offset = None
 
     # Search -------------------------------------------------------------------------------------
     def per_partition(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> dict[str, list[LexicalHit]]:
-        found: dict[str, list[LexicalHit]] = {}
-        if k <= 0:
-            return found
-        for name, part in self._candidates(langs):
-            query = self._query(text, name, langs, where)
-            if query is None:
-                continue
-            searcher = part.index.searcher()
-            hits = [LexicalHit(str(searcher.doc(address)["id"][0]), float(score), name)
-                    for score, address in searcher.search(query, limit=k, count=False).hits]
-            if hits:
-                found[name] = best_first(hits)
-        return found
+        tops = self.answer_many([text], k, langs, where, [()])[0].tops
+        return {name: best_first(found.hits(name)) for name, found in tops.items()}
 
     def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        if not ext_ids:
-            return {}
-        # The id set must match and the words only score: tantivy then walks the few ids, not every document
-        # holding a common query word. An id no word reaches scores 0 and is left out.
-        only = (tantivy.Occur.Must, _unscored(tantivy.Query.term_set_query(self.schema, "id", list(ext_ids))))
-        found: dict[str, LexicalHit] = {}
-        for name, part in self._table().items():
-            words = self._words(text, name)
-            if not words:
-                continue
-            query = tantivy.Query.boolean_query([only, *((tantivy.Occur.Should, word) for word in words)])
-            searcher = part.index.searcher()
-            for score, address in searcher.search(query, limit=len(ext_ids), count=False).hits:
-                if score > 0:
-                    ext_id = str(searcher.doc(address)["id"][0])
-                    found[ext_id] = LexicalHit(ext_id, float(score), name)
-        return found
+        known = self.answer_many([text], 0, None, None, [ext_ids])[0].known
+        return {hit.ext_id: hit for name, found in known.items() for hit in found.hits(name)}
 
-    def _candidates(self, langs: Sequence[str] | None) -> list[tuple[str, _Partition]]:
-        table = self._table()
-        if not langs:
-            return sorted(table.items())
-        # A declared language's documents sit in its base language's partition; undeclared ones never match.
-        wanted = {base_language(lang) for lang in langs}
-        return sorted((name, part) for name, part in table.items() if name in wanted)
-
-    def _words(self, text: str, partition: str) -> list[tantivy.Query]:
-        """One term query per distinct term of the text as `partition` analyses it."""
-        return [tantivy.Query.term_query(self.schema, "terms", term) for term in _query_terms(text, partition)]
-
-    def _query(
+    def answer_many(
         self,
-        text: str,
-        partition: str,
+        texts: Sequence[str],
+        depth: int,
         langs: Sequence[str] | None,
         where: dict[str, Scalar] | None,
-    ) -> tantivy.Query | None:
-        words = self._words(text, partition)
-        if not words:
-            return None
-        clauses = [(tantivy.Occur.Must, tantivy.Query.boolean_query([(tantivy.Occur.Should, w) for w in words]))]
-        if langs:
-            declared = tantivy.Query.term_set_query(self.schema, "lang", list(langs))
-            clauses.append((tantivy.Occur.Must, _unscored(declared)))
-        for key, value in (where or {}).items():
-            term = tantivy.Query.term_query(self.schema, "meta", filter_key(key, value))
-            clauses.append((tantivy.Occur.Must, _unscored(term)))
-        return tantivy.Query.boolean_query(clauses)
+        candidates: Sequence[Sequence[str]],
+    ) -> list[LexicalAnswer]:
+        """One sparse product per partition for the whole batch; each query's top `depth` per partition among
+        the filtered documents, and the scores of its candidates (in any partition, filtered or not) a lookup in
+        the same product."""
+        tops: list[dict[str, Scored]] = [{} for _ in texts]
+        known: list[dict[str, Scored]] = [{} for _ in texts]
+        with self._lock:
+            wanted = self._searched(langs) if depth > 0 else set()
+            asked: dict[str, list[list[str]]] = {}  # partition -> each query's candidates there
+            for row, found in enumerate(candidates):
+                for ext_id in found:
+                    name = self._partition_of_id.get(ext_id)
+                    if name is not None:
+                        asked.setdefault(name, [[] for _ in texts])[row].append(ext_id)
+            for name in sorted(wanted | set(asked)):
+                part = self._parts[name]
+                scores = part.score([_query_terms(text, name) for text in texts])
+                mask = part.mask(langs, where) if name in wanted else None
+                here = asked.get(name)
+                for row in range(len(texts)):
+                    if name in wanted:
+                        rows, values = top_of_row(scores, row, depth, mask)
+                        if len(rows):
+                            best = np.argsort(-values, kind="stable")
+                            tops[row][name] = Scored(part.id_array[rows[best]], values[best])
+                    if here and here[row]:
+                        asked_rows = np.asarray([part.row_of[c] for c in here[row]])
+                        values = gather_row(scores, row, asked_rows)
+                        reached = values > 0
+                        known[row][name] = Scored(part.id_array[asked_rows[reached]], values[reached])
+        return [LexicalAnswer(depth, top, found, frozenset(ids))
+                for top, found, ids in zip(tops, known, candidates, strict=True)]
+
+    def _searched(self, langs: Sequence[str] | None) -> set[str]:
+        """The partitions a filter's documents may sit in: a declared language's sit in its base language's
+        partition; undeclared ones never match a `langs` filter."""
+        if not langs:
+            return set(self._parts)
+        return {base_language(lang) or UNDETERMINED for lang in langs} & set(self._parts)
 
 
 class ScaledLexical:
     """One query's BM25 divided by its best among the filtered documents: the best over all of them, or (with
     `per_language`) the best in each document's language partition, so that no language's documents are lifted
-    as a whole. What weighted fusion adds to the cosine (xling.models.index.fusion)."""
+    as a whole. What weighted fusion adds to the cosine (xling.models.index.fusion). `first`: what a batch
+    already answered for this query; the index is asked only past it."""
 
     def __init__(
         self,
@@ -290,41 +357,79 @@ class ScaledLexical:
         langs: Sequence[str] | None,
         where: dict[str, Scalar] | None,
         per_language: bool,
+        first: LexicalAnswer | None = None,
     ) -> None:
         self.index, self.text, self.langs, self.where, self.per_language = index, text, langs, where, per_language
+        self.first = first
         self._best: dict[str, float] | None = None  # partition -> the query's best BM25 there
+        self._known: dict[str, float] | None = None  # the first answer's candidates, scaled
+        if first is not None and first.depth > 0:
+            self._best = {name: float(found.scores[0]) for name, found in first.tops.items()}
 
     def top(self, depth: int) -> list[tuple[str, float]]:
         """The exact `depth` best scaled scores: each partition's best by BM25 are its best scaled, so merging
         every partition's first `depth` and cutting at `depth` misses none."""
+        return merged_top(self._tops(depth), depth, self._divisor) if depth > 0 else []
+
+    def every_top(self, depth: int) -> list[tuple[str, float]]:
+        """Every partition's `depth` best, scaled, merged best first (not cut at `depth`): with `floor`, what
+        weighted fusion's threshold algorithm reads as the lexical ranking."""
+        return merged_top(self._tops(depth), 0, self._divisor)
+
+    def floor(self, depth: int) -> float:
+        """The highest scaled score a document outside `every_top(depth)` can have: the last of a partition that
+        returned `depth` (it may hold more); a partition that returned fewer returned every document a query
+        term reaches, so its other documents score 0."""
+        tops = self._tops(depth)
+        cut = [found.scores[depth - 1] / self._divisor(name) for name, found in tops.items()
+               if len(found.ids) >= depth and self._divisor(name) > 0]
+        return float(max(cut, default=0.0))
+
+    def _tops(self, depth: int) -> dict[str, Scored]:
+        if self.first is not None and 0 < depth <= self.first.depth:
+            return {name: Scored(found.ids[:depth], found.scores[:depth]) for name, found in self.first.tops.items()}
         found = self.index.per_partition(self.text, max(depth, 1), self.langs, self.where)
         if self._best is None:
             self._best = {name: hits[0].score for name, hits in found.items()}
-        scaled = [(hit.ext_id, self._scale(hit)) for hits in found.values() for hit in hits]
-        return sorted(scaled, key=lambda item: (-item[1], item[0]))[:depth]
+        return {name: Scored.of_hits(hits) for name, hits in found.items()}
 
     def of(self, ext_ids: Sequence[str]) -> dict[str, float]:
         if self._best is None:
             self.top(1)
-        return {ext_id: self._scale(hit) for ext_id, hit in self.index.scores(self.text, ext_ids).items()}
+        asked = self.first.asked if self.first is not None else frozenset()
+        if self._known is None:
+            self._known = {}
+            for name, known in (self.first.known if self.first is not None else {}).items():
+                by = self._divisor(name)
+                scaled = known.scores.astype(np.float64) / by if by > 0 else np.zeros(len(known.ids))
+                self._known.update(zip(known.ids.tolist(), scaled.tolist(), strict=True))
+        found = {ext_id: self._known[ext_id] for ext_id in ext_ids if ext_id in self._known}
+        rest = [ext_id for ext_id in ext_ids if ext_id not in asked]
+        if rest:
+            found.update({ext_id: self._scale(hit) for ext_id, hit in self.index.scores(self.text, rest).items()})
+        return found
+
+    def _divisor(self, partition: str) -> float:
+        """What a partition's BM25 is divided by: the query's best there, or its best over all partitions."""
+        assert self._best is not None
+        return self._best.get(partition, 0.0) if self.per_language else max(self._best.values(), default=0.0)
 
     def _scale(self, hit: LexicalHit) -> float:
-        assert self._best is not None
-        best = self._best.get(hit.partition, 0.0) if self.per_language else max(self._best.values(), default=0.0)
-        return hit.score / best if best > 0 else 0.0
+        by = self._divisor(hit.partition)
+        return hit.score / by if by > 0 else 0.0
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=4_096)
+def _query_words(text: str) -> list[str]:
+    """A query's words, segmented once whichever partitions it is scored in (only stemming differs)."""
+    return words(text)
+
+
+@lru_cache(maxsize=16_384)
 def _query_terms(text: str, partition: str) -> tuple[str, ...]:
-    """A query's distinct terms in a partition: a hybrid search asks for them in every partition, twice."""
-    return tuple(dict.fromkeys(terms(text, partition)))
+    """A query's distinct terms in a partition: a hybrid search asks for them in every partition."""
+    return tuple(dict.fromkeys(stem(_query_words(text), partition)))
 
 
 def best_first(hits: list[LexicalHit]) -> list[LexicalHit]:
     return sorted(hits, key=lambda hit: (-hit.score, hit.ext_id))
-
-
-def _unscored(query: tantivy.Query) -> tantivy.Query:
-    """A filter clause: it must match and adds nothing to the score."""
-    return tantivy.Query.const_score_query(query, 0.0)
-

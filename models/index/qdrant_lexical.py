@@ -1,7 +1,7 @@
 """BM25 served by Qdrant: the lexical side of a collection that carries, beside each document's dense vector, a
 sparse one (`models/index/sparse.py`), so that `mode=lexical` and `mode=hybrid` work with no per-replica index.
 
-It answers as the tantivy index does (`LexicalIndex`): a document sits in the partition of its language (its
+It answers as the index in each replica does (`LexicalIndex`): a document sits in the partition of its language (its
 `lang`, else the detected one; payload `part`), a query is analysed by each partition's analyser in turn and
 scored there, and each partition keeps its own statistics. The IDF comes from Qdrant (the sparse vector's IDF
 modifier) over the partition's documents only (`IdfCorpusParams`); the term-frequency part is computed here with
@@ -26,7 +26,7 @@ from xling.models.index.sparse import query_vector
 
 
 class QdrantLexical(LexicalSearch):
-    """BM25 search over a collection's sparse vectors, with the tantivy index's answers (`LexicalSearch`)."""
+    """BM25 search over a collection's sparse vectors, with the replica index's answers (`LexicalSearch`)."""
 
     kind = "qdrant"
 

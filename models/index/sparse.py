@@ -1,12 +1,12 @@
 """BM25 as sparse vectors, for an engine that scores them server-side (Qdrant's sparse vectors with the IDF
-modifier), so that lexical retrieval works past one machine as the tantivy index works on one.
+modifier), so that lexical retrieval works past one machine as the index in each replica works on one.
 
 BM25(q, d) = Σ_{t ∈ q} IDF(t) · tf(t, d) · (k1 + 1) / (tf(t, d) + k1 · (1 − b + b · |d| / avgdl)).
 A document's vector holds the second factor for each of its terms; the query's holds 1 for each of its terms;
 the engine multiplies by IDF(t) = ln(1 + (N − n_t + 0.5) / (n_t + 0.5)) from its own counts, which Qdrant can
 take over a filtered corpus (one language's documents). Terms are those of the lexical index
 (`analysis.terms`: ICU words, folded, stemmed where the language has a stemmer), each namespaced by its
-language, so a word shared by two languages counts separately in each, as in the per-language tantivy
+language, so a word shared by two languages counts separately in each, as in the per-language replica
 partitions. Term ids are 32-bit hashes of "<language>\x1f<term>": a collision merges two terms' counts, with
 odds of about n² / 2³³ among n distinct terms.
 """
@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from xling.models.index.analysis import base_language, terms
+from xling.models.index.bm25 import K1, B  # the replica index's: the two rankings differ only in their statistics
 from xling.models.index.lexical import LexicalDoc, partition_of
-
-K1, B = 1.2, 0.75  # tantivy's BM25 parameters, so the two rankings differ only where the statistics do
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ Changes = dict[str, tuple[int, int]]  # partition -> (documents, terms) to add t
 def sparse_documents(
     docs: Sequence[LexicalDoc], previous: dict[str, tuple[str, int]], lengths: LengthTally
 ) -> tuple[list[SparseDoc], Changes]:
-    """The sparse side of an upsert, each document in the partition the tantivy index would put it in (its
+    """The sparse side of an upsert, each document in the partition the replica index would put it in (its
     language's, analysed as that language), and the tally changes to add once it is stored. `previous`: the
     (partition, length) each replaced id held, which leaves the tally; the batch's own lengths count in the mean
     its documents are written with."""

@@ -1,4 +1,4 @@
-"""Search modes on a running service: lexical (real tantivy, or the BM25 vectors of a Qdrant collection in
+"""Search modes on a running service: lexical (an index in the replica, or the BM25 vectors of a Qdrant collection in
 qdrant-client's local mode), hybrid fusion, filters, writes, restarts."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
 
 MODES = ("dense", "lexical", "hybrid")
-# Where BM25 lives: a tantivy index beside the replica, or sparse vectors in the Qdrant collection.
-ENGINES = {"tantivy": {}, "qdrant": {"index": "qdrant", "lexical_engine": "qdrant"}}
+# Where BM25 lives: an index in the replica, or sparse vectors in the Qdrant collection.
+ENGINES = {"replica": {}, "qdrant": {"index": "qdrant", "lexical_engine": "qdrant"}}
 
 
 def engine_settings(make_settings: Any, engine: str, tmp_path: Path, **overrides: Any) -> Settings:
@@ -60,8 +60,8 @@ def test_each_mode_answers_and_says_which_rankings_found_a_hit(each_engine: Runn
 
 @pytest.mark.parametrize(
     ("engine", "fusion"),
-    [("tantivy", {}), ("tantivy", {"fusion_window": 4, "fusion_weight": 0.5}),
-     ("tantivy", {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise": "language"}),
+    [("replica", {}), ("replica", {"fusion_window": 4, "fusion_weight": 0.5}),
+     ("replica", {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise": "language"}),
      ("qdrant", {"fusion_window": 4, "fusion_weight": 0.5, "fusion_normalise": "language"})],
     ids=["default", "deep", "deep-per-language", "qdrant-deep-per-language"],
 )
@@ -139,8 +139,8 @@ def test_restart_replays_what_was_written_while_down_into_the_lexical_index(
         stats = second.client.get("/index/stats").json()
         assert stats["lexical"]["documents"] == stats["documents"] == 20 and stats["lexical"]["engine"] == engine
         assert stats["lexical"]["applied_offset"] == stats["log_offset"] and stats["lexical"]["partitions"]["de"] == 6
-    if engine == "tantivy":
-        assert (settings.lexical_dir / "0" / "de").is_dir()  # the same folder, reopened: not a second copy
+    if engine == "replica":
+        assert (settings.lexical_dir / "0" / "journal.jsonl").is_file()  # the same folder, reopened: not a second copy
         assert not (settings.lexical_dir / "1").exists()
     else:
         assert not settings.lexical_dir.exists()  # no index beside the replica: BM25 is in the collection

@@ -122,12 +122,12 @@ def test_qdrant_needs_one_place_to_find_it(tmp_path: Path) -> None:
     assert local.qdrant_local and not server.qdrant_local
 
 
-@pytest.mark.parametrize("engine", ["tantivy", "qdrant"])
+@pytest.mark.parametrize("engine", ["replica", "qdrant"])
 def test_one_replica_writes_a_shared_collection_and_the_others_follow(
     make_settings: Any, redis_url: str, doc_reader: DocReader, tiny_model: Path, tmp_path: Path, engine: str
 ) -> None:
     """Two api replicas against one collection: the lease holder writes vectors and records its offset; the other
-    writes none and serves up to the writer's record. With BM25 in tantivy it applies the log to its own lexical
+    writes none and serves up to the writer's record. With BM25 in the replica it applies the log to its own lexical
     index; with BM25 in Qdrant it reads nothing at all, and searches the writer's BM25 vectors. When the writer
     goes, the other takes over."""
     settings = make_settings(
@@ -150,9 +150,9 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
 
         index.upsert = upsert  # type: ignore[method-assign]
         pair, watermark = ServingPair(encoder, index, START_OFFSET), Watermark()
-        tantivy = LexicalIndex(tmp_path / name) if engine == "tantivy" else None
-        if tantivy is not None:
-            tantivy.commit(START_OFFSET)
+        own = LexicalIndex(tmp_path / name) if engine == "replica" else None
+        if own is not None:
+            own.commit(START_OFFSET)
         applier = Applier(
             doc_reader,
             lambda p=pair: p,
@@ -162,16 +162,16 @@ def test_one_replica_writes_a_shared_collection_and_the_others_follow(
             batch=2,
             snapshot_every_entries=1_000,
             snapshot_interval_s=3_600,
-            lexical=tantivy,
+            lexical=own,
             shared=store,
         )
-        replicas[name] = (pair, applier, watermark, tantivy if tantivy is not None else QdrantLexical(index))
+        replicas[name] = (pair, applier, watermark, own if own is not None else QdrantLexical(index))
 
     doc_store_call(redis_url, "upsert", [(f"d{i}", StoredDoc(f"text number {i}", "en")) for i in range(3)])
     last = doc_reader.last_offset()
     assert replicas["a"][1].catch_up() == 3  # a takes the lease and writes
-    # b applies the same entries to its tantivy index only; with BM25 in Qdrant it has nothing to apply
-    assert replicas["b"][1].catch_up() == (3 if engine == "tantivy" else 0)
+    # b applies the same entries to its own lexical index only; with BM25 in Qdrant it has nothing to apply
+    assert replicas["b"][1].catch_up() == (3 if engine == "replica" else 0)
     assert upserts == {"a": 2, "b": 0} and shared_client.count(collection).count == 3
     assert replicas["b"][0].applied_offset == last  # b follows a's record
     assert asyncio.run(replicas["b"][2].wait_for(last, timeout=1))
@@ -222,7 +222,7 @@ def test_a_workers_build_copied_into_a_collection_serves_dense_and_bm25(
     """What a worker does against a server (worker/build_tiers.py, CollectionBuilds.publish), played in one
     process: the index it built in memory goes into a new collection with each document's text and BM25 vectors,
     and is recorded as the version's current one; the collection then answers as the in-memory build and as
-    tantivy would."""
+    the replica's own lexical index would."""
     settings = make_settings(index="qdrant", qdrant_path=tmp_path / "qdrant", key_prefix=TEST_KEYS.prefix)
     doc_store_call(redis_url, "upsert", [(d["id"], StoredDoc(d["text"], d["lang"], d["metadata"])) for d in DOCS])
     encoder = Encoder(tiny_model, version="tiny", device="cpu")

@@ -1,4 +1,5 @@
-"""The lexical index on real tantivy and ICU: analysis, BM25 against a hand computation, writes, filters."""
+"""The lexical index on ICU analysis and BM25 matrices: analysis, BM25 against a hand computation, writes, filters,
+the journal a restart reads back."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from xling.models.files import claim_folder
+from xling.models.index import lexical as lexical_module
 from xling.models.index.analysis import terms, words
-from xling.models.index.lexical import LexicalDoc, LexicalIndex, partition_of
+from xling.models.index.lexical import JOURNAL_FILE, LexicalDoc, LexicalIndex, best_first, partition_of
 
 
 def _bm25(tf: int, doc_len: int, avg_len: float, docs: int, docs_with_term: int) -> float:
@@ -128,3 +130,76 @@ def test_reopening_keeps_documents_and_offset_and_folders_are_claimed_per_proces
 def test_a_document_without_a_language_goes_to_the_detected_languages_partition(text: str, lang: str) -> None:
     assert partition_of(LexicalDoc("x", text, None)) == lang
     assert partition_of(LexicalDoc("x", text, "pt-BR")) == "pt"  # a declared language wins, by its base
+
+
+def test_a_batch_answers_each_query_as_it_would_alone(tmp_path: Path) -> None:
+    """One sparse product per partition for a batch: each query's partition tops and candidate scores are those
+    it gets alone, under a filter too."""
+    index = LexicalIndex(tmp_path)
+    docs = [LexicalDoc(f"{lang}{i}", text, lang, {"n": i % 2})
+            for lang, sentences in (("en", ["the river bank", "a bank loan", "river fish swim", "fish market"]),
+                                    ("de", ["der Fluss", "die Bank am Fluss", "Fische im Fluss"]))
+            for i, text in enumerate(sentences)]
+    index.upsert(docs)
+    index.commit("1-0")
+    texts = ["river bank", "Fluss Bank", "fish", "nothing matches here"]
+    everyone = [doc.ext_id for doc in docs] + ["unknown"]
+    for langs, where in ((None, None), (["de"], None), (None, {"n": 1})):
+        answers = index.answer_many(texts, 2, langs, where, [everyone] * len(texts))
+        for text, answer in zip(texts, answers, strict=True):
+            tops = {name: best_first(found.hits(name)) for name, found in answer.tops.items()}
+            assert tops == index.per_partition(text, 2, langs, where)
+            assert all(list(found.scores) == sorted(found.scores, reverse=True) for found in answer.tops.values())
+            known = {hit.ext_id: hit for name, found in answer.known.items() for hit in found.hits(name)}
+            assert known == index.scores(text, everyone)
+            assert answer.asked == frozenset(everyone)
+    assert index.answer_many(["fish"], 3, None, None, [[]])[0].tops["en"].ids[0] in {"en2", "en3"}
+    assert index.scores("nothing matches here", everyone) == {}
+
+
+def test_statistics_count_only_live_documents_through_replacements_and_compaction(tmp_path: Path) -> None:
+    """A document replaced 1,500 times leaves dead rows behind, which the partition drops once they outnumber the
+    live ones: the scores stay those of an index that only ever held the live documents."""
+    churned = LexicalIndex(tmp_path / "churned")
+    churned.upsert([LexicalDoc("keep", "salmon river", "en"), LexicalDoc("other", "trout lake stream", "en")])
+    for round_ in range(1_500):
+        churned.upsert([LexicalDoc("moving", f"salmon salmon run {round_ % 7}", "en")])
+    churned.commit("2-0")
+    fresh = LexicalIndex(tmp_path / "fresh")
+    fresh.upsert([LexicalDoc("keep", "salmon river", "en"), LexicalDoc("other", "trout lake stream", "en"),
+                  LexicalDoc("moving", f"salmon salmon run {1_499 % 7}", "en")])
+    fresh.commit("2-0")
+    assert len(churned) == 3 and churned.partitions == {"en": 3}
+    for query in ("salmon", "river run", "trout"):
+        ours = {hit.ext_id: hit.score for hit in churned.search(query, 10)}
+        assert ours == pytest.approx({hit.ext_id: hit.score for hit in fresh.search(query, 10)}), query
+
+
+def test_the_journal_survives_a_torn_line_and_is_rewritten_when_mostly_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lexical_module, "COMPACT_SLACK", 5)
+    index = LexicalIndex(tmp_path)
+    index.upsert([LexicalDoc("a", "harbour crane", "en", {"dock": 4}), LexicalDoc("b", "Hafen Kran", "de")])
+    index.commit("1-0")
+    for n in range(20):  # every commit replaces "a": the journal fills with dead copies
+        index.upsert([LexicalDoc("a", f"harbour crane number {n}", "en", {"dock": 4})])
+        index.commit(f"{n + 2}-0")
+    index.remove(["b"])
+    index.commit("30-0")
+    journal = tmp_path / JOURNAL_FILE
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 12  # rewritten (at least once) as the live documents alone
+    expected = index.search("number 19", 5)
+    index.upsert([LexicalDoc("c", "a third document", "en")])  # written, never committed
+    index.close()
+    with journal.open("a", encoding="utf-8") as out:
+        out.write('{"ops": [["+", "torn"')  # a line cut short by a crash
+    reopened = LexicalIndex(tmp_path)
+    assert reopened.applied_offset == "30-0" and len(reopened) == 1
+    assert [hit.ext_id for hit in reopened.search("crane", 5, where={"dock": 4})] == ["a"]
+    assert reopened.search("number 19", 5) == expected
+    assert journal.read_text(encoding="utf-8").endswith("\n")  # the torn line was cut off
+    reopened.upsert([LexicalDoc("d", "written after the tear", "en")])
+    reopened.commit("31-0")
+    assert LexicalIndex(tmp_path).applied_offset == "31-0" and len(LexicalIndex(tmp_path)) == 2

@@ -1,4 +1,4 @@
-"""BM25 served from a Qdrant collection's sparse vectors (qdrant-client's local mode) answers as the tantivy index
+"""BM25 served from a Qdrant collection's sparse vectors (qdrant-client's local mode) answers as the replica index
 does on the same documents: the same hits and scores per partition, under language and metadata filters, after
 replaces and deletes; the length tally follows the writes."""
 
@@ -41,20 +41,20 @@ def pair(tmp_path: Path) -> tuple[QdrantIndex, LexicalIndex, MemoryLengths]:
     create_collection(client, "c", DIM, lexical=True)
     lengths = MemoryLengths()
     qdrant = QdrantIndex(client, "c", DIM, "v1", lengths=lengths)
-    tantivy = LexicalIndex(tmp_path / "lexical")
-    write(qdrant, tantivy, DOCS)
-    return qdrant, tantivy, lengths
+    replica = LexicalIndex(tmp_path / "lexical")
+    write(qdrant, replica, DOCS)
+    return qdrant, replica, lengths
 
 
 def write(
-    qdrant: QdrantIndex, tantivy: LexicalIndex, docs: list[tuple[str, str, str | None, dict[str, Scalar]]]
+    qdrant: QdrantIndex, replica: LexicalIndex, docs: list[tuple[str, str, str | None, dict[str, Scalar]]]
 ) -> None:
     entries, texts = _entries(docs)
     rng = np.random.default_rng(len(docs))
     vectors = rng.normal(size=(len(docs), DIM)).astype(np.float32)
     qdrant.upsert(entries, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), texts=texts)
-    tantivy.upsert([LexicalDoc(i, text, lang, meta) for i, text, lang, meta in docs])
-    tantivy.commit(None)
+    replica.upsert([LexicalDoc(i, text, lang, meta) for i, text, lang, meta in docs])
+    replica.commit(None)
 
 
 def same_hits(ours: list[LexicalHit], theirs: list[LexicalHit]) -> None:
@@ -62,28 +62,28 @@ def same_hits(ours: list[LexicalHit], theirs: list[LexicalHit]) -> None:
     assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], rel=1e-3)
 
 
-def agree(qdrant: QdrantIndex, tantivy: LexicalIndex) -> None:
+def agree(qdrant: QdrantIndex, replica: LexicalIndex) -> None:
     lexical = QdrantLexical(qdrant)
-    assert lexical.partitions == tantivy.partitions
+    assert lexical.partitions == replica.partitions
     filters: list[tuple[list[str] | None, dict[str, Scalar] | None]] = [
         (None, None), (["en"], None), (["de", "sw"], None), (None, {"year": 1}), (["en"], {"year": 2}),
     ]
     for query in QUERIES:
         for langs, where in filters:
-            same_hits(lexical.search(query, 5, langs, where), tantivy.search(query, 5, langs, where))
+            same_hits(lexical.search(query, 5, langs, where), replica.search(query, 5, langs, where))
         ids = [doc[0] for doc in DOCS] + ["never-written"]
-        ours, theirs = lexical.scores(query, ids), tantivy.scores(query, ids)
+        ours, theirs = lexical.scores(query, ids), replica.scores(query, ids)
         assert ours.keys() == theirs.keys()
         for ext_id, hit in ours.items():
             assert hit.score == pytest.approx(theirs[ext_id].score, rel=1e-3)
-        scaled, reference = lexical.scaled(query, None, None, True), tantivy.scaled(query, None, None, True)
+        scaled, reference = lexical.scaled(query, None, None, True), replica.scaled(query, None, None, True)
         assert dict(scaled.top(10)) == pytest.approx(dict(reference.top(10)), rel=1e-3)
 
 
 def test_qdrant_bm25_answers_as_the_tantivy_index(pair: tuple[QdrantIndex, LexicalIndex, MemoryLengths]) -> None:
-    qdrant, tantivy, _ = pair
+    qdrant, replica, _ = pair
     assert has_lexical(qdrant.client, "c") and qdrant.describe()["bm25"] is True
-    agree(qdrant, tantivy)
+    agree(qdrant, replica)
     assert {h.ext_id for h in QdrantLexical(qdrant).search("river", 10)} >= {"en1", "en2", "de1", "sw1"}
     assert QdrantLexical(qdrant).search("nothing matches this", 10) == []
 
@@ -91,26 +91,26 @@ def test_qdrant_bm25_answers_as_the_tantivy_index(pair: tuple[QdrantIndex, Lexic
 def test_replaces_and_deletes_find_what_tantivy_finds_and_a_rebuild_scores_alike(
     pair: tuple[QdrantIndex, LexicalIndex, MemoryLengths], tmp_path: Path
 ) -> None:
-    qdrant, tantivy, lengths = pair
+    qdrant, replica, lengths = pair
     # A replace that moves a document to another language, a replace in place, and a delete.
     changed: list[tuple[str, str, str | None, dict[str, Scalar]]] = [
         ("en1", "Der Fluss und die Bank", "de", {"year": 1}), ("sw1", "mto samaki samaki", "sw", {}),
     ]
-    write(qdrant, tantivy, changed)
+    write(qdrant, replica, changed)
     assert qdrant.remove(["en3", "never-written"]) == 1
-    tantivy.remove(["en3"])
-    tantivy.commit(None)
+    replica.remove(["en3"])
+    replica.commit(None)
     lexical = QdrantLexical(qdrant)
-    assert lexical.partitions == tantivy.partitions
+    assert lexical.partitions == replica.partitions
     for query in QUERIES:
         for langs in (None, ["en"], ["de"]):
-            ours, theirs = lexical.search(query, 10, langs), tantivy.search(query, 10, langs)
+            ours, theirs = lexical.search(query, 10, langs), replica.search(query, 10, langs)
             assert {(h.ext_id, h.partition) for h in ours} == {(h.ext_id, h.partition) for h in theirs}
     assert "en3" not in {h.ext_id for h in lexical.search("snow mountain winter", 10)}
     assert {h.partition for h in lexical.search("Fluss Bank", 10) if h.ext_id == "en1"} == {"de"}
-    # Scores may drift (a document keeps the mean length of its write; tantivy counts a deleted document's length
+    # Scores may drift (a document keeps the mean length of its write; replica counts a deleted document's length
     # until it merges). The tally equals a recount of what the collection holds, so a rebuild (a new collection,
-    # written with the current means) scores as a tantivy index built from the same documents.
+    # written with the current means) scores as a replica index built from the same documents.
     live = list(({doc[0]: doc for doc in DOCS if doc[0] != "en3"} | {doc[0]: doc for doc in changed}).values())
     recount: dict[str, tuple[int, int]] = {}
     for ext_id, text, _, _ in live:

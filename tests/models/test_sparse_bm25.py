@@ -1,5 +1,5 @@
 """BM25 as sparse vectors scored by Qdrant (local mode, IDF modifier over one language's documents): the score
-equals BM25 computed by hand, and the tantivy index gives the same numbers on the same corpus."""
+equals BM25 computed by hand, and the replica's lexical index gives the same numbers on the same corpus."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_qdrant_scores_the_sparse_vectors_as_bm25_per_language(tmp_path: Path) -
         assert scores[doc_id] == pytest.approx(hand_bm25("cat on the mat", text, lang, english), rel=1e-5)
     assert scores["d0"] > scores["d1"]
 
-    # The tantivy index (one partition per language) gives the same scores on the same corpus.
+    # The replica's lexical index (one partition per language) gives the same scores on the same corpus.
     lexical = LexicalIndex(tmp_path / "lexical")
     lexical.upsert([LexicalDoc(doc_id, text, lang) for doc_id, text, lang in CORPUS])
     lexical.commit(None)

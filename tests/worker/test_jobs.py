@@ -153,7 +153,7 @@ def test_finetune_job_end_to_end_with_events(stack: dict[str, Any]) -> None:
 
 
 def same_lexical_ranking(after: list[dict[str, Any]], before: list[dict[str, Any]], settings: Settings) -> None:
-    """A model swap leaves BM25 as it was. The tantivy index is not touched at all; with BM25 in Qdrant, the new
+    """A model swap leaves BM25 as it was. The replica's own lexical index is untouched; with BM25 in Qdrant, the new
     collection holds it rebuilt: the same scores, and the same documents except among ties at the cut-off
     (which of several equal scores makes the top k is the engine's choice)."""
     assert [h["score"] for h in after] == [h["score"] for h in before]

@@ -1,0 +1,161 @@
+"""Hybrid search's fusion, inside the micro-batch: the lexical side of a batch's hybrid queries in one call per
+filter (xling.models.index.lexical answer_many: one sparse product per language partition, which gives each
+partition's top and the BM25 of the dense candidates), the dense side as the batch fetched it, and each query's
+exact fused top-k by the threshold algorithm (xling.models.index.fusion). A query that must look deeper raises
+_Deeper; the batch then fetches the deeper neighbours of all such queries in one FAISS call per depth, and their
+BM25 in one more lexical call, round after round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from xling.models.index.fusion import FusedHit, Fusion, SearchMode, fuse_rrf, fuse_weighted
+from xling.models.index.lexical import LexicalAnswer, LexicalSearch, merged_top
+from xling.models.index.slots import Neighbour, Scalar
+from xling.state.errors import InvalidInput
+from xling.state.indexing import ServingPair
+
+
+class SearchQuery(Protocol):
+    """What fusion reads of a search (xling.serving.search.SearchQuery)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def langs(self) -> tuple[str, ...]: ...
+    @property
+    def where(self) -> tuple[tuple[str, Scalar], ...]: ...
+    @property
+    def mode(self) -> SearchMode: ...
+    @property
+    def filter_key(self) -> tuple[tuple[str, ...], str]: ...
+
+
+@dataclass(frozen=True)
+class DenseAnswer:
+    """A query's dense neighbours, with what a hybrid search needs to score more documents on the same pair."""
+
+    pair: ServingPair
+    neighbours: list[Neighbour]
+    vector: np.ndarray  # the query's vector, centred as the index's are
+    fused: list[FusedHit] | None = None  # a hybrid query's ranking, when the batch fused it
+
+
+DEEP_FETCH = 4  # on a flat index: one of the threshold algorithm's fourfold deepenings, in the batch's first scan
+
+
+class _Deeper(Exception):
+    """A fused ranking needs more dense neighbours than its batch fetched: the batch fetches them, for every
+    query that needs them, in one call."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(depth)
+        self.depth = depth
+
+
+class HybridFusion:
+    """Fuses hybrid queries on the serving pair they were searched on; `lexical` says where a pair's BM25 is
+    searched (raises InvalidInput when lexical search is off); `scans_every_vector`: the index tier's search
+    reads every vector whatever the depth (flat), so the dense side is fetched DEEP_FETCH times deeper at once."""
+
+    def __init__(self, fusion: Fusion, lexical: Callable[[ServingPair], LexicalSearch],
+                 scans_every_vector: bool = False) -> None:
+        self.fusion = fusion
+        self.lexical = lexical
+        self.deep_fetch = DEEP_FETCH if scans_every_vector else 1
+
+    def fuse(self, query: SearchQuery, answer: DenseAnswer, first: LexicalAnswer | None = None,
+              fetched: int | None = None) -> list[FusedHit]:
+        """The exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion). `first`:
+        the lexical side's first answer, when a batch fetched it; `fetched`: the depth a batch fetched the dense
+        neighbours at, when it deepens them itself (past it, _Deeper is raised instead of a search here)."""
+        lexical, pair, where = self.lexical(answer.pair), answer.pair, dict(query.where)
+        fetched_at = fetched if fetched is not None else self.fetch_depth(query)
+
+        def dense_top(depth: int) -> list[tuple[str, float]]:
+            found = answer.neighbours
+            if depth > len(found) and len(found) >= fetched_at:  # the fetch was full: there may be more
+                if fetched is not None:
+                    raise _Deeper(depth)
+                found = pair.index.search(answer.vector[None, :], depth, query.langs, where)[0]
+            return [(n.ext_id, n.score) for n in found[:depth]]
+
+        if self.fusion.method == "rrf":
+            if first is not None and first.depth >= self.fusion.window:
+                lexical_ranking = merged_top(first.tops, self.fusion.window, lambda _: 1.0)
+            else:
+                ranked = lexical.search(query.text, self.fusion.window, query.langs, where)
+                lexical_ranking = [(hit.ext_id, hit.score) for hit in ranked]
+            return fuse_rrf(dense_top(self.fusion.window), lexical_ranking, query.k, self.fusion)
+        scaled = lexical.scaled(query.text, query.langs, where, self.fusion.normalise == "language", first)
+        return fuse_weighted(
+            query.k, self.fusion, dense_top, scaled.every_top,
+            dense_of=lambda ids: pair.index.scores(answer.vector, ids), lexical_of=scaled.of,
+            lexical_floor=scaled.floor,
+        )
+
+    def fuse_batch(self, pair: ServingPair, queries: Sequence[SearchQuery], found: list[list[Neighbour]],
+                    vectors: np.ndarray) -> dict[int, list[FusedHit]]:
+        """The batch's hybrid queries fused where they were searched. The queries sharing a filter ask the
+        lexical index once (each partition's top and the BM25 of their dense candidates); those whose threshold
+        algorithm must look deeper get their deeper dense neighbours in one FAISS call and those neighbours' BM25
+        in one more lexical call, round after round, until every query's top-k is exact."""
+        hybrid = [row for row, query in enumerate(queries) if query.mode == "hybrid"]
+        if not hybrid:
+            return {}
+        try:
+            lexical = self.lexical(pair)
+        except InvalidInput:  # lexical search is off: each query is refused on its own (Search.run)
+            return {}
+        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        for row in hybrid:
+            groups.setdefault(queries[row].filter_key, []).append(row)
+        fused: dict[int, list[FusedHit]] = {}
+        for rows in groups.values():
+            langs, where = queries[rows[0]].langs, dict(queries[rows[0]].where)
+            texts = [queries[row].text for row in rows]
+            depth = max(self.dense_depth(queries[row]) for row in rows)
+            neighbours = {row: found[row] for row in rows}
+            fetched = {row: self.fetch_depth(queries[row]) for row in rows}
+            asked = [[] if self.fusion.method == "rrf" else [n.ext_id for n in found[row]] for row in rows]
+            answers = dict(zip(rows, lexical.answer_many(texts, depth, langs, where, asked), strict=True))
+            pending = rows
+            while pending:
+                deeper: dict[int, int] = {}
+                for row in pending:
+                    try:
+                        dense = DenseAnswer(pair, neighbours[row], vectors[row])
+                        fused[row] = self.fuse(queries[row], dense, answers[row], fetched[row])
+                    except _Deeper as need:
+                        deeper[row] = need.depth
+                pending = list(deeper)
+                if not pending:
+                    break
+                for needed in sorted(set(deeper.values())):  # one FAISS call per depth asked for
+                    at = [row for row in pending if deeper[row] == needed]
+                    for row, more in zip(at, pair.index.search(vectors[at], needed, langs, where), strict=True):
+                        neighbours[row], fetched[row] = more, needed
+                unasked = [[n.ext_id for n in neighbours[row] if n.ext_id not in answers[row].asked] for row in pending]
+                extra = lexical.answer_many([queries[row].text for row in pending], 0, langs, where, unasked)
+                for row, more_lexical in zip(pending, extra, strict=True):
+                    answers[row] = answers[row].extended(more_lexical)
+        return fused
+
+    def dense_depth(self, query: SearchQuery) -> int:
+        """The first depth of each ranking: k, or a fused ranking's first window."""
+        return query.k if query.mode == "dense" else max(query.k, self.fusion.window)
+
+    def fetch_depth(self, query: SearchQuery) -> int:
+        """How many dense neighbours the micro-batch fetches: a weighted fusion's threshold algorithm often looks
+        deeper than its first window, and a flat scan costs about the same whatever the depth (bench/RESULTS.md),
+        so the batch's one scan fetches that deep at once, where another round would scan every vector again."""
+        depth = self.dense_depth(query)
+        return depth * self.deep_fetch if query.mode == "hybrid" and self.fusion.method == "weighted" else depth
+
