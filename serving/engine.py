@@ -91,7 +91,7 @@ class Engine:
     # Life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Return at once; the model and index load in the background (/readyz tells when)."""
-        self.searches.batcher.start()
+        self.searches.start()
         self._loader = asyncio.create_task(self._load())
         self._spawn(self.job_queue.run_sweeper, "job-sweep")
         self._spawn(self._retain_log, "log-retention")
@@ -195,7 +195,7 @@ class Engine:
             await asyncio.to_thread(thread.join, 30)
         if self.applier is not None:
             await asyncio.to_thread(self.applier.stop)
-        await self.searches.batcher.stop()
+        await self.searches.stop()
         if self.lexical is not None:
             self.lexical.close()
         if self._lexical_claim is not None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from xling.models.encoder import TextKind
 from xling.models.index.fusion import FusedHit, SearchMode
-from xling.models.index.lexical import LexicalSearch
+from xling.models.index.lexical import LexicalSearch, merged_top
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.serving.batcher import MicroBatcher
 from xling.serving.documents import Documents
@@ -95,6 +95,23 @@ class Search:
             on_batch=metrics.search_batch_size.observe,
             name="search",
         )
+        # Lexical searches need no encoder: they batch on their own, so that those which arrived together cost
+        # the index one sparse product per partition.
+        self.lexical_batcher: MicroBatcher[SearchQuery, tuple[ServingPair, list[FusedHit]]] = MicroBatcher(
+            self._run_lexical_batch,
+            max_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            max_queue=settings.search_queue_max,
+            name="lexical",
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+        self.lexical_batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await self.lexical_batcher.stop()
 
     async def run(self, query: SearchQuery) -> SearchResult:
         pair = self.pair()
@@ -103,7 +120,7 @@ class Search:
             ranked = [FusedHit(n.ext_id, n.score, {"dense": rank}) for rank, n in enumerate(answer.neighbours, 1)]
             pair = answer.pair
         elif query.mode == "lexical":
-            ranked = await asyncio.to_thread(self._lexical_ranking, query, pair)
+            pair, ranked = await self.lexical_batcher.submit(query)
         else:
             answer = await self._dense(query)
             if answer.fused is not None:
@@ -123,9 +140,24 @@ class Search:
         assert isinstance(answer, DenseAnswer)
         return answer
 
-    def _lexical_ranking(self, query: SearchQuery, pair: ServingPair) -> list[FusedHit]:
-        found = self.lexical(pair).search(query.text, query.k, query.langs, dict(query.where))
-        return [FusedHit(hit.ext_id, hit.score, {"lexical": rank}) for rank, hit in enumerate(found, 1)]
+    def _run_lexical_batch(self, queries: list[SearchQuery]) -> list[tuple[ServingPair, list[FusedHit]]]:
+        """BM25 rankings of the lexical searches that arrived together: one call to the index per filter, each
+        query's top k merged from every partition's (best first, ties by id)."""
+        pair = self.pair()  # read once: the whole batch is answered on one pair
+        lexical = self.lexical(pair)
+        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        for row, query in enumerate(queries):
+            groups.setdefault(query.filter_key, []).append(row)
+        ranked: list[list[FusedHit]] = [[] for _ in queries]
+        for rows in groups.values():
+            first = queries[rows[0]]
+            texts, depth = [queries[row].text for row in rows], max(queries[row].k for row in rows)
+            answers = lexical.answer_many(texts, depth, first.langs, dict(first.where), [() for _ in rows])
+            for row, answer in zip(rows, answers, strict=True):
+                top = merged_top(answer.tops, queries[row].k, lambda _: 1.0)
+                ranked[row] = [FusedHit(ext_id, score, {"lexical": rank})
+                               for rank, (ext_id, score) in enumerate(top, 1)]
+        return [(pair, found) for found in ranked]
 
     async def embed(self, texts: list[str], kind: TextKind, lang: str | None = None) -> Embedded:
         self.pair()  # NotReady before the batcher is asked
