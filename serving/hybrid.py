@@ -60,6 +60,14 @@ class _Deeper(Exception):
         self.depth = depth
 
 
+def by_filter(queries: Sequence[SearchQuery], rows: Sequence[int] | None = None) -> list[list[int]]:
+    """The rows (all, or these) grouped by the queries' filters: each group is one call to an index."""
+    groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
+    for row in range(len(queries)) if rows is None else rows:
+        groups.setdefault(queries[row].filter_key, []).append(row)
+    return list(groups.values())
+
+
 class HybridFusion:
     """Fuses hybrid queries on the serving pair they were searched on; `lexical` says where a pair's BM25 is
     searched (raises InvalidInput when lexical search is off); `scans_every_vector`: the index tier's search
@@ -71,33 +79,25 @@ class HybridFusion:
         self.lexical = lexical
         self.deep_fetch = DEEP_FETCH if scans_every_vector else 1
 
-    def fuse(self, query: SearchQuery, answer: DenseAnswer, first: LexicalAnswer | None = None,
-              fetched: int | None = None) -> list[FusedHit]:
-        """The exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion). `first`:
-        the lexical side's first answer, when a batch fetched it; `fetched`: the depth a batch fetched the dense
-        neighbours at, when it deepens them itself (past it, _Deeper is raised instead of a search here)."""
-        lexical, pair, where = self.lexical(answer.pair), answer.pair, dict(query.where)
-        fetched_at = fetched if fetched is not None else self.fetch_depth(query)
+    def fuse(self, query: SearchQuery, answer: DenseAnswer, first: LexicalAnswer, fetched: int) -> list[FusedHit]:
+        """One query's exact top-k of the fused ranking among the filtered documents (xling.models.index.fusion),
+        from its lexical answer in the batch (`first`) and its dense neighbours, fetched to depth `fetched`: a
+        deeper look raises _Deeper, for the batch to fetch."""
+        lexical, where = self.lexical(answer.pair), dict(query.where)
 
         def dense_top(depth: int) -> list[tuple[str, float]]:
             found = answer.neighbours
-            if depth > len(found) and len(found) >= fetched_at:  # the fetch was full: there may be more
-                if fetched is not None:
-                    raise _Deeper(depth)
-                found = pair.index.search(answer.vector[None, :], depth, query.langs, where)[0]
+            if depth > len(found) and len(found) >= fetched:  # the fetch was full: there may be more
+                raise _Deeper(depth)
             return [(n.ext_id, n.score) for n in found[:depth]]
 
-        if self.fusion.method == "rrf":
-            if first is not None and first.depth >= self.fusion.window:
-                lexical_ranking = merged_top(first.tops, self.fusion.window, lambda _: 1.0)
-            else:
-                ranked = lexical.search(query.text, self.fusion.window, query.langs, where)
-                lexical_ranking = [(hit.ext_id, hit.score) for hit in ranked]
+        if self.fusion.method == "rrf":  # the batch's lexical depth is at least the window
+            lexical_ranking = merged_top(first.tops, self.fusion.window, lambda _: 1.0)
             return fuse_rrf(dense_top(self.fusion.window), lexical_ranking, query.k, self.fusion)
         scaled = lexical.scaled(query.text, query.langs, where, self.fusion.normalise == "language", first)
         return fuse_weighted(
             query.k, self.fusion, dense_top, scaled.every_top,
-            dense_of=lambda ids: pair.index.scores(answer.vector, ids), lexical_of=scaled.of,
+            dense_of=lambda ids: answer.pair.index.scores(answer.vector, ids), lexical_of=scaled.of,
             lexical_floor=scaled.floor,
         )
 
@@ -114,11 +114,8 @@ class HybridFusion:
             lexical = self.lexical(pair)
         except InvalidInput:  # lexical search is off: each query is refused on its own (Search.run)
             return {}
-        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
-        for row in hybrid:
-            groups.setdefault(queries[row].filter_key, []).append(row)
         fused: dict[int, list[FusedHit]] = {}
-        for rows in groups.values():
+        for rows in by_filter(queries, hybrid):
             langs, where = queries[rows[0]].langs, dict(queries[rows[0]].where)
             texts = [queries[row].text for row in rows]
             depth = max(self.dense_depth(queries[row]) for row in rows)

@@ -5,7 +5,6 @@ pair, and the hits carry their stored documents."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from xling.models.index.lexical import LexicalSearch, merged_top
 from xling.models.index.vector_index import Neighbour, Scalar
 from xling.serving.batcher import MicroBatcher
 from xling.serving.documents import Documents
-from xling.serving.hybrid import DenseAnswer, HybridFusion
+from xling.serving.hybrid import DenseAnswer, HybridFusion, by_filter
 from xling.serving.metrics import Metrics
 from xling.state.centering import TextLanguage, document_languages, query_language
 from xling.state.docstore import StoredDoc
@@ -123,11 +122,10 @@ class Search:
             pair, ranked = await self.lexical_batcher.submit(query)
         else:
             answer = await self._dense(query)
-            if answer.fused is not None:
-                ranked = answer.fused
-            else:  # not fused in its batch (lexical search is off: refused here)
-                ranked = await asyncio.to_thread(self.hybrid.fuse, query, answer)
-            pair = answer.pair
+            if answer.fused is None:  # the batch fuses every hybrid query unless lexical search is off
+                self.lexical(answer.pair)  # which raises InvalidInput, the answer to this query
+            assert answer.fused is not None
+            ranked, pair = answer.fused, answer.pair
         version = pair.version
         docs = await self.documents.get_many([hit.ext_id for hit in ranked], pair)
         # A document deleted after the index search is dropped rather than shown without text.
@@ -145,11 +143,8 @@ class Search:
         query's top k merged from every partition's (best first, ties by id)."""
         pair = self.pair()  # read once: the whole batch is answered on one pair
         lexical = self.lexical(pair)
-        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
-        for row, query in enumerate(queries):
-            groups.setdefault(query.filter_key, []).append(row)
         ranked: list[list[FusedHit]] = [[] for _ in queries]
-        for rows in groups.values():
+        for rows in by_filter(queries):
             first = queries[rows[0]]
             texts, depth = [queries[row].text for row in rows], max(queries[row].k for row in rows)
             answers = lexical.answer_many(texts, depth, first.langs, dict(first.where), [() for _ in rows])
@@ -242,11 +237,8 @@ class Search:
         self, pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray
     ) -> list[list[Neighbour]]:
         """One FAISS search per distinct filter among the queries."""
-        groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
-        for row, query in enumerate(queries):
-            groups.setdefault(query.filter_key, []).append(row)
         results: list[list[Neighbour]] = [[] for _ in queries]
-        for rows in groups.values():
+        for rows in by_filter(queries):
             first = queries[rows[0]]
             depth = max(self.hybrid.fetch_depth(queries[r]) for r in rows)
             found = pair.index.search(vectors[rows], depth, first.langs, dict(first.where))

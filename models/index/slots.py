@@ -107,7 +107,6 @@ class SlotStore:
         self.by_meta: dict[str, Postings] = {}
         self.live = np.zeros(0, dtype=np.uint8)  # bitmap of slots holding a document
         self.dead = 0
-        self._id_array: np.ndarray | None = None  # ext_ids as an array (a search's lookups); None: stale
 
     @property
     def slots(self) -> int:
@@ -135,7 +134,6 @@ class SlotStore:
     def restore(self, rows: Sequence[tuple[int, DocEntry]]) -> None:
         """Fill the slot tables from a snapshot's documents in one pass; slots no row names are tombstones."""
         total = self.slots
-        self._id_array = None
         self.ext_ids, self.langs, self.metadata = [None] * total, [None] * total, [None] * total
         by_lang: dict[str, list[int]] = {}
         by_meta: dict[str, list[int]] = {}
@@ -196,7 +194,6 @@ class SlotStore:
         if total < self.slots:
             self.faiss.remove_ids(faiss.IDSelectorRange(total, self.slots))
             del self.ext_ids[total:], self.langs[total:], self.metadata[total:]
-            self._id_array = None
         return len(slots)
 
     def _rows(self) -> np.ndarray:
@@ -204,7 +201,6 @@ class SlotStore:
         return faiss.rev_swig_ptr(self.faiss.get_xb(), self.slots * self.dim).reshape(self.slots, self.dim)
 
     def _link(self, slot: int, doc: DocEntry) -> None:
-        self._id_array = None
         if slot == len(self.ext_ids):
             self.ext_ids.append(doc.ext_id)
             self.langs.append(doc.lang)
@@ -223,7 +219,6 @@ class SlotStore:
         ext_id = self.ext_ids[slot]
         if ext_id is not None:
             del self.slot_of[ext_id]
-        self._id_array = None
         self.ext_ids[slot], self.langs[slot], self.metadata[slot] = None, None, None
         self.live = set_bit(self.live, slot, False)
 
@@ -341,14 +336,11 @@ class SlotStore:
         return results
 
     def _neighbours(self, scores: np.ndarray, slots: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """Each row's hits, FAISS's "no result" (-1) and tombstones left out; looked up as arrays, since a hybrid
-        batch fetches thousands per query."""
-        if self._id_array is None:
-            self._id_array = np.asarray(self.ext_ids, dtype=object)
-        ids = self._id_array
+        """Each row's hits, FAISS's "no result" (-1) and tombstones left out."""
+        ext_ids = self.ext_ids
         out = []
-        for row_scores, row_slots in zip(scores, slots, strict=True):
-            found = ids[np.maximum(row_slots, 0)] if len(ids) else np.zeros(len(row_slots), dtype=object)
-            keep = (row_slots >= 0) & (found != None)  # noqa: E711  (elementwise on an object array: tombstones)
-            out.append(list(map(Neighbour, found[keep][:k].tolist(), row_scores[keep][:k].tolist())))
+        for row_scores, row_slots in zip(scores.tolist(), slots.tolist(), strict=True):
+            hits = [Neighbour(ext_ids[slot], score) for score, slot in zip(row_scores, row_slots, strict=True)
+                    if slot >= 0 and ext_ids[slot] is not None]
+            out.append(hits[:k])
         return out

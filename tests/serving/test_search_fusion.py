@@ -1,5 +1,5 @@
-"""Hybrid queries fused inside the micro-batch (serving/search.py `_fuse_batch`) rank exactly as each query fused
-on its own, deepening included: a batch of queries under different filters, with a first window small enough
+"""Hybrid queries fused inside the micro-batch (serving/hybrid.py `fuse_batch`) rank exactly as each query in a
+batch of its own, deepening included: a batch of queries under different filters, with a first window small enough
 that the threshold algorithm must fetch deeper dense neighbours for some of them."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from tests.synthetic import LANGS, corpus, smooth_fake_encoder
 from xling.models.index.lexical import LexicalDoc, LexicalIndex
 from xling.models.index.slots import DocEntry
 from xling.models.index.vector_index import VectorIndex
-from xling.serving.hybrid import DenseAnswer
 from xling.serving.metrics import Metrics
 from xling.serving.search import Search, SearchQuery
 from xling.state.indexing import ServingPair
@@ -62,7 +61,7 @@ def test_a_batch_of_hybrid_queries_fuses_as_each_query_alone(make_settings: Any,
     batched = search.hybrid.fuse_batch(pair, queries, found, vectors)
     batch_searches = CountingIndex.searches
     CountingIndex.searches = 0
-    alone = [search.hybrid.fuse(query, DenseAnswer(pair, found[row], vectors[row]))
+    alone = [search.hybrid.fuse_batch(pair, [query], [found[row]], vectors[row : row + 1])[0]
              for row, query in enumerate(queries)]
     deepened = CountingIndex.searches  # the queries that had to look deeper, one search each (or more)
 
