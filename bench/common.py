@@ -39,7 +39,7 @@ def bench_data_dir(cli_value: str | None) -> Path:
 
 def lareqa_sentences(folder: Path) -> list[tuple[str, str]]:
     """(language, sentence) for every candidate sentence of a LAReQA folder."""
-    out = []
+    out: list[tuple[str, str]] = []
     for file in sorted(folder.glob("*.json")):
         lang = file.stem
         for article in json.loads(file.read_text(encoding="utf-8"))["data"]:

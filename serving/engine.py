@@ -80,7 +80,8 @@ class Engine:
         self._lexical_claim: IO[bytes] | None = None  # holds its folder while this process runs
         self.documents_of_record = Documents(self.docs, self.tier, self.require_pair)
         self.searches = Search(settings, metrics, self.require_pair, self.lexical_of, self.documents_of_record,
-                               scans_every_vector=self.tier.scans_every_vector)
+                               scans_every_vector=self.tier.scans_every_vector,
+                               lookups_are_round_trips=self.tier.lookups_are_round_trips)
         self.writes = Writes(settings, self.docs, self.documents_of_record, self.watermark, lambda: self.ready)
         limit_kernel_cache(settings.kernel_cache_capacity)  # before the first encode
         self._loader: asyncio.Task[None] | None = None

@@ -14,7 +14,8 @@ import numpy as np
 from xling.models.encoder import TextKind
 from xling.models.index.fusion import FusedHit, SearchMode
 from xling.models.index.lexical import LexicalSearch, merged_top
-from xling.models.index.vector_index import Neighbour, Scalar
+from xling.models.index.neighbours import Neighbours
+from xling.models.index.vector_index import Scalar
 from xling.serving.batcher import MicroBatcher
 from xling.serving.documents import Documents
 from xling.serving.hybrid import DenseAnswer, HybridFusion, by_filter
@@ -76,16 +77,17 @@ class Search:
     """The search path of one api process: `pair` is the serving pair of the moment (raises NotReady before
     there is one), `lexical` where a pair's BM25 is searched; `scans_every_vector`: the index tier's search reads
     every vector whatever the depth (flat), so hybrid queries fetch their dense side DEEP_FETCH times deeper at
-    once."""
+    once; `lookups_are_round_trips`: fusion's cosine lookups by id go to another service (Qdrant), so a batch
+    gathers them into one call (xling.serving.hybrid)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, pair: Callable[[], ServingPair],
                  lexical: Callable[[ServingPair], LexicalSearch], documents: Documents,
-                 scans_every_vector: bool = False) -> None:
+                 scans_every_vector: bool = False, lookups_are_round_trips: bool = False) -> None:
         self.settings = settings
         self.pair = pair
         self.lexical = lexical
         self.documents = documents
-        self.hybrid = HybridFusion(settings.fusion_config(), lexical, scans_every_vector)
+        self.hybrid = HybridFusion(settings.fusion_config(), lexical, scans_every_vector, lookups_are_round_trips)
         self.batcher: MicroBatcher[SearchQuery | EmbedTexts, DenseAnswer | Embedded] = MicroBatcher(
             self._run_batch,
             max_size=settings.batch_max_size,
@@ -235,9 +237,9 @@ class Search:
 
     def _search_vectors(
         self, pair: ServingPair, queries: list[SearchQuery], vectors: np.ndarray
-    ) -> list[list[Neighbour]]:
+    ) -> list[Neighbours]:
         """One FAISS search per distinct filter among the queries."""
-        results: list[list[Neighbour]] = [[] for _ in queries]
+        results = [Neighbours.of([]) for _ in queries]
         for rows in by_filter(queries):
             first = queries[rows[0]]
             depth = max(self.hybrid.fetch_depth(queries[r]) for r in rows)

@@ -93,6 +93,12 @@ class IndexTier(Protocol):
         ...
 
     @property
+    def lookups_are_round_trips(self) -> bool:
+        """Whether reading documents' vectors by id is a call to another service (Qdrant), so that a micro-batch
+        gathers its queries' lookups into one call."""
+        ...
+
+    @property
     def workers_read_documents(self) -> bool:
         """Whether a worker can read the documents (not where they live in a folder only this api may open)."""
         ...
@@ -189,6 +195,10 @@ class LocalTier(_Builds):
     @property
     def scans_every_vector(self) -> bool:
         return self.settings.index == "flat"
+
+    @property
+    def lookups_are_round_trips(self) -> bool:
+        return False
 
     @property
     def workers_read_documents(self) -> bool:
@@ -302,6 +312,10 @@ class QdrantTier(_Builds):
     @property
     def scans_every_vector(self) -> bool:
         return False
+
+    @property
+    def lookups_are_round_trips(self) -> bool:
+        return True
 
     @property
     def workers_read_documents(self) -> bool:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 SearchMode = Literal["dense", "lexical", "hybrid"]
 FusionMethod = Literal["weighted", "rrf"]
 Normalise = Literal["query", "language"]
@@ -91,6 +93,14 @@ def weighted_scores(dense: dict[str, float], lexical: dict[str, float], weight: 
     return {ext_id: score + weight * lexical.get(ext_id, 0.0) for ext_id, score in dense.items()}
 
 
+def least_reaching(dense_scores: Sequence[float], k: int, weight: float) -> float:
+    """The lowest cosine of a dense candidate whose BM25 weighted fusion needs (best first): a candidate's fused
+    score is at most its cosine + `weight` (the normalised BM25 is at most 1 among the filtered documents), and
+    the k-th fused score is at least the k-th cosine (BM25 only adds), so a candidate whose cosine falls short of
+    that by more than the weight cannot reach the top k, whatever its BM25."""
+    return float(dense_scores[k - 1]) - weight if len(dense_scores) >= k else -math.inf
+
+
 def fuse_weighted(
     k: int,
     fusion: Fusion,
@@ -101,11 +111,12 @@ def fuse_weighted(
     lexical_floor: Callable[[int], float] | None = None,
 ) -> list[FusedHit]:
     """The exact top-k of the weighted fusion among the filtered documents, which the four callables see:
-    each ranking's top n, and each side's score of given documents (dense_of: every document it is asked
-    about that passes the filter; lexical_of: those that match a query term). The lexical side's scores come
-    normalised, in [0, 1] (xling.models.index.lexical.ScaledLexical). `lexical_floor(n)`: a bound on the
-    lexical score of every document `lexical_top(n)` left out, when the lexical side knows a tighter one than
-    the last score it returned (it may then return more than n)."""
+    each ranking's top n (the lexical one in any order), and each side's score of given documents (dense_of:
+    every document it is asked about that passes the filter; lexical_of: those that match a query term). The
+    lexical side's scores come normalised, in [0, 1] (xling.models.index.lexical.ScaledLexical).
+    `lexical_floor(n)`: a bound on the lexical score of every document `lexical_top(n)` left out, when the
+    lexical side knows a tighter one than the last score it returned (it may then return more than n). Only
+    the documents that may reach the top k are scored on both sides (least_reaching)."""
     if k <= 0:
         return []
     depth = max(k, fusion.window)
@@ -116,16 +127,19 @@ def fuse_weighted(
     if lexical_floor is not None:
         unseen_lexical = lexical_floor(depth)
     else:  # an unseen document scores at most the last one returned, or 0 when fewer than asked exist
-        unseen_lexical = lexical[-1][1] if len(lexical) == depth else 0.0
+        unseen_lexical = min((score for _, score in lexical), default=0.0) if len(lexical) == depth else 0.0
     known_lexical: dict[str, float] = dict(lexical)
     asked_lexical: set[str] = set(known_lexical)  # asked, whether or not a term matched (no answer: 0)
-    known_dense: dict[str, float] = {}
+    # The cosine of every document seen that may reach the top k (least_reaching): only those are fused.
+    contenders: dict[str, float] = {}
     asked_dense: set[str] = set()
     while True:
         dense = list(dense_top(depth))
-        known_dense.update(dense)
         asked_dense.update(ext_id for ext_id, _ in dense)
-        missing_lexical = [ext_id for ext_id, _ in dense if ext_id not in asked_lexical]
+        least = least_reaching([score for _, score in dense[:k]], k, fusion.weight)
+        reaching = [(ext_id, score) for ext_id, score in dense if score >= least]
+        contenders.update(reaching)
+        missing_lexical = [ext_id for ext_id, _ in reaching if ext_id not in asked_lexical]
         known_lexical.update(lexical_of(missing_lexical) if missing_lexical else {})
         asked_lexical.update(missing_lexical)
         exhausted = len(dense) < depth  # the dense side returned every filtered document: nothing is unseen
@@ -133,12 +147,13 @@ def fuse_weighted(
             # A lexical candidate outside the dense ranking has a cosine of at most the dense floor: its cosine is
             # asked for only if that could lift it to the k-th fused score among the documents already scored.
             # (Once the dense side is exhausted, such a candidate does not pass the filter.)
-            reach = _kth(weighted_scores(known_dense, known_lexical, fusion.weight), k)
+            reach = _kth(weighted_scores(contenders, known_lexical, fusion.weight), k)
             wanted = [ext_id for ext_id, score in lexical
                       if ext_id not in asked_dense and dense[-1][1] + fusion.weight * score >= reach]
-            known_dense.update(dense_of(wanted) if wanted else {})
-            asked_dense.update(wanted)
-        top = _top(weighted_scores(known_dense, known_lexical, fusion.weight), k)
+            if wanted:
+                contenders.update((ext_id, score) for ext_id, score in dense_of(wanted).items() if score >= least)
+                asked_dense.update(wanted)
+        top = _top(weighted_scores(contenders, known_lexical, fusion.weight), k)
         if exhausted:
             break
         # An unseen document has a cosine of at most the dense floor and a BM25 of at most the lexical floor.
@@ -146,5 +161,21 @@ def fuse_weighted(
         if len(top) == k and top[-1][1] > bound:
             break
         depth *= 4
-    dense_ranks, lexical_ranks = _ranks(dense), _ranks(lexical)
+    dense_ranks, lexical_ranks = _ranks(dense), _ranks_of(lexical, [ext_id for ext_id, _ in top])
     return [_hit(ext_id, score, dense_ranks, lexical_ranks) for ext_id, score in top]
+
+
+def _ranks_of(ranking: Ranked, ext_ids: Sequence[str]) -> dict[str, int]:
+    """The 1-based rank of each of these ids that `ranking` holds, the ranking given in any order and read best
+    first, ties by id (only the hits a fusion returns are ranked, not the whole list)."""
+    if not ranking:
+        return {}
+    ids, values = zip(*ranking, strict=True)
+    scores = np.asarray(values, dtype=np.float64)
+    ranks = {}
+    for ext_id in ext_ids:
+        tied = np.flatnonzero(scores == scores[ids.index(ext_id)]) if ext_id in ids else None
+        if tied is not None:
+            above = int((scores > scores[tied[0]]).sum())
+            ranks[ext_id] = 1 + above + sum(1 for at in tied.tolist() if ids[at] < ext_id)
+    return ranks

@@ -99,10 +99,12 @@ def by_partition(hits: Iterable[LexicalHit]) -> dict[str, Scored]:
     return {name: Scored.of_hits(found) for name, found in grouped.items()}
 
 
-def merged_top(parts: dict[str, Scored], depth: int, divisor: Callable[[str], float]) -> list[tuple[str, float]]:
+def merged_top(
+    parts: dict[str, Scored], depth: int, divisor: Callable[[str], float], ordered: bool = True
+) -> list[tuple[str, float]]:
     """The `depth` best of every partition's scores (0: all of them), each divided by its partition's divisor
-    (0: scores 0), best first and ties by id: the exact merged top when each partition holds its own best
-    `depth`."""
+    (0: scores 0), best first and ties by id (`ordered`, else in no order): the exact merged top when each
+    partition holds its own best `depth`."""
     ids, values = [], []
     for name, found in parts.items():
         by = divisor(name)
@@ -114,8 +116,28 @@ def merged_top(parts: dict[str, Scored], depth: int, divisor: Callable[[str], fl
     if 0 < depth < len(scaled):  # keep the depth best and whatever ties the last of them; sort only those
         keep = scaled >= np.partition(scaled, len(scaled) - depth)[len(scaled) - depth]
         every, scaled = every[keep], scaled[keep]
-    ranked = sorted(zip(every.tolist(), scaled.tolist(), strict=True), key=lambda item: (-item[1], item[0]))
+    if not ordered:
+        return list(zip(every.tolist(), scaled.tolist(), strict=True))
+    order = best_first_order(every, scaled)
+    ranked = list(zip(every[order].tolist(), scaled[order].tolist(), strict=True))
     return ranked[:depth] if depth else ranked
+
+
+def best_first_order(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The positions of `scores` best first, ties by id: a numeric sort, then each run of equal scores (rare)
+    put in id order, so that no Python comparison runs per element."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1])
+    start = 0
+    while start < len(tied):  # each run of consecutive tied positions: [tied[start], tied[end] + 1]
+        end = start
+        while end + 1 < len(tied) and tied[end + 1] == tied[end] + 1:
+            end += 1
+        run = slice(int(tied[start]), int(tied[end]) + 2)
+        order[run] = sorted(order[run].tolist(), key=lambda at: ids[at])
+        start = end + 1
+    return order
 
 
 class LexicalSearch(ABC):
@@ -309,30 +331,35 @@ class LexicalIndex(LexicalSearch):
         the same product."""
         tops: list[dict[str, Scored]] = [{} for _ in texts]
         known: list[dict[str, Scored]] = [{} for _ in texts]
+        # Every query's candidates in one array, with the query each belongs to (ascending), looked up in C loops:
+        # a hybrid batch asks about hundreds per query.
+        asked_ids = np.empty(sum(len(found) for found in candidates), dtype=object)
+        asked_ids[:] = [ext_id for found in candidates for ext_id in found]
+        owner = np.repeat(np.arange(len(candidates)), [len(found) for found in candidates])
         with self._lock:
             wanted = self._searched(langs) if depth > 0 else set()
-            asked: dict[str, list[list[str]]] = {}  # partition -> each query's candidates there
-            for row, found in enumerate(candidates):
-                for ext_id in found:
-                    name = self._partition_of_id.get(ext_id)
-                    if name is not None:
-                        asked.setdefault(name, [[] for _ in texts])[row].append(ext_id)
-            for name in sorted(wanted | set(asked)):
+            held_in = np.empty(len(asked_ids), dtype=object)
+            held_in[:] = list(map(self._partition_of_id.get, asked_ids))
+            for name in sorted(wanted | (set(held_in.tolist()) - {None})):
                 part = self._parts[name]
                 scores = part.score([_query_terms(text, name) for text in texts])
-                mask = part.mask(langs, where) if name in wanted else None
-                here = asked.get(name)
-                for row in range(len(texts)):
-                    if name in wanted:
+                if name in wanted:
+                    mask = part.mask(langs, where)
+                    for row in range(len(texts)):
                         rows, values = top_of_row(scores, row, depth, mask)
                         if len(rows):
                             best = np.argsort(-values, kind="stable")
                             tops[row][name] = Scored(part.id_array[rows[best]], values[best])
-                    if here and here[row]:
-                        asked_rows = np.asarray([part.row_of[c] for c in here[row]])
-                        values = gather_row(scores, row, asked_rows)
+                here = np.flatnonzero(held_in == name)
+                if len(here):
+                    doc_rows = np.fromiter(map(part.row_of.__getitem__, asked_ids[here]), np.int64, len(here))
+                    bounds = np.searchsorted(owner[here], np.arange(len(texts) + 1))
+                    for row in np.flatnonzero(np.diff(bounds)).tolist():
+                        rows_here = doc_rows[bounds[row] : bounds[row + 1]]
+                        values = gather_row(scores, row, rows_here)
                         reached = values > 0
-                        known[row][name] = Scored(part.id_array[asked_rows[reached]], values[reached])
+                        if reached.any():
+                            known[row][name] = Scored(part.id_array[rows_here[reached]], values[reached])
         return [LexicalAnswer(depth, top, found, frozenset(ids))
                 for top, found, ids in zip(tops, known, candidates, strict=True)]
 
@@ -372,9 +399,9 @@ class ScaledLexical:
         return merged_top(self._tops(depth), depth, self._divisor) if depth > 0 else []
 
     def every_top(self, depth: int) -> list[tuple[str, float]]:
-        """Every partition's `depth` best, scaled, merged best first (not cut at `depth`): with `floor`, what
-        weighted fusion's threshold algorithm reads as the lexical ranking."""
-        return merged_top(self._tops(depth), 0, self._divisor)
+        """Every partition's `depth` best, scaled, in no order (not cut at `depth`): with `floor`, what weighted
+        fusion's threshold algorithm reads as the lexical ranking (it ranks only the hits it returns)."""
+        return merged_top(self._tops(depth), 0, self._divisor, ordered=False)
 
     def floor(self, depth: int) -> float:
         """The highest scaled score a document outside `every_top(depth)` can have: the last of a partition that

@@ -29,7 +29,8 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from xling.models.index.lexical import LexicalDoc
-from xling.models.index.slots import DocEntry, Neighbour, Scalar, filter_key
+from xling.models.index.neighbours import Neighbours
+from xling.models.index.slots import DocEntry, Scalar, filter_key
 from xling.models.index.sparse import Changes, LengthTally, leaving, sparse_documents
 
 ID_NAMESPACE = uuid.UUID("6c1c1d52-7a43-5d7e-9f55-0c7a0b6f3f20")  # fixed forever: point ids depend on it
@@ -216,7 +217,7 @@ class QdrantIndex:
 
     def search(
         self, queries: np.ndarray, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[list[Neighbour]]:
+    ) -> list[Neighbours]:
         """Top-k per query row among documents in any of `langs` whose metadata has every `where` pair."""
         assert queries.ndim == 2 and queries.shape[1] == self.dim, queries.shape
         if not len(queries):
@@ -230,22 +231,27 @@ class QdrantIndex:
         ]
         answers = self.client.query_batch_points(self.collection, requests)
         return [
-            [Neighbour(point.payload["id"], float(point.score)) for point in answer.points if point.payload]
+            Neighbours.of([(point.payload["id"], float(point.score)) for point in answer.points if point.payload])
             for answer in answers
         ]
 
     def scores(self, query: np.ndarray, ext_ids: Sequence[str]) -> dict[str, float]:
         """One query's inner product with each of these documents; ids the index does not hold are left out."""
         assert query.shape == (self.dim,), query.shape
-        wanted = [point_id(ext_id) for ext_id in dict.fromkeys(ext_ids)]
+        return self.scores_many(query[None, :], [ext_ids])[0]
+
+    def scores_many(self, queries: np.ndarray, ext_ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Each query row's inner product with its own ids, the vectors of all of them read in one retrieve."""
+        assert queries.ndim == 2 and queries.shape[1] == self.dim, queries.shape
+        wanted = list(dict.fromkeys(ext_id for ids in ext_ids for ext_id in ids))
         if not wanted:
-            return {}
-        points = self.client.retrieve(self.collection, wanted, with_payload=["id"], with_vectors=[DENSE])
-        return {
-            point.payload["id"]: float(np.asarray(_dense(point.vector), dtype=np.float32) @ query.astype(np.float32))
-            for point in points
-            if point.payload is not None
-        }
+            return [{} for _ in ext_ids]
+        points = self.client.retrieve(self.collection, [point_id(ext_id) for ext_id in wanted],
+                                      with_payload=["id"], with_vectors=[DENSE])
+        vector_of = {point.payload["id"]: np.asarray(_dense(point.vector), dtype=np.float32)
+                     for point in points if point.payload is not None}
+        return [{ext_id: float(vector_of[ext_id] @ query.astype(np.float32)) for ext_id in ids if ext_id in vector_of}
+                for query, ids in zip(queries, ext_ids, strict=True)]
 
     def _filter(self, langs: Sequence[str] | None, where: dict[str, Scalar] | None) -> qm.Filter | None:
         conditions = payload_conditions(langs, where)

@@ -13,13 +13,13 @@ with the current one. How far that moves the ranking: bench/RESULTS.md "BM25 ins
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from qdrant_client import models as qm
 
 from xling.models.index.analysis import base_language
-from xling.models.index.lexical import LexicalHit, LexicalSearch, best_first
+from xling.models.index.lexical import LexicalAnswer, LexicalHit, LexicalSearch, Scored, best_first
 from xling.models.index.qdrant_index import SPARSE, QdrantIndex, payload_conditions, point_id
 from xling.models.index.slots import Scalar
 from xling.models.index.sparse import query_vector
@@ -44,23 +44,63 @@ class QdrantLexical(LexicalSearch):
     def per_partition(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
     ) -> dict[str, list[LexicalHit]]:
-        # one request per partition, sent together
-        if k <= 0:
-            return {}
-        extra = payload_conditions(langs, where)
-        return self._ask(text, self._candidates(langs), k, lambda part: extra)
+        tops = self.answer_many([text], k, langs, where, [()])[0].tops
+        return {name: found.hits(name) for name, found in tops.items()}
 
     def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        ids = [point_id(ext_id) for ext_id in dict.fromkeys(ext_ids)]
-        if not ids:
+        known = self.answer_many([text], 0, None, None, [ext_ids])[0].known
+        return {hit.ext_id: hit for name, found in known.items() for hit in found.hits(name)}
+
+    def answer_many(
+        self,
+        texts: Sequence[str],
+        depth: int,
+        langs: Sequence[str] | None,
+        where: dict[str, Scalar] | None,
+        candidates: Sequence[Sequence[str]],
+    ) -> list[LexicalAnswer]:
+        """A batch in one query call: for each query, one sparse request per partition for its top `depth` and
+        one per partition holding some of its candidates for their BM25 (a has-id filter), each scored with the
+        partition's own IDF. Where the candidates sit is read first, in one retrieve for the whole batch."""
+        parts = self._candidates(langs) if depth > 0 else []
+        extra = payload_conditions(langs, where)
+        held = self._parts_of({ext_id for asked in candidates for ext_id in asked})
+        keys: list[tuple[int, str, bool]] = []  # (row, partition, a top rather than candidates' scores)
+        requests: list[qm.QueryRequest] = []
+        for row, (text, asked) in enumerate(zip(texts, candidates, strict=True)):
+            for part in parts:
+                request = _request(text, part, depth, extra)
+                if request is not None:
+                    keys.append((row, part, True))
+                    requests.append(request)
+            by_part: dict[str, list[str]] = defaultdict(list)
+            for ext_id in dict.fromkeys(asked):
+                if ext_id in held:
+                    by_part[held[ext_id]].append(point_id(ext_id))
+            for part, ids in sorted(by_part.items()):
+                request = _request(text, part, len(ids), [qm.HasIdCondition(has_id=ids)])
+                if request is not None:
+                    keys.append((row, part, False))
+                    requests.append(request)
+        tops: list[dict[str, Scored]] = [{} for _ in texts]
+        known: list[dict[str, Scored]] = [{} for _ in texts]
+        answers = self.client.query_batch_points(self.collection, requests) if requests else []
+        for (row, part, top), answer in zip(keys, answers, strict=True):
+            hits = [LexicalHit(str(p.payload["id"]), float(p.score), part)
+                    for p in answer.points if p.payload is not None and p.score > 0]
+            if hits:
+                (tops if top else known)[row][part] = Scored.of_hits(best_first(hits))
+        return [LexicalAnswer(depth, top, found, frozenset(asked))
+                for top, found, asked in zip(tops, known, candidates, strict=True)]
+
+    def _parts_of(self, ext_ids: set[str]) -> dict[str, str]:
+        """The partition of each of these documents the collection holds."""
+        if not ext_ids:
             return {}
-        points = self.client.retrieve(self.collection, ids, with_payload=["part"])
-        by_part: dict[str, list[Any]] = defaultdict(list)
-        for point in points:
-            if point.payload is not None:
-                by_part[str(point.payload["part"])].append(point.id)
-        found = self._ask(text, sorted(by_part), len(ids), lambda part: [qm.HasIdCondition(has_id=by_part[part])])
-        return {hit.ext_id: hit for hits in found.values() for hit in hits}
+        points = self.client.retrieve(self.collection, [point_id(ext_id) for ext_id in ext_ids],
+                                      with_payload=["id", "part"])
+        return {str(p.payload["id"]): str(p.payload["part"]) for p in points
+                if p.payload is not None and "part" in p.payload}
 
     def _candidates(self, langs: Sequence[str] | None) -> list[str]:
         """The partitions a search asks. With a language filter, those languages' own: a declared language's
@@ -72,33 +112,18 @@ class QdrantLexical(LexicalSearch):
         hits = self.client.facet(self.collection, key="part", exact=False, limit=100_000).hits
         return sorted(str(hit.value) for hit in hits)
 
-    def _ask(
-        self, text: str, parts: Sequence[str], k: int, conditions: Callable[[str], list[Any]]
-    ) -> dict[str, list[LexicalHit]]:
-        """One sparse query per partition (the text analysed as that partition analyses), scored with the
-        partition's own IDF; `conditions(part)` narrows each."""
-        asked, requests = [], []
-        for part in parts:
-            vector = query_vector(text, part)
-            if not vector.indices:
-                continue
-            corpus = qm.Filter(must=[_in_part(part)])
-            requests.append(qm.QueryRequest(
-                query=qm.SparseVector(**vars(vector)), using=SPARSE, limit=k, with_payload=["id"],
-                filter=qm.Filter(must=[_in_part(part), *conditions(part)]),
-                params=qm.SearchParams(idf=qm.IdfCorpusParams(corpus=corpus)),
-            ))
-            asked.append(part)
-        if not requests:
-            return {}
-        answers = self.client.query_batch_points(self.collection, requests)
-        found: dict[str, list[LexicalHit]] = {}
-        for part, answer in zip(asked, answers, strict=True):
-            hits = [LexicalHit(str(p.payload["id"]), float(p.score), part)
-                    for p in answer.points if p.payload is not None and p.score > 0]
-            if hits:
-                found[part] = best_first(hits)
-        return found
+
+def _request(text: str, part: str, limit: int, conditions: list[Any]) -> qm.QueryRequest | None:
+    """One sparse query in one partition (the text analysed as that partition analyses), scored with the
+    partition's own IDF; None when the text has no term there."""
+    vector = query_vector(text, part)
+    if not vector.indices or limit <= 0:
+        return None
+    return qm.QueryRequest(
+        query=qm.SparseVector(**vars(vector)), using=SPARSE, limit=limit, with_payload=["id"],
+        filter=qm.Filter(must=[_in_part(part), *conditions]),
+        params=qm.SearchParams(idf=qm.IdfCorpusParams(corpus=qm.Filter(must=[_in_part(part)]))),
+    )
 
 
 def _in_part(part: str) -> qm.FieldCondition:

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from xling.models.index.slots import DocEntry, Neighbour, Scalar
+from xling.models.index.neighbours import Neighbours
+from xling.models.index.slots import DocEntry, Scalar
 
 
 class ServedIndex(Protocol):
@@ -43,11 +44,15 @@ class ServedIndex(Protocol):
 
     def search(
         self, queries: np.ndarray, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[list[Neighbour]]:
+    ) -> list[Neighbours]:
         """Top-k per query row among documents in any of `langs` whose metadata has every `where` pair; deleted
         documents never."""
         ...
 
     def scores(self, query: np.ndarray, ext_ids: Sequence[str]) -> dict[str, float]:
         """One query's inner product with each of these documents; ids it does not hold are left out."""
+        ...
+
+    def scores_many(self, queries: np.ndarray, ext_ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """`scores` for each query row and its own ids, in as few calls as the tier allows."""
         ...

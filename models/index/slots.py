@@ -19,11 +19,12 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 
+from xling.models.index.neighbours import Neighbours
 from xling.models.index.postings import Postings, bitmap_bytes, bitmap_of, bits_set, fitted, popcount, set_bit
 
 IndexKind = Literal["flat", "hnsw"]
@@ -86,11 +87,6 @@ class DocEntry:
     metadata: dict[str, Scalar] = field(default_factory=dict)
 
 
-class Neighbour(NamedTuple):  # a tuple: a hybrid batch makes thousands of them
-    ext_id: str
-    score: float
-
-
 class SlotStore:
     """Not thread-safe on its own: VectorIndex holds the lock."""
 
@@ -107,6 +103,7 @@ class SlotStore:
         self.by_meta: dict[str, Postings] = {}
         self.live = np.zeros(0, dtype=np.uint8)  # bitmap of slots holding a document
         self.dead = 0
+        self._ids: np.ndarray | None = None  # ext_ids as an object array with room to grow (id_array)
 
     @property
     def slots(self) -> int:
@@ -117,6 +114,14 @@ class SlotStore:
 
     def languages(self) -> dict[str, int]:
         return {lang: p.count for lang, p in sorted(self.by_lang.items()) if p.count}
+
+    def id_array(self) -> np.ndarray:
+        """slot -> document id (None: tombstone or past the end) as an object array, so that a search's hits
+        are looked up in one gather; once made, every write keeps it in step with `ext_ids`."""
+        if self._ids is None or len(self._ids) < len(self.ext_ids):
+            self._ids = np.full(max(1_024, 2 * len(self.ext_ids)), None, dtype=object)
+            self._ids[: len(self.ext_ids)] = self.ext_ids
+        return self._ids
 
     def live_slots(self) -> Iterator[int]:
         return (slot for slot, ext_id in enumerate(self.ext_ids) if ext_id is not None)
@@ -135,6 +140,7 @@ class SlotStore:
         """Fill the slot tables from a snapshot's documents in one pass; slots no row names are tombstones."""
         total = self.slots
         self.ext_ids, self.langs, self.metadata = [None] * total, [None] * total, [None] * total
+        self._ids = None
         by_lang: dict[str, list[int]] = {}
         by_meta: dict[str, list[int]] = {}
         for slot, doc in rows:
@@ -208,6 +214,11 @@ class SlotStore:
         else:
             self.ext_ids[slot], self.langs[slot], self.metadata[slot] = doc.ext_id, doc.lang, doc.metadata or None
         self.slot_of[doc.ext_id] = slot
+        if self._ids is not None:
+            if slot < len(self._ids):
+                self._ids[slot] = doc.ext_id
+            else:
+                self._ids = None  # made again, with room, when next read
         self.live = set_bit(self.live, slot, True)
         for posting in self._postings_of(slot, create=True):
             posting.add(slot)
@@ -220,6 +231,8 @@ class SlotStore:
         if ext_id is not None:
             del self.slot_of[ext_id]
         self.ext_ids[slot], self.langs[slot], self.metadata[slot] = None, None, None
+        if self._ids is not None:
+            self._ids[slot] = None
         self.live = set_bit(self.live, slot, False)
 
     def _tombstone(self, slot: int) -> None:
@@ -245,10 +258,10 @@ class SlotStore:
     # Search -------------------------------------------------------------------------------------
     def search(
         self, queries: np.ndarray, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[list[Neighbour]]:
+    ) -> list[Neighbours]:
         """Top-k per query row; with a filter, the top-k among matching documents (never a post-filtered short list)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        empty: list[list[Neighbour]] = [[] for _ in range(len(queries))]
+        empty = [Neighbours.of([]) for _ in range(len(queries))]
         if not self.slot_of:
             return empty
         mask = self._filter_mask(langs, where)
@@ -303,7 +316,7 @@ class SlotStore:
 
     def _selected(
         self, structure: Any, queries: np.ndarray, k: int, mask: np.ndarray, params: Any = None
-    ) -> list[list[Neighbour]]:
+    ) -> list[Neighbours]:
         """A search of `structure` that only visits slots set in `mask`."""
         selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(mask))
         if params is None:
@@ -313,13 +326,13 @@ class SlotStore:
         del selector  # FAISS read `mask` through it; both lived until here
         return self._neighbours(scores, slots, k)
 
-    def _overfetch(self, queries: np.ndarray, k: int, mask: np.ndarray, matching: int) -> list[list[Neighbour]]:
+    def _overfetch(self, queries: np.ndarray, k: int, mask: np.ndarray, matching: int) -> list[Neighbours]:
         """flat, broad filter: the unfiltered BLAS scan for more than k hits, keeping matching ones.
 
         Exact: the first k matching hits of the true global ranking are the true filtered top-k. Each
         row that found fewer than k asks again for four times as many, up to every slot."""
         fetch = min(self.slots, max(2 * k, math.ceil(1.5 * k * self.slots / matching)))
-        results: list[list[Neighbour]] = [[] for _ in range(len(queries))]
+        results = [Neighbours.of([]) for _ in range(len(queries))]
         pending = np.arange(len(queries))
         while len(pending):
             scores, slots = self.faiss.search(queries[pending], fetch)
@@ -335,12 +348,9 @@ class SlotStore:
             fetch = min(self.slots, fetch * 4)
         return results
 
-    def _neighbours(self, scores: np.ndarray, slots: np.ndarray, k: int) -> list[list[Neighbour]]:
+    def _neighbours(self, scores: np.ndarray, slots: np.ndarray, k: int) -> list[Neighbours]:
         """Each row's hits, FAISS's "no result" (-1) and tombstones left out."""
-        ext_ids = self.ext_ids
-        out = []
-        for row_scores, row_slots in zip(scores.tolist(), slots.tolist(), strict=True):
-            hits = [Neighbour(ext_ids[slot], score) for score, slot in zip(row_scores, row_slots, strict=True)
-                    if slot >= 0 and ext_ids[slot] is not None]
-            out.append(hits[:k])
-        return out
+        found = self.id_array()[np.where(slots >= 0, slots, 0)]
+        kept = bits_set(self.live, slots)  # a live slot holds a document: tombstones and -1 left out
+        return [Neighbours(row_ids[row_kept][:k], row_scores[row_kept][:k])
+                for row_ids, row_scores, row_kept in zip(found, scores, kept, strict=True)]

@@ -19,7 +19,8 @@ import faiss
 import numpy as np
 
 from xling.models.files import write_json_atomic
-from xling.models.index.slots import DocEntry, IndexSpec, Neighbour, Scalar, SlotStore
+from xling.models.index.neighbours import Neighbour, Neighbours
+from xling.models.index.slots import DocEntry, IndexSpec, Scalar, SlotStore
 
 __all__ = ["DocEntry", "IndexMismatchError", "IndexSpec", "Neighbour", "Scalar", "SnapshotError", "VectorIndex"]
 
@@ -116,7 +117,7 @@ class VectorIndex:
 
     def search(
         self, queries: np.ndarray, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> list[list[Neighbour]]:
+    ) -> list[Neighbours]:
         """Top-k per query row among documents in any of `langs` whose metadata has every `where` pair;
         exact on a flat index, deleted documents never. The filter is resolved under the same lock as
         the search, so a concurrent write cannot shift the slots in between."""
@@ -131,6 +132,9 @@ class VectorIndex:
             held = [ext_id for ext_id in dict.fromkeys(ext_ids) if ext_id in self._store.slot_of]
             vectors = self._store.vectors([self._store.slot_of[ext_id] for ext_id in held])
         return dict(zip(held, (vectors @ query.astype(np.float32)).tolist(), strict=True))
+
+    def scores_many(self, queries: np.ndarray, ext_ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        return [self.scores(query, ids) for query, ids in zip(queries, ext_ids, strict=True)]  # no round trips
 
     def vectors_of(self, ext_ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of these ids, in order (KeyError for an id the index does not hold)."""

@@ -48,8 +48,10 @@ def test_weighted_fusion_with_a_filter_equals_brute_force(seed: int, weight: flo
         return {d: float(scaled[ids.index(d)]) for d in wanted if keep[ids.index(d)] and bm25[ids.index(d)] > 0}
 
     fusion = Fusion("weighted", weight=weight, window=10)
-    hits = fuse_weighted(
-        10, fusion, dense_top, lambda depth: _ranking(ids, scaled, keep, depth, positive=True), dense_of, lexical_of
+    lexical_ranking = _ranking(ids, scaled, keep, 10, positive=True)
+    hits = fuse_weighted(  # the lexical ranking may come in any order: fusion ranks the hits it returns itself
+        10, fusion, dense_top, lambda depth: _ranking(ids, scaled, keep, depth, positive=True)[::-1], dense_of,
+        lexical_of,
     )
     fused = cosine + weight * scaled
     expected = sorted((i for i in range(len(ids)) if keep[i]), key=lambda i: (-fused[i], ids[i]))[:10]
@@ -57,10 +59,28 @@ def test_weighted_fusion_with_a_filter_equals_brute_force(seed: int, weight: flo
     assert [hit.score for hit in hits] == pytest.approx([fused[i] for i in expected])
     if weight == 2.0:
         assert len(asked) > 1  # a heavy lexical weight needed a deeper dense fetch: the loop was exercised
-    # Each hit says which rankings found it and where.
+    # Each hit says which rankings found it and where: its place in the lexical ranking read best first.
+    lexical_ranks = {ext_id: rank for rank, (ext_id, _) in enumerate(lexical_ranking, start=1)}
+    dense_ranks = {ext_id: rank for rank, (ext_id, _) in enumerate(dense_top(len(ids)), start=1)}
     for hit in hits:
-        if bm25[ids.index(hit.ext_id)] > 0 and "lexical" in hit.ranks:
-            assert hit.ranks["lexical"] >= 1
+        assert hit.ranks.get("lexical") == lexical_ranks.get(hit.ext_id)
+        assert hit.ranks.get("dense", dense_ranks[hit.ext_id]) == dense_ranks[hit.ext_id]
+    if weight == 2.0:
+        assert any("lexical" in hit.ranks for hit in hits)  # the ranks of the lexical side were checked
+
+
+def test_lexical_ranks_break_ties_by_id_whatever_order_the_ranking_came_in() -> None:
+    lexical = [("e", 0.5), ("b", 1.0), ("d", 0.5), ("a", 1.0), ("c", 0.7)]  # a, b tie at 1.0; d, e at 0.5
+    dense = [("x", 0.95), ("e", 0.1), ("d", 0.05), ("a", 0.0), ("b", 0.0), ("c", 0.0)]
+    cosine, bm25 = dict(dense), dict(lexical)
+    hits = fuse_weighted(
+        5, Fusion("weighted", weight=1.0, window=5), lambda depth: dense[:depth], lambda depth: lexical,
+        lambda wanted: {d: cosine[d] for d in wanted}, lambda wanted: {d: bm25[d] for d in wanted if d in bm25},
+    )
+    # fused: a 1.0, b 1.0, x 0.95, c 0.7, e 0.6 (d 0.55 is sixth); lexical ranks read best first, ties by id
+    assert [(hit.ext_id, hit.ranks.get("lexical")) for hit in hits] == [
+        ("a", 1), ("b", 2), ("x", None), ("c", 3), ("e", 5)
+    ]
 
 
 def test_rrf_sums_reciprocal_ranks_within_the_window() -> None:

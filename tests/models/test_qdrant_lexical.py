@@ -4,14 +4,16 @@ replaces and deletes; the length tally follows the writes."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
 from xling.models.index.analysis import terms
-from xling.models.index.lexical import LexicalDoc, LexicalHit, LexicalIndex
+from xling.models.index.lexical import LexicalDoc, LexicalHit, LexicalIndex, Scored
 from xling.models.index.qdrant_index import QdrantIndex, create_collection, has_lexical
 from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.models.index.slots import DocEntry, Scalar
@@ -134,3 +136,43 @@ def test_a_collection_with_bm25_needs_the_texts(pair: tuple[QdrantIndex, Lexical
         qdrant.upsert([DocEntry("n", "en")], np.ones((1, DIM), dtype=np.float32) / 2)
     with pytest.raises(ValueError, match="no BM25"):
         QdrantLexical(QdrantIndex(qdrant.client, "c", DIM, "v1"))
+
+
+class CountingClient:
+    """The calls a search makes to Qdrant, by method."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client, self.calls = client, Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls[name] += 1
+        return getattr(self.client, name)
+
+
+def test_a_batch_is_answered_in_one_query_call_as_each_query_alone(
+    pair: tuple[QdrantIndex, LexicalIndex, MemoryLengths]
+) -> None:
+    qdrant, replica, _ = pair
+    lexical = QdrantLexical(qdrant)
+    counting = CountingClient(qdrant.client)
+    lexical.client = counting  # type: ignore[assignment]  # counts, and otherwise passes every call through
+    every = [doc[0] for doc in DOCS] + ["never-written"]
+    candidates = [every[n % 3 :: 2] for n in range(len(QUERIES))]
+    for langs, where in [(None, None), (["en", "de"], {"year": 1})]:
+        counting.calls.clear()
+        batch = lexical.answer_many(QUERIES, 4, langs, where, candidates)
+        assert counting.calls["query_batch_points"] == 1 and counting.calls["retrieve"] == 1
+        assert sum(counting.calls.values()) == 2 + (langs is None)  # the partitions present: one facet
+        reference = replica.answer_many(QUERIES, 4, langs, where, candidates)
+        for answer, expected, query, asked in zip(batch, reference, QUERIES, candidates, strict=True):
+            assert answer.asked == frozenset(asked)
+            alone = lexical.per_partition(query, 4, langs, where)
+            assert {name: found.hits(name) for name, found in answer.tops.items()} == alone
+            for ours, theirs in ((answer.tops, expected.tops), (answer.known, expected.known)):
+                assert ours.keys() == theirs.keys()
+                for name, found in theirs.items():
+                    assert scored(ours[name]) == pytest.approx(scored(found), rel=1e-3)
+
+
+def scored(found: Scored) -> dict[str, float]:
+    return dict(zip(found.ids.tolist(), found.scores.tolist(), strict=True))

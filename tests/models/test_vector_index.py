@@ -191,3 +191,24 @@ def test_damaged_index_file_is_a_snapshot_error(tmp_path: Path) -> None:
     next(tmp_path.glob("index-*.faiss")).write_bytes(b"not a faiss index")
     with pytest.raises(SnapshotError, match="unreadable index file"):
         VectorIndex.load(tmp_path, "v1", 4)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_hits_come_as_arrays_that_follow_every_write(kind: str) -> None:
+    """A search's hits are looked up in an id array the writes keep in step: a flat delete moves the last vector
+    into the freed slot, an hnsw delete leaves a tombstone, the array grows past its first size."""
+    rng = np.random.default_rng(7)
+    index = VectorIndex(8, "v", IndexSpec(kind))
+    vectors = rng.normal(size=(1_500, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index.upsert([DocEntry(f"d{i}", "en") for i in range(1_000)], vectors[:1_000])
+    index.search(vectors[:1], 5)  # the id array is made here, then kept up by the writes below
+    index.remove([f"d{i}" for i in range(0, 1_000, 3)])
+    index.upsert([DocEntry(f"d{i}", "en") for i in range(1_000, 1_500)], vectors[1_000:])  # grows past 1,024
+    live = [i for i in range(1_500) if i >= 1_000 or i % 3]
+    found = index.search(vectors[[1, 1_400]], 1)
+    assert [hits[0].ext_id for hits in found] == ["d1", "d1400"]
+    hits = index.search(vectors[1:2], len(live))[0]
+    assert sorted(hit.ext_id for hit in hits) == sorted(f"d{i}" for i in live)
+    assert hits[:2] == [(hit.ext_id, hit.score) for hit in list(hits)[:2]]  # a slice reads as its Neighbours
+    assert isinstance(hits[0].score, float) and hits[0] == ("d1", pytest.approx(1.0, abs=1e-5))

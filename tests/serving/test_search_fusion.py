@@ -4,15 +4,20 @@ that the threshold algorithm must fetch deeper dense neighbours for some of them
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
 from tests.synthetic import LANGS, corpus, smooth_fake_encoder
 from xling.models.index.lexical import LexicalDoc, LexicalIndex
+from xling.models.index.qdrant_index import QdrantIndex, create_collection
+from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.models.index.slots import DocEntry
+from xling.models.index.sparse import MemoryLengths
 from xling.models.index.vector_index import VectorIndex
 from xling.serving.metrics import Metrics
 from xling.serving.search import Search, SearchQuery
@@ -77,3 +82,54 @@ def test_a_batch_of_hybrid_queries_fuses_as_each_query_alone(make_settings: Any,
         assert batch_searches <= deepened  # fetched four times deeper at first, fewer (or no) rounds are left
     else:
         assert deepened == batch_searches == 0  # RRF ranks each list's first window: nothing deeper to fetch
+
+
+class CountingQdrant(QdrantIndex):
+    """Counts the cosine lookups a fusion makes on a tier where each is a round trip."""
+
+    calls: Counter[str] = Counter()
+
+    def scores(self, *args: Any, **kwargs: Any) -> Any:
+        CountingQdrant.calls["scores"] += 1
+        return super().scores(*args, **kwargs)
+
+    def scores_many(self, *args: Any, **kwargs: Any) -> Any:
+        CountingQdrant.calls["scores_many"] += 1
+        return super().scores_many(*args, **kwargs)
+
+
+def test_on_a_tier_of_round_trips_a_batch_gathers_its_lookups_and_ranks_as_direct_lookups(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    settings = make_settings(fusion_window=3, fusion_weight=0.5)
+    docs = corpus(12)
+    texts = [doc["text"] for doc in docs]
+    client = QdrantClient(location=":memory:")
+    create_collection(client, "c", 16, lexical=True)
+    index = CountingQdrant(client, "c", 16, "fake", lengths=MemoryLengths())
+    index.upsert([DocEntry(d["id"], d["lang"], d["metadata"]) for d in docs], smooth_fake_encoder(texts, "passage"),
+                 texts=texts)
+    lexical = QdrantLexical(index)
+    pair = ServingPair(None, index, "1-0")  # type: ignore[arg-type]  # the encoder is not asked: vectors are given
+    searches = {
+        batched: Search(settings, Metrics(), lambda: pair, lambda _: lexical, None,  # type: ignore[arg-type]
+                        lookups_are_round_trips=batched)
+        for batched in (False, True)
+    }
+    rng = np.random.default_rng(5)
+    queries = [SearchQuery(" ".join(texts[int(rng.integers(len(texts)))].split()[: 2 + n % 3]), k=5, mode="hybrid",
+                           where=(("parity", 1),) if n % 2 else ()) for n in range(10)]
+    vectors = smooth_fake_encoder([q.text for q in queries], "query")
+    results = {}
+    for batched, search in searches.items():
+        found = search._search_vectors(pair, queries, vectors)
+        CountingQdrant.calls.clear()
+        results[batched] = search.hybrid.fuse_batch(pair, queries, found, vectors)
+        calls = dict(CountingQdrant.calls)
+        if batched:
+            assert calls.get("scores", 0) == 0 and 1 <= calls["scores_many"] <= 3  # a call per round, not per query
+        else:
+            assert calls["scores"] >= 5  # one lookup per query that needed cosines: what batching saves
+    for row in range(len(queries)):
+        assert [(h.ext_id, h.ranks) for h in results[True][row]] == [(h.ext_id, h.ranks) for h in results[False][row]]
+        assert [h.score for h in results[True][row]] == pytest.approx([h.score for h in results[False][row]])
