@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from xling.models.index.fusion import FusedHit, Fusion, SearchMode, fuse_rrf, fuse_weighted, least_reaching
-from xling.models.index.lexical import LexicalAnswer, LexicalSearch, merged_top
+from xling.models.index.lexical import LexicalSearch
+from xling.models.index.lexical_ranking import LexicalAnswer, merged_top
 from xling.models.index.neighbours import Neighbours
 from xling.models.index.slots import Scalar
 from xling.state.errors import InvalidInput

@@ -13,7 +13,8 @@ import numpy as np
 
 from xling.models.encoder import TextKind
 from xling.models.index.fusion import FusedHit, SearchMode
-from xling.models.index.lexical import LexicalSearch, merged_top
+from xling.models.index.lexical import LexicalSearch
+from xling.models.index.lexical_ranking import merged_top
 from xling.models.index.neighbours import Neighbours
 from xling.models.index.vector_index import Scalar
 from xling.serving.batcher import MicroBatcher

@@ -19,7 +19,8 @@ from typing import Any
 from qdrant_client import models as qm
 
 from xling.models.index.analysis import base_language
-from xling.models.index.lexical import LexicalAnswer, LexicalHit, LexicalSearch, Scored, best_first
+from xling.models.index.lexical import LexicalSearch
+from xling.models.index.lexical_ranking import LexicalAnswer, LexicalHit, Scored, best_first
 from xling.models.index.qdrant_index import SPARSE, QdrantIndex, payload_conditions, point_id
 from xling.models.index.slots import Scalar
 from xling.models.index.sparse import query_vector

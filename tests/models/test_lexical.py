@@ -11,7 +11,8 @@ import pytest
 from xling.models.files import claim_folder
 from xling.models.index import lexical as lexical_module
 from xling.models.index.analysis import terms, words
-from xling.models.index.lexical import JOURNAL_FILE, LexicalDoc, LexicalIndex, best_first, partition_of
+from xling.models.index.lexical import JOURNAL_FILE, LexicalDoc, LexicalIndex, partition_of
+from xling.models.index.lexical_ranking import best_first
 
 
 def _bm25(tf: int, doc_len: int, avg_len: float, docs: int, docs_with_term: int) -> float:

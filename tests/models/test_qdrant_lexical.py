@@ -13,7 +13,8 @@ import pytest
 from qdrant_client import QdrantClient
 
 from xling.models.index.analysis import terms
-from xling.models.index.lexical import LexicalDoc, LexicalHit, LexicalIndex, Scored
+from xling.models.index.lexical import LexicalDoc, LexicalIndex
+from xling.models.index.lexical_ranking import LexicalHit, Scored
 from xling.models.index.qdrant_index import QdrantIndex, create_collection, has_lexical
 from xling.models.index.qdrant_lexical import QdrantLexical
 from xling.models.index.slots import DocEntry, Scalar
