@@ -6,13 +6,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from xling.cli.contract_options import contract_options
 from xling.cli.output import console, err_console, fail
+from xling.models.training.config import TrainConfig, train_config
 from xling.state.logs import configure_logging
 from xling.state.settings import Settings
 
@@ -34,83 +36,53 @@ def _shares(given: list[str] | None) -> dict[str, float] | None:
     return shares
 
 
+FINETUNE_FIELDS = (
+    "strategy", "alpha", "max_steps", "bitext_passes", "epochs", "batch_size", "gradient_accumulation_steps",
+    "learning_rate", "weight_decay", "warmup_ratio", "max_length", "scale", "query_prefix", "passage_prefix",
+    "freeze_embeddings", "with_context", "val_fraction", "eval_steps", "early_stopping_patience", "checkpoint_steps",
+    "seed", "interpolate", "anchor_distillation",
+)
+# The flags these commands had before their options came from the contract.
+FLAGS = {"learning_rate": ("--lr", "--learning-rate"), "gradient_accumulation_steps": ("--grad-accum",),
+         "early_stopping_patience": ("--patience",)}
+
+
+@contract_options(TrainConfig, FINETUNE_FIELDS, FLAGS)
 def finetune(
     data: Annotated[
         list[Path],
         typer.Option(help="training data (repeatable): LAReQA folder, JSONL groups, or bitext (Tatoeba folder, JSONL)"),
     ],
-    strategy: Annotated[str, typer.Option(help="monolingual (X-X-mono) | crosslingual (X-Y) | hybrid")] = "hybrid",
-    alpha: Annotated[float, typer.Option(help="hybrid: probability that a batch is monolingual")] = 0.5,
     base: Annotated[
         str | None, typer.Option(help="registry version, folder or hub id; default: the serving default")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder; default DATA_DIR/models/<strategy>-<time>")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (overrides --epochs)")] = None,
-    bitext_passes: Annotated[
-        float | None, typer.Option(help="instead of --max-steps: steps enough to see each bitext set this many times")
-    ] = None,
-    epochs: Annotated[float, typer.Option()] = 1.0,
-    batch_size: Annotated[int, typer.Option()] = 100,
-    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps (effective batch = B x this)")] = 1,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 3e-5,
-    weight_decay: Annotated[float, typer.Option()] = 0.01,
-    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
-    max_length: Annotated[int, typer.Option(help="max tokens per text")] = 128,
-    scale: Annotated[float, typer.Option(help="InfoNCE scale (1/temperature)")] = 20.0,
-    query_prefix: Annotated[
-        str | None, typer.Option(help="default: the base model's own, else the paper's 'Query: '")
-    ] = None,
-    passage_prefix: Annotated[
-        str | None, typer.Option(help="default: the base model's own, else the paper's 'Passage: '")
-    ] = None,
-    freeze_embeddings: Annotated[bool, typer.Option(help="keep the word-embedding matrix fixed")] = False,
-    with_context: Annotated[bool, typer.Option(help="LAReQA: passage = answer sentence + its paragraph")] = False,
-    val_fraction: Annotated[float, typer.Option()] = 0.05,
-    eval_steps: Annotated[int | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option(help="early stopping: evaluations without improvement")] = None,
-    checkpoint_steps: Annotated[int, typer.Option()] = 500,
-    seed: Annotated[int, typer.Option()] = 0,
-    interpolate: Annotated[
-        bool, typer.Option(help="WiSE-FT: weights moved back toward the base, by the weight chosen on validation")
-    ] = False,
     mixing: Annotated[
         list[str] | None,
         typer.Option(help="NAME=SHARE (repeatable): share of cross-lingual batches per --data set (its folder or"
                           " file name without extension)"),
     ] = None,
-    anchor_distillation: Annotated[
-        float, typer.Option(help="weight of the term keeping texts in the monolingual batches' languages where the"
-                                 " base put them (1 - cosine to a frozen base); 0 = off")
-    ] = 0.0,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint under --out")] = False,
+    *,
+    contract: dict[str, Any],
 ) -> None:
     """Fine-tune an encoder with hybrid batch training; writes a model version the service can serve."""
     from datetime import UTC, datetime
 
     from xling.models.data.text import DataError
     from xling.models.data.training_data import load_training_data
-    from xling.models.training.config import train_config
     from xling.models.training.trainer import Progress as TrainProgress
     from xling.models.training.trainer import finetune as run_finetune
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
-    if out is None:
-        out = settings.models_dir / f"{strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     try:
-        config = train_config(
-            strategy=strategy, alpha=alpha, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
-            warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, max_length=max_length, scale=scale,
-            query_prefix=query_prefix, passage_prefix=passage_prefix, with_context=with_context,
-            freeze_embeddings=freeze_embeddings,
-            val_fraction=val_fraction, eval_steps=eval_steps, early_stopping_patience=patience,
-            checkpoint_steps=checkpoint_steps, seed=seed, gradient_accumulation_steps=grad_accum,
-            bitext_passes=bitext_passes, interpolate=interpolate, mixing=_shares(mixing),
-            anchor_distillation=anchor_distillation,
-        )
-        _, summary = load_training_data(data, with_context=with_context)
+        config = train_config(**contract, mixing=_shares(mixing))
+        _, summary = load_training_data(data, with_context=config.with_context)
     except (ValueError, DataError) as exc:
         fail(str(exc), 2)
+    if out is None:
+        out = settings.models_dir / f"{config.strategy}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     console.print(
         f"data: {summary.groups} groups in {len(summary.languages)} languages {summary.languages}, "
         f"{sum(summary.cross_pairs.values())} cross-lingual pairs"
@@ -152,7 +124,7 @@ def finetune(
         return  # one rank of several (torchrun): the first writes the version and reports it
     table = Table(title=f"model version {result.version}", show_header=False)
     table.add_row("folder", str(result.path))
-    table.add_row("strategy", f"{strategy}" + (f" (alpha {alpha})" if strategy == "hybrid" else ""))
+    table.add_row("strategy", config.strategy + (f" (alpha {config.alpha})" if config.strategy == "hybrid" else ""))
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
@@ -262,6 +234,10 @@ def evaluate(
     console.print(f"report: {paths['markdown']}")
 
 
+EXPERIMENT_FIELDS = ("batch_size", "learning_rate", "alpha", "max_length", "freeze_embeddings")
+
+
+@contract_options(TrainConfig, EXPERIMENT_FIELDS, FLAGS)
 def experiment(
     train: Annotated[
         list[Path], typer.Option(help="training data (repeatable): parallel QA (LAReQA folder, JSONL) or bitext")
@@ -272,11 +248,6 @@ def experiment(
     base: Annotated[str | None, typer.Option(help="base model; default: the serving default")] = None,
     steps: Annotated[int, typer.Option(help="training steps per strategy")] = 200,
     seed: Annotated[list[int] | None, typer.Option(help="training seed (repeatable: one run per seed)")] = None,
-    batch_size: Annotated[int, typer.Option()] = 100,
-    lr: Annotated[float, typer.Option()] = 3e-5,
-    alpha: Annotated[float, typer.Option(help="hybrid: probability of a monolingual batch")] = 0.5,
-    max_length: Annotated[int, typer.Option()] = 128,
-    freeze_embeddings: Annotated[bool, typer.Option(help="keep the word-embedding matrix fixed")] = False,
     langs: Annotated[str | None, typer.Option(help="comma-separated evaluation languages")] = None,
     keep_models: Annotated[bool, typer.Option(help="keep each run's trained weights under OUT/models")] = False,
     report_only: Annotated[
@@ -292,6 +263,8 @@ def experiment(
     out: Annotated[Path, typer.Option(help="report folder; a re-run with the same arguments resumes")] = Path(
         "experiment"
     ),
+    *,
+    contract: dict[str, Any],
 ) -> None:
     """Train X-X-mono, X-Y and hybrid on the same budget per seed, evaluate them and the base, report side by side.
 
@@ -299,15 +272,13 @@ def experiment(
     """
     from xling.models.data.text import DataError
     from xling.models.experiment import ExperimentSpec, run_experiment
-    from xling.models.training.config import train_config
 
     settings = Settings()
     configure_logging("WARNING", as_json=False)
     if val_fraction is None:
         val_fraction = 0.05 if interpolate else 0.0
     try:
-        config = train_config(batch_size=batch_size, learning_rate=lr, alpha=alpha, max_length=max_length,
-                              val_fraction=val_fraction, freeze_embeddings=freeze_embeddings)
+        config = train_config(**contract, val_fraction=val_fraction)
     except ValueError as exc:
         fail(str(exc), 2)
     spec = ExperimentSpec(

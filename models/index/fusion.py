@@ -19,6 +19,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Literal
 
 import numpy as np
@@ -128,7 +129,8 @@ def fuse_weighted(
         unseen_lexical = lexical_floor(depth)
     else:  # an unseen document scores at most the last one returned, or 0 when fewer than asked exist
         unseen_lexical = min((score for _, score in lexical), default=0.0) if len(lexical) == depth else 0.0
-    known_lexical: dict[str, float] = dict(lexical)
+    ranked_lexical = dict(lexical)
+    known_lexical: dict[str, float] = dict(ranked_lexical)
     asked_lexical: set[str] = set(known_lexical)  # asked, whether or not a term matched (no answer: 0)
     # The cosine of every document seen that may reach the top k (least_reaching): only those are fused.
     contenders: dict[str, float] = {}
@@ -161,21 +163,22 @@ def fuse_weighted(
         if len(top) == k and top[-1][1] > bound:
             break
         depth *= 4
-    dense_ranks, lexical_ranks = _ranks(dense), _ranks_of(lexical, [ext_id for ext_id, _ in top])
+    dense_ranks = _ranks(dense)
+    lexical_ranks = _ranks_of(lexical, ranked_lexical, [ext_id for ext_id, _ in top])
     return [_hit(ext_id, score, dense_ranks, lexical_ranks) for ext_id, score in top]
 
 
-def _ranks_of(ranking: Ranked, ext_ids: Sequence[str]) -> dict[str, int]:
-    """The 1-based rank of each of these ids that `ranking` holds, the ranking given in any order and read best
-    first, ties by id (only the hits a fusion returns are ranked, not the whole list)."""
-    if not ranking:
+def _ranks_of(ranking: Ranked, scores: dict[str, float], ext_ids: Sequence[str]) -> dict[str, int]:
+    """The 1-based rank of each of these ids that `ranking` holds (`scores`: the ranking as a dict), the ranking
+    given in any order and read best first, ties by id: only the hits a fusion returns are ranked."""
+    held = [ext_id for ext_id in ext_ids if ext_id in scores]
+    if not held:
         return {}
-    ids, values = zip(*ranking, strict=True)
-    scores = np.asarray(values, dtype=np.float64)
+    values = np.fromiter(map(itemgetter(1), ranking), dtype=np.float64, count=len(ranking))
     ranks = {}
-    for ext_id in ext_ids:
-        tied = np.flatnonzero(scores == scores[ids.index(ext_id)]) if ext_id in ids else None
-        if tied is not None:
-            above = int((scores > scores[tied[0]]).sum())
-            ranks[ext_id] = 1 + above + sum(1 for at in tied.tolist() if ids[at] < ext_id)
+    for ext_id in held:
+        score = scores[ext_id]
+        tied = np.flatnonzero(values == score)  # itself included
+        before = sum(1 for at in tied.tolist() if ranking[at][0] < ext_id) if len(tied) > 1 else 0
+        ranks[ext_id] = 1 + int(np.count_nonzero(values > score)) + before
     return ranks
