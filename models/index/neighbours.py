@@ -1,8 +1,9 @@
 """A search's hits for one query, best first: what every index tier's `search` returns.
 
 Kept as two arrays (ids, scores), each `Neighbour` made only when one is read: a hybrid micro-batch fetches
-1,600 dense neighbours per query on a flat index and fusion reads them as arrays; made one object at a time,
-they were half of what hybrid search added to dense inside the batch (bench/RESULTS.md, bench.hybrid_batch).
+four fusion windows of dense neighbours per query on a flat index (400 by default) and fusion reads them as
+arrays; made one object at a time, they took about a fifth of the hybrid path inside the batch (profiled:
+bench.hybrid_batch, bench/RESULTS.md).
 """
 
 from __future__ import annotations
