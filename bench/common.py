@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ class LoadResult:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    failures: dict[str, int] = field(default_factory=dict)  # "<status> <body>" or the exception, per failed request
 
     @property
     def qps(self) -> float:
@@ -118,6 +119,7 @@ class LoadResult:
             "p50_ms": round(self.percentile(50), 1),
             "p99_ms": round(self.percentile(99), 1),
             "mean_ms": round(statistics.fmean(self.latencies_ms), 1) if self.latencies_ms else None,
+            **({"failures": self.failures} if self.failures else {}),
         }
 
 
@@ -126,6 +128,7 @@ async def _closed_loop(
 ) -> LoadResult:
     latencies: list[float] = []
     errors = 0
+    failures: dict[str, int] = {}
     counter = 0
     stop_at = time.perf_counter() + seconds
 
@@ -137,20 +140,21 @@ async def _closed_loop(
             started = time.perf_counter()
             try:
                 response = await client.request(method, path, json=body)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
+                failure = None if response.status_code == 200 else f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                failure = f"{type(exc).__name__}: {exc}"[:200]
+            if failure is None:
                 latencies.append((time.perf_counter() - started) * 1000)
             else:
                 errors += 1
+                failures[failure] = failures.get(failure, 0) + 1
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         began = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         elapsed = time.perf_counter() - began
-    return LoadResult(len(latencies), errors, elapsed, latencies)
+    return LoadResult(len(latencies), errors, elapsed, latencies, failures)
 
 
 def closed_loop(
