@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-import warnings
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from qdrant_client import QdrantClient
 
@@ -44,6 +41,10 @@ from xling.models.index.qdrant_index import (
 from xling.state.docstore import Corpus, DocReader
 from xling.state.indexing import ServingPair
 from xling.state.keys import RedisKeys
+from xling.state.leases import Leases
+from xling.state.qdrant_connection import qdrant_client
+from xling.state.qdrant_lengths import RedisLengths
+from xling.state.qdrant_sweeps import CollectionSweeps
 from xling.state.retention import LogRetention
 from xling.state.settings import Settings
 
@@ -56,60 +57,6 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 600.0  # how often a writer looks for collections that crashed builds left behind
 STORE_OF_RECORD = "documents-of-record"  # the log hold at the serving collection's recorded offset
 STORE_OF_RECORD_TTL_S = 10 * 365 * 86_400.0  # moved forward by every record; never meant to lapse
-
-
-def qdrant_client(settings: Settings) -> QdrantClient:
-    """A client of the configured server, or of the embedded local mode in `qdrant_path`."""
-    if settings.qdrant_path is not None:
-        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-        return cast(QdrantClient, _OneCallAtATime(QdrantClient(path=str(settings.qdrant_path))))
-    key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-    return QdrantClient(url=settings.qdrant_url, api_key=key, timeout=60)
-
-
-class _OneCallAtATime:
-    """The local mode keeps its points in plain Python and numpy structures with no locking of its own, and the
-    api calls it from the applier thread and from search threads at once: one call at a time. (A server
-    client needs none of this: the server orders concurrent requests itself.)"""
-
-    def __init__(self, client: QdrantClient) -> None:
-        self._client = client
-        self._lock = threading.RLock()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with self._lock, warnings.catch_warnings():
-                # It scans every point, and says on each search that search parameters change nothing.
-                warnings.filterwarnings("ignore", message="Local mode performs exact")
-                return attribute(*args, **kwargs)
-
-        return call
-
-
-# Take the lease when nobody holds it, renew it when this holder does; 1 when the caller holds it now.
-_HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def slot(version: str, centering: Centering | None) -> str:
@@ -137,9 +84,8 @@ class QdrantStore:
         self.holder = holder
         self.client = client if client is not None else qdrant_client(settings)
         self.alias = f"{settings.key_prefix}-serving"
-        self._hold = redis_client.register_script(_HOLD)
-        self._release = redis_client.register_script(_RELEASE)
-        self._leases: set[str] = set()  # the lease keys this holder has taken, released on close
+        self.leases = Leases(redis_client, holder, settings.qdrant_writer_lease_s)  # released on close
+        self.sweeps = CollectionSweeps(settings, redis_client, keys, self.client, self.alias)
         self._swept_at = -float("inf")
         self._serving: str | None = None  # the collection this replica last pointed the alias at
         self._retention = LogRetention(redis_client, keys)
@@ -151,15 +97,7 @@ class QdrantStore:
     def release(self) -> None:
         """Give up every lease this replica holds: a restarted replica, or another, writes at once rather than
         after the lease lapses."""
-        for key in self._leases:
-            self._release(keys=[key], args=[self.holder])
-        self._leases.clear()
-
-    def _take(self, key: str) -> bool:
-        held = bool(self._hold(keys=[key], args=[self.holder, max(1, int(self.settings.qdrant_writer_lease_s * 1000))]))
-        if held:
-            self._leases.add(key)
-        return held
+        self.leases.release()
 
     def handle(self, collection: str, dim: int, version: str) -> QdrantIndex:
         """An index on this collection with this store's settings (BM25 vectors, their length tally)."""
@@ -224,21 +162,21 @@ class QdrantStore:
         pipe.execute()
         if self.settings.documents_in_qdrant and collection == self._serving:
             self._retention.hold(STORE_OF_RECORD, pair.applied_offset, STORE_OF_RECORD_TTL_S)
-        self.drop_retired()
+        self.sweeps.drop_retired()
         if time.monotonic() - self._swept_at > SWEEP_EVERY_S:
             self._swept_at = time.monotonic()
-            self.sweep_unrecorded()
+            self.sweeps.sweep_unrecorded()
 
     def may_write(self, pair: ServingPair) -> bool:
         """Whether this replica writes the log into the pair's collection now: it holds (or has just taken, or
         renewed) the collection's writer lease. One writer per collection, because two replicas applying the
         same entries could land an older read of a document after a newer one."""
-        return self._take(self.keys.qdrant_writer(self.collection_of(pair).collection))
+        return self.leases.take(self.keys.qdrant_writer(self.collection_of(pair).collection))
 
     def may_build(self, version: str, centering: Centering | None) -> bool:
         """Whether this replica builds the version's collection (one replica builds; the others wait for the
         record, `wait_for_build`). Called again while building, it renews the claim."""
-        return self._take(self.keys.qdrant_writer(f"build:{slot(version, centering)}"))
+        return self.leases.take(self.keys.qdrant_writer(f"build:{slot(version, centering)}"))
 
     def wait_for_build(
         self, version: str, dim: int, centering: Centering | None, timeout_s: float
@@ -315,72 +253,3 @@ class QdrantStore:
             raise TypeError(f"{pair.version}: an in-memory index where a Qdrant collection was expected")
         return pair.index
 
-    def drop_retired(self) -> list[str]:
-        """Drop the retired collections whose grace period is over (never the one the alias names)."""
-        due = self.redis.zrangebyscore(
-            self.keys.qdrant_retired, "-inf", time.time() - self.settings.qdrant_drop_after_s
-        )
-        if not due:
-            return []
-        serving = alias_target(self.client, self.alias)
-        dropped = []
-        for raw in due:
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if name != serving and self.client.collection_exists(name):
-                self.client.delete_collection(name)
-                dropped.append(name)
-            self.redis.delete(self.keys.qdrant_lengths(name))
-            self.redis.zrem(self.keys.qdrant_retired, name)
-        if dropped:
-            log.info("qdrant: retired collections dropped", extra={"collections": dropped})
-        return dropped
-
-    def sweep_unrecorded(self) -> list[str]:
-        """Drop the collections this deployment created (their metadata says so) that no build recorded, once
-        they are `qdrant_sweep_after_s` old: a build that crashed between creating its collection and recording
-        it leaves one behind. A slot whose build claim is held right now is left alone."""
-        recorded = {json.loads(raw)["collection"] for raw in self.redis.hvals(self.keys.qdrant_collections)}
-        serving = alias_target(self.client, self.alias)
-        swept = []
-        for listed in self.client.get_collections().collections:
-            name = listed.name
-            if name in recorded or name == serving:
-                continue
-            made = self.client.get_collection(name).config.metadata or {}
-            if made.get("xling_prefix") != self.settings.key_prefix:
-                continue  # another deployment's, or not xling's at all
-            if time.time() - float(made.get("created", time.time())) < self.settings.qdrant_sweep_after_s:
-                continue
-            if self.redis.exists(self.keys.qdrant_writer(f"build:{made.get('slot')}")):
-                continue
-            self.client.delete_collection(name)
-            self.redis.delete(self.keys.qdrant_lengths(name))
-            swept.append(name)
-        if swept:
-            log.warning("qdrant: collections no build recorded were dropped", extra={"collections": swept})
-        return swept
-
-
-class RedisLengths:
-    """A collection's BM25 length tally (`sparse.LengthTally`) in a Redis hash, so that whichever replica holds
-    the writer lease continues it; only that writer adds to it. A writer that dies between a stored write and
-    its tally leaves the tally short by that batch (the mean length moves a little); the next rebuild counts
-    afresh."""
-
-    def __init__(self, redis_client: redis.Redis, key: str) -> None:
-        self.redis = redis_client
-        self.key = key
-
-    def totals(self, parts: Sequence[str]) -> dict[str, tuple[int, int]]:
-        if not parts:
-            return {}
-        fields = [f"{what}:{part}" for part in parts for what in ("docs", "terms")]
-        values = iter(int(value or 0) for value in self.redis.hmget(self.key, fields))
-        return {part: (next(values), next(values)) for part in parts}
-
-    def add(self, changes: dict[str, tuple[int, int]]) -> None:
-        pipe = self.redis.pipeline()
-        for part, (docs, length) in changes.items():
-            pipe.hincrby(self.key, f"docs:{part}", docs)
-            pipe.hincrby(self.key, f"terms:{part}", length)
-        pipe.execute()

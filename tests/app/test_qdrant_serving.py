@@ -24,7 +24,8 @@ from xling.serving.metrics import Metrics
 from xling.serving.tiers import QdrantTier
 from xling.state.docstore import START_OFFSET, DocReader, StoredDoc
 from xling.state.indexing import ServingPair, build_index, index_spec
-from xling.state.qdrant_store import QdrantStore, qdrant_client
+from xling.state.qdrant_connection import qdrant_client
+from xling.state.qdrant_store import QdrantStore
 from xling.state.settings import Settings
 from xling.worker.build_tiers import copy_to_collection
 
@@ -205,11 +206,11 @@ def test_collections_that_no_build_recorded_are_swept_once_old(
     create_collection(store.client, "not-xling", 4)
     create_collection(store.client, "elsewhere", 4, metadata={"xling_prefix": "another-deployment", "created": 0})
 
-    assert store.sweep_unrecorded() == []  # all young: a build may still be writing them
+    assert store.sweeps.sweep_unrecorded() == []  # all young: a build may still be writing them
     hasty = settings.model_copy(update={"qdrant_sweep_after_s": 1e-3})
     old = QdrantStore(hasty, redis_client, TEST_KEYS, holder="sweeper", client=store.client)
     time.sleep(0.01)
-    assert old.sweep_unrecorded() == [orphan.collection]
+    assert old.sweeps.sweep_unrecorded() == [orphan.collection]
     names = {c.name for c in store.client.get_collections().collections}
     assert names == {recorded.collection, building.collection, "not-xling", "elsewhere"}
     store.close()
