@@ -2,8 +2,10 @@
 filter (xling.models.index.lexical answer_many: one sparse product per language partition, which gives each
 partition's top and the BM25 of the dense candidates), the dense side as the batch fetched it, and each query's
 exact fused top-k by the threshold algorithm (xling.models.index.fusion). A query that must look deeper raises
-_Deeper; the batch then fetches the deeper neighbours of all such queries in one FAISS call per depth, and their
-BM25 in one more lexical call, round after round.
+_Deeper; the batch then fetches the deeper neighbours of all such queries in one index call per depth, and their
+BM25 in one more lexical call, round after round. Only the dense candidates that can reach the top k have their
+BM25 asked (fusion.least_reaching). On a tier where a lookup by id is a round trip (Qdrant), the cosines fusion
+asks for are gathered the same way (_Lookup): one call per round for the whole batch.
 """
 
 from __future__ import annotations
