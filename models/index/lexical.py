@@ -37,7 +37,6 @@ from xling.models.index.lexical_ranking import (
     ScaledLexical,
     Scored,
     best_first,
-    by_partition,
 )
 from xling.models.index.slots import Scalar
 from xling.models.language import DETECTOR
@@ -71,16 +70,6 @@ class LexicalSearch(ABC):
         """Documents per partition."""
 
     @abstractmethod
-    def per_partition(
-        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> dict[str, list[LexicalHit]]:
-        """Each partition's k best BM25 scores among documents passing the filter (partitions without a hit left
-        out), best first."""
-
-    @abstractmethod
-    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        """BM25 of these documents for the query (absent: no term matched, or no such document)."""
-
     def answer_many(
         self,
         texts: Sequence[str],
@@ -89,15 +78,21 @@ class LexicalSearch(ABC):
         where: dict[str, Scalar] | None,
         candidates: Sequence[Sequence[str]],
     ) -> list[LexicalAnswer]:
-        """A batch of queries under one filter: `per_partition` to `depth` and `scores` of each query's
-        candidates. An index that can do better than one query at a time overrides it."""
-        answers = []
-        for text, asked in zip(texts, candidates, strict=True):
-            tops = self.per_partition(text, depth, langs, where) if depth > 0 else {}
-            known = self.scores(text, asked).values() if asked else []
-            answers.append(LexicalAnswer(depth, {name: Scored.of_hits(hits) for name, hits in tops.items()},
-                                         by_partition(known), frozenset(asked)))
-        return answers
+        """A batch of queries under one filter, in as few calls as the index allows: each query's top `depth` in
+        every partition among the documents passing the filter (best first; partitions without a hit left out),
+        and the BM25 of its candidates (in any partition, filtered or not) that a query term reaches."""
+
+    def per_partition(
+        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
+    ) -> dict[str, list[LexicalHit]]:
+        """Each partition's k best BM25 scores among documents passing the filter, best first, ties by id."""
+        tops = self.answer_many([text], k, langs, where, [()])[0].tops
+        return {name: best_first(found.hits(name)) for name, found in tops.items()}
+
+    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
+        """BM25 of these documents for the query (absent: no term matched, or no such document)."""
+        known = self.answer_many([text], 0, None, None, [ext_ids])[0].known
+        return {hit.ext_id: hit for name, found in known.items() for hit in found.hits(name)}
 
     def search(
         self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
@@ -224,16 +219,6 @@ class LexicalIndex(LexicalSearch):
             self.applied_offset = None
 
     # Search -------------------------------------------------------------------------------------
-    def per_partition(
-        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> dict[str, list[LexicalHit]]:
-        tops = self.answer_many([text], k, langs, where, [()])[0].tops
-        return {name: best_first(found.hits(name)) for name, found in tops.items()}
-
-    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        known = self.answer_many([text], 0, None, None, [ext_ids])[0].known
-        return {hit.ext_id: hit for name, found in known.items() for hit in found.hits(name)}
-
     def answer_many(
         self,
         texts: Sequence[str],

@@ -6,7 +6,7 @@ scaled by the query's best for weighted fusion (`ScaledLexical`). Shared by the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -57,13 +57,6 @@ class LexicalAnswer:
         for name, found in more.known.items():
             known[name] = known[name].joined(found) if name in known else found
         return LexicalAnswer(self.depth, self.tops, known, self.asked | more.asked)
-
-
-def by_partition(hits: Iterable[LexicalHit]) -> dict[str, Scored]:
-    grouped: dict[str, list[LexicalHit]] = {}
-    for hit in hits:
-        grouped.setdefault(hit.partition, []).append(hit)
-    return {name: Scored.of_hits(found) for name, found in grouped.items()}
 
 
 def merged_top(

@@ -42,16 +42,6 @@ class QdrantLexical(LexicalSearch):
         hits = self.client.facet(self.collection, key="part", exact=True, limit=100_000).hits
         return {str(hit.value): int(hit.count) for hit in sorted(hits, key=lambda hit: str(hit.value))}
 
-    def per_partition(
-        self, text: str, k: int, langs: Sequence[str] | None = None, where: dict[str, Scalar] | None = None
-    ) -> dict[str, list[LexicalHit]]:
-        tops = self.answer_many([text], k, langs, where, [()])[0].tops
-        return {name: found.hits(name) for name, found in tops.items()}
-
-    def scores(self, text: str, ext_ids: Sequence[str]) -> dict[str, LexicalHit]:
-        known = self.answer_many([text], 0, None, None, [ext_ids])[0].known
-        return {hit.ext_id: hit for name, found in known.items() for hit in found.hits(name)}
-
     def answer_many(
         self,
         texts: Sequence[str],
