@@ -3,6 +3,11 @@
 Status moves queued -> running -> succeeded | failed | cancelled (and queued -> cancelled | failed);
 every transition is one Lua script, so two parties (a worker finishing, a sweep declaring the worker
 lost) cannot both win. Used by the api (sync routes run on FastAPI's thread pool) and the worker.
+
+One truth for a job's state: once a job is final, nothing its worker does shows in it. Beats and progress are
+written only while the job is running (a script each), and a worker told so by a refused beat stops at its next
+commit point (worker/runner.py, `JobContext.checkpoint`). The sweep fails only a job whose beats lapsed
+(`heartbeat_timeout_s`), so a worker whose beat was just accepted has that long to commit.
 """
 
 from __future__ import annotations
@@ -48,11 +53,26 @@ if ARGV[1] == 'running' then
 else
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
   redis.call('SREM', KEYS[2], ARGV[3])
+  -- The progress says the job is over, and where it was when it ended.
+  local progress = cjson.decode(redis.call('HGET', KEYS[1], 'progress') or '{}')
+  if progress['stage'] ~= nil then progress['last_stage'] = progress['stage'] end
+  progress['stage'] = ARGV[1]
+  redis.call('HSET', KEYS[1], 'progress', cjson.encode(progress))
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '1000', '*', 'type', 'status', 'status', ARGV[1])
 return {1, current}
 """
 
+# KEYS: job hash, events stream; ARGV: now, progress JSON or ''. Written only while the job runs; 1 if written.
+_BEAT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'heartbeat', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 'type', 'progress', 'data', ARGV[2])
+end
+return 1
+"""
 
 NO_WORKER = "no worker is consuming the job queue: queued jobs wait until one starts"
 
@@ -117,6 +137,7 @@ class JobStore:
         self.client: Any = client
         self.keys = keys
         self._transition = client.register_script(_TRANSITION)
+        self._beat = client.register_script(_BEAT)
 
     def create(self, job_type: str, params: dict[str, Any], retry_of: str | None = None) -> Job:
         job_id = uuid.uuid4().hex
@@ -180,16 +201,17 @@ class JobStore:
     def update(self, job_id: str, **fields: Any) -> None:
         self.client.hset(self.keys.job(job_id), mapping=_encode(fields))
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(self.keys.job(job_id), mapping=_encode({"progress": progress, "heartbeat": time.time()}))
-            pipe.xadd(
-                self.keys.job_events(job_id), {"type": "progress", "data": json.dumps(progress)}, maxlen=EVENTS_KEPT
-            )
-            pipe.execute()
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """Record the progress (and a beat); False, and nothing written, when the job no longer runs."""
+        return self._beat_with(job_id, json.dumps(progress))
 
-    def beat(self, job_id: str) -> None:
-        self.client.hset(self.keys.job(job_id), "heartbeat", repr(time.time()))
+    def beat(self, job_id: str) -> bool:
+        """The job's worker is alive; False, and nothing written, when the job no longer runs."""
+        return self._beat_with(job_id, "")
+
+    def _beat_with(self, job_id: str, progress: str) -> bool:
+        keys = [self.keys.job(job_id), self.keys.job_events(job_id)]
+        return bool(self._beat(keys=keys, args=[repr(time.time()), progress]))
 
     def request_cancel(self, job_id: str) -> Job:
         """Queued jobs are cancelled at once; running ones stop at their next step."""

@@ -4,10 +4,19 @@ renews or releases a lease another took after its own lapsed."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING
+
+from xling.state.polling import OUTAGE_ERRORS, OutageNotice
 
 if TYPE_CHECKING:
     import redis
+
+log = logging.getLogger(__name__)
 
 # Take the lease when nobody holds it, renew it when this holder does; 1 when the caller holds it now.
 _HOLD = """
@@ -53,3 +62,52 @@ class Leases:
         for key in self._taken:
             self._release(keys=[key], args=[self.holder])
         self._taken.clear()
+
+
+class KeptLease:
+    """A lease renewed by a thread of its own while a block of work runs, so that it measures whether the holder's
+    process is alive, not how fast its work goes (a chunk slower than the lease no longer loses it).
+
+    `renew()` says whether the holder still holds the lease (False: it lapsed and may be someone else's; the
+    thread stops). `held` is what the work checks at its commit points: False once a renewal said so, or once
+    the last renewal that worked is `ttl_s` old (the process was stopped, or Redis unreachable that long: another
+    holder may have the lease by now, whatever Redis says later). The clock is monotonic and counts while the
+    process is stopped.
+    """
+
+    def __init__(self, renew: Callable[[], bool], ttl_s: float, what: str) -> None:
+        self._renew = renew
+        self.ttl_s = ttl_s
+        self.what = what
+        self._renewed_at = time.monotonic()  # taken just before this: a fresh claim counts as a renewal
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lease-{what}", daemon=True)
+
+    @property
+    def held(self) -> bool:
+        return not self._lost.is_set() and time.monotonic() - self._renewed_at < self.ttl_s
+
+    def _keep(self) -> None:
+        outage = OutageNotice(log, f"lease {self.what}")
+        while not self._stop.wait(self.ttl_s / 3):
+            asked_at = time.monotonic()  # before the call: a reply that comes late proves less
+            try:
+                still_ours = self._renew()
+            except OUTAGE_ERRORS as exc:
+                outage.failed(exc)
+                continue
+            outage.recovered()
+            if not still_ours:
+                self._lost.set()
+                return
+            self._renewed_at = asked_at
+
+    def __enter__(self) -> KeptLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+                 ) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from xling.state.jobs import (
 )
 from xling.state.jobstore import Job, JobNotFound, JobStore
 from xling.state.keys import RedisKeys
+from xling.state.polling import OUTAGE_ERRORS, OutageNotice
 from xling.state.registry import Registry
 from xling.state.reindex_ranges import RangeBoard
 from xling.state.retention import LogRetention
@@ -73,6 +74,11 @@ class Cancelled(Exception):
     pass
 
 
+class Fenced(Exception):
+    """The job is no longer running (the sweep failed it while this worker was stopped or cut off): its worker
+    stops, writes nothing more and publishes nothing."""
+
+
 @dataclass
 class JobContext:
     settings: Settings
@@ -81,6 +87,7 @@ class JobContext:
     redis: redis.Redis
     keys: RedisKeys
     job: Job
+    fenced: threading.Event = field(default_factory=threading.Event)  # set by the heartbeat once it is refused
 
     def dataset(self, name: str) -> Path:
         """Jobs read datasets only from DATA_DIR/datasets (names were validated when queued)."""
@@ -100,22 +107,45 @@ class JobContext:
         """Only the operator's configured model may be a folder; a client's name is a version or a hub id."""
         return name == "active"
 
-    def stop_if_cancelled(self, where: str) -> None:
-        """Between phases (training stops itself at its next step)."""
+    def checkpoint(self, where: str) -> None:
+        """Before each step that publishes something, and between phases (training stops itself at its next step):
+        raises Fenced when the job no longer runs, Cancelled when a client cancelled it. The beat it writes means
+        the sweep cannot fail the job for `heartbeat_timeout_s`: the step that follows has that long."""
+        if self.fenced.is_set() or not self.store.beat(self.job.id):
+            self.fenced.set()
+            raise Fenced(f"job no longer running {where}")
         if self.store.cancel_requested(self.job.id):
             raise Cancelled(f"cancelled {where}")
 
+    def should_stop(self) -> bool:
+        """For loops that poll (training): cancelled, or fenced."""
+        return self.fenced.is_set() or self.store.cancel_requested(self.job.id)
+
     def report(self, stage: str, **fields: Any) -> None:
-        self.store.report_progress(self.job.id, {"stage": stage, **fields})
+        if not self.store.report_progress(self.job.id, {"stage": stage, **fields}):
+            self.fenced.set()
 
 
 @contextmanager
-def heartbeat(store: JobStore, job_id: str, interval_s: float) -> Iterator[None]:
-    stop = threading.Event()
+def heartbeat(ctx: JobContext, interval_s: float) -> Iterator[None]:
+    """Beat from a thread of its own, whatever the job's work is doing; a refused beat (the job was failed
+    meanwhile) fences the job and ends the beats."""
+    stop, store, job_id = threading.Event(), ctx.store, ctx.job.id
+    outage = OutageNotice(log, f"heartbeat of job {job_id}")
 
     def beat() -> None:
         while not stop.wait(interval_s):
-            store.beat(job_id)
+            try:
+                running = store.beat(job_id)
+            except OUTAGE_ERRORS as exc:
+                outage.failed(exc)
+                continue
+            outage.recovered()
+            if not running:
+                log.warning("job no longer running (failed by the sweep while this worker was silent): stopping it",
+                            extra={"job_id": job_id})
+                ctx.fenced.set()
+                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
     thread.start()
@@ -162,6 +192,7 @@ def deploy(ctx: JobContext, version: str) -> dict[str, Any]:
     The index is centred with the version's means, calibrated on the corpus first if it has none
     (state/centering.py)."""
     outcome = _publish_index_of(ctx, version, new_means=False)
+    ctx.checkpoint("before activating the version")
     ctx.registry.activate(version)
     log.info("deployed", extra={"version": version, "vectors": outcome["reindexed"],
                                 "seconds": outcome["reindex_seconds"]})
@@ -216,6 +247,7 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
             centering = means_for_build(corpus, encoder, settings)
         outcome: dict[str, Any]
         if delta is not None:
+            ctx.checkpoint("before publishing the index")
             tier.publish(delta.pair, corpus)
             outcome = dict(delta.outcome)
         elif not tier.builds_here:
@@ -223,6 +255,7 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
         else:
             pair = build_spread(ctx, corpus, source, encoder, centering, progress)
             retention.hold(holder, pinned, grace)
+            ctx.checkpoint("before publishing the index")
             tier.publish(pair, corpus)
             outcome = {"reindexed": len(pair.index), "offset": pair.applied_offset}
     seconds = time.monotonic() - started
@@ -231,6 +264,7 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
         outcome.update(centering=centering.id, centred_languages=centering.languages)
     if new_means:
         assert centering is not None
+        ctx.checkpoint("before publishing the means")
         centering.save(centering_folder(ctx.settings, source.version))  # the apis swap to it now
         log.info("recalibrated", extra={"version": source.version, "centering": centering.id})
     return outcome
@@ -268,7 +302,7 @@ def build_spread(
     total = sum(plan.sizes)
 
     def tick(done: int) -> None:
-        ctx.stop_if_cancelled("while reindexing")
+        ctx.checkpoint("while reindexing")
         progress(done, total)
 
     try:
@@ -323,7 +357,7 @@ def _train_adapters(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, A
     trained = train_adapters(
         source, pairs, job.adapters, out, job.adapter_config, version=job.version,
         device=ctx.settings.device, progress=_adapter_progress(ctx),
-        should_cancel=lambda: ctx.store.cancel_requested(ctx.job.id),
+        should_cancel=ctx.should_stop,
     )
     if trained is None:
         raise Cancelled("cancelled while training adapters")
@@ -340,9 +374,7 @@ def _train_shared(ctx: JobContext, job: FinetuneJob, out: Path) -> dict[str, Any
         allow_folder=ctx.folder_allowed(job.base), dataset_names=job.dataset,
     )
 
-    def cancelled() -> bool:
-        return ctx.store.cancel_requested(ctx.job.id)
-
+    cancelled = ctx.should_stop
     processes = training_processes(ctx.settings)
     if processes > 1:
         result = finetune_on_ranks(ctx.settings.jobs_dir / ctx.job.id, processes, run, job.config,
@@ -370,7 +402,7 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
     metrics = _train_adapters(ctx, job, out) if job.adapters else _train_shared(ctx, job, out)
     outcome: dict[str, Any] = {"metrics": metrics, "model_version": version}
     eval_sets = job.eval_datasets
-    ctx.stop_if_cancelled("after training")
+    ctx.checkpoint("after training")
     # Models are compared as they would be served: centred per language when the service centres.
     centred = ctx.settings.centering
     report = None
@@ -399,7 +431,7 @@ def run_finetune(ctx: JobContext, job: FinetuneJob) -> dict[str, Any]:
     elif mode == "always":
         decision["deployed"] = True
     if decision["deployed"]:
-        ctx.stop_if_cancelled("before deploying")
+        ctx.checkpoint("before deploying")
         outcome["metrics"].update(deploy(ctx, version))
     outcome["decision"] = decision
     return outcome
@@ -455,12 +487,14 @@ def run_job(job_id: str, settings: Settings) -> None:
         log.info("job not started: no longer queued", extra={"job_id": job_id})
         return
     ctx = JobContext(settings, store, Registry(client, keys, settings.models_dir), client, keys, store.get(job_id))
-    with heartbeat(store, job_id, settings.heartbeat_interval_s):
+    with heartbeat(ctx, settings.heartbeat_interval_s):
         try:
             outcome = run_spec(ctx, parse_job(ctx.job.type, ctx.job.params))
             store.transition(job_id, "succeeded", **outcome)
         except Cancelled as exc:
             store.transition(job_id, "cancelled", error=str(exc))
+        except Fenced as exc:
+            log.warning("job stopped: %s; its state stays %s", exc, store.get(job_id).status, extra={"job_id": job_id})
         except Exception as exc:
             log.error("job failed", extra={"job_id": job_id, "trace": traceback.format_exc()})
             store.transition(job_id, "failed", error=f"{type(exc).__name__}: {exc}")

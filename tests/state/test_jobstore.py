@@ -87,3 +87,29 @@ def test_workers_are_listed_while_they_beat_and_dropped_when_gone_or_silent(stor
     assert store.live_workers(timeout_s=30) == ["host:2"]
     time.sleep(0.05)
     assert store.live_workers(timeout_s=0.01) == []  # silent longer than the timeout
+
+
+def test_a_job_the_sweep_failed_takes_no_more_beats_or_progress_from_its_worker(store: JobStore) -> None:
+    job = store.create("reindex", {})
+    store.transition(job.id, "running")
+    assert store.report_progress(job.id, {"stage": "reindexing", "done": 10, "total": 100})
+    store.update(job.id, heartbeat=time.time() - 60)  # its worker was stopped (SIGSTOP) past the timeout
+    assert store.sweep_lost(heartbeat_timeout_s=30) == [job.id]
+    # The worker resumes: its beat and its progress are refused, and tell it so.
+    assert not store.beat(job.id)
+    assert not store.report_progress(job.id, {"stage": "reindexing", "done": 90, "total": 100})
+    failed = store.get(job.id)
+    assert failed.status == "failed" and failed.heartbeat is not None and failed.heartbeat < time.time() - 50
+    assert failed.progress == {"stage": "failed", "last_stage": "reindexing", "done": 10, "total": 100}
+    kinds = [fields.get("status") or fields["type"] for _, fields in store.events(job.id)]
+    assert kinds == ["queued", "running", "progress", "failed"]  # nothing after the failure
+
+
+def test_a_finished_jobs_progress_names_its_final_status(store: JobStore) -> None:
+    quiet = store.create("evaluate", {})
+    store.transition(quiet.id, "running")
+    store.transition(quiet.id, "succeeded")
+    assert store.get(quiet.id).progress == {"stage": "succeeded"}  # it never reported: the status alone
+    cancelled = store.create("evaluate", {})
+    store.request_cancel(cancelled.id)
+    assert store.get(cancelled.id).progress == {"stage": "cancelled"}

@@ -1,10 +1,13 @@
 """A reindex spread over two real Celery workers: both encode ranges, and `kill -9` of the helper mid-way still
-yields every document exactly once (its range's lease lapses and the job's worker encodes it)."""
+yields every document exactly once (its range's lease lapses and the job's worker encodes it). A job's worker
+stopped (SIGSTOP) until the sweep fails its job publishes nothing when it resumes, and runs the next job."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from tests.conftest import RunningService, running_service
 from tests.synthetic import vocabulary_texts
 from tests.tiny_model import build_tiny_model, random_sentences
 from tests.worker.workers import FAST, Worker
+from xling.state.jobstore import JobStore
 from xling.state.keys import RedisKeys
 from xling.state.reindex_ranges import RangeBoard
 from xling.state.settings import Settings
@@ -51,21 +55,30 @@ def setup(redis_server: Any, tmp_path: Path) -> Iterator[tuple[RunningService, l
         worker.stop()
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def settle(service: RunningService) -> None:
+    """Both workers up, and the recalibration the api queues by itself for the new corpus over, so that the
+    test's own job is the only one running."""
+    wait_until(lambda: service.client.get("/healthz").json().get("workers", 0) >= 2, 60, "the workers did not come up")
+    wait_until(lambda: not any(job["status"] in ("queued", "running")
+                               for job in service.client.get("/jobs").json()["data"]),
+               300, "the api's own recalibration did not finish")
+    wait_until(lambda: service.client.get("/healthz").json()["centering"].startswith("calibrated"), 60,
+               "the api did not swap to its own recalibration")
+
+
 def test_killing_a_helper_mid_reindex_loses_and_doubles_nothing(
     setup: tuple[RunningService, list[Worker], Settings],
 ) -> None:
     service, workers, settings = setup
     total = 3 * DOCS_PER_LANG
-    deadline = time.monotonic() + 60
-    while service.client.get("/healthz").json().get("workers", 0) < 2:
-        assert time.monotonic() < deadline, "the two workers did not come up"
-        time.sleep(0.2)
-    # The api calibrates the new corpus by itself (a recalibration job): let it finish, so the reindex below is
-    # the only one running.
-    deadline = time.monotonic() + 300
-    while any(job["status"] in ("queued", "running") for job in service.client.get("/jobs").json()["data"]):
-        assert time.monotonic() < deadline, "the api's own recalibration did not finish"
-        time.sleep(0.5)
+    settle(service)
     version = service.client.get("/healthz").json()["model_version"]
     response = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
     assert response.status_code == 202, response.text
@@ -88,7 +101,8 @@ def test_killing_a_helper_mid_reindex_loses_and_doubles_nothing(
     # their leases outlive it, unrenewed.
     assert victim.process is not None
     orphaned = [n for n, name in board.holders().items() if name.endswith(f":{victim.process.pid}")]
-    # a lease lapses `reindex_lease_s` after its last renewal (after each chunk), which came before the kill
+    # a lease lapses `reindex_lease_s` after its last renewal (by its worker's lease thread), which came before the
+    # kill
     lapse_at = killed_at + min((int(board.client.pttl(board._lease(n))) for n in orphaned), default=0) / 1000
     while (job := service.client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
         assert time.monotonic() < killed_at + 300, job
@@ -106,3 +120,48 @@ def test_killing_a_helper_mid_reindex_loses_and_doubles_nothing(
     assert stats["vectors"] == stats["documents"] == total
     assert stats["languages"] == {"en": DOCS_PER_LANG, "de": DOCS_PER_LANG, "fr": DOCS_PER_LANG}
     assert not (settings.indexes_dir / ".ranges" / job_id).exists()  # the parts are cleaned up
+
+
+def test_a_job_failed_while_its_worker_was_stopped_publishes_nothing_when_it_resumes(
+    setup: tuple[RunningService, list[Worker], Settings],
+) -> None:
+    service, workers, settings = setup
+    settle(service)
+    before = service.client.get("/healthz").json()
+    version, centering = before["model_version"], before["centering"]
+    response = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+
+    def progress() -> dict[str, Any]:
+        found: dict[str, Any] = service.client.get(f"/jobs/{job_id}").json()["progress"]
+        return found
+
+    wait_until(lambda: progress().get("done", 0) > 0, 120, "the reindex never got going")
+    coordinator = next(w for w in workers if w.process and progress()["worker"].endswith(f":{w.process.pid}"))
+    assert coordinator.process is not None
+    os.kill(coordinator.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: service.client.get(f"/jobs/{job_id}").json()["status"] == "failed",
+                   30, "the sweep did not fail the stopped worker's job")
+    finally:
+        os.kill(coordinator.process.pid, signal.SIGCONT)
+    failed_at = service.client.get(f"/jobs/{job_id}").json()
+    # Resumed, the worker learns that its job is over at its next beat or check, and stops it.
+    wait_until(lambda: "job stopped: job no longer running" in coordinator.log.read_text(), 60,
+               "the resumed worker did not stop its failed job")
+    time.sleep(10 * settings.swap_poll_s)  # time for a swap, were anything published
+    job = service.client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed" and "worker lost" in job["error"], job
+    assert job["progress"] == failed_at["progress"] and job["progress"]["stage"] == "failed"
+    store = JobStore(redis.Redis.from_url(str(settings.redis_url), decode_responses=True),
+                     RedisKeys(settings.key_prefix))
+    events = [fields for _, fields in store.events(job_id)]
+    assert events[-1] == {"type": "status", "status": "failed"}, events[-3:]  # no stage written after it
+    assert service.client.get("/healthz").json()["centering"] == centering  # no means published, no swap
+    # The same worker runs the next job to the end.
+    response = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
+    retry_id = response.json()["job_id"]
+    wait_until(lambda: service.client.get(f"/jobs/{retry_id}").json()["status"] in ("succeeded", "failed"), 300,
+               "the next reindex did not finish")
+    assert service.client.get(f"/jobs/{retry_id}").json()["status"] == "succeeded"
