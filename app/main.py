@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from xling.app.errors import install_error_handlers
-from xling.app.middleware import BodySizeLimit, RequestMetrics
+from xling.app.middleware import BodyChecks, RequestMetrics
 from xling.app.openapi import install_openapi
 from xling.app.routes import datasets, documents, jobs, models, openai, ops, search
 from xling.serving.engine import Engine
@@ -50,6 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(ops.router)
     # Outermost last: metrics see every request, including those the size limit refuses.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyChecks, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -1,4 +1,4 @@
-"""ASGI middleware: request body size limit and per-route latency metrics."""
+"""ASGI middleware: request body checks (size, a blank media type) and per-route latency metrics."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from xling.app.errors import error_body
 from xling.serving.metrics import Metrics
 
 
-async def _reply_413(send: Send, limit: int) -> None:
-    body = json.dumps(error_body(f"request body over {limit} bytes", "payload_too_large")).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+async def _reply(send: Send, status: int, detail: str, code: str) -> None:
+    body = json.dumps(error_body(detail, code)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodySizeLimit:
-    """413 for bodies over the limit, whether or not the client sent Content-Length."""
+async def _reply_413(send: Send, limit: int) -> None:
+    await _reply(send, 413, f"request body over {limit} bytes", "payload_too_large")
+
+
+class BodyChecks:
+    """413 for bodies over the limit, whether or not the client sent Content-Length; 415 for a body sent with a
+    blank Content-Type header (FastAPI would read it as JSON; a client that names no media type at all still
+    gets that leniency, one that sends an empty one is told what to send)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int | None = None) -> None:
         self.app = app
@@ -51,6 +57,11 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        media = dict(scope.get("headers", [])).get(b"content-type")
+        if body and media is not None and not media.strip():
+            await _reply(send, 415, "send the body as JSON with the header 'Content-Type: application/json' (got an "
+                         "empty Content-Type)", "unsupported_media_type")
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from xling.models.adapters.config import AdapterConfig
 from xling.models.index.fusion import SearchMode
@@ -31,6 +32,18 @@ LANG_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$"
 # One or more, comma-separated (GET /search?lang=de,fr).
 LANG_LIST_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}(,[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3})*$"
 
+
+
+def _decimal_digits(value: object) -> object:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be an integer written in decimal digits (no sign, point, exponent or spaces)")
+    return value
+
+
+# An integer query parameter, as strict as a body's integer: a query string is text, and pydantic's lax mode would
+# read '2.0', '+3' or ' 3' as 2 and 3 where the JSON body refuses 2.0.
+QueryInt = Annotated[int, BeforeValidator(_decimal_digits)]
+
 DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN)]
 LangCode = Annotated[str, StringConstraints(pattern=LANG_PATTERN)]
 MetadataValue = str | int | float | bool | None
@@ -42,6 +55,10 @@ def _flat_metadata(value: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"metadata key {key[:70]!r} must have 1-64 characters")
         if item is not None and not isinstance(item, str | int | float | bool):
             raise ValueError(f"metadata must be a flat object: {key!r} holds a {type(item).__name__}, not a scalar")
+        # Python's JSON reader takes NaN, Infinity and 1e400 (as inf); JSON has no such numbers, and stored they
+        # would read back as null, so that a filter on the value would no longer match the document.
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"metadata {key!r} is not a finite number (NaN, Infinity and overflows are refused)")
     return value
 
 
@@ -54,11 +71,15 @@ _METADATA_SCHEMA = {
 Metadata = Annotated[dict[str, Any], AfterValidator(_flat_metadata), WithJsonSchema(_METADATA_SCHEMA)]
 
 
-class _Strict(BaseModel):
-    """A request body as strict as the API description: unknown fields are refused, and so are values of another
-    JSON type (`true`, `"3"` or `2.0` for an integer), rather than converted."""
+# Unknown fields refused, values of another JSON type (`true`, `"3"` or `2.0` for an integer) refused rather than
+# converted, and no NaN or infinite numbers (Python's JSON reader accepts them; JSON has none).
+STRICT_BODY = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+
+class _Strict(BaseModel):
+    """A request body as strict as the API description (STRICT_BODY)."""
+
+    model_config = STRICT_BODY
 
 
 class DocumentIn(_Strict):
@@ -173,7 +194,7 @@ class FinetuneRequest(TrainConfig, _Strict):
     """A finetune job: the training parameters are TrainConfig's (models/training/config.py, their one
     declaration, bounds and descriptions included); these fields say what to train on and what to do after."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = STRICT_BODY
 
     dataset: Name | list[Name] = Field(
         description="a dataset under DATA_DIR/datasets (GET /datasets), or several: parallel QA and/or bitext"
@@ -305,7 +326,7 @@ class Activation(BaseModel):
 class EmbeddingsRequest(BaseModel):
     """The OpenAI embeddings request, so LangChain, LlamaIndex and the `openai` client work unchanged."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = STRICT_BODY
 
     input: Annotated[
         str | list[str] | list[int] | list[list[int]],

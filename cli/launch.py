@@ -53,8 +53,11 @@ def serve(
         log.info("embedded redis started", extra={"url": settings.redis_url, "dir": str(settings.redis_dir)})
         if settings.start_worker:
             env = {**os.environ, "XLING_REDIS_URL": settings.redis_url, "XLING_DATA_DIR": str(settings.data_dir)}
+            # Its own session: the worker's lower priority can then hold against the api's session too
+            # (cli/priority.py), and a signal to the api's process group reaches the api alone, which stops the
+            # worker, then Redis.
             supervisor = WorkerSupervisor(
-                xling_command("worker"), env, preexec_fn=die_with_parent,
+                xling_command("worker"), env, preexec_fn=die_with_parent, start_new_session=True,
                 on_exit=lambda pid: forget_worker(settings, pid),  # /healthz counts it dead at once
             )
             supervisor.start()
@@ -74,6 +77,7 @@ def serve(
 def worker() -> None:
     """Run the Celery worker: queue `gpu`, one job at a time (solo pool: CUDA does not survive fork)."""
     quiet_progress_bars()
+    from xling.cli.priority import lower_priority
     from xling.worker.celery_app import make_celery, worker_argv
     from xling.worker.presence import presence
 
@@ -83,6 +87,6 @@ def worker() -> None:
         fail("the worker needs XLING_REDIS_URL or XLING_REDIS_SENTINELS (xling serve starts one itself)", 2)
     # Training and re-encoding must not starve the api on shared cores (the quick start runs both on one
     # machine): the kernel then gives the api most of a core whenever both want it.
-    os.nice(settings.worker_nice)
+    lower_priority(settings.worker_nice)
     with presence(settings):
         make_celery(settings).worker_main(worker_argv())

@@ -25,10 +25,12 @@ class WorkerSupervisor:
         max_backoff_s: float = 60.0,
         stable_after_s: float = 60.0,
         preexec_fn: Callable[[], None] | None = None,
+        start_new_session: bool = False,
         on_exit: Callable[[int], None] = lambda pid: None,
     ) -> None:
         """`on_exit(pid)` runs as soon as a worker process is found dead, before it is restarted."""
         self.argv, self.env, self.preexec_fn, self.on_exit = list(argv), env, preexec_fn, on_exit
+        self.start_new_session = start_new_session
         self.min_backoff_s, self.max_backoff_s, self.stable_after_s = min_backoff_s, max_backoff_s, stable_after_s
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -43,7 +45,8 @@ class WorkerSupervisor:
         with self._lock:  # never spawn after stop() took the lock
             if self._stopping.is_set():
                 return None
-            self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=self.preexec_fn)
+            self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=self.preexec_fn,
+                                            start_new_session=self.start_new_session)
             log.info("worker started", extra={"pid": self.process.pid, "restarts": self.restarts})
             return self.process
 

@@ -150,7 +150,7 @@ def uncalibrated_status(declared: dict[str, int], total: int, min_docs: int) -> 
     reasons = [f"{lang} has {n} documents" for lang, n in sorted(declared.items()) if n >= min_docs]
     if undeclared >= min_docs:
         reasons.append(f"{undeclared} documents without a language")
-    return {"languages": {**declared, **({"unknown": undeclared} if undeclared else {})},
+    return {"documents": {**declared, **({"unknown": undeclared} if undeclared else {})},
             "recalibrate": bool(reasons), "reasons": reasons}
 
 
@@ -170,8 +170,8 @@ class DriftTracker:
                 self.counts[key] = self.counts.get(key, 0) + 1
 
     def status(self, centering: Centering, min_docs: int, threshold: float) -> dict[str, Any]:
-        """Per language: documents since calibration and how far its mean would move; and whether (and why)
-        recalibration is advised."""
+        """`drift`, per language: documents since calibration and how far its mean would move; and whether (and
+        why) recalibration is advised. (Not `languages`: /models/active shows it beside the means' languages.)"""
         with self._lock:
             sums, counts = dict(self.sums), dict(self.counts)
         reasons: list[str] = []
@@ -188,7 +188,7 @@ class DriftTracker:
                 languages[lang or "unknown"] = {"since_calibration": added, "has_mean": False}
                 if lang and added >= min_docs:
                     reasons.append(f"{lang} has {added} documents and no mean")
-        return {"languages": languages, "recalibrate": bool(reasons), "reasons": reasons}
+        return {"drift": languages, "recalibrate": bool(reasons), "reasons": reasons}
 
 
 def describe(centering: Centering | None, settings: Settings) -> dict[str, Any]:

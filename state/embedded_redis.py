@@ -82,8 +82,12 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Its own session and process group: a signal to its starter's group (Ctrl-C, `kill -- -PGID`, systemd's
+        # stop) reaches the api and the worker, which record their state in Redis, and not Redis itself, which
+        # its starter stops last. It still dies with its starter (die_with_parent).
         self._process = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
+            start_new_session=True,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s

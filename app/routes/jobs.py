@@ -29,6 +29,7 @@ from xling.app.schemas import (
     JobAccepted,
     JobOut,
     JobsPage,
+    QueryInt,
     ReindexRequest,
 )
 from xling.models.files import remove_dir
@@ -94,8 +95,8 @@ def list_jobs(
     jobs: JobStoreDep,
     queue: JobQueueDep,
     # Bounded: Redis ranges are 64-bit integers, and no one pages past a billion jobs.
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[QueryInt, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[QueryInt, Query(ge=1, le=200)] = 20,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
 ) -> JobsPage:
     """Newest first."""

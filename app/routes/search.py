@@ -11,7 +11,14 @@ from pydantic import StringConstraints
 
 from xling.app import limits
 from xling.app.deps import EngineDep, SettingsDep, require_search_key
-from xling.app.schemas import LANG_LIST_PATTERN, LANG_PATTERN, HitOut, SearchRequest, SearchResponse
+from xling.app.schemas import (
+    LANG_LIST_PATTERN,
+    LANG_PATTERN,
+    HitOut,
+    QueryInt,
+    SearchRequest,
+    SearchResponse,
+)
 from xling.models.index.fusion import SearchMode
 from xling.serving.search import SearchQuery, SearchResult
 from xling.state.errors import InvalidInput
@@ -48,7 +55,7 @@ async def search_get(
     engine: EngineDep,
     settings: SettingsDep,
     q: Annotated[str, Query(description="the query text")],
-    k: Annotated[int, Query()] = 10,
+    k: Annotated[QueryInt, Query()] = 10,
     lang: Annotated[
         list[Annotated[str, StringConstraints(pattern=LANG_LIST_PATTERN)]] | None,
         Query(description="repeat or comma-separate: lang=de&lang=fr, lang=de,fr"),

@@ -8,8 +8,9 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 
-# A pydantic dataclass: the finetune request takes it as it is (unknown keys refused), and it stays a dataclass.
-@dataclass(config=ConfigDict(extra="forbid"))
+# A pydantic dataclass: the finetune request takes it as it is (unknown keys and non-finite numbers refused), and
+# it stays a dataclass.
+@dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class AdapterConfig:
     """Hyper-parameters of one language's adapter; the defaults are the ones measured in bench/RESULTS.md."""
 

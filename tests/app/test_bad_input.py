@@ -53,6 +53,10 @@ BAD_WRITES = [
     ("no documents", {"documents": []}, 422, "at least 1"),
     ("unknown field", {"documents": [doc(colour="red")]}, 422, "extra"),
     ("not JSON", "not json", 422, "JSON"),
+    # Python's JSON reader takes these; JSON has no such numbers, and stored they would read back as null.
+    ("NaN metadata", '{"documents": [{"id": "new", "text": "t", "metadata": {"a": NaN}}]}', 422, "finite"),
+    ("Infinity metadata", '{"documents": [{"id": "new", "text": "t", "metadata": {"a": -Infinity}}]}', 422, "finite"),
+    ("overflowing metadata", '{"documents": [{"id": "new", "text": "t", "metadata": {"a": 1e400}}]}', 422, "finite"),
 ]
 
 
@@ -111,6 +115,36 @@ def test_bad_searches_get_422(limited: RunningService, case: str, body: dict[str
 def test_bad_get_search_parameters(limited: RunningService) -> None:
     for params in ({"q": ""}, {"q": "cat", "k": 0}, {"q": "cat", "k": "many"}, {"q": "cat", "lang": "de,EN!"}, {}):
         assert limited.client.get("/search", params=params).status_code == 422, params
+
+
+@pytest.mark.parametrize("k", ["2.0", "+3", " 3", "3 ", "1e1", "\u0663", "-1"])
+def test_get_integers_are_as_strict_as_the_bodys(limited: RunningService, k: str) -> None:
+    """The JSON body refuses 2.0 for k; the query string refuses '2.0', '+3', ' 3' and the rest alike."""
+    k = k.encode().decode("unicode_escape")  # the Arabic-Indic three, a digit to str.isdigit
+    assert limited.client.post("/search", json={"query": "cat", "k": 2.0}).status_code == 422
+    response = limited.client.get("/search", params={"q": "cat", "k": k})
+    assert response.status_code == 422, (k, response.text)
+    assert response.json()["errors"][0]["field"] == "k"
+    assert limited.client.get("/jobs", params={"limit": k}).status_code == 422
+    assert limited.client.get("/search", params={"q": "cat", "k": "3"}).status_code == 200
+
+
+def test_non_finite_numbers_are_refused_in_every_body(limited: RunningService) -> None:
+    for body in ('{"query": "cat", "filter": {"a": NaN}}', '{"query": "cat", "filter": {"a": Infinity}}'):
+        response = limited.client.post("/search", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and "finite" in response.text, response.text
+    # A job body: a float of the training contract and one of the adapters' configuration.
+    for body in ('{"dataset": "d", "scale": NaN}', '{"dataset": "d", "adapter_config": {"scale": Infinity}}'):
+        response = limited.client.post("/jobs/finetune", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and "finite" in response.text, response.text
+
+
+def test_a_body_under_an_empty_content_type_is_415(limited: RunningService) -> None:
+    before = _state(limited)
+    body = '{"documents": [{"id": "new", "text": "t"}]}'
+    response = limited.client.post("/index", content=body, headers={"content-type": ""})
+    assert response.status_code == 415 and "Content-Type: application/json" in response.text, response.text
+    assert _state(limited) == before
 
 
 def test_bad_ids_on_delete(limited: RunningService) -> None:

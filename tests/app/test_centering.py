@@ -97,6 +97,8 @@ def test_startup_calibrates_on_the_corpus_and_centres_documents_and_queries(make
         assert np.asarray(embedded["data"][0]["embedding"]) @ expected_query == pytest.approx(1.0, abs=1e-5)
         active = service.client.get("/models/active").json()["centering"]
         assert active["id"] == centering.id and active["recalibrate"] is False
+        assert active["languages"] == centering.languages and active["languages"]  # the means', not the drift's
+        assert set(active["drift"]) <= {"unknown", *(d["lang"] for d in docs)}
 
 
 def test_restarts_and_rebuilds_keep_the_frozen_means(make_settings: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -15,12 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import run_xling
 from tests.synthetic import corpus, make_groups
 from xling.cli.launch import xling_command
-from xling.state.embedded_redis import free_port
+from xling.state.embedded_redis import EmbeddedRedis, free_port
 from xling.state.jobstore import FINAL
+from xling.state.keys import RedisKeys
+from xling.state.settings import Settings
 
 
 def _children(pid: int) -> list[int]:
@@ -39,14 +42,16 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def serving(
-    data_dir: Path, model: Path, command: list[str], cwd: Path | None = None
+    data_dir: Path, model: Path, command: list[str], cwd: Path | None = None, own_group: bool = False
 ) -> Iterator[tuple[str, Any, dict[str, str]]]:
-    """`xling serve` on a free port with its embedded Redis and worker, until ready; killed after the block."""
+    """`xling serve` on a free port with its embedded Redis and worker, until ready; killed after the block.
+    `own_group`: in a process group of its own, as a shell starts a command (a signal to the group spares pytest)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
     env.update(XLING_DATA_DIR=str(data_dir), XLING_RETRIEVAL_MODEL=str(model), HF_HUB_OFFLINE="1")
     process = subprocess.Popen(
-        [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=own_group,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -168,6 +173,42 @@ def test_a_killed_worker_is_restarted_and_reaped(served) -> None:  # type: ignor
     for _ in range(5):  # one worker runs, one is listed (the killed one's entry is gone, not lapsing)
         assert httpx.get(f"{url}/healthz").json()["workers"] == 1
         time.sleep(0.2)
+
+
+def _thread_nice_values(pid: int) -> list[int]:
+    """The nice value of every thread of `pid` (`ps -o ni` shows the first thread's only)."""
+    values = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        values.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19; the command name may hold spaces
+    return values
+
+
+def test_a_group_sigterm_stops_api_and_worker_before_redis_and_every_worker_thread_runs_lower(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    with serving(tmp_path / "data", tiny_model, xling_command(), own_group=True) as (url, process, _):
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/healthz").json()["workers"] < 1:
+            assert time.monotonic() < deadline, "the worker never reported in"
+            time.sleep(0.2)
+        (worker,) = _worker_pids(process.pid)
+        wanted = os.getpriority(os.PRIO_PROCESS, 0) + 10
+        threads = _thread_nice_values(worker)
+        assert len(threads) > 1 and set(threads) == {wanted}, threads  # not only the thread that asked
+        assert os.getsid(worker) == worker  # a session of its own, whose autogroup runs at the same nice
+        redis_pids = [pid for pid in _children(process.pid) if "redis-server" in _command(pid)]
+        assert redis_pids and all(os.getpgid(pid) != os.getpgid(process.pid) for pid in redis_pids)
+        os.killpg(process.pid, signal.SIGTERM)  # Ctrl-C in a terminal, `kill -- -PGID`, systemd's stop
+        assert process.wait(timeout=60) == 0
+    # Redis outlived the api and the worker, so the worker recorded its exit: no entry is left to lapse.
+    with EmbeddedRedis(tmp_path / "data" / "redis") as redis_after:
+        client = redis.Redis.from_url(redis_after.url, decode_responses=True)
+        assert client.zrange(RedisKeys(Settings.model_fields["key_prefix"].default).workers, 0, -1) == []
+        client.close()
 
 
 def test_cli_reports_a_file_that_is_not_utf8(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -22,17 +22,17 @@ def test_drift_is_how_far_the_mean_would_move_and_advises_past_the_threshold() -
     tracker = DriftTracker()
     tracker.add(np.asarray([[1.0, 0.0]], dtype=np.float32), ["en"])  # same as the mean: no shift
     status = tracker.status(centering, min_docs=3, threshold=0.05)
-    assert status["languages"]["en"] == {"since_calibration": 1, "shift": 0.0} and not status["recalibrate"]
+    assert status["drift"]["en"] == {"since_calibration": 1, "shift": 0.0} and not status["recalibrate"]
     tracker.add(np.asarray([[0.0, 1.0]], dtype=np.float32), ["en"])
     # (4 * (1, 0) + (1, 0) + (0, 1)) / 6 = (5/6, 1/6): |(−1/6, 1/6)| / 1 = 0.2357
     status = tracker.status(centering, min_docs=3, threshold=0.05)
-    assert status["languages"]["en"]["shift"] == pytest.approx(2**0.5 / 6, abs=1e-4)
+    assert status["drift"]["en"]["shift"] == pytest.approx(2**0.5 / 6, abs=1e-4)
     assert status["recalibrate"] and "en mean moved" in status["reasons"][0]
     quiet = tracker.status(centering, min_docs=3, threshold=0.5)
     assert not quiet["recalibrate"]
     tracker.add(np.zeros((3, 2), dtype=np.float32), ["de", "de", "de"])  # a language without a mean
     status = tracker.status(centering, min_docs=3, threshold=0.5)
-    assert status["languages"]["de"] == {"since_calibration": 3, "has_mean": False}
+    assert status["drift"]["de"] == {"since_calibration": 3, "has_mean": False}
     assert status["reasons"] == ["de has 3 documents and no mean"]
 
 
