@@ -91,7 +91,8 @@ class HotSwap:
             return {}
         if pair.centering is None:
             return uncalibrated_status(pair.index.languages(), len(pair.index), settings.centering_min_docs)
-        return pair.drift.status(pair.centering, settings.centering_min_docs, settings.centering_drift_threshold)
+        return pair.drift.status(pair.centering, settings.centering_min_docs, settings.centering_drift_threshold,
+                                 pair.index.languages())
 
     def startup_source(self) -> ModelSource:
         """The activated version; if it cannot be loaded, the configured model (and say why)."""

@@ -169,13 +169,18 @@ class DriftTracker:
                 self.sums[key] = self.sums.get(key, np.zeros(vectors.shape[1])) + vectors[row].astype(np.float64)
                 self.counts[key] = self.counts.get(key, 0) + 1
 
-    def status(self, centering: Centering, min_docs: int, threshold: float) -> dict[str, Any]:
+    def status(self, centering: Centering, min_docs: int, threshold: float, indexed: dict[str, int] | None = None
+               ) -> dict[str, Any]:
         """`drift`, per language: documents since calibration and how far its mean would move; and whether (and
-        why) recalibration is advised. (Not `languages`: /models/active shows it beside the means' languages.)"""
+        why) recalibration is advised. (Not `languages`: /models/active shows it beside the means' languages.)
+        `indexed` (documents per declared language in the index): a language with `min_docs` of them and no mean
+        asks for one, however its documents came in (ones applied while the means were being calibrated, after
+        the sample was drawn, are in the index but were never counted here)."""
         with self._lock:
             sums, counts = dict(self.sums), dict(self.counts)
         reasons: list[str] = []
         languages: dict[str, Any] = {}
+        without_mean = {lang: n for lang, n in (indexed or {}).items() if lang not in centering.means}
         for lang, added in sorted(counts.items()):
             if lang in centering.means:
                 frozen, before = centering.means[lang].astype(np.float64), centering.counts[lang]
@@ -186,8 +191,10 @@ class DriftTracker:
                     reasons.append(f"{lang} mean moved {shift:.3f} (> {threshold:g})")
             else:
                 languages[lang or "unknown"] = {"since_calibration": added, "has_mean": False}
-                if lang and added >= min_docs:
-                    reasons.append(f"{lang} has {added} documents and no mean")
+                if lang:
+                    without_mean[lang] = max(without_mean.get(lang, 0), added)
+        reasons += [f"{lang} has {n} documents and no mean"
+                    for lang, n in sorted(without_mean.items()) if n >= min_docs]
         return {"drift": languages, "recalibrate": bool(reasons), "reasons": reasons}
 
 

@@ -199,3 +199,43 @@ def test_a_recalibration_can_be_asked_for_by_hand(make_settings: Any) -> None:
     with running_service(make_settings(centering=False)) as service:
         refused = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
         assert refused.status_code == 422 and "needs centring on" in refused.text
+
+
+def test_documents_of_a_new_language_applied_while_the_means_are_calibrated_ask_for_the_next_recalibration(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job samples the corpus, then documents of other languages arrive before its index and means are
+    published: the means lack those languages, and the service, swapped to them, asks again for a recalibration
+    (they are in the index, though never counted as drift)."""
+    from xling.worker import runner
+
+    settings = make_settings(centering_min_docs=5, swap_poll_s=0.2, centering_requeue_s=1)
+    docs = corpus(6)
+    english = [d for d in docs if d["lang"] == "en"]
+    late = [d for d in docs if d["lang"] != "en"]
+    with running_service(settings) as service:
+        assert service.index(english).status_code == 200
+        job = wait(lambda: next(iter(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]), None))
+        sample_then_write = runner.calibrate_corpus
+
+        def calibrate_then_receive(*args: Any) -> Any:
+            means = sample_then_write(*args)
+            assert service.index(late).status_code == 200  # applied once the sample was drawn
+            return means
+
+        monkeypatch.setattr(runner, "calibrate_corpus", calibrate_then_receive)
+        run_job(job["id"], settings)
+        assert service.client.get(f"/jobs/{job['id']}").json()["status"] == "succeeded"
+        wait(lambda: service.client.get("/healthz").json()["centering"].startswith("calibrated:"))
+        active = service.client.get("/models/active").json()["centering"]
+        assert active["languages"] == ["en"], active
+        assert active["recalibrate"] and sorted(active["reasons"]) == [
+            f"{lang} has 6 documents and no mean" for lang in ("de", "es", "fr")
+        ], active
+
+        def reindex_jobs() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = service.client.get("/jobs", params={"type": "reindex"}).json()["data"]
+            return found
+
+        jobs = wait(lambda: len(reindex_jobs()) == 2 and reindex_jobs())
+        assert jobs[0]["params"]["recalibrate"] is True and jobs[0]["status"] == "queued"

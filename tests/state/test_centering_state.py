@@ -36,6 +36,18 @@ def test_drift_is_how_far_the_mean_would_move_and_advises_past_the_threshold() -
     assert status["reasons"] == ["de has 3 documents and no mean"]
 
 
+def test_a_language_in_the_index_without_a_mean_asks_for_one_though_none_of_its_documents_was_tracked() -> None:
+    """Documents applied while the means were calibrated (after the sample was drawn) are in the index, never in the
+    drift: the index's own counts still ask for the missing mean."""
+    centering, tracker = means("v", [1.0, 0.0]), DriftTracker()
+    status = tracker.status(centering, min_docs=3, threshold=0.05, indexed={"en": 4, "de": 3, "fr": 2})
+    assert status["recalibrate"] and status["reasons"] == ["de has 3 documents and no mean"]
+    assert not tracker.status(centering, min_docs=3, threshold=0.05, indexed={"en": 9, "fr": 2})["recalibrate"]
+    tracker.add(np.zeros((2, 2), dtype=np.float32), ["fr", "fr"])  # counted once, whichever figure is larger
+    status = tracker.status(centering, min_docs=3, threshold=0.05, indexed={"en": 4, "fr": 3})
+    assert status["reasons"] == ["fr has 3 documents and no mean"]
+
+
 def test_an_uncalibrated_index_calibrates_once_a_language_has_enough_documents() -> None:
     assert not uncalibrated_status({"en": 4, "de": 2}, 6, min_docs=5)["recalibrate"]
     assert uncalibrated_status({"en": 5}, 5, min_docs=5)["reasons"] == ["en has 5 documents"]
