@@ -233,6 +233,14 @@ class Engine:
         return {"engine": found.kind, "documents": sum(partitions.values()), "partitions": partitions,
                 "applied_offset": found.applied_offset or pair.applied_offset}
 
+    def calibration_job(self) -> dict[str, Any] | None:
+        """The job that will calibrate the served version's next means, with its progress, while one is queued or
+        running (None otherwise, or with centring off)."""
+        pair = self.swap.pair
+        if pair is None or not self.settings.centering:
+            return None
+        return self.recalibration.pending(pair.version)
+
     @property
     def problem(self) -> str | None:
         """Why the model and index did not load, else the applier's last error (what /healthz shows)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from xling.state.centering import calibrate_corpus, centering_folder
 from xling.state.docstore import Corpus
@@ -40,6 +41,14 @@ class Recalibration:
         job = self.submit(ReindexJob(version=version, recalibrate=True))
         self.jobs.record_recalibration(version, job.id)
         log.warning("centring: recalibration queued", extra={"version": version, "job_id": job.id, "reasons": reasons})
+
+    def pending(self, version: str) -> dict[str, Any] | None:
+        """The job that will calibrate `version`'s next means, and how far it is, while one is queued or running:
+        what /healthz and /models/active show, so that a user waiting for centred search sees it coming."""
+        job = self.jobs.pending_recalibration(version)
+        if job is None:
+            return None
+        return {"job_id": job.id, "status": job.status, "progress": job.progress}
 
     def _here(self, version: str, reasons: list[str]) -> None:
         """This api calibrates new means itself, and the swap watcher then moves to a collection built with

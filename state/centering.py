@@ -19,7 +19,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import numpy as np
 
 from xling.models.adapters.bundle import adapter_lineage
 from xling.models.centering import CENTERING_FILE, Centering, calibrate, language_means
-from xling.models.encoder import Encoder
+from xling.models.encoder import Encoder, Langs, TextKind
 from xling.models.files import write_json_atomic
 from xling.models.language import DETECTOR, LanguageDetector
 from xling.state.docstore import Corpus, StoredDoc
@@ -115,31 +115,52 @@ def query_language(text: str, given: str | None, encoder: Encoder, centering: Ce
     return TextLanguage(None, next((lang for lang in ranking if lang in means), None))
 
 
+# (step, done, total): "sampling" (documents read of the corpus), "passages" and "queries" (sample texts encoded)
+CalibrationProgress = Callable[[str, int, int], None]
+_ENCODE_STEP = 256  # sample texts encoded between two progress reports
+
+
 def sample_corpus(reader: Corpus, per_lang: int, detector: LanguageDetector = DETECTOR,
-                  only: Collection[str] | None = None) -> tuple[list[tuple[str, str, str]], int]:
+                  only: Collection[str] | None = None, progress: CalibrationProgress | None = None
+                  ) -> tuple[list[tuple[str, str, str]], int]:
     """Up to `per_lang` documents of each language (of `only`'s, when given) as (id, language, text), and how
     many documents there are."""
     taken: dict[str, int] = {}
     sample: list[tuple[str, str, str]] = []
     total = 0
+    expected = reader.count() if progress is not None else 0
     for docs in reader.iter_all(2_048):
         total += len(docs)
         for (doc_id, doc), lang in zip(docs, document_languages([d for _, d in docs], detector), strict=True):
             if lang is not None and taken.get(lang, 0) < per_lang and (only is None or lang in only):
                 taken[lang] = taken.get(lang, 0) + 1
                 sample.append((doc_id, lang, doc.text))
+        if progress is not None:
+            progress("sampling", total, max(total, expected))
     return sample, total
 
 
-def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings) -> Centering | None:
-    """Means from a sample of the served corpus; None while no language has enough documents."""
-    sample, total = sample_corpus(reader, settings.centering_sample_per_lang, encoder.detector)
+def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings,
+                     progress: CalibrationProgress | None = None) -> Centering | None:
+    """Means from a sample of the served corpus; None while no language has enough documents. `progress` hears
+    each step as it goes (a large corpus on a slow machine takes minutes)."""
+    sample, total = sample_corpus(reader, settings.centering_sample_per_lang, encoder.detector, progress=progress)
     counts: dict[str, int] = {}
     for _, lang, _ in sample:
         counts[lang] = counts.get(lang, 0) + 1
     if not any(n >= settings.centering_min_docs for n in counts.values()):
         return None
-    return calibrate(encoder.encode, sample, model_version=encoder.version, min_count=settings.centering_min_docs,
+
+    def encode(texts: list[str], kind: TextKind, langs: Langs = None) -> np.ndarray:
+        parts = []
+        for start in range(0, len(texts), _ENCODE_STEP):
+            end = start + _ENCODE_STEP
+            parts.append(encoder.encode(texts[start:end], kind, None if langs is None else langs[start:end]))
+            if progress is not None:
+                progress(f"{kind}s", min(end, len(texts)), len(texts))
+        return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+    return calibrate(encode, sample, model_version=encoder.version, min_count=settings.centering_min_docs,
                      corpus_size=total)
 
 

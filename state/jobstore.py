@@ -170,6 +170,17 @@ class JobStore:
     def record_recalibration(self, version: str, job_id: str) -> None:
         self.client.set(self.keys.recalibration(version), job_id)
 
+    def pending_recalibration(self, version: str) -> Job | None:
+        """The recalibration of `version` queued or running now (the last one recorded), if any."""
+        job_id = self.client.get(self.keys.recalibration(version))
+        if not job_id:
+            return None
+        try:
+            job = self.get(str(job_id))
+        except JobNotFound:
+            return None
+        return None if job.final else job
+
     def get(self, job_id: str) -> Job:
         raw: Any = self.client.hgetall(self.keys.job(job_id))
         if not raw:

@@ -62,6 +62,7 @@ from xling.state.settings import Settings
 from xling.worker.adapter_reindex import AdapterBuild, adapter_parent, build_from_parent
 from xling.worker.build_tiers import build_tier
 from xling.worker.presence import worker_name
+from xling.worker.progress import Pace
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
 from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
 from xling.worker.train_ranks import FinetuneRun
@@ -227,17 +228,26 @@ def _publish_index_of(ctx: JobContext, version: str, *, new_means: bool) -> dict
         retention.hold(holder, pinned, grace)
         retention.check(pinned)
 
+        encoding = Pace()
+
         def progress(done: int, total: int) -> None:
             retention.hold(holder, pinned, grace)
-            ctx.report("reindexing", done=done, total=total, worker=worker_name())
+            ctx.report("reindexing", **encoding.fields(done, total), worker=worker_name())
+
+        paces: dict[str, Pace] = {}
+
+        def calibrating(step: str, done: int, total: int) -> None:
+            ctx.checkpoint("while calibrating")
+            retention.hold(holder, pinned, grace)
+            ctx.report("calibrating", step=step, **paces.setdefault(step, Pace()).fields(done, total))
 
         reuse = tier.reuses_parent_index and not new_means
         delta = _adapter_delta(ctx, corpus, source, encoder, progress) if reuse else None
         if delta is not None:
             centering = delta.pair.centering
         elif new_means:
-            ctx.report("calibrating")
-            centering = calibrate_corpus(corpus, encoder, settings) if settings.centering else None
+            ctx.report("calibrating", step="sampling")
+            centering = calibrate_corpus(corpus, encoder, settings, calibrating) if settings.centering else None
             if centering is None:
                 raise ValueError(f"nothing to calibrate on: centring is off, or no language has "
                                  f"{settings.centering_min_docs} documents")

@@ -83,11 +83,15 @@ def experiment(
 
 @router.post("/reindex", status_code=202, response_model=JobAccepted, dependencies=guard)
 def reindex(
-    body: ReindexRequest, queue: JobQueueDep, registry: RegistryDep, settings: SettingsDep, swap: SwapDep
+    body: ReindexRequest, queue: JobQueueDep, registry: RegistryDep, settings: SettingsDep, swap: SwapDep,
+    jobs: JobStoreDep,
 ) -> JobAccepted:
     """Encode the corpus with a registry version on the worker, then activate it (hot swap); with `recalibrate`,
     calibrate new centring means first and keep the version serving (every api swaps to the new means)."""
-    return _accepted(queue.submit(job_requests.reindex_job(body, registry, settings, swap.default_version)))
+    job = queue.submit(job_requests.reindex_job(body, registry, settings, swap.default_version))
+    if body.recalibrate:  # the job /healthz and /models/active name as the one that will calibrate
+        jobs.record_recalibration(body.version, job.id)
+    return _accepted(job)
 
 
 @router.get("", response_model=JobsPage)

@@ -87,9 +87,11 @@ def delete_model(
 def active_model(engine: EngineDep, registry: RegistryDep, swap: SwapDep) -> ActiveModel:
     pair, source = engine.require_pair(), swap.source
     origin = source.origin if source else None
+    centering = {**describe(pair.centering, swap.settings), **swap.centering_status()}
+    if swap.settings.centering:
+        centering["job"] = engine.calibration_job()
     return ActiveModel(
-        version=pair.version, activated=registry.active(), origin=origin, swap_error=swap.error,
-        centering={**describe(pair.centering, swap.settings), **swap.centering_status()},
+        version=pair.version, activated=registry.active(), origin=origin, swap_error=swap.error, centering=centering,
     )
 
 

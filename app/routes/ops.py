@@ -28,6 +28,7 @@ async def _health(engine: EngineDep, swap: SwapDep, queue: JobQueueDep, status: 
     )
     try:
         health.workers = len(await asyncio.to_thread(queue.live_workers))
+        health.calibration = await asyncio.to_thread(engine.calibration_job)
     except RedisError as exc:
         health.redis = "unreachable"
         health.warnings.append(f"Redis is unreachable ({exc}); writes, jobs and uncached reads answer 503")

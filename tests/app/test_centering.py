@@ -4,12 +4,14 @@ language's mean, the same means across restarts, rebuilds and swaps, and the rec
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import redis.asyncio as aredis
 
 from tests.app.helpers import assert_same_results
@@ -21,6 +23,7 @@ from xling.models.resolve import resolve_model
 from xling.state.centering import centering_folder, query_language
 from xling.state.docstore import DocStore, StoredDoc
 from xling.state.indexing import load_encoder
+from xling.state.jobstore import JobStore
 from xling.state.keys import RedisKeys
 from xling.state.settings import Settings
 from xling.worker.runner import run_job
@@ -165,15 +168,28 @@ def test_an_uncalibrated_service_asks_for_recalibration_and_swaps_to_the_workers
         assert job["params"]["recalibrate"] is True
         time.sleep(2.0)  # later polls queue no second one: the throttle lapsed, but the first is still queued
         assert len(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]) == 1
+        # Whoever waits for centred search sees which job will calibrate, and how far it is.
+        coming = service.client.get("/healthz").json()["calibration"]
+        assert coming["job_id"] == job["id"] and coming["status"] == "queued", coming
+        assert service.client.get("/models/active").json()["centering"]["job"] == coming
 
         run_job(job["id"], settings)
         done = service.client.get(f"/jobs/{job['id']}").json()
         assert done["status"] == "succeeded", done
+        steps = [json.loads(fields["data"]) for _, fields in JobStore(
+            redis.Redis.from_url(settings.redis_url, decode_responses=True), RedisKeys(settings.key_prefix)
+        ).events(job["id"]) if fields["type"] == "progress"]
+        calibrating = [(p["step"], p["done"], p["total"]) for p in steps if p["stage"] == "calibrating" and "done" in p]
+        assert ("sampling", 24, 24) in calibrating and ("passages", 24, 24) in calibrating, calibrating
+        reindexing = [p for p in steps if p["stage"] == "reindexing"]
+        assert reindexing[-1]["done"] == reindexing[-1]["total"] == 24 and "rate_per_s" in reindexing[-1]
+        assert done["progress"]["stage"] == "succeeded" and done["progress"]["last_stage"] == "reindexing"
         state = wait(lambda: (s := service.client.get("/healthz").json()["centering"]).startswith("calibrated:") and s)
         version = service.client.get("/healthz").json()["model_version"]
         assert state == f"calibrated:{served_means(settings, version).id}"
         assert state == f"calibrated:{done['metrics']['centering']}"
         assert service.client.get("/models/active").json()["version"] == version  # the same version, new means
+        assert service.client.get("/healthz").json()["calibration"] is None  # none coming now
     assert caplog.text.count("snapshot loaded") == 1  # the swap loaded the worker's snapshot
 
 
