@@ -280,6 +280,8 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     heartbeat: float | None
+    progress_at: float | None = Field(None, description="when its progress last advanced (its start, before any); a"
+                                      " running job that stands still for XLING_JOB_STALL_TIMEOUT_S is failed")
     cancel_requested: bool
     retry_of: str | None
     warning: str | None = Field(None, description="e.g. queued while no worker consumes the queue")

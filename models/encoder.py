@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +36,22 @@ class EncodeFn(Protocol):
     """What evaluators need of an encoder: texts in, unit rows out; `langs` routes texts to their adapters."""
 
     def __call__(self, texts: list[str], kind: TextKind, langs: Langs = None) -> np.ndarray: ...
+
+
+def encode_in_steps(encode: EncodeFn, dim: int, after_step: Callable[[TextKind, int, int], None], step: int = 256
+                    ) -> EncodeFn:
+    """`encode`, called `step` texts at a time, with `after_step(kind, done, total)` after each (progress of a long
+    encode, and a point where a caller may stop it by raising)."""
+
+    def stepped(texts: list[str], kind: TextKind, langs: Langs = None) -> np.ndarray:
+        parts = []
+        for start in range(0, len(texts), step):
+            end = start + step
+            parts.append(encode(texts[start:end], kind, None if langs is None else langs[start:end]))
+            after_step(kind, min(end, len(texts)), len(texts))
+        return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+
+    return stepped
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
 # sentence-transformers < 6 wrote one boolean per mode; 6.x writes `pooling_mode`.

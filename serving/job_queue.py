@@ -40,8 +40,13 @@ class JobQueue:
         return self.store.live_workers(self.settings.heartbeat_timeout_s)
 
     def sweep_lost(self) -> None:
+        """Fail the jobs whose worker was lost (no heartbeat), and those whose worker beats but that no longer
+        advance (`job_stall_timeout_s`)."""
         for job_id in self.store.sweep_lost(self.settings.heartbeat_timeout_s):
             log.warning("job failed: worker lost", extra={"job_id": job_id})
+        if self.settings.job_stall_timeout_s > 0:
+            for job_id in self.store.sweep_stalled(self.settings.job_stall_timeout_s):
+                log.warning("job failed: no progress", extra={"job_id": job_id})
 
     def run_sweeper(self, stop: threading.Event) -> None:
         poll(self.sweep_lost, stop, every_s=self.settings.sweep_interval_s, what="lost-job sweep", logger=log)

@@ -28,7 +28,7 @@ import numpy as np
 
 from xling.models.adapters.bundle import adapter_lineage
 from xling.models.centering import CENTERING_FILE, Centering, calibrate, language_means
-from xling.models.encoder import Encoder, Langs, TextKind
+from xling.models.encoder import Encoder, TextKind, encode_in_steps
 from xling.models.files import write_json_atomic
 from xling.models.language import DETECTOR, LanguageDetector
 from xling.state.docstore import Corpus, StoredDoc
@@ -117,7 +117,6 @@ def query_language(text: str, given: str | None, encoder: Encoder, centering: Ce
 
 # (step, done, total): "sampling" (documents read of the corpus), "passages" and "queries" (sample texts encoded)
 CalibrationProgress = Callable[[str, int, int], None]
-_ENCODE_STEP = 256  # sample texts encoded between two progress reports
 
 
 def sample_corpus(reader: Corpus, per_lang: int, detector: LanguageDetector = DETECTOR,
@@ -151,17 +150,12 @@ def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings,
     if not any(n >= settings.centering_min_docs for n in counts.values()):
         return None
 
-    def encode(texts: list[str], kind: TextKind, langs: Langs = None) -> np.ndarray:
-        parts = []
-        for start in range(0, len(texts), _ENCODE_STEP):
-            end = start + _ENCODE_STEP
-            parts.append(encoder.encode(texts[start:end], kind, None if langs is None else langs[start:end]))
-            if progress is not None:
-                progress(f"{kind}s", min(end, len(texts)), len(texts))
-        return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+    def encoded(kind: TextKind, done: int, texts: int) -> None:
+        if progress is not None:
+            progress(f"{kind}s", done, texts)
 
-    return calibrate(encode, sample, model_version=encoder.version, min_count=settings.centering_min_docs,
-                     corpus_size=total)
+    return calibrate(encode_in_steps(encoder.encode, encoder.dim, encoded), sample, model_version=encoder.version,
+                     min_count=settings.centering_min_docs, corpus_size=total)
 
 
 def uncalibrated_status(declared: dict[str, int], total: int, min_docs: int) -> dict[str, Any]:

@@ -48,7 +48,7 @@ for i = 5 + n_from, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 if ARGV[1] == 'running' then
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'heartbeat', ARGV[2])
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'heartbeat', ARGV[2], 'progress_at', ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[3])
 else
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
@@ -63,7 +63,8 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', '1000', '*', 'type', 'status', 'statu
 return {1, current}
 """
 
-# KEYS: job hash, events stream; ARGV: now, progress JSON or ''. Written only while the job runs; 1 if written.
+# KEYS: job hash, events stream; ARGV: now, progress JSON or '', '1' when the progress advanced. Written only
+# while the job runs; 1 if written.
 _BEAT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'heartbeat', ARGV[1])
@@ -71,6 +72,7 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'progress', ARGV[2])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 'type', 'progress', 'data', ARGV[2])
 end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'progress_at', ARGV[1]) end
 return 1
 """
 
@@ -96,6 +98,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     heartbeat: float | None = None
+    progress_at: float | None = None  # when its progress last advanced (its start, before any)
     cancel_requested: bool = False
     retry_of: str | None = None
 
@@ -118,6 +121,7 @@ class Job:
             started_at=number("started_at"),
             finished_at=number("finished_at"),
             heartbeat=number("heartbeat"),
+            progress_at=number("progress_at"),
             cancel_requested=raw.get("cancel_requested") == "1",
             retry_of=raw.get("retry_of") or None,
         )
@@ -212,17 +216,18 @@ class JobStore:
     def update(self, job_id: str, **fields: Any) -> None:
         self.client.hset(self.keys.job(job_id), mapping=_encode(fields))
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
-        """Record the progress (and a beat); False, and nothing written, when the job no longer runs."""
-        return self._beat_with(job_id, json.dumps(progress))
+    def report_progress(self, job_id: str, progress: dict[str, Any], advanced: bool = True) -> bool:
+        """Record the progress (and a beat); `advanced`: it moved on since the last (what the stall sweep
+        measures). False, and nothing written, when the job no longer runs."""
+        return self._beat_with(job_id, json.dumps(progress), advanced)
 
     def beat(self, job_id: str) -> bool:
         """The job's worker is alive; False, and nothing written, when the job no longer runs."""
-        return self._beat_with(job_id, "")
+        return self._beat_with(job_id, "", False)
 
-    def _beat_with(self, job_id: str, progress: str) -> bool:
+    def _beat_with(self, job_id: str, progress: str, advanced: bool) -> bool:
         keys = [self.keys.job(job_id), self.keys.job_events(job_id)]
-        return bool(self._beat(keys=keys, args=[repr(time.time()), progress]))
+        return bool(self._beat(keys=keys, args=[repr(time.time()), progress, "1" if advanced else "0"]))
 
     def request_cancel(self, job_id: str) -> Job:
         """Queued jobs are cancelled at once; running ones stop at their next step."""
@@ -252,6 +257,26 @@ class JobStore:
                 if self.transition(job_id, "failed", error="worker lost (no heartbeat)"):
                     lost.append(job_id)
         return lost
+
+    def sweep_stalled(self, stall_timeout_s: float) -> list[str]:
+        """Fail running jobs whose worker beats but whose progress has not advanced for `stall_timeout_s` (a job
+        stuck in a wait, or a step far slower than any the operator allows); their worker is fenced by it."""
+        stalled = []
+        now = time.time()
+        for job_id in self.client.smembers(self.keys.running_jobs):
+            try:
+                job = self.get(job_id)
+            except JobNotFound:
+                continue
+            since = job.progress_at or job.started_at
+            if since is None or now - since <= stall_timeout_s:
+                continue
+            stage = job.progress.get("stage", "starting")
+            reason = (f"stalled: no progress for {now - since:.0f} s (stage {stage}; XLING_JOB_STALL_TIMEOUT_S="
+                      f"{stall_timeout_s:g}); retry it with POST /jobs/{job_id}/retry")
+            if self.transition(job_id, "failed", error=reason):
+                stalled.append(job_id)
+        return stalled
 
     # Workers ------------------------------------------------------------------------------------
     def worker_beat(self, name: str, timeout_s: float) -> None:

@@ -207,6 +207,10 @@ class JobSettings(BaseModel):
 
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a running job beats")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="a running job silent this long is failed: worker lost")
+    job_stall_timeout_s: float = Field(
+        3600.0, ge=0, description="a running job whose progress has not advanced for this long (its worker alive "
+        "but the job stuck) is failed with the reason; 0: never"
+    )
     sweep_interval_s: float = Field(5.0, gt=0, description="how often the api looks for lost jobs")
     swap_poll_s: float = Field(1.0, gt=0, description="how often the api checks which model should serve")
     allow_hub_models: bool = Field(True, description="jobs may name hub ids as base models")
@@ -218,7 +222,8 @@ class JobSettings(BaseModel):
         8, ge=1, le=10_000, description="a reindex is split into this many ranges, encoded by any worker of the queue"
     )
     reindex_lease_s: float = Field(
-        30.0, gt=0, description="a range whose worker has not reported for this long is taken over by another"
+        30.0, gt=0, description="a range whose worker's lease thread has not renewed it for this long (the worker "
+        "died or was stopped) is finished by another"
     )
     train_processes: int = Field(
         0, ge=0, le=64, description="a finetune job trains on this many devices at once (torch.distributed, one "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+PACE_FIELDS = ("rate_per_s", "eta_s")  # not progress themselves: they change while `done` stands still
+
 
 class Pace:
     """One per step (its `done` counts up to its `total`). The first report is the baseline, so that work done

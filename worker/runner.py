@@ -6,6 +6,7 @@ tested and reasoned about on its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -22,7 +23,7 @@ import redis
 from xling.models.adapters.training import AdapterProgress, train_adapters
 from xling.models.centering import Centering
 from xling.models.data.bitext import load_bitext
-from xling.models.encoder import Encoder
+from xling.models.encoder import Encoder, TextKind, encode_in_steps
 from xling.models.evaluation.decision import deploy_decision
 from xling.models.evaluation.evaluate import EvaluationReport, eval_set, evaluate
 from xling.models.evaluation.modes import RetrievalMode
@@ -62,7 +63,7 @@ from xling.state.settings import Settings
 from xling.worker.adapter_reindex import AdapterBuild, adapter_parent, build_from_parent
 from xling.worker.build_tiers import build_tier
 from xling.worker.presence import worker_name
-from xling.worker.progress import Pace
+from xling.worker.progress import PACE_FIELDS, Pace
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
 from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
 from xling.worker.train_ranks import FinetuneRun
@@ -89,6 +90,7 @@ class JobContext:
     keys: RedisKeys
     job: Job
     fenced: threading.Event = field(default_factory=threading.Event)  # set by the heartbeat once it is refused
+    position: str = ""  # the last progress reported, but for its pace
 
     def dataset(self, name: str) -> Path:
         """Jobs read datasets only from DATA_DIR/datasets (names were validated when queued)."""
@@ -123,7 +125,11 @@ class JobContext:
         return self.fenced.is_set() or self.store.cancel_requested(self.job.id)
 
     def report(self, stage: str, **fields: Any) -> None:
-        if not self.store.report_progress(self.job.id, {"stage": stage, **fields}):
+        progress = {"stage": stage, **fields}
+        # Advanced: anything but the pace changed (a coordinator waiting on others reports the same done again).
+        position = json.dumps({k: v for k, v in progress.items() if k not in PACE_FIELDS}, sort_keys=True)
+        advanced, self.position = position != self.position, position
+        if not self.store.report_progress(self.job.id, progress, advanced):
             self.fenced.set()
 
 
@@ -181,7 +187,24 @@ def _evaluate_version(
     encoder = load_encoder(source, ctx.settings)
     sets = [eval_set(ctx.dataset(d), name=d) for d in datasets]
     retrieval = RetrievalMode(mode, ctx.settings.fusion_config() if mode == "hybrid" else None)
-    report = evaluate(encoder.encode, source.version, sets, centering=centering, mode=retrieval)
+    where: dict[str, Any] = {"model": source.version, "set": "", "texts_encoded": 0}
+    last, in_call = [0.0], [0]  # when progress was last written; texts done in the current encode call
+
+    def on_set(label: str) -> None:
+        where["set"] = label
+        ctx.report("evaluating", **where)
+
+    def encoded(kind: TextKind, done: int, texts: int) -> None:
+        """Progress within a set (a large one on a slow machine takes long), and a point to stop at."""
+        where["texts_encoded"] += done - in_call[0]
+        in_call[0] = 0 if done == texts else done
+        if time.monotonic() - last[0] >= PROGRESS_EVERY_S or done == texts:
+            last[0] = time.monotonic()
+            ctx.checkpoint("while evaluating")
+            ctx.report("evaluating", **where)
+
+    report = evaluate(encode_in_steps(encoder.encode, encoder.dim, encoded), source.version, sets, progress=on_set,
+                      centering=centering, mode=retrieval)
     write_evaluation_report(report, ctx.settings.reports_dir / ctx.job.id / label)
     return report
 

@@ -113,3 +113,20 @@ def test_a_finished_jobs_progress_names_its_final_status(store: JobStore) -> Non
     cancelled = store.create("evaluate", {})
     store.request_cancel(cancelled.id)
     assert store.get(cancelled.id).progress == {"stage": "cancelled"}
+
+
+def test_a_job_that_beats_but_does_not_advance_is_failed_with_the_reason(store: JobStore) -> None:
+    stuck, moving = store.create("reindex", {}), store.create("reindex", {})
+    for job in (stuck, moving):
+        store.transition(job.id, "running")
+        store.report_progress(job.id, {"stage": "reindexing", "done": 5})
+        store.update(job.id, progress_at=time.time() - 120)
+    # Both beat; `moving` advances, `stuck` reports the same position again (not an advance).
+    store.report_progress(moving.id, {"stage": "reindexing", "done": 6})
+    store.report_progress(stuck.id, {"stage": "reindexing", "done": 5}, advanced=False)
+    assert store.sweep_lost(heartbeat_timeout_s=30) == []  # alive, both
+    assert store.sweep_stalled(stall_timeout_s=60) == [stuck.id]
+    failed = store.get(stuck.id)
+    assert failed.status == "failed" and "no progress for 12" in str(failed.error) and "reindexing" in str(failed.error)
+    assert store.get(moving.id).status == "running"
+    assert not store.beat(stuck.id)  # its worker is fenced
