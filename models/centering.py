@@ -91,6 +91,20 @@ class Centering:
     def documents(self, vectors: np.ndarray, langs: Sequence[str | None]) -> np.ndarray:
         return center(vectors, [lang or "" for lang in langs], self.means, self.fallback)
 
+    def raw_documents(self, centred: np.ndarray, langs: Sequence[str | None]) -> np.ndarray:
+        """The inverse of `documents`: the encoder's unit vectors back from their centred rows. A centred row c is
+        (r - m) / |r - m| for a unit r and its language's mean m, so r = m + t c with t > 0 the root of
+        |m + t c| = 1: t = -(m.c) + sqrt((m.c)^2 + 1 - |m|^2) (|m| < 1, a mean of unit vectors). New means can
+        then be applied to an index without encoding its documents again."""
+        means = np.stack([self.means.get(lang or "", self.fallback) for lang in langs]) if len(langs) else \
+            np.zeros_like(centred)
+        dot = np.einsum("ij,ij->i", means.astype(np.float64), centred.astype(np.float64))
+        norms = np.einsum("ij,ij->i", means.astype(np.float64), means.astype(np.float64))
+        scale = -dot + np.sqrt(np.maximum(dot * dot + 1.0 - norms, 0.0))
+        raw = means + scale[:, None] * centred
+        unit: np.ndarray = (raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return unit
+
     def queries(self, vectors: np.ndarray, langs: Sequence[str | None]) -> np.ndarray:
         """Each query on its language's document mean when it has one, else on the global query mean."""
         return center(vectors, [lang or "" for lang in langs], self.means, self.query_mean)
@@ -163,18 +177,29 @@ def calibrate(
     min_count: int,
     corpus_size: int | None = None,
     now: float | None = None,
+    passages: np.ndarray | None = None,
+    queries_per_lang: int | None = None,
 ) -> Centering:
     """Means from a calibration sample of (doc id, language, text): each language with at least `min_count`
     documents gets the mean of their passage vectors; the fallback is the average of those means (each
     language weighs the same); the query mean is the same texts encoded as queries, averaged per language first.
+    `passages`: the sample's passage vectors when they are at hand (an index holds them), so only the queries are
+    encoded; `queries_per_lang`: the query mean from at most this many texts of each language (it serves only
+    queries whose language is unknown, and costs as much encoding as the passages).
     """
     texts = [text for _, _, text in sample]
     langs = [lang for _, lang, _ in sample]
-    passages = encode(texts, "passage", langs)
+    if passages is None:
+        passages = encode(texts, "passage", langs)
     means = language_means(passages, langs, min_count)
     if not means:
         raise ValueError(f"no language has {min_count} calibration documents (got {len(sample)} documents)")
-    kept = [i for i, lang in enumerate(langs) if lang in means]
+    taken: dict[str, int] = {}
+    kept = []
+    for i, lang in enumerate(langs):
+        if lang in means and (queries_per_lang is None or taken.get(lang, 0) < queries_per_lang):
+            taken[lang] = taken.get(lang, 0) + 1
+            kept.append(i)
     kept_langs = [langs[i] for i in kept]
     query_means = language_means(encode([texts[i] for i in kept], "query", kept_langs), kept_langs)
     counts = {lang: langs.count(lang) for lang in means}

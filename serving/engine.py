@@ -72,7 +72,7 @@ class Engine:
         )
         self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics, self.tier)
         self.recalibration = Recalibration(settings, self.jobs, self.job_queue.submit, self.require_pair,
-                                           self.swap.corpus, here=not self.tier.workers_read_documents)
+                                           self.tier.calibrate if self.tier.calibrates_here else None)
         self.swap.on_recalibrate = self.recalibration.ask
         self.load_error: str | None = None
         self.applier: Applier | None = None

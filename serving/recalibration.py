@@ -1,15 +1,16 @@
-"""When the served means are stale, get new ones (README, "Centring"): one `reindex` job with recalibration per
-version at a time, whichever replica asks first; with the documents in a Qdrant local-mode folder (where no
-worker may read them), this api calibrates the means itself."""
+"""When the served means are stale, get new ones (README, "Centring"), whichever replica asks first: where the
+index tier can (its index in this process, or documents in a Qdrant local-mode folder no worker may read), this
+api calibrates them itself; else one `reindex` job with recalibration per version at a time."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from xling.state.centering import calibrate_corpus, centering_folder
-from xling.state.docstore import Corpus
+from xling.models.centering import Centering
+from xling.state.centering import centering_folder
 from xling.state.indexing import ServingPair
 from xling.state.jobs import ReindexJob
 from xling.state.jobstore import Job, JobStore
@@ -20,23 +21,23 @@ log = logging.getLogger(__name__)
 
 class Recalibration:
     def __init__(self, settings: Settings, jobs: JobStore, submit: Callable[[ReindexJob], Job],
-                 pair: Callable[[], ServingPair], corpus: Callable[[], Corpus], *, here: bool) -> None:
-        """`here`: the documents are where no worker may read them (the index tier says so), so this api
-        calibrates the means itself."""
+                 pair: Callable[[], ServingPair], calibrate_here: Callable[[ServingPair], Centering | None] | None
+                 ) -> None:
+        """`calibrate_here`: how this api calibrates the means itself (the index tier offers it: from the vectors
+        its index holds, or where no worker may read the documents); None: a recalibration job does."""
         self.settings = settings
-        self.here = here
         self.jobs = jobs
         self.submit = submit
         self.pair = pair
-        self.corpus = corpus
+        self.calibrate_here = calibrate_here
 
     def ask(self, version: str, reasons: list[str]) -> None:
         """The swap watcher found `reasons` to recalibrate `version`: queue it unless one is under way or was
         queued within `centering_requeue_s` (a large corpus takes a while; a failed one is not retried at once)."""
         if not self.jobs.claim_recalibration(version, self.settings.centering_requeue_s):
             return
-        if self.here:
-            self._here(version, reasons)
+        if self.calibrate_here is not None:
+            self._here(version, reasons, self.calibrate_here)
             return
         job = self.submit(ReindexJob(version=version, recalibrate=True))
         self.jobs.record_recalibration(version, job.id)
@@ -50,14 +51,15 @@ class Recalibration:
             return None
         return {"job_id": job.id, "status": job.status, "progress": job.progress}
 
-    def _here(self, version: str, reasons: list[str]) -> None:
-        """This api calibrates new means itself, and the swap watcher then moves to a collection built with
-        them."""
+    def _here(self, version: str, reasons: list[str], calibrate: Callable[[ServingPair], Centering | None]) -> None:
+        """This api calibrates new means itself, and the swap watcher then moves to an index with them."""
         pair = self.pair()
         if pair.version != version:
             return
-        centering = calibrate_corpus(self.corpus(), pair.encoder, self.settings)
+        started = time.monotonic()
+        centering = calibrate(pair)
         if centering is not None:
             centering.save(centering_folder(self.settings, version))
-            log.warning("centring: recalibrated by the api (documents in Qdrant local mode)",
-                        extra={"version": version, "centering": centering.id, "reasons": reasons})
+            log.warning("centring: recalibrated by the api", extra={
+                "version": version, "centering": centering.id, "languages": centering.languages,
+                "seconds": round(time.monotonic() - started, 2), "reasons": reasons})

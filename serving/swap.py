@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
+from xling.models.centering import Centering
 from xling.models.resolve import ModelNotFoundError, ModelSource, resolve_model
 from xling.serving.applier import Applier, Watermark
 from xling.serving.holds import LogHolds
@@ -129,12 +130,17 @@ class HotSwap:
         desired = wanted or self.default_version
         try:
             serving = self._serving()
-            if desired == serving.version and not self._means_replaced(serving) and not self.tier.replaced(serving):
+            new_means = self._means_replaced(serving)
+            if desired == serving.version and not new_means and not self.tier.replaced(serving):
                 self._advise_recalibration(serving)
                 return
             if self._recently_failed(desired):
                 return
-            self.swap_to(wanted or self.settings.retrieval_model)
+            centering = load_centering(self.settings, serving.version) if new_means else None
+            if desired == serving.version and centering is not None and self.tier.recentres_here:
+                self.recentre(serving, centering)
+            else:
+                self.swap_to(wanted or self.settings.retrieval_model)
             self.error = self._failed = None
         except OUTAGE_ERRORS:
             raise  # not a failed swap: which model should serve is unknown until Redis is back
@@ -194,6 +200,22 @@ class HotSwap:
                 "seconds": round(time.monotonic() - started, 2),
             },
         )
+
+    def recentre(self, serving: ServingPair, centering: Centering) -> None:
+        """The serving version has new means: apply them to the vectors its index holds (serving/recentring.py,
+        no encoding), replay, swap. The copy is taken with the applier paused (a memory copy); the new index is
+        built while searches and writes go on."""
+        assert self.applier is not None
+        started = time.monotonic()
+        with self.applier.lock:
+            copy = self.tier.copy_for_recentring(serving)
+        pair = self.tier.recentred(serving, copy, centering)
+        self._take_over(pair, None, self.source)
+        self.tier.built(pair)
+        self.metrics.index_size.set(len(pair.index))
+        log.info("means swapped", extra={"version": pair.version, "centering": centering.id,
+                                         "from": serving.centering.id if serving.centering else None,
+                                         "vectors": len(pair.index), "seconds": round(time.monotonic() - started, 2)})
 
     def rebuild(self) -> None:
         """This replica fell behind the trimmed log (away longer than its hold lasted): rebuild its index from

@@ -18,7 +18,8 @@ from xling.models.index.lexical import LexicalSearch
 from xling.models.index.vector_index import SNAPSHOT_META, IndexMismatchError, SnapshotError, VectorIndex
 from xling.serving.applier import SharedIndex
 from xling.serving.holds import LogHolds
-from xling.state.centering import means_for_build, snapshot_folder
+from xling.serving.recentring import IndexCopy, calibrate_from_index, copy_index, recentred
+from xling.state.centering import calibrate_corpus, means_for_build, snapshot_folder
 from xling.state.docstore import Corpus, DocReader, StoredDoc, offset_key
 from xling.state.indexing import ServingPair, build_index, catch_up, index_spec
 from xling.state.retention import LogTrimmed
@@ -66,6 +67,30 @@ class IndexTier(Protocol):
 
     def serve(self, pair: ServingPair) -> None:
         """`pair` now serves (for other clients of the tier too)."""
+        ...
+
+    @property
+    def calibrates_here(self) -> bool:
+        """Whether this api calibrates the served version's means itself, rather than a recalibration job: from
+        the vectors its index holds (serving/recentring.py), or where no worker may read the documents."""
+        ...
+
+    def calibrate(self, pair: ServingPair) -> Centering | None:
+        """New means for the serving pair's version, calibrated in this process (`calibrates_here`); None while
+        no language has enough documents."""
+        ...
+
+    @property
+    def recentres_here(self) -> bool:
+        """Whether new means of the serving version are applied to the vectors the index holds (no encoding)."""
+        ...
+
+    def copy_for_recentring(self, pair: ServingPair) -> IndexCopy:
+        """Every document of the serving pair with its vector and offset (call with the applier paused)."""
+        ...
+
+    def recentred(self, pair: ServingPair, copy: IndexCopy, centering: Centering) -> ServingPair:
+        """The serving version under new means, from `copy`; built outside any lock."""
         ...
 
     def replaced(self, pair: ServingPair) -> bool:
@@ -174,6 +199,25 @@ class LocalTier(_Builds):
 
     def built(self, pair: ServingPair) -> None:
         pass  # the applier snapshots it
+
+    @property
+    def calibrates_here(self) -> bool:
+        return True
+
+    def calibrate(self, pair: ServingPair) -> Centering | None:
+        assert isinstance(pair.index, VectorIndex)  # this tier's own indexes
+        return calibrate_from_index(pair, pair.index, self.corpus(), self.settings)
+
+    @property
+    def recentres_here(self) -> bool:
+        return True
+
+    def copy_for_recentring(self, pair: ServingPair) -> IndexCopy:
+        assert isinstance(pair.index, VectorIndex)
+        return copy_index(pair.index, pair.applied_offset)
+
+    def recentred(self, pair: ServingPair, copy: IndexCopy, centering: Centering) -> ServingPair:
+        return recentred(pair, copy, centering, self.corpus(), index_spec(self.settings))
 
     def serve(self, pair: ServingPair) -> None:
         pass
@@ -284,6 +328,24 @@ class QdrantTier(_Builds):
 
     def built(self, pair: ServingPair) -> None:
         self.store.record(pair)  # one Redis write: a restart opens the collection just built
+
+    @property
+    def calibrates_here(self) -> bool:
+        return not self.workers_read_documents
+
+    def calibrate(self, pair: ServingPair) -> Centering | None:
+        """The documents are in this api's local-mode folder: encode a sample of them here."""
+        return calibrate_corpus(self.corpus(), pair.encoder, self.settings)
+
+    @property
+    def recentres_here(self) -> bool:
+        return False  # the vectors are in Qdrant: a new collection is built with the new means
+
+    def copy_for_recentring(self, pair: ServingPair) -> IndexCopy:
+        raise NotImplementedError("the Qdrant tier builds a new collection for new means")
+
+    def recentred(self, pair: ServingPair, copy: IndexCopy, centering: Centering) -> ServingPair:
+        raise NotImplementedError("the Qdrant tier builds a new collection for new means")
 
     def serve(self, pair: ServingPair) -> None:
         self.store.serve(pair)

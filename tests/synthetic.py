@@ -8,12 +8,14 @@ import hashlib
 import json
 import random
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tests.tiny_model import random_sentences
+from xling.state.docstore import StoredDoc
 
 LANGS = ["en", "de", "fr", "es"]
 CONCEPTS = 60
@@ -98,3 +100,24 @@ def smooth_fake_encoder(texts: list[str], kind: str, langs: object = None) -> np
         rows.append(vector + 1e-3)
     vectors = np.stack(rows)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class DictCorpus:
+    """A corpus (state.docstore.Corpus) in a dict, for what reads documents without needing Redis."""
+
+    def __init__(self, docs: dict[str, StoredDoc]) -> None:
+        self.docs = docs
+
+    def start_offset(self) -> str:
+        return "0-0"
+
+    def iter_all(self, chunk: int = 1_000) -> Iterator[list[tuple[str, StoredDoc]]]:
+        items = list(self.docs.items())
+        for start in range(0, len(items), chunk):
+            yield items[start : start + chunk]
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, StoredDoc]:
+        return {i: self.docs[i] for i in ids if i in self.docs}
+
+    def count(self) -> int:
+        return len(self.docs)

@@ -141,6 +141,12 @@ class VectorIndex:
         with self._lock:
             return self._store.vectors([self._store.slot_of[ext_id] for ext_id in ext_ids])
 
+    def vectors_found(self, ext_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The ids of these the index holds (in the order given) and their stored vectors, read at one moment."""
+        with self._lock:
+            found = [ext_id for ext_id in ext_ids if ext_id in self._store.slot_of]
+            return found, self._store.vectors([self._store.slot_of[ext_id] for ext_id in found])
+
     # Compaction (hnsw) ----------------------------------------------------------------------------
     def _maybe_compact(self) -> None:
         store = self._store

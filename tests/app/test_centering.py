@@ -154,43 +154,82 @@ def test_centering_off_serves_raw_vectors(make_settings: Any) -> None:
     assert not centering_folder(settings, version).exists()
 
 
-def test_an_uncalibrated_service_asks_for_recalibration_and_swaps_to_the_workers_means(
+def expected_scores(settings: Settings, centering: Centering, query: str, hits: list[dict[str, Any]],
+                    by_id: dict[str, dict[str, Any]]) -> list[float]:
+    """What the served means make of `query` against each hit, from the encoder: every document centred on its
+    language's mean (or the fallback), the query on its detected language's."""
+    encoder = served_encoder(settings)
+    lang = query_language(query, None, encoder, centering).centre
+    centred_query = center(encoder.encode([query], "query"), [lang or ""], centering.means, centering.query_mean)[0]
+    raw = encoder.encode([by_id[h["id"]]["text"] for h in hits], "passage")
+    docs = centering.documents(raw, [by_id[h["id"]]["lang"] for h in hits])
+    return [float(centred_query @ vector) for vector in docs]
+
+
+def test_an_uncalibrated_service_calibrates_from_its_own_vectors_without_a_job(
     make_settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Started empty, the service serves raw vectors; once a language has enough documents it queues one
-    recalibration job. The worker's job (run here in-process) writes means and a snapshot built with them;
-    the api swaps to that snapshot instead of encoding again."""
+    """Started empty, the service serves raw vectors; once a language has enough documents the api takes the means
+    from the vectors its index already holds (no job, no encoding of the corpus: only a few texts as queries)
+    and centres its index in place: the scores are those of documents encoded afresh and centred."""
     settings = make_settings(centering_min_docs=5, swap_poll_s=0.2, centering_requeue_s=1)
+    docs = corpus(6)
+    by_id = {d["id"]: d for d in docs}
     with caplog.at_level("INFO"), running_service(settings) as service:
         assert service.client.get("/healthz").json()["centering"] == "uncalibrated"
-        assert service.index(corpus(6)).status_code == 200
-        job = wait(lambda: next(iter(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]), None))
-        assert job["params"]["recalibrate"] is True
-        time.sleep(2.0)  # later polls queue no second one: the throttle lapsed, but the first is still queued
-        assert len(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]) == 1
-        # Whoever waits for centred search sees which job will calibrate, and how far it is.
+        assert service.index(docs).status_code == 200
+        state = wait(lambda: (s := service.client.get("/healthz").json()["centering"]).startswith("calibrated:") and s)
+        version = service.client.get("/healthz").json()["model_version"]
+        centering = served_means(settings, version)
+        assert state == f"calibrated:{centering.id}" and centering.languages == sorted(LANGS)
+        assert service.client.get("/jobs", params={"type": "reindex"}).json()["data"] == []  # no job was needed
+        encoder = served_encoder(settings)
+        for lang in LANGS:  # each mean is that language's passage vectors' mean, read from the index
+            texts = [d["text"] for d in docs if d["lang"] == lang]
+            np.testing.assert_allclose(centering.means[lang], encoder.encode(texts, "passage").mean(axis=0),
+                                       rtol=1e-5, atol=1e-6)
+        for query in (docs[3]["text"], docs[17]["text"]):
+            hits = search(service, query)["hits"]
+            assert len(hits) == len(docs)
+            expected = expected_scores(settings, centering, query, hits, by_id)
+            np.testing.assert_allclose([h["score"] for h in hits], expected, atol=2e-5)
+    # The empty index at start-up was the one build; the means were applied to the vectors it grew.
+    assert "means swapped" in caplog.text and caplog.text.count("encoding all documents") == 1
+
+
+def test_a_recalibration_job_reports_its_steps_and_the_service_serves_its_means(
+    make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asked for by hand, a recalibration is a worker's job (run here in-process): /healthz names it while it
+    waits, its progress shows each step, and the service then serves the job's means."""
+    settings = make_settings(centering_min_docs=5, swap_poll_s=0.2, centering_drift_threshold=10.0)
+    docs = corpus(12)
+    with running_service(settings) as service:
+        assert service.index(docs[:24]).status_code == 200  # 6 per language: calibrated by the api
+        wait(lambda: service.client.get("/healthz").json()["centering"].startswith("calibrated:"))
+        assert service.index(docs[24:]).status_code == 200  # 6 more each: drift under the (high) threshold
+        version = service.client.get("/healthz").json()["model_version"]
+        response = service.client.post("/jobs/reindex", json={"version": version, "recalibrate": True})
+        job_id = response.json()["job_id"]
         coming = service.client.get("/healthz").json()["calibration"]
-        assert coming["job_id"] == job["id"] and coming["status"] == "queued", coming
+        assert coming["job_id"] == job_id and coming["status"] == "queued", coming
         assert service.client.get("/models/active").json()["centering"]["job"] == coming
 
-        run_job(job["id"], settings)
-        done = service.client.get(f"/jobs/{job['id']}").json()
+        run_job(job_id, settings)
+        done = service.client.get(f"/jobs/{job_id}").json()
         assert done["status"] == "succeeded", done
         steps = [json.loads(fields["data"]) for _, fields in JobStore(
             redis.Redis.from_url(settings.redis_url, decode_responses=True), RedisKeys(settings.key_prefix)
-        ).events(job["id"]) if fields["type"] == "progress"]
+        ).events(job_id) if fields["type"] == "progress"]
         calibrating = [(p["step"], p["done"], p["total"]) for p in steps if p["stage"] == "calibrating" and "done" in p]
-        assert ("sampling", 24, 24) in calibrating and ("passages", 24, 24) in calibrating, calibrating
+        assert ("sampling", 48, 48) in calibrating and ("passages", 48, 48) in calibrating, calibrating
         reindexing = [p for p in steps if p["stage"] == "reindexing"]
-        assert reindexing[-1]["done"] == reindexing[-1]["total"] == 24 and "rate_per_s" in reindexing[-1]
+        assert reindexing[-1]["done"] == reindexing[-1]["total"] == 48 and "rate_per_s" in reindexing[-1]
         assert done["progress"]["stage"] == "succeeded" and done["progress"]["last_stage"] == "reindexing"
-        state = wait(lambda: (s := service.client.get("/healthz").json()["centering"]).startswith("calibrated:") and s)
-        version = service.client.get("/healthz").json()["model_version"]
-        assert state == f"calibrated:{served_means(settings, version).id}"
-        assert state == f"calibrated:{done['metrics']['centering']}"
+        wait(lambda: service.client.get("/healthz").json()["centering"] == f"calibrated:{done['metrics']['centering']}")
+        assert served_means(settings, version).counts == {lang: 12 for lang in LANGS}
         assert service.client.get("/models/active").json()["version"] == version  # the same version, new means
         assert service.client.get("/healthz").json()["calibration"] is None  # none coming now
-    assert caplog.text.count("snapshot loaded") == 1  # the swap loaded the worker's snapshot
 
 
 def wait(condition: Any, timeout_s: float = 30) -> Any:
@@ -218,40 +257,35 @@ def test_a_recalibration_can_be_asked_for_by_hand(make_settings: Any) -> None:
 
 
 def test_documents_of_a_new_language_applied_while_the_means_are_calibrated_ask_for_the_next_recalibration(
-    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The job samples the corpus, then documents of other languages arrive before its index and means are
-    published: the means lack those languages, and the service, swapped to them, asks again for a recalibration
-    (they are in the index, though never counted as drift)."""
-    from xling.worker import runner
+    """The calibration samples the corpus, then documents of other languages arrive before its means are served:
+    the means lack those languages, and the service, swapped to them, calibrates again (the documents are in the
+    index, though never counted as drift) until every language has its mean."""
+    from xling.serving import recentring
 
     settings = make_settings(centering_min_docs=5, swap_poll_s=0.2, centering_requeue_s=1)
     docs = corpus(6)
     english = [d for d in docs if d["lang"] == "en"]
     late = [d for d in docs if d["lang"] != "en"]
-    with running_service(settings) as service:
+    with caplog.at_level("INFO"), running_service(settings) as service:
+        sample_then_receive = recentring.sample_corpus
+
+        def sample_corpus(*args: Any, **kwargs: Any) -> Any:
+            sample = sample_then_receive(*args, **kwargs)
+            if late:
+                assert service.index(late).status_code == 200  # applied once the sample was drawn
+                late.clear()
+            return sample
+
+        monkeypatch.setattr(recentring, "sample_corpus", sample_corpus)
         assert service.index(english).status_code == 200
-        job = wait(lambda: next(iter(service.client.get("/jobs", params={"type": "reindex"}).json()["data"]), None))
-        sample_then_write = runner.calibrate_corpus
-
-        def calibrate_then_receive(*args: Any) -> Any:
-            means = sample_then_write(*args)
-            assert service.index(late).status_code == 200  # applied once the sample was drawn
-            return means
-
-        monkeypatch.setattr(runner, "calibrate_corpus", calibrate_then_receive)
-        run_job(job["id"], settings)
-        assert service.client.get(f"/jobs/{job['id']}").json()["status"] == "succeeded"
-        wait(lambda: service.client.get("/healthz").json()["centering"].startswith("calibrated:"))
+        version = service.client.get("/healthz").json()["model_version"]
+        wait(lambda: Centering.load(centering_folder(settings, version)) is not None
+             and served_means(settings, version).languages == sorted(LANGS))
+        wait(lambda: service.client.get("/healthz").json()["centering"]
+             == f"calibrated:{served_means(settings, version).id}")
         active = service.client.get("/models/active").json()["centering"]
-        assert active["languages"] == ["en"], active
-        assert active["recalibrate"] and sorted(active["reasons"]) == [
-            f"{lang} has 6 documents and no mean" for lang in ("de", "es", "fr")
-        ], active
-
-        def reindex_jobs() -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = service.client.get("/jobs", params={"type": "reindex"}).json()["data"]
-            return found
-
-        jobs = wait(lambda: len(reindex_jobs()) == 2 and reindex_jobs())
-        assert jobs[0]["params"]["recalibrate"] is True and jobs[0]["status"] == "queued"
+        assert active["languages"] == sorted(LANGS) and not active["recalibrate"], active
+    rounds = [r.__dict__["languages"] for r in caplog.records if r.getMessage() == "centring: recalibrated by the api"]
+    assert rounds == [["en"], sorted(LANGS)], rounds

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 
+from tests.synthetic import DictCorpus
 from xling.models.index.vector_index import IndexSpec
 from xling.models.resolve import ModelSource
 from xling.state.docstore import StoredDoc
@@ -33,25 +34,6 @@ from xling.worker.reindex import (
 )
 
 DIM = 4
-
-
-class DictCorpus:
-    def __init__(self, docs: dict[str, StoredDoc]) -> None:
-        self.docs = docs
-
-    def start_offset(self) -> str:
-        return "0-0"
-
-    def iter_all(self, chunk: int = 1_000) -> Iterator[list[tuple[str, StoredDoc]]]:
-        items = list(self.docs.items())
-        for start in range(0, len(items), chunk):
-            yield items[start : start + chunk]
-
-    def get_many(self, ids: Sequence[str]) -> dict[str, StoredDoc]:
-        return {i: self.docs[i] for i in ids if i in self.docs}
-
-    def count(self) -> int:
-        return len(self.docs)
 
 
 class SlowEncoding:
