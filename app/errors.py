@@ -21,7 +21,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from xling.app.schemas import DOC_ID_PATTERN, LANG_LIST_PATTERN, LANG_PATTERN, NAME_PATTERN
+from xling.app.schemas import (
+    DOC_ID_PATTERN,
+    LANG_LIST_PATTERN,
+    LANG_PATTERN,
+    NAME_PATTERN,
+    OFFSET_PATTERN,
+    WAIT_PATTERN,
+    WAIT_SECONDS_PATTERN,
+)
 from xling.state.errors import (
     Conflict,
     InvalidInput,
@@ -43,6 +51,9 @@ PATTERN_RULES = {
     LANG_PATTERN: "a language code such as 'de', 'gsw', 'zh-Hans' or 'pt-BR'",
     NAME_PATTERN: "1-128 characters from letters, digits and . _ -, starting with a letter or digit",
     LANG_LIST_PATTERN: "language codes such as 'de' or 'zh-Hans', comma-separated",
+    WAIT_PATTERN: "true, false, or seconds from 1 to 3600 (e.g. 120 or 2.5)",
+    WAIT_SECONDS_PATTERN: "seconds up to 3600 (e.g. 120 or 0.5)",
+    OFFSET_PATTERN: "a log offset as writes return it, e.g. '1733600000000-0'",
 }
 _CODES = {
     400: "bad_request",

@@ -69,3 +69,14 @@ def check_batch(ids: Sequence[str], settings: Settings) -> None:
         if doc_id in seen:
             raise InvalidInput(f"id {doc_id!r} appears more than once in the request")
         seen.add(doc_id)
+
+
+
+def write_wait(value: str) -> float | None:
+    """A write's `wait` query parameter (WAIT_PATTERN checked it): `true` (the configured XLING_WRITE_TIMEOUT_S,
+    as -1), `false` (answer once stored, None), or seconds."""
+    if value == "true":
+        return -1.0
+    if value == "false":
+        return None
+    return float(value)

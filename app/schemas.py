@@ -42,7 +42,17 @@ def _decimal_digits(value: object) -> object:
 
 # An integer query parameter, as strict as a body's integer: a query string is text, and pydantic's lax mode would
 # read '2.0', '+3' or ' 3' as 2 and 3 where the JSON body refuses 2.0.
-QueryInt = Annotated[int, BeforeValidator(_decimal_digits)]
+# Bounds go before the validator (`Annotated[int, Field(ge=1), DIGITS]`): after it, the API description would
+# lose them.
+DIGITS = BeforeValidator(_decimal_digits)
+QueryInt = Annotated[int, DIGITS]
+
+# A write's `wait`: true, false, or seconds from 1 to 3600 (three decimals at most; less than a second would
+# answer 503 for nearly every write).
+WAIT_PATTERN = r"^(true|false|([1-9][0-9]{0,2}|[12][0-9]{3}|3[0-5][0-9]{2})(\.[0-9]{1,3})?|3600(\.0{1,3})?)$"
+WAIT_SECONDS_PATTERN = r"^(([0-9]{1,3}|[0-2][0-9]{3}|3[0-5][0-9]{2})(\.[0-9]{1,3})?|3600(\.0{1,3})?)$"
+# A doc-log offset as writes return it (a Redis stream id).
+OFFSET_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
 DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN)]
 LangCode = Annotated[str, StringConstraints(pattern=LANG_PATTERN)]
@@ -96,6 +106,13 @@ class IndexRequest(_Strict):
 class IndexResponse(BaseModel):
     indexed: int
     log_offset: str
+    applied: bool = Field(True, description="searchable on this replica already (false: wait=false was asked)")
+
+
+class WriteApplied(BaseModel):
+    offset: str
+    applied: bool = Field(description="this replica has applied the log up to `offset`: the write is searchable")
+    applied_offset: str = Field(description="where this replica's index stands in the log")
 
 
 class DeleteRequest(_Strict):
@@ -105,6 +122,8 @@ class DeleteRequest(_Strict):
 class DeleteResponse(BaseModel):
     deleted: int
     missing: list[str]
+    log_offset: str | None = Field(None, description="the deletion's place in the log (None: nothing deleted)")
+    applied: bool = True
 
 
 class DocumentOut(BaseModel):

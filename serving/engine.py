@@ -258,8 +258,12 @@ class Engine:
     async def document_count(self) -> int:
         return await self.documents_of_record.count()
 
-    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]]) -> str:
-        return await self.writes.upsert(docs)
+    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]], wait_s: float | None = -1.0) -> str:
+        return await self.writes.upsert(docs, wait_s)
 
-    async def delete(self, ids: Sequence[str], *, must_exist: bool = False) -> list[str]:
-        return await self.writes.delete(ids, must_exist=must_exist)
+    async def delete(self, ids: Sequence[str], *, must_exist: bool = False, wait_s: float | None = -1.0
+                     ) -> tuple[str | None, list[str]]:
+        return await self.writes.delete(ids, must_exist=must_exist, wait_s=wait_s)
+
+    async def applied(self, offset: str, wait_s: float) -> bool:
+        return await self.writes.applied(offset, wait_s)

@@ -5,6 +5,7 @@ api calibrates them itself; else one `reindex` job with recalibration per versio
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +31,21 @@ class Recalibration:
         self.submit = submit
         self.pair = pair
         self.calibrate_here = calibrate_here
+        self._here_took_s = 0.0  # how long this api's last calibration took
+
+    def interval_s(self) -> int:
+        """At most one automatic recalibration per version within this: `centering_requeue_s` for a job (a large
+        corpus takes a while; a failed one is not retried at once); ten times the last one's duration where this
+        api calibrates itself (it costs a pass over the corpus, not an encode of it), so that languages arriving
+        one after another get their means within seconds while calibrating takes at most a tenth of the time."""
+        if self.calibrate_here is None:
+            return self.settings.centering_requeue_s
+        return min(self.settings.centering_requeue_s, max(1, math.ceil(10 * self._here_took_s)))
 
     def ask(self, version: str, reasons: list[str]) -> None:
-        """The swap watcher found `reasons` to recalibrate `version`: queue it unless one is under way or was
-        queued within `centering_requeue_s` (a large corpus takes a while; a failed one is not retried at once)."""
-        if not self.jobs.claim_recalibration(version, self.settings.centering_requeue_s):
+        """The swap watcher found `reasons` to recalibrate `version`: calibrate here, or queue a job, unless one
+        is under way or ran within `interval_s`."""
+        if not self.jobs.claim_recalibration(version, self.interval_s()):
             return
         if self.calibrate_here is not None:
             self._here(version, reasons, self.calibrate_here)
@@ -57,7 +68,10 @@ class Recalibration:
         if pair.version != version:
             return
         started = time.monotonic()
-        centering = calibrate(pair)
+        try:
+            centering = calibrate(pair)
+        finally:
+            self._here_took_s = time.monotonic() - started
         if centering is not None:
             centering.save(centering_folder(self.settings, version))
             log.warning("centring: recalibrated by the api", extra={

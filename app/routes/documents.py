@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from xling.app import limits
 from xling.app.deps import (
@@ -18,12 +19,16 @@ from xling.app.deps import (
 )
 from xling.app.schemas import (
     DOC_ID_PATTERN,
+    OFFSET_PATTERN,
+    WAIT_PATTERN,
+    WAIT_SECONDS_PATTERN,
     DeleteRequest,
     DeleteResponse,
     DocumentOut,
     IndexRequest,
     IndexResponse,
     IndexStats,
+    WriteApplied,
 )
 from xling.state.errors import NotFound
 
@@ -31,20 +36,53 @@ router = APIRouter(prefix="/index", tags=["documents"])
 write_guard = [Depends(require_write_key)]
 
 
-@router.post("", response_model=IndexResponse, dependencies=write_guard)
-async def index_documents(body: IndexRequest, engine: EngineDep, settings: SettingsDep) -> IndexResponse:
-    """Upsert documents; returns once they are searchable on this replica (503 past the deadline)."""
+WaitQuery = Annotated[str, Query(
+    pattern=WAIT_PATTERN,
+    description="true: answer once searchable here, up to XLING_WRITE_TIMEOUT_S (503 past it); a number: up to"
+    " that many seconds (1 to 3600); false: answer 202 once stored durably, with the log offset to wait on"
+    " (GET /index/applied)")]
+
+
+@router.post("", response_model=IndexResponse, dependencies=write_guard,
+             responses={202: {"model": IndexResponse, "description": "stored durably, not waited on (wait=false)"}})
+async def index_documents(
+    body: IndexRequest, engine: EngineDep, settings: SettingsDep, response: Response, wait: WaitQuery = "true"
+) -> IndexResponse:
+    """Upsert documents; returns once they are searchable on this replica (503 past the wait)."""
+    wait_s = limits.write_wait(wait)
     docs = limits.documents(body.documents, settings)
-    offset = await engine.upsert(docs)
-    return IndexResponse(indexed=len(docs), log_offset=offset)
+    offset = await engine.upsert(docs, wait_s)
+    if wait_s is None:
+        response.status_code = 202
+    return IndexResponse(indexed=len(docs), log_offset=offset, applied=wait_s is not None)
 
 
-@router.post("/delete", response_model=DeleteResponse, dependencies=write_guard)
-async def delete_documents(body: DeleteRequest, engine: EngineDep, settings: SettingsDep) -> DeleteResponse:
+@router.post("/delete", response_model=DeleteResponse, dependencies=write_guard,
+             responses={202: {"model": DeleteResponse, "description": "stored durably, not waited on (wait=false)"}})
+async def delete_documents(
+    body: DeleteRequest, engine: EngineDep, settings: SettingsDep, response: Response, wait: WaitQuery = "true"
+) -> DeleteResponse:
     """Delete several documents; ids that do not exist are reported, not an error."""
+    wait_s = limits.write_wait(wait)
     limits.check_batch(body.ids, settings)
-    missing = await engine.delete(body.ids)
-    return DeleteResponse(deleted=len(body.ids) - len(missing), missing=missing)
+    offset, missing = await engine.delete(body.ids, wait_s=wait_s)
+    if wait_s is None and offset is not None:
+        response.status_code = 202
+    return DeleteResponse(deleted=len(body.ids) - len(missing), missing=missing, log_offset=offset,
+                          applied=wait_s is not None or offset is None)
+
+
+@router.get("/applied", response_model=WriteApplied, dependencies=[Depends(require_read_key)])
+async def write_applied(
+    engine: EngineDep,
+    offset: Annotated[str, Query(pattern=OFFSET_PATTERN, description="a write's log_offset")],
+    wait: Annotated[str, Query(pattern=WAIT_SECONDS_PATTERN,
+                               description="seconds to wait for it (at most 3600); 0: say at once")] = "0",
+) -> WriteApplied:
+    """Whether this replica has applied the log up to `offset` (the write is searchable here), waiting up to
+    `wait` seconds for it."""
+    applied = await engine.applied(offset, float(wait))
+    return WriteApplied(offset=offset, applied=applied, applied_offset=engine.require_pair().applied_offset)
 
 
 @router.get("/stats", response_model=IndexStats, dependencies=[Depends(require_read_key)])
@@ -77,5 +115,5 @@ async def get_document(engine: EngineDep, doc_id: str = DocIdPath) -> DocumentOu
 
 @router.delete("/{doc_id}", response_model=DeleteResponse, dependencies=write_guard)
 async def delete_document(engine: EngineDep, doc_id: str = DocIdPath) -> DeleteResponse:
-    await engine.delete([doc_id], must_exist=True)
-    return DeleteResponse(deleted=1, missing=[])
+    offset, _ = await engine.delete([doc_id], must_exist=True)
+    return DeleteResponse(deleted=1, missing=[], log_offset=offset, applied=True)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import Field
 
 from xling.app import job_requests
 from xling.app.deps import (
@@ -23,13 +24,13 @@ from xling.app.deps import (
     require_write_key,
 )
 from xling.app.schemas import (
+    DIGITS,
     EvaluateRequest,
     ExperimentRequest,
     FinetuneRequest,
     JobAccepted,
     JobOut,
     JobsPage,
-    QueryInt,
     ReindexRequest,
 )
 from xling.models.files import remove_dir
@@ -99,8 +100,8 @@ def list_jobs(
     jobs: JobStoreDep,
     queue: JobQueueDep,
     # Bounded: Redis ranges are 64-bit integers, and no one pages past a billion jobs.
-    offset: Annotated[QueryInt, Query(ge=0, le=1_000_000_000)] = 0,
-    limit: Annotated[QueryInt, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Field(ge=0, le=1_000_000_000), DIGITS, Query()] = 0,
+    limit: Annotated[int, Field(ge=1, le=200), DIGITS, Query()] = 20,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
 ) -> JobsPage:
     """Newest first."""
