@@ -72,7 +72,8 @@ class Engine:
         )
         self.swap = HotSwap(settings, self.registry, self.reader, self.holds, self.watermark, metrics, self.tier)
         self.recalibration = Recalibration(settings, self.jobs, self.job_queue.submit, self.require_pair,
-                                           self.tier.calibrate if self.tier.calibrates_here else None)
+                                           self.tier.calibrate if self.tier.calibrates_here else None,
+                                           quick=self.tier.recentres_here)
         self.swap.on_recalibrate = self.recalibration.ask
         self.load_error: str | None = None
         self.applier: Applier | None = None

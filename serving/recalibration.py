@@ -22,23 +22,26 @@ log = logging.getLogger(__name__)
 
 class Recalibration:
     def __init__(self, settings: Settings, jobs: JobStore, submit: Callable[[ReindexJob], Job],
-                 pair: Callable[[], ServingPair], calibrate_here: Callable[[ServingPair], Centering | None] | None
-                 ) -> None:
+                 pair: Callable[[], ServingPair], calibrate_here: Callable[[ServingPair], Centering | None] | None,
+                 *, quick: bool = False) -> None:
         """`calibrate_here`: how this api calibrates the means itself (the index tier offers it: from the vectors
-        its index holds, or where no worker may read the documents); None: a recalibration job does."""
+        its index holds, or where no worker may read the documents); None: a recalibration job does. `quick`:
+        new means cost no encoding of the corpus (the tier applies them to the vectors it holds)."""
         self.settings = settings
         self.jobs = jobs
         self.submit = submit
         self.pair = pair
         self.calibrate_here = calibrate_here
+        self.quick = quick
         self._here_took_s = 0.0  # how long this api's last calibration took
 
     def interval_s(self) -> int:
-        """At most one automatic recalibration per version within this: `centering_requeue_s` for a job (a large
-        corpus takes a while; a failed one is not retried at once); ten times the last one's duration where this
-        api calibrates itself (it costs a pass over the corpus, not an encode of it), so that languages arriving
+        """At most one automatic recalibration per version within this: `centering_requeue_s` where new means
+        cost an encode of the corpus (a job, or a new Qdrant collection; a failed one is not retried at once); ten
+        times the last one's duration where this api applies them to the vectors it holds (a pass over the
+        corpus, not an encode of it), so that languages arriving
         one after another get their means within seconds while calibrating takes at most a tenth of the time."""
-        if self.calibrate_here is None:
+        if self.calibrate_here is None or not self.quick:
             return self.settings.centering_requeue_s
         return min(self.settings.centering_requeue_s, max(1, math.ceil(10 * self._here_took_s)))
 

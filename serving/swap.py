@@ -210,8 +210,8 @@ class HotSwap:
         with self.applier.lock:
             copy = self.tier.copy_for_recentring(serving)
         pair = self.tier.recentred(serving, copy, centering)
-        self._take_over(pair, None, self.source)
-        self.tier.built(pair)
+        self._take_over(pair, None)  # the same model: not counted as a model swap
+        self.applier.snapshot()  # a restart, and a worker building an adapter version on it, find it at once
         self.metrics.index_size.set(len(pair.index))
         log.info("means swapped", extra={"version": pair.version, "centering": centering.id,
                                          "from": serving.centering.id if serving.centering else None,

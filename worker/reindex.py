@@ -182,7 +182,7 @@ def encode_ranges(
                     raise LeaseLost(f"range {claim.number}")
             except LeaseLost:
                 log.warning("reindex range lost: its lease lapsed (this worker was stopped or cut off from "
-                            "Redis), another worker finishes it", extra={"range": claim.number})
+                            "Redis); whoever claims it next keeps the chunks written", extra={"range": claim.number})
                 continue
         finished += 1
         log.info("reindex range encoded", extra={"range": claim.number, "documents": encoded,

@@ -43,11 +43,13 @@ def test_upsert_replaces_text_and_vector(service: RunningService) -> None:
 def test_delete_removes_the_document(service: RunningService) -> None:
     docs = corpus(5)
     service.index(docs)
-    assert service.client.delete(f"/index/{docs[0]['id']}").json() == {"deleted": 1, "missing": []}
+    deleted = service.client.delete(f"/index/{docs[0]['id']}").json()
+    assert (deleted["deleted"], deleted["missing"], deleted["applied"]) == (1, [], True)
     assert docs[0]["id"] not in service.search_ids(docs[0]["text"], k=20)
     assert service.client.delete(f"/index/{docs[0]['id']}").status_code == 404
     response = service.client.post("/index/delete", json={"ids": [docs[1]["id"], "never-there"]})
-    assert response.json() == {"deleted": 1, "missing": ["never-there"]}
+    assert response.json()["deleted"] == 1 and response.json()["missing"] == ["never-there"]
+    assert response.json()["applied"] is True and response.json()["log_offset"]
     assert service.client.get("/index/stats").json()["vectors"] == len(docs) - 2
     assert service.client.get(f"/index/{docs[1]['id']}").status_code == 404
 

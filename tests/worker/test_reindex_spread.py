@@ -137,7 +137,8 @@ def test_a_job_failed_while_its_worker_was_stopped_publishes_nothing_when_it_res
         found: dict[str, Any] = service.client.get(f"/jobs/{job_id}").json()["progress"]
         return found
 
-    wait_until(lambda: progress().get("done", 0) > 0, 120, "the reindex never got going")
+    wait_until(lambda: progress().get("stage") == "reindexing" and progress().get("done", 0) > 0, 120,
+               "the reindex never got going")
     coordinator = next(w for w in workers if w.process and progress()["worker"].endswith(f":{w.process.pid}"))
     assert coordinator.process is not None
     os.kill(coordinator.process.pid, signal.SIGSTOP)

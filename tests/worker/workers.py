@@ -42,6 +42,10 @@ class Worker:
         self.process.wait()
 
     def stop(self) -> None:
+        """SIGTERM (Celery waits for the task it runs), then SIGKILL past 30 s: a test that failed mid-job ends."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
