@@ -56,6 +56,7 @@ def stack(
         _env_file=None,  # type: ignore[call-arg]
         redis_url=redis_server.url, data_dir=root / "data", retrieval_model=str(model), log_json=False, device="cpu",
         centering_drift_threshold=10.0,  # means change only for a language without one: results stay comparable
+        centering_requeue_s=2,  # Qdrant's recalibrations (a new collection each) follow as quickly as the others
         **FAST, **kind,
     )
     worker = Worker(settings, root / "worker.log", kind)
