@@ -194,8 +194,9 @@ class Health(BaseModel):
         "off", description="off | uncalibrated (serving raw until enough documents) | calibrated:<means id>"
     )
     calibration: dict[str, Any] | None = Field(
-        None, description="the job that will calibrate the served version's next means, while one is queued or "
-        "running: job_id, status and progress (stage, step, done, total, rate_per_s, eta_s)"
+        None, description="the calibration of the served version's next means, while one is queued or running: "
+        "job_id (null when this api calibrates itself), status and progress (stage, step, done, total, "
+        "rate_per_s, eta_s; or reasons and elapsed_s)"
     )
     warnings: list[str] = Field(default_factory=list)
 

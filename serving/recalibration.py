@@ -34,6 +34,7 @@ class Recalibration:
         self.calibrate_here = calibrate_here
         self.quick = quick
         self._here_took_s = 0.0  # how long this api's last calibration took
+        self._here_now: dict[str, Any] | None = None  # the calibration this api is running, while it runs
 
     def interval_s(self) -> int:
         """At most one automatic recalibration per version within this: `centering_requeue_s` where new means
@@ -58,8 +59,14 @@ class Recalibration:
         log.warning("centring: recalibration queued", extra={"version": version, "job_id": job.id, "reasons": reasons})
 
     def pending(self, version: str) -> dict[str, Any] | None:
-        """The job that will calibrate `version`'s next means, and how far it is, while one is queued or running:
-        what /healthz and /models/active show, so that a user waiting for centred search sees it coming."""
+        """The calibration of `version`'s next means under way in this api, or the job that will calibrate them,
+        while one is queued or running, and how far it is: what /healthz and /models/active show, so that a user
+        waiting for centred search sees it coming."""
+        running_here = self._here_now
+        if running_here is not None and running_here["version"] == version:
+            return {"job_id": None, "status": "running", "progress": {
+                "stage": "calibrating in the api", "reasons": running_here["reasons"],
+                "elapsed_s": round(time.monotonic() - running_here["started"], 1)}}
         job = self.jobs.pending_recalibration(version)
         if job is None:
             return None
@@ -71,10 +78,12 @@ class Recalibration:
         if pair.version != version:
             return
         started = time.monotonic()
+        self._here_now = {"version": version, "reasons": reasons, "started": started}
         try:
             centering = calibrate(pair)
         finally:
             self._here_took_s = time.monotonic() - started
+            self._here_now = None
         if centering is not None:
             centering.save(centering_folder(self.settings, version))
             log.warning("centring: recalibrated by the api", extra={

@@ -271,9 +271,12 @@ def test_documents_of_a_new_language_applied_while_the_means_are_calibrated_ask_
     with caplog.at_level("INFO"), running_service(settings) as service:
         sample_then_receive = recentring.sample_corpus
 
+        seen: list[dict[str, Any]] = []
+
         def sample_corpus(*args: Any, **kwargs: Any) -> Any:
             sample = sample_then_receive(*args, **kwargs)
             if late:
+                seen.append(service.client.get("/healthz").json()["calibration"])  # what a user sees meanwhile
                 assert service.index(late).status_code == 200  # applied once the sample was drawn
                 late.clear()
             return sample
@@ -287,5 +290,7 @@ def test_documents_of_a_new_language_applied_while_the_means_are_calibrated_ask_
              == f"calibrated:{served_means(settings, version).id}")
         active = service.client.get("/models/active").json()["centering"]
         assert active["languages"] == sorted(LANGS) and not active["recalibrate"], active
+    assert seen[0]["status"] == "running" and seen[0]["progress"]["stage"] == "calibrating in the api", seen
+    assert seen[0]["progress"]["reasons"] == ["en has 6 documents"]
     rounds = [r.__dict__["languages"] for r in caplog.records if r.getMessage() == "centring: recalibrated by the api"]
     assert rounds == [["en"], sorted(LANGS)], rounds
