@@ -71,12 +71,11 @@ def check_batch(ids: Sequence[str], settings: Settings) -> None:
         seen.add(doc_id)
 
 
-
-def write_wait(value: str) -> float | None:
-    """A write's `wait` query parameter (WAIT_PATTERN checked it): `true` (the configured XLING_WRITE_TIMEOUT_S,
-    as -1), `false` (answer once stored, None), or seconds."""
+def write_wait(value: str, settings: Settings) -> float | None:
+    """A write's `wait` query parameter (WAIT_PATTERN checked it) in seconds: `true` is XLING_WRITE_TIMEOUT_S,
+    `false` None (answer once stored)."""
     if value == "true":
-        return -1.0
+        return settings.write_timeout_s
     if value == "false":
         return None
     return float(value)

@@ -96,8 +96,9 @@ class Centering:
         (r - m) / |r - m| for a unit r and its language's mean m, so r = m + t c with t > 0 the root of
         |m + t c| = 1: t = -(m.c) + sqrt((m.c)^2 + 1 - |m|^2) (|m| < 1, a mean of unit vectors). New means can
         then be applied to an index without encoding its documents again."""
-        means = np.stack([self.means.get(lang or "", self.fallback) for lang in langs]) if len(langs) else \
-            np.zeros_like(centred)
+        if not len(langs):
+            return centred.copy()
+        means = np.stack([self.means.get(lang or "", self.fallback) for lang in langs])
         dot = np.einsum("ij,ij->i", means.astype(np.float64), centred.astype(np.float64))
         norms = np.einsum("ij,ij->i", means.astype(np.float64), means.astype(np.float64))
         scale = -dot + np.sqrt(np.maximum(dot * dot + 1.0 - norms, 0.0))

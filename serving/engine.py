@@ -83,7 +83,7 @@ class Engine:
         self.searches = Search(settings, metrics, self.require_pair, self.lexical_of, self.documents_of_record,
                                scans_every_vector=self.tier.scans_every_vector,
                                lookups_are_round_trips=self.tier.lookups_are_round_trips)
-        self.writes = Writes(settings, self.docs, self.documents_of_record, self.watermark, lambda: self.ready)
+        self.writes = Writes(self.docs, self.documents_of_record, self.watermark, lambda: self.ready)
         limit_kernel_cache(settings.kernel_cache_capacity)  # before the first encode
         self._loader: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
@@ -259,12 +259,12 @@ class Engine:
     async def document_count(self) -> int:
         return await self.documents_of_record.count()
 
-    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]], wait_s: float | None = -1.0) -> str:
+    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]], wait_s: float | None) -> str:
         return await self.writes.upsert(docs, wait_s)
 
-    async def delete(self, ids: Sequence[str], *, must_exist: bool = False, wait_s: float | None = -1.0
+    async def delete(self, ids: Sequence[str], wait_s: float | None, *, must_exist: bool = False
                      ) -> tuple[str | None, list[str]]:
-        return await self.writes.delete(ids, must_exist=must_exist, wait_s=wait_s)
+        return await self.writes.delete(ids, wait_s, must_exist=must_exist)
 
     async def applied(self, offset: str, wait_s: float) -> bool:
         return await self.writes.applied(offset, wait_s)

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xling.models.centering import Centering, calibrate
-from xling.models.encoder import encode_in_steps
+from xling.models.centering import Centering
 from xling.models.index.slots import DocEntry, IndexSpec
 from xling.models.index.vector_index import VectorIndex
-from xling.state.centering import CalibrationProgress, document_languages, sample_corpus
+from xling.state.centering import CalibrationProgress, calibrate_sample, document_languages, sample_corpus
 from xling.state.docstore import Corpus, StoredDoc
 from xling.state.indexing import ServingPair
 from xling.state.settings import Settings
@@ -90,19 +89,7 @@ def calibrate_from_index(pair: ServingPair, index: VectorIndex, corpus: Corpus, 
     ids, vectors = index.vectors_found([doc_id for doc_id, _, _ in sample])
     held = set(ids)
     sample = [item for item in sample if item[0] in held]  # documents not applied yet are left out
-    counts: dict[str, int] = {}
-    for _, lang, _ in sample:
-        counts[lang] = counts.get(lang, 0) + 1
-    if not any(n >= settings.centering_min_docs for n in counts.values()):
-        return None
     langs: list[str | None] = [lang for _, lang, _ in sample]
     raw = pair.centering.raw_documents(vectors, langs) if pair.centering is not None else vectors
-    encoder = pair.encoder
-
-    def encoded(kind: str, done: int, texts: int) -> None:
-        if progress is not None:
-            progress(f"{kind}s", done, texts)
-
-    return calibrate(encode_in_steps(encoder.encode, encoder.dim, encoded), sample, model_version=encoder.version,
-                     min_count=settings.centering_min_docs, corpus_size=total, passages=raw,
-                     queries_per_lang=QUERIES_PER_LANG)
+    return calibrate_sample(sample, total, pair.encoder, settings, progress, passages=raw,
+                            queries_per_lang=QUERIES_PER_LANG)

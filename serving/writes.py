@@ -11,21 +11,18 @@ from xling.serving.applier import Watermark
 from xling.serving.documents import Documents
 from xling.state.docstore import DocStore, StoredDoc
 from xling.state.errors import NotFound, WriteTimeout
-from xling.state.settings import Settings
 
 
 class Writes:
-    def __init__(self, settings: Settings, docs: DocStore, documents: Documents, watermark: Watermark,
-                 ready: Callable[[], bool]) -> None:
-        self.timeout_s = settings.write_timeout_s
+    def __init__(self, docs: DocStore, documents: Documents, watermark: Watermark, ready: Callable[[], bool]) -> None:
         self.docs = docs
         self.documents = documents
         self.watermark = watermark
         self.ready = ready
 
-    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]], wait_s: float | None = -1.0) -> str:
-        """Store these documents; return their log offset once this replica applied them, waiting `wait_s`
-        (-1: the configured `write_timeout_s`; None: not at all)."""
+    async def upsert(self, docs: Sequence[tuple[str, StoredDoc]], wait_s: float | None) -> str:
+        """Store these documents; return their log offset once this replica applied them, waiting up to `wait_s`
+        (None: not at all)."""
         offset = await self.docs.upsert(docs)
         await self._await_applied(offset, wait_s)
         return offset
@@ -35,7 +32,7 @@ class Writes:
         return await self.watermark.wait_for(offset, wait_s)
 
     async def delete(
-        self, ids: Sequence[str], *, must_exist: bool = False, wait_s: float | None = -1.0
+        self, ids: Sequence[str], wait_s: float | None, *, must_exist: bool = False
     ) -> tuple[str | None, list[str]]:
         """Delete these documents; returns the log offset (None: nothing to delete) and the ids that did not
         exist (NotFound for the first, with `must_exist`)."""
@@ -55,10 +52,9 @@ class Writes:
         """Return once this process's index holds the write (it is durable already)."""
         if wait_s is None:
             return
-        timeout = self.timeout_s if wait_s < 0 else wait_s
-        if not await self.watermark.wait_for(offset, timeout):
+        if not await self.watermark.wait_for(offset, wait_s):
             state = "the index is still loading" if not self.ready() else "the applier is behind"
             raise WriteTimeout(
-                f"write stored durably (log offset {offset}) but not yet searchable after {timeout:g}s: {state}; "
+                f"write stored durably (log offset {offset}) but not yet searchable after {wait_s:g}s: {state}; "
                 f"GET /index/applied?offset={offset}&wait=SECONDS waits on, or send the write with ?wait=SECONDS"
             )

@@ -144,6 +144,14 @@ def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings,
     """Means from a sample of the served corpus; None while no language has enough documents. `progress` hears
     each step as it goes (a large corpus on a slow machine takes minutes)."""
     sample, total = sample_corpus(reader, settings.centering_sample_per_lang, encoder.detector, progress=progress)
+    return calibrate_sample(sample, total, encoder, settings, progress)
+
+
+def calibrate_sample(sample: list[tuple[str, str, str]], corpus_size: int, encoder: Encoder, settings: Settings,
+                     progress: CalibrationProgress | None = None, passages: np.ndarray | None = None,
+                     queries_per_lang: int | None = None) -> Centering | None:
+    """Means from a drawn sample (models.centering.calibrate: `passages` when its vectors are at hand); None while
+    no language has `centering_min_docs` documents in it."""
     counts: dict[str, int] = {}
     for _, lang, _ in sample:
         counts[lang] = counts.get(lang, 0) + 1
@@ -155,7 +163,8 @@ def calibrate_corpus(reader: Corpus, encoder: Encoder, settings: Settings,
             progress(f"{kind}s", done, texts)
 
     return calibrate(encode_in_steps(encoder.encode, encoder.dim, encoded), sample, model_version=encoder.version,
-                     min_count=settings.centering_min_docs, corpus_size=total)
+                     min_count=settings.centering_min_docs, corpus_size=corpus_size, passages=passages,
+                     queries_per_lang=queries_per_lang)
 
 
 def uncalibrated_status(declared: dict[str, int], total: int, min_docs: int) -> dict[str, Any]:

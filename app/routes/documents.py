@@ -43,18 +43,25 @@ WaitQuery = Annotated[str, Query(
     " (GET /index/applied)")]
 
 
+def _applied(response: Response, wait_s: float | None, offset: str | None) -> bool:
+    """Whether the answer waited for the write to be applied here (or there was nothing to write); one that did
+    not (wait=false) is a 202."""
+    applied = wait_s is not None or offset is None
+    if not applied:
+        response.status_code = 202
+    return applied
+
+
 @router.post("", response_model=IndexResponse, dependencies=write_guard,
              responses={202: {"model": IndexResponse, "description": "stored durably, not waited on (wait=false)"}})
 async def index_documents(
     body: IndexRequest, engine: EngineDep, settings: SettingsDep, response: Response, wait: WaitQuery = "true"
 ) -> IndexResponse:
     """Upsert documents; returns once they are searchable on this replica (503 past the wait)."""
-    wait_s = limits.write_wait(wait)
+    wait_s = limits.write_wait(wait, settings)
     docs = limits.documents(body.documents, settings)
     offset = await engine.upsert(docs, wait_s)
-    if wait_s is None:
-        response.status_code = 202
-    return IndexResponse(indexed=len(docs), log_offset=offset, applied=wait_s is not None)
+    return IndexResponse(indexed=len(docs), log_offset=offset, applied=_applied(response, wait_s, offset))
 
 
 @router.post("/delete", response_model=DeleteResponse, dependencies=write_guard,
@@ -63,13 +70,11 @@ async def delete_documents(
     body: DeleteRequest, engine: EngineDep, settings: SettingsDep, response: Response, wait: WaitQuery = "true"
 ) -> DeleteResponse:
     """Delete several documents; ids that do not exist are reported, not an error."""
-    wait_s = limits.write_wait(wait)
+    wait_s = limits.write_wait(wait, settings)
     limits.check_batch(body.ids, settings)
-    offset, missing = await engine.delete(body.ids, wait_s=wait_s)
-    if wait_s is None and offset is not None:
-        response.status_code = 202
+    offset, missing = await engine.delete(body.ids, wait_s)
     return DeleteResponse(deleted=len(body.ids) - len(missing), missing=missing, log_offset=offset,
-                          applied=wait_s is not None or offset is None)
+                          applied=_applied(response, wait_s, offset))
 
 
 @router.get("/applied", response_model=WriteApplied, dependencies=[Depends(require_read_key)])
@@ -114,6 +119,6 @@ async def get_document(engine: EngineDep, doc_id: str = DocIdPath) -> DocumentOu
 
 
 @router.delete("/{doc_id}", response_model=DeleteResponse, dependencies=write_guard)
-async def delete_document(engine: EngineDep, doc_id: str = DocIdPath) -> DeleteResponse:
-    offset, _ = await engine.delete([doc_id], must_exist=True)
+async def delete_document(engine: EngineDep, settings: SettingsDep, doc_id: str = DocIdPath) -> DeleteResponse:
+    offset, _ = await engine.delete([doc_id], settings.write_timeout_s, must_exist=True)
     return DeleteResponse(deleted=1, missing=[], log_offset=offset, applied=True)
