@@ -4,7 +4,7 @@
 
 `errors` lists one entry per invalid field (empty for errors that are not about a field). FastAPI's
 own validation lists and Starlette's HTTP errors are translated into this shape, so clients parse one
-thing, and pattern failures name the rule the README states rather than the regular expression.
+thing, and pattern failures name the rule the docs state (docs/errors.md) rather than the regular expression.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from xling.state.errors import (
 
 log = logging.getLogger(__name__)
 
-# What each pattern means, in the README's words.
+# What each pattern means, in the docs' words.
 PATTERN_RULES = {
     DOC_ID_PATTERN: "1-256 characters from letters, digits and . _ : @ + = ~ -, starting with a letter, digit or _",
     LANG_PATTERN: "a language code such as 'de', 'gsw', 'zh-Hans' or 'pt-BR'",
@@ -84,7 +84,9 @@ HEADERS: dict[type[XlingError], dict[str, str]] = {
 
 def error_response(exc: XlingError) -> JSONResponse:
     status = STATUS.get(type(exc), 400)
-    return JSONResponse(error_body(exc.message, exc.code), status_code=status, headers=HEADERS.get(type(exc)))
+    field = getattr(exc, "field", None)
+    errors = [{"field": field, "message": exc.message}] if field else []
+    return JSONResponse(error_body(exc.message, exc.code, errors), status_code=status, headers=HEADERS.get(type(exc)))
 
 
 def error_body(detail: str, code: str, errors: Sequence[dict[str, str]] = ()) -> dict[str, Any]:

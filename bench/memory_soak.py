@@ -41,7 +41,8 @@ from bench.common import (
 from xling.state.embedded_redis import free_port
 
 MIXES = {
-    "mixed": {"search": 0.7, "upsert": 0.2, "delete": 0.1},  # what the issue's probe ran
+    "mixed": {"search": 0.7, "upsert": 0.2, "delete": 0.1},  # what issue 15's probe ran
+    "writes": {"search": 0.5, "upsert": 0.3, "delete": 0.2},  # issue 30's heavier write mix
     "search": {"search": 1.0},
 }
 
@@ -53,21 +54,35 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-class Sampler:
-    """RSS of one process every `every_s` seconds, on a thread, as (seconds since start, MB)."""
+def heap_mb(client: httpx.Client) -> dict[str, float]:
+    """The api's C heap (`xling_heap_bytes` in /metrics): live blocks and freed blocks it keeps, in MB."""
+    heap = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("xling_heap_bytes{"):
+            state = line.split('"')[1]
+            heap[state] = round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
+    return heap
 
-    def __init__(self, pid: int, every_s: float) -> None:
-        self.pid, self.every_s = pid, every_s
+
+class Sampler:
+    """RSS of one process every `every_s` seconds, on a thread, as (seconds since start, MB); with the
+    heap's live and free MB beside each sample when the api reports them."""
+
+    def __init__(self, pid: int, every_s: float, url: str) -> None:
+        self.pid, self.every_s, self.url = pid, every_s, url
         self.samples: list[tuple[float, float]] = []
+        self.heap: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._began = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while True:
-            self.samples.append((round(time.monotonic() - self._began, 1), round(rss_mb(self.pid), 1)))
-            if self._stop.wait(self.every_s):
-                return
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while True:
+                self.samples.append((round(time.monotonic() - self._began, 1), round(rss_mb(self.pid), 1)))
+                self.heap.append(heap_mb(client))
+                if self._stop.wait(self.every_s):
+                    return
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -80,6 +95,9 @@ class Sampler:
     def at(self, seconds: float) -> float:
         """The last sample taken at or before `seconds`."""
         return [mb for t, mb in self.samples if t <= seconds][-1]
+
+    def heap_at(self, seconds: float) -> dict[str, float]:
+        return [heap for (t, _), heap in zip(self.samples, self.heap, strict=True) if t <= seconds][-1]
 
 
 def soak(
@@ -122,8 +140,8 @@ def soak(
                     {"id": f"doc-{start + i}", "text": text, "lang": lang}
                     for i, (lang, text) in enumerate(corpus[start : start + 256])
                 ]
-                client.post("/index", json={"documents": batch}).raise_for_status()
-        with Sampler(process.pid, args.every) as sampler:
+                client.post("/index", params={"wait": 600}, json={"documents": batch}).raise_for_status()
+        with Sampler(process.pid, args.every, url) as sampler:
             load = closed_loop(url, request, args.clients, args.seconds)
             loaded_at = sampler.samples[-1][0]
             time.sleep(args.idle)
@@ -141,11 +159,17 @@ def soak(
             "after_idle": after_idle,
             "max": max(mb for _, mb in sampler.samples),
         },
+        "heap_mb": {
+            "after_first_minute": sampler.heap_at(60),
+            "end_of_load": sampler.heap_at(loaded_at),
+            "after_idle": sampler.heap[-1],
+        },
         "ratio_end_over_first_minute": round(end_of_load / first_minute, 3),
         "ratio_idle_over_first_minute": round(after_idle / first_minute, 3),
         "samples": sampler.samples,
+        "heap_samples": sampler.heap,
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "samples"}), flush=True)
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("samples")}), flush=True)
     return result
 
 

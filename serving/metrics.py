@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from xling.serving.memory import heap_usage
 
 
 class Metrics:
@@ -33,3 +37,17 @@ class Metrics:
         self.snapshots = Counter("xling_snapshots", "Index snapshots written", registry=self.registry)
         self.swaps = Counter("xling_model_swaps", "Hot swaps of the serving model", registry=self.registry)
         self.jobs_submitted = Counter("xling_jobs_submitted", "Jobs queued, by type", ["type"], registry=self.registry)
+        self.heap = Gauge(
+            "xling_heap_bytes",
+            "C heap of the process: in_use (live blocks) and free (freed blocks the heap keeps), glibc only",
+            ["state"],
+            registry=self.registry,
+        )
+        if heap_usage() is not None:
+            for state in ("in_use", "free"):
+                self.heap.labels(state).set_function(partial(_heap_bytes, state))
+
+
+def _heap_bytes(state: str) -> float:
+    usage = heap_usage()
+    return float(usage[state]) if usage else 0.0

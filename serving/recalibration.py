@@ -1,6 +1,6 @@
-"""When the served means are stale, get new ones (README, "Centring"), whichever replica asks first: where the
-index tier can (its index in this process, or documents in a Qdrant local-mode folder no worker may read), this
-api calibrates them itself; else one `reindex` job with recalibration per version at a time."""
+"""When the served means are stale, get new ones (docs/searching.md, "Centring"), whichever replica asks first:
+where the index tier can (its index in this process, or documents in a Qdrant local-mode folder no worker may read),
+this api calibrates them itself; else one `reindex` job with recalibration per version at a time."""
 
 from __future__ import annotations
 

@@ -13,7 +13,14 @@ class XlingError(Exception):
 
 
 class InvalidInput(XlingError):
+    """A request the service refuses (422). `field` names the part of the request at fault, as the response's
+    `errors` list reports it (`k`, `documents[2].text`), when one field is."""
+
     code = "invalid_input"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(XlingError):

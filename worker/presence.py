@@ -40,6 +40,17 @@ def forget_worker(settings: Settings, pid: int) -> None:
         client.close()
 
 
+def beating_here(settings: Settings) -> bool:
+    """Whether a worker of this host beats (within XLING_HEARTBEAT_TIMEOUT_S): a container's health check."""
+    client = redis_client(settings, socket_timeout=5)
+    try:
+        host = f"{socket.gethostname()}:"
+        store = JobStore(client, RedisKeys(settings.key_prefix))
+        return any(name.startswith(host) for name in store.live_workers(settings.heartbeat_timeout_s))
+    finally:
+        client.close()
+
+
 def _forget_dead_local_workers(store: JobStore) -> None:
     """Entries of this host whose process is gone (killed before it could remove itself)."""
     host = f"{socket.gethostname()}:"

@@ -71,7 +71,7 @@ async def delete_documents(
 ) -> DeleteResponse:
     """Delete several documents; ids that do not exist are reported, not an error."""
     wait_s = limits.write_wait(wait, settings)
-    limits.check_batch(body.ids, settings)
+    limits.check_batch(body.ids, settings, "ids")
     offset, missing = await engine.delete(body.ids, wait_s)
     return DeleteResponse(deleted=len(body.ids) - len(missing), missing=missing, log_offset=offset,
                           applied=_applied(response, wait_s, offset))

@@ -50,6 +50,9 @@ async def search_post(body: SearchRequest, engine: EngineDep, settings: Settings
     return await _run(query, engine, started)
 
 
+_GET_NAMES = {"query": "q", "langs": "lang"}  # POST /search's field -> GET /search's parameter
+
+
 @router.get("/search", response_model=SearchResponse)
 async def search_get(
     engine: EngineDep,
@@ -71,5 +74,10 @@ async def search_get(
     langs = [part for value in lang or [] for part in value.split(",") if part]
     bad = [code for code in langs if not _LANG.match(code)]
     if bad:
-        raise InvalidInput(f"not a language code: {bad[0]!r} (expected e.g. 'de', 'zh-Hans')")
-    return await _run(limits.search_query(q, k, langs, None, settings, query_lang, mode), engine, started)
+        raise InvalidInput(f"not a language code: {bad[0]!r} (expected e.g. 'de', 'zh-Hans')", "lang")
+    try:
+        query = limits.search_query(q, k, langs, None, settings, query_lang, mode)
+    except InvalidInput as exc:  # the limits name the body's fields; this route's parameters are named otherwise
+        exc.field = _GET_NAMES.get(exc.field or "", exc.field)
+        raise
+    return await _run(query, engine, started)

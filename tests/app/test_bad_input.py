@@ -117,6 +117,31 @@ def test_bad_get_search_parameters(limited: RunningService) -> None:
         assert limited.client.get("/search", params=params).status_code == 422, params
 
 
+# A refusal by a limit (not by the schema) still names the field at fault, in each route's own names.
+FIELDS_AT_FAULT = [
+    ("GET", "/search", {"params": {"q": "cat", "k": 0}}, "k"),
+    ("GET", "/search", {"params": {"q": "  "}}, "q"),
+    ("POST", "/search", {"json": {"query": "  "}}, "query"),
+    ("POST", "/search", {"json": {"query": "cat", "k": 21}}, "k"),
+    ("POST", "/index", {"json": {"documents": [{"id": "a", "text": "x"}, {"id": "b", "text": " "}]}},
+     "documents[1].text"),
+    ("POST", "/index", {"json": {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}},
+     "documents[1].id"),
+    ("POST", "/index/delete", {"json": {"ids": ["a", "b", "a"]}}, "ids[2]"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "request_", "field"), FIELDS_AT_FAULT)
+def test_a_limits_422_names_the_field(
+    limited: RunningService, method: str, path: str, request_: dict[str, Any], field: str
+) -> None:
+    before = _state(limited)
+    response = limited.client.request(method, path, **request_)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [{"field": field, "message": response.json()["detail"]}]
+    assert _state(limited) == before
+
+
 @pytest.mark.parametrize("k", ["2.0", "+3", " 3", "3 ", "1e1", "\u0663", "-1"])
 def test_get_integers_are_as_strict_as_the_bodys(limited: RunningService, k: str) -> None:
     """The JSON body refuses 2.0 for k; the query string refuses '2.0', '+3', ' 3' and the rest alike."""

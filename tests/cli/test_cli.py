@@ -8,16 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from tests.conftest import run_xling
+from tests.served import serving
 from tests.synthetic import corpus, make_groups
 from xling.cli.launch import xling_command
 from xling.state.embedded_redis import EmbeddedRedis, free_port
@@ -38,38 +36,6 @@ def _alive(pid: int) -> bool:
         return False
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
     return bool(state) and not state.startswith("Z")
-
-
-@contextmanager
-def serving(
-    data_dir: Path, model: Path, command: list[str], cwd: Path | None = None, own_group: bool = False
-) -> Iterator[tuple[str, Any, dict[str, str]]]:
-    """`xling serve` on a free port with its embedded Redis and worker, until ready; killed after the block.
-    `own_group`: in a process group of its own, as a shell starts a command (a signal to the group spares pytest)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
-    env.update(XLING_DATA_DIR=str(data_dir), XLING_RETRIEVAL_MODEL=str(model), HF_HUB_OFFLINE="1")
-    process = subprocess.Popen(
-        [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=own_group,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-        assert time.monotonic() < deadline, "xling serve did not become ready"
-        time.sleep(0.1)
-    try:
-        yield url, process, env
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -278,3 +244,16 @@ def test_serve_runs_jobs_from_a_folder_with_packages_of_the_same_names(tmp_path:
             time.sleep(0.3)
         assert job["status"] == "succeeded", job
         assert job["metrics"], job
+
+
+def test_worker_check_says_whether_a_worker_of_this_host_beats(redis_url: str, tmp_path: Path) -> None:
+    """`xling worker --check`, the worker container's health check: 0 while a worker of this host beats in Redis."""
+    from xling.worker.presence import presence
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+    env.update(XLING_REDIS_URL=redis_url, XLING_KEY_PREFIX="check", XLING_DATA_DIR=str(tmp_path))
+    settings = Settings(_env_file=None, redis_url=redis_url, key_prefix="check", data_dir=tmp_path)  # type: ignore[call-arg]
+    with presence(settings):
+        beating = run_xling("worker", "--check", env=env)
+    assert beating.returncode == 0, beating.stderr
+    assert run_xling("worker", "--check", env=env).returncode == 1  # the worker left: nobody beats here

