@@ -16,10 +16,10 @@ from xling.cli.output import console, fail
 UrlOption = Annotated[str, typer.Option("--url", envvar="XLING_URL", help="the xling service")]
 
 
-def _client(url: str) -> httpx.Client:
+def _client(url: str, timeout_s: float = 120) -> httpx.Client:
     key = os.environ.get("XLING_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=120)
+    return httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
 
 
 def _fail_on_error(response: httpx.Response) -> Any:
@@ -47,15 +47,19 @@ def index_file(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL: one {id, text, lang?, metadata?}")],
     url: UrlOption = "http://127.0.0.1:8000",
     batch_size: Annotated[int, typer.Option(min=1, help="documents per request")] = 256,
+    wait: Annotated[
+        float, typer.Option(min=1, max=3600, help="seconds a batch may take to become searchable (a slow machine "
+                            "needs more than the service's default)")
+    ] = 600,
 ) -> None:
-    """Upsert the documents of a JSONL file through the service, in batches."""
+    """Upsert the documents of a JSONL file through the service, in batches (the key: XLING_API_KEY)."""
     docs = _read_jsonl(file)
     columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with _client(url) as client, Progress(*columns, console=console) as progress:
+    with _client(url, timeout_s=wait + 60) as client, Progress(*columns, console=console) as progress:
         task = progress.add_task("index", total=len(docs))
         for start in range(0, len(docs), batch_size):
             batch = docs[start : start + batch_size]
-            _fail_on_error(client.post("/index", json={"documents": batch}))
+            _fail_on_error(client.post("/index", params={"wait": wait}, json={"documents": batch}))
             progress.advance(task, len(batch))
     console.print(f"indexed {len(docs)} documents from {file}")
 
@@ -75,7 +79,7 @@ def search(
     url: UrlOption = "http://127.0.0.1:8000",
     as_json: Annotated[bool, typer.Option("--json", help="print the raw response")] = False,
 ) -> None:
-    """Search the service and print the hits."""
+    """Search the service and print the hits (the key: XLING_API_KEY)."""
     body: dict[str, Any] = {"query": text, "k": k}
     if mode:
         body["mode"] = mode

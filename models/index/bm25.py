@@ -207,12 +207,19 @@ class Bm25Partition:
         self._idf = np.where(df > 0, np.log(1 + (documents - df + 0.5) / (df + 0.5)), 0.0).astype(np.float32)
 
     def _compact(self) -> None:
-        """Renumber the live rows from 0, dropping the dead ones and their postings."""
+        """Renumber the live rows from 0, dropping the dead ones and their postings, and the terms only dead rows
+        held: under replacing writes the words seen keep changing, and a vocabulary that only grew would hold every
+        word ever written."""
         alive = self._alive.view.copy()
         new_row = np.cumsum(alive) - 1
         rows, cols, counts = self._merged()
         keep = alive[rows]
-        self._postings = (new_row[rows[keep]], cols[keep], counts[keep])
+        used = np.unique(cols[keep])
+        new_col = np.full(len(self.vocabulary), -1, np.int64)
+        new_col[used] = np.arange(len(used))
+        names = list(self.vocabulary)
+        self.vocabulary = {names[col]: i for i, col in enumerate(used.tolist())}
+        self._postings = (new_row[rows[keep]], new_col[cols[keep]], counts[keep])
         kept = np.flatnonzero(alive)
         self.ids = [self.ids[r] for r in kept]
         self.langs = [self.langs[r] for r in kept]

@@ -176,6 +176,25 @@ def test_statistics_count_only_live_documents_through_replacements_and_compactio
         assert ours == pytest.approx({hit.ext_id: hit.score for hit in fresh.search(query, 10)}), query
 
 
+def test_words_only_dead_documents_held_leave_the_vocabulary_at_compaction(tmp_path: Path) -> None:
+    """A document replaced over and over with new words (a log line, a price): the vocabulary keeps the words of
+    the live documents, not every word ever written, so memory follows the corpus rather than the writes."""
+    churned = LexicalIndex(tmp_path / "churned")
+    churned.upsert([LexicalDoc("keep", "salmon river", "en")])
+    for round_ in range(3_000):
+        churned.upsert([LexicalDoc("moving", f"reading{round_} at gauge{round_}", "en")])
+        if round_ % 500 == 499:
+            churned.search("salmon", 1)  # a search builds the partition, which compacts once dead rows dominate
+    churned.search("salmon", 1)
+    vocabulary = churned._parts["en"].vocabulary
+    # 6,002 words were written; the vocabulary holds those of under 1,100 rows written since the last compaction
+    assert len(vocabulary) < 1_200, len(vocabulary)
+    assert {"salmon", "river", "reading2999", "gauge2999"} <= set(vocabulary)
+    assert [hit.ext_id for hit in churned.search("gauge2999", 5)] == ["moving"]
+    assert [hit.ext_id for hit in churned.search("salmon river", 5)] == ["keep"]
+    assert churned.search("reading10", 5) == []
+
+
 def test_the_journal_survives_a_torn_line_and_is_rewritten_when_mostly_dead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
