@@ -42,10 +42,13 @@ def serving(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLING_")}
     env.update(XLING_DATA_DIR=str(data_dir), XLING_RETRIEVAL_MODEL=str(model), HF_HUB_OFFLINE="1", **(env_extra or {}))
-    process = subprocess.Popen(
-        [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=own_group,
-    )
+    # Output to a file, not a pipe: a pipe nobody reads fills up and blocks the service (and its worker) mid-write.
+    log = data_dir.parent / f"serve-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=own_group,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_WITHIN_S
@@ -55,8 +58,8 @@ def serving(
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-            assert time.monotonic() < deadline, "xling serve did not become ready"
+            assert process.poll() is None, log.read_text(errors="replace")[-4000:]
+            assert time.monotonic() < deadline, "xling serve did not become ready: " + log.read_text()[-4000:]
             time.sleep(0.1)
         yield url, process, env
     finally:

@@ -4,9 +4,11 @@ helper task, which only calls `help_reindex`."""
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_shutting_down
 
 from xling.state.jobs import JOB_SPECS, QUEUE, REINDEX_RANGE_TASK, celery_config, task_name
 from xling.state.settings import Settings
+from xling.worker.stopping import request_stop
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,7 +46,7 @@ def make_celery(settings: Settings) -> Celery:
             client.close()
 
     app.task(name=REINDEX_RANGE_TASK)(reindex_range)
-
+    worker_shutting_down.connect(request_stop, weak=False)  # a running job ends at its next check
     return app
 
 

@@ -66,6 +66,7 @@ from xling.worker.presence import worker_name
 from xling.worker.progress import PACE_FIELDS, Pace
 from xling.worker.ranked_finetune import finetune_on_ranks, training_processes
 from xling.worker.reindex import merge_ranges, ranges_folder, wait_for_ranges, write_plan
+from xling.worker.stopping import STOPPING
 from xling.worker.train_ranks import FinetuneRun
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,12 @@ class JobContext:
         if self.fenced.is_set() or not self.store.beat(self.job.id):
             self.fenced.set()
             raise Fenced(f"job no longer running {where}")
-        if self.store.cancel_requested(self.job.id):
+        if STOPPING.is_set() or self.store.cancel_requested(self.job.id):
             raise Cancelled(f"cancelled {where}")
 
     def should_stop(self) -> bool:
-        """For loops that poll (training): cancelled, or fenced."""
-        return self.fenced.is_set() or self.store.cancel_requested(self.job.id)
+        """For loops that poll (training): cancelled, fenced, or the worker told to stop."""
+        return STOPPING.is_set() or self.fenced.is_set() or self.store.cancel_requested(self.job.id)
 
     def report(self, stage: str, **fields: Any) -> None:
         progress = {"stage": stage, **fields}
@@ -525,7 +526,13 @@ def run_job(job_id: str, settings: Settings) -> None:
             outcome = run_spec(ctx, parse_job(ctx.job.type, ctx.job.params))
             store.transition(job_id, "succeeded", **outcome)
         except Cancelled as exc:
-            store.transition(job_id, "cancelled", error=str(exc))
+            if STOPPING.is_set() and not store.cancel_requested(job_id):
+                # Not the client's cancel: the worker is shutting down. Failed, so a retry resumes it.
+                where = str(exc).replace("cancelled", "it ended", 1)
+                store.transition(job_id, "failed", error=f"the worker was stopped while the job ran ({where}); "
+                                 "POST /jobs/{id}/retry resumes it")
+            else:
+                store.transition(job_id, "cancelled", error=str(exc))
         except Fenced as exc:
             log.warning("job stopped: %s; its state stays %s", exc, store.get(job_id).status, extra={"job_id": job_id})
         except Exception as exc:

@@ -295,6 +295,28 @@ def test_cancel_a_running_job(stack: dict[str, Any]) -> None:
     assert service.client.delete(f"/jobs/{job_id}").status_code == 409
 
 
+def test_a_stopped_worker_ends_its_job_at_once_and_a_retry_resumes_it(stack: dict[str, Any]) -> None:
+    """SIGTERM (xling serve stopping, docker stop): Celery's warm shutdown would wait for the whole job; instead
+    the job ends at its next step, is failed with the reason, and the worker exits."""
+    service: RunningService = stack["service"]
+    worker: Worker = stack["worker"]
+    job_id = submit(service, "finetune", dataset="train", max_steps=100_000, version="stopped-v1", **TRAIN)
+    wait_job(service, job_id, ("running",))
+    wait_for_progress(service, job_id)
+    assert worker.process is not None
+    stopped_at = time.monotonic()
+    worker.process.terminate()
+    worker.process.wait(timeout=30)
+    assert time.monotonic() - stopped_at < 15
+    job = service.client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"].startswith("the worker was stopped"), job
+    worker.start()
+    retry = service.client.post(f"/jobs/{job_id}/retry")
+    assert retry.status_code == 202
+    service.client.delete(f"/jobs/{retry.json()['job_id']}")  # not run to 100,000 steps: the next tests want the worker
+    wait_job(service, retry.json()["job_id"], ("cancelled",), timeout=60)
+
+
 def wait_for_progress(service: RunningService, job_id: str, step: int = 1) -> None:
     deadline = time.monotonic() + 120
     while service.client.get(f"/jobs/{job_id}").json()["progress"].get("step", 0) < step:
