@@ -530,7 +530,7 @@ def run_job(job_id: str, settings: Settings) -> None:
                 # Not the client's cancel: the worker is shutting down. Failed, so a retry resumes it.
                 where = str(exc).replace("cancelled", "it ended", 1)
                 store.transition(job_id, "failed", error=f"the worker was stopped while the job ran ({where}); "
-                                 "POST /jobs/{id}/retry resumes it")
+                                 "POST /jobs/{id}/retry runs it again (a finetune from its last checkpoint)")
             else:
                 store.transition(job_id, "cancelled", error=str(exc))
         except Fenced as exc:
