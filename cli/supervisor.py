@@ -15,6 +15,19 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger(__name__)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, so the process can record its state (a Celery worker ends its job, an api stops its worker and
+    Redis); SIGKILL only if it has not ended within `timeout_s`. Nothing to do for a process already gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class WorkerSupervisor:
     def __init__(
         self,
@@ -74,11 +87,6 @@ class WorkerSupervisor:
         with self._lock:
             self._stopping.set()
             process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process, timeout_s)
         self._thread.join(timeout=5)

@@ -12,23 +12,11 @@ from typing import Any
 
 import httpx
 
+from xling.cli.supervisor import stop_process
 from xling.state.embedded_redis import free_port
 
 READY_WITHIN_S = 60
 STOP_WITHIN_S = 30
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM first, so the api stops its worker and its Redis (each in a session of its own, which a SIGKILL of
-    the api alone would leave running); SIGKILL only if that does not end it in time."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_WITHIN_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextmanager
@@ -63,4 +51,5 @@ def serving(
             time.sleep(0.1)
         yield url, process, env
     finally:
-        _stop(process)
+        # SIGTERM first: a SIGKILL of the api alone would leave its Redis and worker (sessions of their own) running.
+        stop_process(process, STOP_WITHIN_S)

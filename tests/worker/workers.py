@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xling.cli.launch import xling_command
+from xling.cli.supervisor import stop_process
 from xling.state.settings import Settings
 
 # Float32 encoders (see tests/conftest.py FP32), in the api and the worker alike.
@@ -43,9 +44,5 @@ class Worker:
 
     def stop(self) -> None:
         """SIGTERM (Celery waits for the task it runs), then SIGKILL past 30 s: a test that failed mid-job ends."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=30)
